@@ -1,0 +1,3 @@
+"""appliance: build and install air-gapped LLM appliances."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,82 @@
+"""The ``appliance`` command line. Commands parse arguments and render; work lives elsewhere."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import click
+
+from appliance import __version__
+from appliance.cli.output import Output
+from appliance.cli.spec import spec_group
+from appliance.errors import ApplianceError, exit_codes
+
+# Click reports bad options and arguments itself, with exit code 2.
+_EXIT_CODES = {**exit_codes(), "usage (bad option or argument)": 2}
+
+_EPILOG = """\b
+The flow:
+  1. On a connected machine, describe what the appliance holds in a spec
+     (appliance.yaml) and check it:   appliance spec validate appliance.yaml
+  2. Build a signed bundle from it, carry it across the air gap, and install it
+     onto the isolated hosts with Ansible.
+  3. Prove the result: no packet leaves, every service answers.
+
+\b
+Examples:
+  appliance spec validate examples/demo.yaml
+  appliance --json spec validate examples/production.yaml
+  appliance spec schema > appliance.schema.json
+
+\b
+Exit codes:
+""" + "\n".join(
+    f"  {code:>3}  {kind}" for kind, code in sorted(_EXIT_CODES.items(), key=lambda kv: kv[1])
+)
+
+
+@click.group(
+    epilog=_EPILOG,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(__version__, prog_name="appliance")
+@click.option("--json", "json_mode", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("-v", "--verbose", count=True, help="Say more (repeat for even more).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors and results.")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, json_mode: bool, verbose: int, quiet: bool, debug: bool) -> None:
+    """Build and install air-gapped LLM appliances.
+
+    appliance turns "connect and pull" into "pre-stage and reference": on a
+    connected machine it fetches, pins (sha256) and signs everything an LLM
+    appliance needs into one bundle; inside the isolated network it verifies
+    that bundle and provisions the hosts offline, with egress denied.
+    """
+    output = ctx.ensure_object(Output)
+    output.json_mode = json_mode
+    output.verbosity = -1 if quiet else verbose
+    output.debug = debug
+
+
+cli.add_command(spec_group)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the CLI and turn every ApplianceError into one report."""
+    output = Output()
+    try:
+        code = cli.main(args=argv, prog_name="appliance", standalone_mode=False, obj=output)
+    except ApplianceError as error:
+        if output.debug:
+            traceback.print_exc()
+        output.error(error)
+        sys.exit(error.exit_code)
+    except click.ClickException as usage:
+        usage.show()
+        sys.exit(usage.exit_code)
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

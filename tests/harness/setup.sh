@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Prepare this machine for appliance's tests: a fresh Debian 12 machine, as root.
+#
+#   1. Debian packages the tests use (Docker engine, skopeo, a registry, debootstrap, ...)
+#   2. dockerd, started if it is not running (there may be no systemd on the machine)
+#   3. .venv with the pinned Python dependencies (requirements/constraints.txt)
+#   4. the community.docker and ansible.posix collections, offline, from a hash-pinned wheel
+#   5. the systemd test-host image (tests/harness/test-host-image.sh)
+#
+# Idempotent: a second run changes nothing and takes seconds. Writes .cache/harness.env, which
+# tests/run and the molecule scenarios read.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+CACHE="${APPLIANCE_CACHE:-$ROOT/.cache}"
+VENV="${APPLIANCE_VENV:-$ROOT/.venv}"
+MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+PYTHON="${PYTHON:-python3}"
+
+step() { printf '\n==> %s\n' "$*"; }
+die() { printf 'Error: %s\n' "$1" >&2; [ -n "${2:-}" ] && printf 'Hint: %s\n' "$2" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "the harness needs root (apt, dockerd, debootstrap)" "run: sudo $0"
+[ -r /etc/debian_version ] || die "the harness supports Debian 12 only" "run it on a Debian 12 machine or VM"
+mkdir -p "$CACHE"
+
+# --- 1. Debian packages -------------------------------------------------------------------
+PACKAGES=(docker.io skopeo docker-registry debootstrap apt-utils nftables iproute2
+          openssh-client python3-venv gnupg unzip ca-certificates curl)
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  step "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  step "Debian packages: all ${#PACKAGES[@]} present"
+fi
+
+# --- 2. dockerd ---------------------------------------------------------------------------
+if docker info >/dev/null 2>&1; then
+  step "dockerd: running"
+else
+  step "starting dockerd"
+  if [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; then
+    systemctl start docker
+  else
+    nohup dockerd >/var/log/dockerd.log 2>&1 &
+  fi
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || die "dockerd did not start within 60 s" "see /var/log/dockerd.log"
+fi
+
+# --- 3. Python venv -----------------------------------------------------------------------
+lock="$ROOT/requirements/constraints.txt"
+stamp="$VENV/.appliance-stamp"
+want=$(cat "$lock" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  step "venv: $VENV up to date"
+else
+  step "creating venv $VENV from $lock"
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -c "$lock" -e "$ROOT[dev]" 2>&1 \
+    | { grep -v "^WARNING: Location 'file:" || true; }
+  echo "$want" >"$stamp"
+fi
+
+# --- 4. Ansible collections, offline ------------------------------------------------------
+collections="$CACHE/collections"
+if [ -f "$collections/ansible_collections/community/docker/MANIFEST.json" ] \
+   && [ -f "$collections/ansible_collections/ansible/posix/MANIFEST.json" ]; then
+  step "collections: community.docker, ansible.posix present"
+else
+  step "unpacking community.docker and ansible.posix from the hash-pinned ansible wheel"
+  "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps --require-hashes \
+    -r "$ROOT/requirements/collections.txt" -d "$CACHE/wheels" 2>&1 \
+    | { grep -v "^WARNING: Location 'file:" || true; }
+  rm -rf "$collections.tmp" && mkdir -p "$collections.tmp"
+  unzip -q "$CACHE"/wheels/ansible-*.whl 'ansible_collections/community/docker/*' \
+    'ansible_collections/ansible/posix/*' -d "$collections.tmp"
+  rm -rf "$collections" && mv "$collections.tmp" "$collections"
+fi
+
+# --- 5. systemd test-host image -----------------------------------------------------------
+image=$(bash "$ROOT/tests/harness/test-host-image.sh")
+
+cat >"$CACHE/harness.env" <<ENV
+APPLIANCE_TEST_IMAGE=$image
+ANSIBLE_COLLECTIONS_PATH=$collections
+APPLIANCE_VENV=$VENV
+ENV
+step "harness ready: $CACHE/harness.env"

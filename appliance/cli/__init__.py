@@ -8,6 +8,14 @@ import traceback
 import click
 
 from appliance import __version__
+from appliance.cli.bundle import (
+    build_bundle_command,
+    inspect,
+    keygen,
+    pack_command,
+    unpack_command,
+    verify_bundle,
+)
 from appliance.cli.output import Output
 from appliance.cli.spec import spec_group
 from appliance.errors import ApplianceError, exit_codes
@@ -60,7 +68,16 @@ def cli(ctx: click.Context, json_mode: bool, verbose: int, quiet: bool, debug: b
     output.debug = debug
 
 
-cli.add_command(spec_group)
+for command in (
+    spec_group,
+    keygen,
+    build_bundle_command,
+    verify_bundle,
+    inspect,
+    pack_command,
+    unpack_command,
+):
+    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -56,3 +56,13 @@ class Output:
             lines.append(f"Hint: {error.hint}")
         for line in lines:
             self.err_console.print(line, markup=False)
+
+
+def human_bytes(count: int) -> str:
+    """1536 -> '1.5 KiB': binary units, as disks and `ls -h` count."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")

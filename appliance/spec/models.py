@@ -460,7 +460,16 @@ class Spec(StrictModel):
 def all_field_names() -> frozenset[str]:
     """Every field name any spec model accepts; used to suggest fixes for typos."""
     models: list[type[BaseModel]] = [
-        Spec, Target, Stack, FileArtifact, AptSource, Packages, Image,
-        HuggingFaceModel, OllamaModel, LocalModel, WheelSet,
-    ]  # fmt: skip
+        Spec,
+        Target,
+        Stack,
+        FileArtifact,
+        AptSource,
+        Packages,
+        Image,
+        HuggingFaceModel,
+        OllamaModel,
+        LocalModel,
+        WheelSet,
+    ]
     return frozenset(name for model in models for name in model.model_fields)

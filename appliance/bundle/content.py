@@ -1,0 +1,119 @@
+"""The bundle's own content: Ansible tree and collections as one reproducible tar, the SBOM."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import uuid
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from appliance import __version__
+from appliance.bundle.manifest import Component, FileEntry
+from appliance.errors import BuildError
+
+ANSIBLE_TREES = ("ansible.cfg", "playbooks", "roles", "inventories")
+COLLECTIONS = ("ansible/posix", "community/docker")
+_EPOCH = 315532800  # 1980-01-01: a fixed mtime makes the tar depend on content only
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = mode
+    info.mtime = _EPOCH
+    tar.addfile(info, io.BytesIO(data))
+
+
+def ansible_content_tar(source_root: Path, collections_wheel: Path | None) -> bytes:
+    """playbooks, roles, inventories and ansible.cfg, plus collections/ from the pinned
+    wheel: sorted, fixed owner and mtime, so equal content gives equal bytes."""
+    files: list[tuple[str, Path]] = []
+    for top in ANSIBLE_TREES:
+        path = source_root / top
+        if path.is_file():
+            files.append((top, path))
+        elif path.is_dir():
+            files.extend(
+                (p.relative_to(source_root).as_posix(), p)
+                for p in path.rglob("*")
+                if p.is_file() and "__pycache__" not in p.parts
+            )
+    if not files:
+        raise BuildError(
+            f"no Ansible content under {source_root}",
+            hint="run build-bundle from a checkout of appliance",
+        )
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, path in sorted(files):
+            mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
+            _add(tar, name, path.read_bytes(), mode)
+        if collections_wheel is not None:
+            with zipfile.ZipFile(collections_wheel) as wheel:
+                prefixes = tuple(f"ansible_collections/{c}/" for c in COLLECTIONS)
+                for member in sorted(wheel.namelist()):
+                    if member.startswith(prefixes) and not member.endswith("/"):
+                        _add(tar, f"collections/{member}", wheel.read(member), 0o644)
+    return buffer.getvalue()
+
+
+def sbom(
+    name: str,
+    release: str,
+    spec_sha256: str,
+    components: Iterable[Component],
+    files: Iterable[FileEntry],
+) -> dict[str, Any]:
+    """A CycloneDX 1.5 document: one component per artifact, with its sha256."""
+    by_component: dict[str, list[FileEntry]] = {}
+    for entry in files:
+        by_component.setdefault(entry.component, []).append(entry)
+    items = []
+    for component in components:
+        entries = by_component.get(component.name, [])
+        item: dict[str, Any] = {
+            "type": _cdx_type(component.kind),
+            "bom-ref": component.name,
+            "name": component.name,
+        }
+        if component.version:
+            item["version"] = component.version
+        purl = _purl(component)
+        if purl:
+            item["purl"] = purl
+        if len(entries) == 1:
+            item["hashes"] = [{"alg": "SHA-256", "content": entries[0].sha256}]
+        if component.source:
+            item["externalReferences"] = [{"type": "distribution", "url": component.source}]
+        items.append(item)
+    return {
+        "bomFormat": "CycloneDX",
+        "specVersion": "1.5",
+        "serialNumber": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'appliance:{spec_sha256}')}",
+        "version": 1,
+        "metadata": {
+            "tools": {
+                "components": [{"type": "application", "name": "appliance", "version": __version__}]
+            },
+            "component": {"type": "application", "name": name, "version": release},
+        },
+        "components": items,
+    }
+
+
+def _cdx_type(kind: str) -> str:
+    return {"deb": "library", "wheel": "library", "model": "machine-learning-model"}.get(
+        kind, "file"
+    )
+
+
+def _purl(component: Component) -> str | None:
+    if component.kind == "deb" and component.version:
+        package, _, arch = component.name.partition(":")
+        return f"pkg:deb/debian/{package}@{component.version}?arch={arch}"
+    if component.kind == "wheel" and component.version:
+        return f"pkg:pypi/{component.name.partition(':')[0].lower()}@{component.version}"
+    return None

@@ -1,0 +1,61 @@
+"""What a bundle holds, read from its manifest (and SBOM), for people and for automation."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from appliance.bundle import layout
+from appliance.bundle.manifest import Manifest, parse_manifest
+from appliance.errors import BundleLayoutError
+
+
+def read_manifest(path: Path) -> Manifest:
+    """The manifest of a bundle directory or packed tar (not verified: see verify-bundle)."""
+    if path.is_dir():
+        manifest_path = path / layout.MANIFEST
+        if not manifest_path.is_file():
+            raise BundleLayoutError(
+                f"{path} has no {layout.MANIFEST}", hint="is this an appliance bundle?"
+            )
+        return parse_manifest(manifest_path.read_bytes(), str(manifest_path))
+    with path.open("rb") as source, tarfile.open(fileobj=source, mode="r|*") as tar:
+        for member in tar:
+            if member.name.removeprefix("./") == layout.MANIFEST and member.isreg():
+                handle = tar.extractfile(member)
+                if handle is not None:
+                    return parse_manifest(handle.read(), f"{path}:{layout.MANIFEST}")
+            break
+    raise BundleLayoutError(
+        f"{path}: no manifest at the start of the archive",
+        hint="pack bundles with `appliance pack`",
+    )
+
+
+def summary(manifest: Manifest) -> dict[str, Any]:
+    kinds: dict[str, dict[str, int]] = {}
+    for entry in manifest.by_path().values():
+        slot = kinds.setdefault(entry.kind, {"files": 0, "bytes": 0})
+        slot["files"] += 1
+        slot["bytes"] += entry.size
+    sizes: dict[str, int] = {}
+    for entry in manifest.files:
+        sizes[entry.component] = sizes.get(entry.component, 0) + entry.size
+    return {
+        "name": manifest.name,
+        "release": manifest.release,
+        "created": manifest.created,
+        "appliance_version": manifest.appliance_version,
+        "spec_sha256": manifest.spec_sha256,
+        "target": manifest.target.model_dump(),
+        "stack": manifest.stack,
+        "files": len(manifest.by_path()),
+        "bytes": manifest.total_size(),
+        "kinds": kinds,
+        "repo": manifest.repo.model_dump() if manifest.repo else None,
+        "components": [
+            {**component.model_dump(), "bytes": sizes.get(component.name, 0)}
+            for component in manifest.components
+        ],
+    }

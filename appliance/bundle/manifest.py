@@ -1,0 +1,95 @@
+"""The bundle manifest: one canonical JSON document that lists every file with its digest.
+
+The signature covers the manifest; the manifest covers everything else. Canonical form (sorted
+keys, no whitespace, UTF-8) makes the bytes, and so the signature, depend only on content.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from appliance.errors import BundleCorruptError
+
+MANIFEST_SCHEMA: Literal[1] = 1
+
+FileKind = Literal[
+    "file", "deb", "wheel", "model", "repo-index", "ansible-content", "installer", "sbom"
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FileEntry(_Frozen):
+    path: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+    kind: FileKind
+    component: str
+    # The artifact's own file name where tools need it (wheels for pip, debs for people).
+    name: str | None = None
+
+
+class Component(_Frozen):
+    name: str
+    kind: str
+    version: str | None = None
+    source: str | None = None
+
+
+class Target(_Frozen):
+    os: str
+    arch: str
+
+
+class RepoInfo(_Frozen):
+    path: str
+    key: str
+    fingerprint: str
+
+
+class Manifest(_Frozen):
+    schema_version: Literal[1] = MANIFEST_SCHEMA
+    name: str
+    release: str
+    created: str
+    appliance_version: str
+    spec_sha256: str
+    target: Target
+    stack: dict[str, str]
+    components: list[Component]
+    files: list[FileEntry]
+    repo: RepoInfo | None = None
+
+    def canonical(self) -> bytes:
+        return canonical_json(self.model_dump(mode="json"))
+
+    def by_path(self) -> dict[str, FileEntry]:
+        return {entry.path: entry for entry in self.files}
+
+    def total_size(self) -> int:
+        """Bytes on disk: each distinct path once."""
+        return sum(entry.size for entry in self.by_path().values())
+
+
+def canonical_json(document: Any) -> bytes:
+    return (
+        json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
+    ).encode()
+
+
+def parse_manifest(data: bytes, source: str) -> Manifest:
+    try:
+        return Manifest.model_validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise BundleCorruptError(
+            f"{source}: not a valid bundle manifest ({exc.error_count()} problems, first: "
+            f"{where}: {first['msg']})",
+            hint="the manifest is damaged or from an incompatible appliance release",
+        ) from exc

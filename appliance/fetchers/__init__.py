@@ -1,0 +1,1 @@
+"""Fetchers: one module per source kind, each turning spec entries into blobs."""

@@ -1,0 +1,52 @@
+"""Local models: a file or directory made in-house, hashed while copied into the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from appliance.bundle.store import BlobStore
+from appliance.errors import BuildError
+from appliance.spec.models import LocalModel
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    relative: str  # path inside the model (the file name, for a single-file model)
+    sha256: str
+    size: int
+
+
+def model_path(model: LocalModel, spec_dir: Path) -> Path:
+    source = model.source
+    path = Path(unquote(urlsplit(source).path)) if source.startswith("file://") else Path(source)
+    return path if path.is_absolute() else spec_dir / path
+
+
+def check_local_model(model: LocalModel, spec_dir: Path) -> Path:
+    path = model_path(model, spec_dir)
+    if not path.exists():
+        raise BuildError(
+            f"model {model.name}: {path} does not exist",
+            hint="create the model file first, or fix models[].source (relative paths are "
+            "relative to the spec file)",
+        )
+    return path
+
+
+def add_local_model(model: LocalModel, spec_dir: Path, store: BlobStore) -> list[ModelFile]:
+    root = check_local_model(model, spec_dir)
+    if root.is_file():
+        blob = store.add_file(root, what=f"model {model.name}")
+        return [ModelFile(root.name, blob.sha256, blob.size)]
+    files = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        if path.is_symlink():
+            raise BuildError(
+                f"model {model.name}: {path} is a symlink",
+                hint="copy the real file into the model directory; bundles hold no links",
+            )
+        blob = store.add_file(path, what=f"model {model.name}")
+        files.append(ModelFile(path.relative_to(root).as_posix(), blob.sha256, blob.size))
+    return files

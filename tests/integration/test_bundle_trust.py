@@ -1,0 +1,398 @@
+"""Signing, verify-bundle and pack/unpack against a tamper matrix, on real files and keys."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from appliance.bundle import layout
+from appliance.bundle.build import write_trust_files
+from appliance.bundle.manifest import Component, FileEntry, Manifest, Target
+from appliance.bundle.pack import pack, read_tar, unpack
+from appliance.bundle.signing import keygen
+from appliance.bundle.store import BlobStore
+from appliance.bundle.verify import verify_dir
+from appliance.errors import (
+    ApplianceError,
+    BundleCorruptError,
+    BundleLayoutError,
+    BundleSignatureError,
+)
+
+KINDS = ["file", "deb", "wheel", "model", "ansible-content", "repo-index", "installer", "sbom"]
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("keys")
+    keygen(root / "key", "test")
+    keygen(root / "other", "someone else")
+    return root / "key", root / "key.pub", root / "other.pub"
+
+
+def make_bundle(root: Path, key: Path, extra: list[FileEntry] | None = None) -> Path:
+    """A small bundle with one file of every kind, signed like build-bundle signs."""
+    bundle = root / "bundle"
+    store = BlobStore(bundle)
+    entries = []
+    for index, kind in enumerate(KINDS):
+        data = f"{kind} payload {index}\n".encode() * (1000 + index)
+        if kind in {"repo-index", "installer", "sbom"}:
+            path = {
+                "repo-index": "repo/Packages",
+                "installer": "install.sh",
+                "sbom": "sbom.cdx.json",
+            }[kind]
+            (bundle / path).parent.mkdir(parents=True, exist_ok=True)
+            (bundle / path).write_bytes(data)
+            digest = hashlib.sha256(data).hexdigest()
+        else:
+            digest = store.add_bytes(data).sha256
+            path = layout.blob_path(digest)
+        entries.append(
+            FileEntry(path=path, sha256=digest, size=len(data), kind=kind, component=kind)
+        )  # type: ignore[arg-type]
+    manifest = Manifest(
+        name="t",
+        release="1",
+        created="2026-11-27T00:00:00Z",
+        appliance_version="0",
+        spec_sha256="0" * 64,
+        target=Target(os="debian-12", arch="amd64"),
+        stack={},
+        components=[Component(name=k, kind=k) for k in KINDS],
+        files=sorted(entries + (extra or []), key=lambda e: e.path),
+    )
+    write_trust_files(bundle, manifest, key)
+    return bundle
+
+
+def path_of(bundle: Path, kind: str) -> Path:
+    manifest = Manifest.model_validate_json((bundle / layout.MANIFEST).read_bytes())
+    (entry,) = [e for e in manifest.files if e.kind == kind]
+    return bundle / entry.path
+
+
+def flip_byte(path: Path, offset: int = 100) -> None:
+    path.chmod(0o644)
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_intact_bundle_verifies(tmp_path: Path, keys: tuple[Path, Path, Path]) -> None:
+    bundle = make_bundle(tmp_path, keys[0])
+    report = verify_dir(bundle, keys[1])
+    assert report.files == len(KINDS)
+    assert report.bytes == sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file()) - sum(
+        (bundle / name).stat().st_size for name in layout.TRUST_FILES
+    )
+
+
+def test_stock_openssh_and_coreutils_verify_the_same_bundle(
+    tmp_path: Path, keys: tuple[Path, Path, Path]
+) -> None:
+    bundle = make_bundle(tmp_path, keys[0])
+    key_type, key_b64 = keys[1].read_text().split()[:2]
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text(f"appliance-bundle-signer {key_type} {key_b64}\n")
+    for name in (layout.SHA256SUMS, layout.MANIFEST):
+        command = ["ssh-keygen", "-Y", "verify", "-f", str(allowed)]
+        command += ["-I", "appliance-bundle-signer", "-n", "appliance-bundle", "-s", f"{name}.sig"]
+        checked = subprocess.run(
+            command,
+            input=(bundle / name).read_bytes(),
+            cwd=bundle,
+            capture_output=True,
+            check=False,
+        )
+        assert checked.returncode == 0, checked.stderr
+    sums = subprocess.run(
+        ["sha256sum", "-c", layout.SHA256SUMS], cwd=bundle, capture_output=True, check=False
+    )
+    assert sums.returncode == 0, sums.stdout
+    # The stock tools notice tampering too.
+    flip_byte(path_of(bundle, "deb"))
+    assert (
+        subprocess.run(
+            ["sha256sum", "-c", "--quiet", layout.SHA256SUMS],
+            cwd=bundle,
+            capture_output=True,
+            check=False,
+        ).returncode
+        == 1
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_byte_flip_in_each_kind_is_corrupt_content(
+    tmp_path: Path, keys: tuple[Path, Path, Path], kind: str
+) -> None:
+    bundle = make_bundle(tmp_path, keys[0])
+    target = path_of(bundle, kind)
+    flip_byte(target)
+    error = expect(BundleCorruptError, verify_dir, bundle, keys[1])
+    relative = target.relative_to(bundle).as_posix()
+    assert [p.path for p in error.problems] == [relative]
+    assert error.problems[0].message.startswith("sha256 ")
+    assert error.exit_code == 11
+
+
+def test_truncation_is_corrupt_content(tmp_path: Path, keys: tuple[Path, Path, Path]) -> None:
+    bundle = make_bundle(tmp_path, keys[0])
+    target = path_of(bundle, "model")
+    size = target.stat().st_size
+    target.chmod(0o644)
+    os.truncate(target, size - 10)
+    error = expect(BundleCorruptError, verify_dir, bundle, keys[1])
+    assert error.problems[0].message == f"size {size - 10}, manifest says {size}"
+
+
+def test_missing_file_is_corrupt_content(tmp_path: Path, keys: tuple[Path, Path, Path]) -> None:
+    bundle = make_bundle(tmp_path, keys[0])
+    target = path_of(bundle, "wheel")
+    target.unlink()
+    error = expect(BundleCorruptError, verify_dir, bundle, keys[1])
+    assert [(p.path, p.message) for p in error.problems] == [
+        (target.relative_to(bundle).as_posix(), "missing")
+    ]
+
+
+def test_extra_file_is_unsafe_layout(tmp_path: Path, keys: tuple[Path, Path, Path]) -> None:
+    bundle = make_bundle(tmp_path, keys[0])
+    (bundle / "blobs/sha256/evil").write_text("payload nobody signed")
+    error = expect(BundleLayoutError, verify_dir, bundle, keys[1])
+    assert [(p.path, p.message) for p in error.problems] == [
+        ("blobs/sha256/evil", "not in the signed manifest")
+    ]
+    assert error.exit_code == 12
+
+
+def test_wrong_key_is_a_bad_signature(tmp_path: Path, keys: tuple[Path, Path, Path]) -> None:
+    bundle = make_bundle(tmp_path, keys[0])
+    error = expect(BundleSignatureError, verify_dir, bundle, keys[2])
+    assert error.message == f"{bundle}: signed by another key than {keys[2]}"
+    assert error.exit_code == 10
+
+
+def test_modified_manifest_is_a_bad_signature(
+    tmp_path: Path, keys: tuple[Path, Path, Path]
+) -> None:
+    bundle = make_bundle(tmp_path, keys[0])
+    manifest = bundle / layout.MANIFEST
+    manifest.write_bytes(manifest.read_bytes().replace(b'"release":"1"', b'"release":"2"'))
+    error = expect(BundleSignatureError, verify_dir, bundle, keys[1])
+    assert error.message == f"{bundle}: signature does not verify with {keys[1]}"
+
+
+def test_missing_signature_is_a_bad_signature(
+    tmp_path: Path, keys: tuple[Path, Path, Path]
+) -> None:
+    bundle = make_bundle(tmp_path, keys[0])
+    (bundle / layout.MANIFEST_SIG).unlink()
+    error = expect(BundleSignatureError, verify_dir, bundle, keys[1])
+    assert "manifest.json.sig is missing" in error.message
+
+
+def test_signed_manifest_with_traversal_is_unsafe_layout(
+    tmp_path: Path, keys: tuple[Path, Path, Path]
+) -> None:
+    evil = FileEntry(path="../outside", sha256="0" * 64, size=0, kind="file", component="file")
+    bundle = make_bundle(tmp_path, keys[0], extra=[evil])
+    error = expect(BundleLayoutError, verify_dir, bundle, keys[1])
+    assert [(p.path, p.message) for p in error.problems] == [
+        ("../outside", "unsafe path in manifest: '..' in path")
+    ]
+
+
+def test_escaping_symlink_is_unsafe_layout(tmp_path: Path, keys: tuple[Path, Path, Path]) -> None:
+    bundle = make_bundle(tmp_path, keys[0])
+    target = path_of(bundle, "file")
+    target.unlink()
+    target.symlink_to("/etc/passwd")
+    error = expect(BundleLayoutError, verify_dir, bundle, keys[1])
+    assert error.problems[0].message == "symbolic link to /etc/passwd escapes the bundle"
+
+
+def test_device_file_is_unsafe_layout(tmp_path: Path, keys: tuple[Path, Path, Path]) -> None:
+    bundle = make_bundle(tmp_path, keys[0])
+    os.mknod(bundle / "blobs/null", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    error = expect(BundleLayoutError, verify_dir, bundle, keys[1])
+    assert [(p.path, p.message) for p in error.problems] == [
+        ("blobs/null", "device file (bundles hold regular files only)")
+    ]
+
+
+# --- packed bundles -----------------------------------------------------------------------
+
+
+def packed(bundle: Path) -> bytes:
+    out = io.BytesIO()
+    pack(bundle, out)
+    return out.getvalue()
+
+
+def test_pack_is_reproducible_and_round_trips(
+    tmp_path: Path, keys: tuple[Path, Path, Path]
+) -> None:
+    bundle = make_bundle(tmp_path, keys[0])
+    data = packed(bundle)
+    assert data == packed(bundle)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = tar.getnames()
+    assert names[:4] == list(layout.PACK_FIRST)
+    archive = tmp_path / "b.tar"
+    archive.write_bytes(data)
+    unpack(archive, tmp_path / "out", keys[1])
+    for path in bundle.rglob("*"):
+        if path.is_file():
+            assert (tmp_path / "out" / path.relative_to(bundle)).read_bytes() == path.read_bytes()
+    verify_dir(tmp_path / "out", keys[1])
+
+
+def rewrite(data: bytes, change: object) -> bytes:
+    """Copy a packed bundle member by member through ``change(info, body) -> list``."""
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(data)) as source,
+        tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for info in source.getmembers():
+            handle = source.extractfile(info)
+            body = handle.read() if handle else b""
+            for new_info, new_body in change(info, body):  # type: ignore[operator]
+                tar.addfile(new_info, io.BytesIO(new_body) if new_body is not None else None)
+    return out.getvalue()
+
+
+def member(
+    name: str, kind: bytes = tarfile.REGTYPE, body: bytes = b"", link: str = ""
+) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.size = len(body) if kind == tarfile.REGTYPE else 0
+    info.linkname = link
+    return info, body
+
+
+def after_trust(extra: tuple[tarfile.TarInfo, bytes]) -> object:
+    def change(info: tarfile.TarInfo, body: bytes) -> list[tuple[tarfile.TarInfo, bytes]]:
+        if info.name == layout.SHA256SUMS_SIG:
+            return [(info, body), extra]
+        return [(info, body)]
+
+    return change
+
+
+TAR_CASES = {
+    "path-traversal": (
+        after_trust(member("../../etc/cron.d/evil", body=b"x")),
+        BundleLayoutError,
+        "'..' in path",
+    ),
+    "absolute-path": (
+        after_trust(member("/etc/evil", body=b"x")),
+        BundleLayoutError,
+        "absolute path",
+    ),
+    "escaping-symlink": (
+        after_trust(member("blobs/link", tarfile.SYMTYPE, link="/etc/shadow")),
+        BundleLayoutError,
+        "symbolic link to /etc/shadow",
+    ),
+    "hardlink": (
+        after_trust(member("blobs/hard", tarfile.LNKTYPE, link="/etc/shadow")),
+        BundleLayoutError,
+        "hard link to /etc/shadow",
+    ),
+    "device-file": (
+        after_trust(member("blobs/dev", tarfile.CHRTYPE)),
+        BundleLayoutError,
+        "device file",
+    ),
+    "extra-file": (
+        after_trust(member("blobs/sha256/extra", body=b"x")),
+        BundleLayoutError,
+        "not in the signed manifest",
+    ),
+}
+
+
+@pytest.mark.parametrize(("change", "error", "text"), TAR_CASES.values(), ids=TAR_CASES.keys())
+def test_tampered_archive_is_refused_before_anything_is_written(
+    tmp_path: Path,
+    keys: tuple[Path, Path, Path],
+    change: object,
+    error: type[ApplianceError],
+    text: str,
+) -> None:
+    data = rewrite(packed(make_bundle(tmp_path, keys[0])), change)
+    archive = tmp_path / "evil.tar"
+    archive.write_bytes(data)
+    caught = expect(error, unpack, archive, tmp_path / "dest" / "bundle", keys[1])
+    assert text in caught.message
+    # Nothing left behind: no destination, no staging directory, nothing outside.
+    assert list((tmp_path / "dest").iterdir()) == []
+    assert not (tmp_path / "etc").exists()
+    with archive.open("rb") as source:
+        expect(error, read_tar, source, keys[1], "evil.tar")
+
+
+def test_corrupt_member_in_archive_removes_partial_extraction(
+    tmp_path: Path, keys: tuple[Path, Path, Path]
+) -> None:
+    bundle = make_bundle(tmp_path, keys[0])
+    deb = path_of(bundle, "deb").relative_to(bundle).as_posix()
+
+    def flip(info: tarfile.TarInfo, body: bytes) -> list[tuple[tarfile.TarInfo, bytes]]:
+        if info.name == deb:
+            body = bytes([body[0] ^ 1]) + body[1:]
+        return [(info, body)]
+
+    archive = tmp_path / "bad.tar"
+    archive.write_bytes(rewrite(packed(bundle), flip))
+    caught = expect(BundleCorruptError, unpack, archive, tmp_path / "dest" / "b", keys[1])
+    assert [p.path for p in caught.problems] == [deb]
+    assert list((tmp_path / "dest").iterdir()) == []
+
+
+def test_archive_signed_by_another_key_is_refused(
+    tmp_path: Path, keys: tuple[Path, Path, Path]
+) -> None:
+    archive = tmp_path / "b.tar"
+    archive.write_bytes(packed(make_bundle(tmp_path, keys[0])))
+    expect(BundleSignatureError, unpack, archive, tmp_path / "dest" / "b", keys[2])
+    assert list((tmp_path / "dest").iterdir()) == []
+
+
+def test_truncated_archive_is_refused(tmp_path: Path, keys: tuple[Path, Path, Path]) -> None:
+    data = packed(make_bundle(tmp_path, keys[0]))
+    archive = tmp_path / "short.tar"
+    archive.write_bytes(data[: len(data) // 2])
+    caught = expect(BundleCorruptError, unpack, archive, tmp_path / "dest" / "b", keys[1])
+    assert "not a complete tar archive" in caught.message
+    assert list((tmp_path / "dest").iterdir()) == []
+
+
+def expect(error: type[ApplianceError], function: object, *args: object) -> ApplianceError:
+    with pytest.raises(error) as caught:
+        function(*args)  # type: ignore[operator]
+    return caught.value
+
+
+def test_keygen_never_overwrites(tmp_path: Path) -> None:
+    keygen(tmp_path / "k", "x")
+    before = (tmp_path / "k").read_bytes()
+    with pytest.raises(ApplianceError, match="already exists"):
+        keygen(tmp_path / "k", "x")
+    assert (tmp_path / "k").read_bytes() == before
+    assert stat.S_IMODE((tmp_path / "k").stat().st_mode) == 0o600
+    shutil.rmtree(tmp_path)

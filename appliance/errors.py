@@ -74,6 +74,56 @@ class SpecVersionError(ApplianceError):
     kind = "spec-version"
 
 
+class BundleSignatureError(ApplianceError):
+    """The bundle's signature is missing, malformed, or not made by the trusted key."""
+
+    exit_code = 10
+    kind = "bundle-signature"
+
+
+class BundleCorruptError(ApplianceError):
+    """A file the signed manifest lists is missing, or its size or digest differs."""
+
+    exit_code = 11
+    kind = "bundle-corrupt"
+
+
+class BundleLayoutError(ApplianceError):
+    """The bundle holds something unsafe or unexpected: a path that escapes, a link, a device
+    file, or a file the manifest does not list."""
+
+    exit_code = 12
+    kind = "bundle-layout"
+
+
+class KeyFileError(ApplianceError):
+    """A signing or verification key cannot be made, read or used."""
+
+    exit_code = 13
+    kind = "key"
+
+
+class FetchError(ApplianceError):
+    """An artifact could not be downloaded (after retries, where retrying made sense)."""
+
+    exit_code = 21
+    kind = "fetch"
+
+
+class ChecksumMismatchError(ApplianceError):
+    """Downloaded bytes do not match the pinned digest."""
+
+    exit_code = 22
+    kind = "checksum-mismatch"
+
+
+class BuildError(ApplianceError):
+    """The bundle cannot be built as asked (output in the way, unsupported source, ...)."""
+
+    exit_code = 23
+    kind = "build"
+
+
 def exit_codes() -> dict[str, int]:
     """Map each error kind to its exit code (documented in ``appliance --help``)."""
     classes: list[type[ApplianceError]] = [ApplianceError]
@@ -83,3 +133,10 @@ def exit_codes() -> dict[str, int]:
         seen[cls.kind] = cls.exit_code
         classes.extend(cls.__subclasses__())
     return seen
+
+
+class PackageResolveError(ApplianceError):
+    """Debian packages cannot be resolved against the spec's apt sources."""
+
+    exit_code = 20
+    kind = "package-resolve"

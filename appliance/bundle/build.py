@@ -194,8 +194,7 @@ def _check_before_fetching(spec: Spec, options: BuildOptions) -> None:
             check_local_model(model, options.spec_path.parent)
     if spec.packages is not None:
         for index, source in enumerate(spec.packages.sources):
-            keyring = Path(source.keyring)
-            keyring = keyring if keyring.is_absolute() else options.spec_path.parent / keyring
+            keyring = _spec_relative(options.spec_path, source.keyring)
             if not keyring.is_file():
                 raise BuildError(
                     f"packages.sources[{index}].keyring: {keyring} does not exist",
@@ -207,6 +206,11 @@ def _check_before_fetching(spec: Spec, options: BuildOptions) -> None:
             hint="choose another --output, or pass --force to replace it once the new bundle "
             "is complete",
         )
+
+
+def _spec_relative(spec_path: Path, value: str) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else (spec_path.parent / path).resolve()
 
 
 @contextmanager
@@ -291,7 +295,15 @@ def _packages(
     apt_dir = (options.cache / "apt") if options.cache else staging / ".apt"
     apt_dir.mkdir(parents=True, exist_ok=True)
     fetcher.progress.note("resolving OS packages")
-    debs = apt.resolve(spec.packages, target.arch, apt_dir)
+    # Keyring paths in a spec are relative to the spec file, not to where appliance runs.
+    sources = [
+        source.model_copy(
+            update={"keyring": str(_spec_relative(options.spec_path, source.keyring))}
+        )
+        for source in spec.packages.sources
+    ]
+    packages = spec.packages.model_copy(update={"sources": sources})
+    debs = apt.resolve(packages, target.arch, apt_dir)
     wanted = [Wanted(f"deb {d.name}", d.url, d.sha256, d.size) for d in debs]
     fetched = fetcher.fetch_all(wanted)
     _tally(report, fetched)
@@ -338,17 +350,21 @@ def _wheels(
         ("installer", [*runtime, "pip"], "3.11", constraints if constraints.is_file() else None)
     ]
     sets += [(w.name, list(w.requirements), w.python, None) for w in spec.wheels]
+    cache = BlobStore(options.cache) if options.cache else None
     for set_name, requirements, python, pins in sets:
         wheels = resolve_wheels(
             requirements,
             python=python,
             os_name=target.os,
             arch=target.arch,
-            store=store,
+            store=cache or store,
             cache_dir=options.cache,
             constraints=pins,
             what=f"wheels {set_name}",
         )
+        if cache is not None:
+            for wheel in wheels:
+                store.link_from(cache, wheel.sha256)
         if set_name == "installer":
             wheels = [own, *wheels]
         for wheel in wheels:

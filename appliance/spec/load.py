@@ -90,6 +90,9 @@ def _message(error: ErrorDetails) -> str:
     if kind in {"list_type", "model_type", "model_attributes_type", "dict_type"}:
         wanted = "a list" if kind == "list_type" else "a mapping of fields"
         return f"must be {wanted}, got {type(error['input']).__name__}"
+    if kind == "string_type":
+        got = type(error["input"]).__name__
+        return f"must be text, got {got} {error['input']!r}: put the value in quotes"
     if kind == "too_short":
         return "must not be empty"
     message = error["msg"]

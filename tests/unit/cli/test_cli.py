@@ -30,7 +30,15 @@ def test_help_teaches_the_flow_and_lists_only_real_commands(
     assert "Build and install air-gapped LLM appliances." in out
     assert "appliance spec validate examples/demo.yaml" in out
     commands = out.split("Commands:\n", 1)[1].split("\n\n", 1)[0]
-    assert [line.split()[0] for line in commands.splitlines()] == ["spec"]
+    assert [line.split()[0] for line in commands.splitlines()] == [
+        "build-bundle",
+        "inspect",
+        "keygen",
+        "pack",
+        "spec",
+        "unpack",
+        "verify-bundle",
+    ]
     for code_line in (
         "  1  error",
         "  2  usage",

@@ -99,6 +99,14 @@ CASES: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
+        "file-sha256-all-digits-unquoted",
+        HEAD
+        + f"files:\n  - {{name: k3s, url: 'https://example.invalid/k3s', sha256: {'1' * 64}}}\n",
+        [
+            f"files[0].sha256 (line 7): must be text, got int {int('1' * 64)!r}: put the value in quotes"
+        ],
+    ),
+    (
         "file-url-scheme",
         HEAD + f"files:\n  - name: k3s\n    url: ftp://example.invalid/k3s\n    sha256: {SHA}\n",
         [

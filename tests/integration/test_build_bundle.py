@@ -1,0 +1,195 @@
+"""build-bundle end to end, through the real CLI: build, inspect, verify, rebuild from cache,
+pack, and bootstrap the installer on an air-gapped host from the bundle alone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from appliance.cli import main
+
+pytestmark = [pytest.mark.network, pytest.mark.slow]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as done:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return int(done.value.code or 0), out, err
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("build")
+    payload = os.urandom(1 << 20)
+    (root / "payload.bin").write_bytes(payload)
+    (root / "models").mkdir()
+    (root / "models" / "tiny.gguf").write_bytes(b"GGUF" + os.urandom(4096))
+    (root / "spec.yaml").write_text(
+        f"""---
+version: 1
+name: e2e
+release: 2026.11.0
+targets: [{{os: debian-12, arch: amd64}}]
+stack: {{orchestrator: systemd, registry: none, object_store: filesystem, runtime: llamacpp}}
+files:
+  - name: payload
+    url: {(root / "payload.bin").as_uri()}
+    sha256: {hashlib.sha256(payload).hexdigest()}
+models:
+  - {{name: tiny, source: models/tiny.gguf, format: gguf}}
+wheels:
+  - {{name: extra, requirements: [six==1.16.0]}}
+"""
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(workspace: Path) -> dict[str, object]:
+    """Build once for the module, through the CLI, with --json."""
+    with pytest.raises(SystemExit) as done:
+        main(["keygen", "-o", str(workspace / "key")])
+    assert done.value.code == 0
+    argv = ["--json", "build-bundle", str(workspace / "spec.yaml"), "-o", str(workspace / "out"),
+            "--sign-key", str(workspace / "key"), "--cache", str(workspace / "cache")]  # fmt: skip
+    import contextlib
+    import io
+
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout), pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 0, stdout.getvalue()
+    return json.loads(stdout.getvalue())
+
+
+def test_build_reports_what_it_did(built: dict[str, object], workspace: Path) -> None:
+    assert built["ok"] is True
+    assert built["fetched"] == {"files": 1, "bytes": 1 << 20}
+    kinds = built["by_kind"]
+    assert isinstance(kinds, dict)
+    assert kinds["file"] == 1 and kinds["model"] == 1 and kinds["installer"] == 1
+    assert kinds["wheel"] >= 20  # the installer's closure plus six
+    assert not list(workspace.glob(".out.partial-*"))
+
+
+def test_manifest_lists_every_file_once_with_digest(workspace: Path) -> None:
+    bundle = workspace / "out"
+    manifest = json.loads((bundle / "manifest.json").read_bytes())
+    listed = {entry["path"] for entry in manifest["files"]}
+    on_disk = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
+    trust = {"manifest.json", "manifest.json.sig", "SHA256SUMS", "SHA256SUMS.sig"}
+    assert on_disk - trust == listed
+    for entry in manifest["files"]:
+        assert hashlib.sha256((bundle / entry["path"]).read_bytes()).hexdigest() == entry["sha256"]
+    wheels = {e["name"] for e in manifest["files"] if e["kind"] == "wheel"}
+    assert "six-1.16.0-py2.py3-none-any.whl" in wheels
+    assert any(name.startswith("appliance-0.1.0-") for name in wheels)
+    assert any(name.startswith("pip-") for name in wheels)
+    sbom = json.loads((bundle / "sbom.cdx.json").read_bytes())
+    assert sbom["bomFormat"] == "CycloneDX" and sbom["specVersion"] == "1.5"
+    purls = {c.get("purl") for c in sbom["components"]}
+    assert "pkg:pypi/six@1.16.0" in purls
+
+
+def test_inspect_json(capsys: pytest.CaptureFixture[str], workspace: Path) -> None:
+    code, out, _ = run(capsys, "--json", "inspect", str(workspace / "out"))
+    info = json.loads(out)
+    assert code == 0
+    assert (info["name"], info["release"]) == ("e2e", "2026.11.0")
+    assert info["kinds"]["model"] == {"files": 1, "bytes": 4100}
+    assert {c["name"] for c in info["components"]} >= {"payload", "tiny", "six:extra"}
+
+
+def test_verify_bundle_cli(capsys: pytest.CaptureFixture[str], workspace: Path) -> None:
+    code, out, err = run(
+        capsys, "verify-bundle", str(workspace / "out"), "--pubkey", str(workspace / "key.pub")
+    )
+    assert (code, err) == (0, "")
+    assert out.startswith(f"{workspace / 'out'}: verified e2e 2026.11.0: signature good, ")
+
+
+def test_rebuild_of_unchanged_spec_downloads_nothing(
+    capsys: pytest.CaptureFixture[str], workspace: Path
+) -> None:
+    code, out, _ = run(
+        capsys, "--json", "build-bundle", str(workspace / "spec.yaml"), "-o",
+        str(workspace / "again"), "--sign-key", str(workspace / "key"),
+        "--cache", str(workspace / "cache"),
+    )  # fmt: skip
+    report = json.loads(out)
+    assert code == 0
+    assert report["fetched"] == {"files": 0, "bytes": 0}
+    assert report["from_cache"]["files"] == 1
+    first = json.loads((workspace / "out/manifest.json").read_bytes())
+    second = json.loads((workspace / "again/manifest.json").read_bytes())
+    assert [f for f in first["files"]] == [f for f in second["files"]]
+
+
+def test_existing_output_is_refused_and_kept(
+    capsys: pytest.CaptureFixture[str], workspace: Path
+) -> None:
+    before = (workspace / "out/manifest.json").read_bytes()
+    code, _, err = run(
+        capsys, "build-bundle", str(workspace / "spec.yaml"), "-o", str(workspace / "out"),
+        "--sign-key", str(workspace / "key"), "--cache", str(workspace / "cache"),
+    )  # fmt: skip
+    assert code == 23
+    assert err.startswith(f"Error: {workspace / 'out'} already exists\n")
+    assert (workspace / "out/manifest.json").read_bytes() == before
+
+
+def test_mismatched_file_fails_and_leaves_no_bundle(
+    capsys: pytest.CaptureFixture[str], workspace: Path
+) -> None:
+    spec = workspace / "bad.yaml"
+    text = (workspace / "spec.yaml").read_text()
+    digest = text.split("sha256: ")[1].split()[0]
+    spec.write_text(text.replace(digest, "'" + "0" * 64 + "'"))
+    code, _, err = run(
+        capsys, "build-bundle", str(spec), "-o", str(workspace / "bad"),
+        "--sign-key", str(workspace / "key"), "--cache", str(workspace / "cache2"),
+    )  # fmt: skip
+    assert code == 22, err
+    assert f"expected {'0' * 64}, got {digest}" in err
+    assert not (workspace / "bad").exists()
+    assert not list(workspace.glob(".bad.partial-*"))
+
+
+@pytest.mark.docker
+def test_install_sh_bootstraps_the_installer_on_an_airgapped_host(
+    workspace: Path, airgapped_host: Callable[..., Callable[..., object]]
+) -> None:
+    host = airgapped_host({workspace / "out": "/srv/bundle", workspace / "key.pub": "/srv/key.pub"})
+    result = host("/srv/bundle/install.sh", "--pubkey", "/srv/key.pub")
+    # The host has no network and no pip of its own: the venv came from the bundle alone.
+    assert "creating the installer venv /opt/appliance/venv from the bundle" in result.stdout  # type: ignore[attr-defined]
+    assert "/srv/bundle: verified e2e 2026.11.0: signature good" in result.stdout  # type: ignore[attr-defined]
+    # Installing arrives with the install command; until then the script says so and stops.
+    assert result.returncode == 1  # type: ignore[attr-defined]
+    assert "cannot install them yet" in result.stderr  # type: ignore[attr-defined]
+    version = host("/opt/appliance/venv/bin/appliance", "--version")
+    assert version.stdout == "appliance, version 0.1.0\n"  # type: ignore[attr-defined]
+
+
+@pytest.mark.docker
+def test_install_sh_refuses_a_tampered_bundle(
+    workspace: Path, tmp_path: Path, airgapped_host: Callable[..., Callable[..., object]]
+) -> None:
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(workspace / "out", copy)
+    model = next(p for p in (copy / "blobs/sha256").iterdir() if p.read_bytes()[:4] == b"GGUF")
+    model.chmod(0o644)
+    model.write_bytes(b"GGUF" + b"\0" * 4096)
+    host = airgapped_host({copy: "/srv/bundle", workspace / "key.pub": "/srv/key.pub"})
+    result = host("/srv/bundle/install.sh", "--pubkey", "/srv/key.pub")
+    assert result.returncode == 1  # type: ignore[attr-defined]
+    assert "corrupt content: 1 file" in result.stderr  # type: ignore[attr-defined]
+    assert "the bundle did not verify; nothing was installed" in result.stderr  # type: ignore[attr-defined]

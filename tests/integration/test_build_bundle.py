@@ -41,6 +41,14 @@ files:
   - name: payload
     url: {(root / "payload.bin").as_uri()}
     sha256: {hashlib.sha256(payload).hexdigest()}
+packages:
+  sources:
+    - kind: apt
+      url: http://deb.debian.org/debian
+      suites: [bookworm]
+      components: [main]
+      keyring: /usr/share/keyrings/debian-archive-keyring.gpg
+  install: [jq]
 models:
   - {{name: tiny, source: models/tiny.gguf, format: gguf}}
 wheels:
@@ -70,10 +78,13 @@ def built(workspace: Path) -> dict[str, object]:
 
 def test_build_reports_what_it_did(built: dict[str, object], workspace: Path) -> None:
     assert built["ok"] is True
-    assert built["fetched"] == {"files": 1, "bytes": 1 << 20}
+    assert isinstance(built["fetched"], dict)
+    assert built["fetched"]["files"] == 4  # the payload and three debs
     kinds = built["by_kind"]
     assert isinstance(kinds, dict)
     assert kinds["file"] == 1 and kinds["model"] == 1 and kinds["installer"] == 1
+    assert kinds["deb"] == 3  # jq, libjq1, libonig5: the rest is in a minbase target
+    assert kinds["repo-index"] == 6
     assert kinds["wheel"] >= 20  # the installer's closure plus six
     assert not list(workspace.glob(".out.partial-*"))
 
@@ -125,10 +136,15 @@ def test_rebuild_of_unchanged_spec_downloads_nothing(
     report = json.loads(out)
     assert code == 0
     assert report["fetched"] == {"files": 0, "bytes": 0}
-    assert report["from_cache"]["files"] == 1
+    assert report["from_cache"]["files"] == 4
     first = json.loads((workspace / "out/manifest.json").read_bytes())
     second = json.loads((workspace / "again/manifest.json").read_bytes())
-    assert [f for f in first["files"]] == [f for f in second["files"]]
+
+    # Same payload, byte for byte; only the repo's index differs (a fresh key signs each bundle).
+    def payload(files: list[dict[str, object]]) -> list[dict[str, object]]:
+        return [f for f in files if f["kind"] != "repo-index"]
+
+    assert payload(first["files"]) == payload(second["files"])
 
 
 def test_existing_output_is_refused_and_kept(
@@ -193,3 +209,24 @@ def test_install_sh_refuses_a_tampered_bundle(
     assert result.returncode == 1  # type: ignore[attr-defined]
     assert "corrupt content: 1 file" in result.stderr  # type: ignore[attr-defined]
     assert "the bundle did not verify; nothing was installed" in result.stderr  # type: ignore[attr-defined]
+
+
+@pytest.mark.docker
+def test_bundle_repo_is_the_only_package_source_an_airgapped_host_needs(
+    workspace: Path, airgapped_host: Callable[..., Callable[..., object]]
+) -> None:
+    host = airgapped_host({workspace / "out": "/srv/bundle"})
+    source = (
+        "Types: deb\nURIs: file:/srv/bundle\nSuites: repo/\n"
+        "Signed-By: /srv/bundle/repo/archive-key.gpg\n"
+    )
+    steps = [
+        ("sh", "-c", f"printf '{source}' > /etc/apt/sources.list.d/appliance.sources"),
+        ("apt-get", "update", "--error-on=any"),
+        ("apt-get", "install", "-y", "--no-install-recommends", "jq"),
+        ("jq", "--version"),
+    ]
+    for step in steps:
+        result = host(*step)
+        assert result.returncode == 0, (step, result.stdout, result.stderr)  # type: ignore[attr-defined]
+    assert result.stdout.strip() == "jq-1.6"  # type: ignore[attr-defined]

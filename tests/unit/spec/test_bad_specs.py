@@ -103,7 +103,8 @@ CASES: list[tuple[str, str, list[str]]] = [
         HEAD
         + f"files:\n  - {{name: k3s, url: 'https://example.invalid/k3s', sha256: {'1' * 64}}}\n",
         [
-            f"files[0].sha256 (line 7): must be text, got int {int('1' * 64)!r}: put the value in quotes"
+            f"files[0].sha256 (line 7): must be text, got int {int('1' * 64)!r}: "
+            "put the value in quotes"
         ],
     ),
     (

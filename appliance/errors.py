@@ -124,6 +124,34 @@ class BuildError(ApplianceError):
     kind = "build"
 
 
+class InventoryError(ApplianceError):
+    """The inventory cannot drive an install: unreadable, unknown groups, no depot."""
+
+    exit_code = 30
+    kind = "inventory"
+
+
+class InstallError(ApplianceError):
+    """The install could not start or stage the bundle (nothing ran on the hosts)."""
+
+    exit_code = 31
+    kind = "install"
+
+
+class PlaybookFailedError(ApplianceError):
+    """A task failed on a host; the message names host, task and the module's words."""
+
+    exit_code = 32
+    kind = "playbook-failed"
+
+
+class VerifyFailedError(ApplianceError):
+    """`appliance verify` found a check that does not hold."""
+
+    exit_code = 33
+    kind = "verify-failed"
+
+
 def exit_codes() -> dict[str, int]:
     """Map each error kind to its exit code (documented in ``appliance --help``)."""
     classes: list[type[ApplianceError]] = [ApplianceError]

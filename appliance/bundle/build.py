@@ -127,6 +127,7 @@ def build_bundle(options: BuildOptions, progress: Progress | None = None) -> Bui
             components=sorted(parts.components, key=lambda c: (c.kind, c.name)),
             files=sorted(parts.files, key=lambda f: (f.path, f.component)),
             repo=parts.repo,
+            packages=[p.partition("=")[0] for p in spec.packages.install] if spec.packages else [],
         )
         write_trust_files(staging, manifest, options.sign_key)
         report.files = len(manifest.by_path())

@@ -64,6 +64,8 @@ class Manifest(_Frozen):
     components: list[Component]
     files: list[FileEntry]
     repo: RepoInfo | None = None
+    # The OS packages the spec asks for (their dependencies are in the repo too).
+    packages: list[str] = Field(default_factory=list)
 
     def canonical(self) -> bytes:
         return canonical_json(self.model_dump(mode="json"))

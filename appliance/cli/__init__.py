@@ -16,6 +16,7 @@ from appliance.cli.bundle import (
     unpack_command,
     verify_bundle,
 )
+from appliance.cli.install import install_command
 from appliance.cli.output import Output
 from appliance.cli.spec import spec_group
 from appliance.errors import ApplianceError, exit_codes
@@ -76,6 +77,7 @@ for command in (
     inspect,
     pack_command,
     unpack_command,
+    install_command,
 ):
     cli.add_command(command)
 

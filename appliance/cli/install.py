@@ -1,0 +1,119 @@
+"""``appliance install``: verify, stage, provision through Ansible, with a live view."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from appliance.cli.output import Output
+from appliance.install import InstallOptions, install
+from appliance.runner import TaskEvent
+
+_MARK = {
+    "ok": "ok",
+    "changed": "changed",
+    "skipped": "skipped",
+    "failed": "FAILED",
+    "unreachable": "UNREACHABLE",
+}
+
+
+class _LiveView:
+    """One line per play and task as they start, one per host result: readable in a
+    terminal and in a log alike."""
+
+    def __init__(self, output: Output) -> None:
+        self.output = output
+
+    def __call__(self, event: TaskEvent) -> None:
+        if event.kind == "play":
+            self.output.info(f"PLAY {event.play}")
+        elif event.kind == "task":
+            self.output.detail(f"  TASK {event.task}")
+        elif event.kind in {"changed", "failed", "unreachable"} or self.output.verbosity > 0:
+            self.output.info(f"    {_MARK[event.kind]}: [{event.host}] {event.task}")
+
+
+@click.command("install")
+@click.option(
+    "--bundle",
+    type=click.Path(path_type=Path, exists=True),
+    required=True,
+    help="Bundle directory or packed .tar.",
+)
+@click.option(
+    "--pubkey",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    required=True,
+    help="The publisher's public key, carried separately.",
+)
+@click.option(
+    "--inventory",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Ansible inventory with groups depot and gpu_nodes. Default: this machine alone.",
+)
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("/opt/appliance"),
+    show_default=True,
+    help="Where releases, the current link and run records live on the depot.",
+)
+@click.option(
+    "--internal-cidr",
+    "internal_cidrs",
+    multiple=True,
+    help="An IPv4 network inside the boundary (repeat); all other egress is dropped.",
+)
+@click.pass_obj
+def install_command(
+    output: Output,
+    bundle: Path,
+    pubkey: Path,
+    inventory: Path | None,
+    root: Path,
+    internal_cidrs: tuple[str, ...],
+) -> None:
+    """Install a verified bundle onto the hosts of an isolated network.
+
+    Verifies the bundle (signature, every digest, layout) before any host
+    changes, stages it as ROOT/releases/RELEASE, then runs the bundle's own
+    playbooks through ansible-runner: preflight, the bundle's repository as
+    the only package source, an nftables firewall that drops egress, then
+    the OS packages. Each run is kept under ROOT/runs/. Safe to re-run.
+
+    \b
+    Examples:
+      appliance install --bundle /media/usb/acme.tar --pubkey acme.pub
+      appliance install --bundle build/demo --pubkey key.pub --internal-cidr 198.18.10.0/24
+    """
+    report = install(
+        InstallOptions(
+            bundle=bundle,
+            pubkey=pubkey,
+            inventory=inventory,
+            root=root,
+            internal_cidrs=internal_cidrs,
+        ),
+        on_event=_LiveView(output) if not output.json_mode else lambda _event: None,
+    )
+    result = report.result
+    output.result(
+        {
+            "ok": True,
+            "name": report.manifest.name,
+            "release": report.manifest.release,
+            "release_dir": str(report.release_dir),
+            "hosts": report.hosts,
+            "stats": result.stats,
+            "seconds": round(result.seconds, 2),
+            "record": str(result.artifacts),
+        },
+        human=(
+            f"installed {report.manifest.name} {report.manifest.release} on "
+            f"{len(report.hosts)} host{'s' if len(report.hosts) != 1 else ''} in "
+            f"{result.seconds:.0f} s: ok={result.total('ok')} changed={result.total('changed')} "
+            f"failed={result.total('failed')}\n  run record: {result.artifacts}"
+        ),
+    )

@@ -1,0 +1,209 @@
+"""appliance install: verify the bundle, stage it on the depot, run the playbook.
+
+Nothing on any host changes before the bundle verified. Releases live side by side under
+``<root>/releases/<release>``; ``<root>/current`` points at the last release that installed
+completely. Every run keeps its ansible-runner private data dir under ``<root>/runs/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from appliance.bundle import layout
+from appliance.bundle.manifest import Manifest
+from appliance.bundle.pack import unpack
+from appliance.bundle.verify import verify_dir
+from appliance.errors import InstallError, PlaybookFailedError
+from appliance.install.inventory import Inventory, load_inventory, single_box
+from appliance.runner import RunResult, TaskEvent, run_playbook
+
+
+@dataclass(frozen=True)
+class InstallOptions:
+    bundle: Path
+    pubkey: Path
+    inventory: Path | None = None
+    root: Path = Path("/opt/appliance")
+    internal_cidrs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class InstallReport:
+    manifest: Manifest
+    release_dir: Path
+    result: RunResult
+    hosts: list[str]
+
+
+def install(options: InstallOptions, on_event: Callable[[TaskEvent], None]) -> InstallReport:
+    run_dir = _new_run_dir(options.root)
+    inventory_path = options.inventory or single_box(run_dir / "single-box.yml", sys.executable)
+    inventory = load_inventory(inventory_path)
+    if not inventory.depot_is_local:
+        raise InstallError(
+            f"the depot {inventory.depot} is another machine; this release stages bundles "
+            "only onto the machine that runs appliance install",
+            hint="run install.sh on the depot host itself (it reaches the GPU nodes over SSH)",
+        )
+    manifest, release_dir = stage(options.bundle, options.pubkey, options.root)
+    project = _ansible_content(release_dir, manifest)
+    result = run_playbook(
+        data_dir=run_dir,
+        project_dir=project,
+        playbook="playbooks/site.yml",
+        inventory=inventory.path.resolve(),
+        extravars=_extravars(options, manifest, release_dir, inventory),
+        envvars=_envvars(project),
+        on_event=on_event,
+    )
+    if result.rc != 0:
+        raise _failure(result)
+    _point_current(options.root, release_dir)
+    return InstallReport(manifest, release_dir, result, inventory.hosts)
+
+
+def stage(bundle: Path, pubkey: Path, root: Path) -> tuple[Manifest, Path]:
+    """Verify ``bundle`` and make it ``<root>/releases/<release>``; reuse a verified copy."""
+    releases = root / "releases"
+    releases.mkdir(parents=True, exist_ok=True)
+    if bundle.is_dir():
+        manifest = verify_dir(bundle, pubkey).manifest
+        release_dir = releases / manifest.release
+        if bundle.resolve() == release_dir.resolve():
+            return manifest, release_dir
+        if release_dir.exists():
+            existing = verify_dir(release_dir, pubkey).manifest
+            if existing.canonical() == manifest.canonical():
+                return manifest, release_dir
+            raise InstallError(
+                f"{release_dir} holds another bundle of release {manifest.release}",
+                hint="releases are immutable: build the new bundle with a new release label",
+            )
+        _copy_bundle(bundle, manifest, release_dir)
+        return manifest, release_dir
+    with tempfile.TemporaryDirectory(prefix=".incoming-", dir=releases) as tmp:
+        report = unpack(bundle, Path(tmp) / "bundle", pubkey)
+        release_dir = releases / report.manifest.release
+        if release_dir.exists():
+            return stage(release_dir, pubkey, root)
+        (Path(tmp) / "bundle").rename(release_dir)
+        return report.manifest, release_dir
+
+
+def _copy_bundle(bundle: Path, manifest: Manifest, release_dir: Path) -> None:
+    """Hard links where the filesystem allows (no extra disk), copies elsewhere; into a
+    temporary directory renamed into place, so a release directory is always complete."""
+    partial = Path(tempfile.mkdtemp(prefix=f".{release_dir.name}.", dir=release_dir.parent))
+    try:
+        for name in [*layout.TRUST_FILES, *manifest.by_path()]:
+            source, target = bundle / name, partial / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copy2(source, target)
+        partial.chmod(0o755)
+        partial.rename(release_dir)
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial)
+
+
+def _ansible_content(release_dir: Path, manifest: Manifest) -> Path:
+    """Unpack the bundle's Ansible content next to it, once (it is verified content)."""
+    target = release_dir.parent / f"{release_dir.name}.ansible"
+    if target.is_dir():
+        return target
+    (entry,) = [e for e in manifest.files if e.kind == "ansible-content"]
+    partial = Path(tempfile.mkdtemp(prefix=".ansible-", dir=release_dir.parent))
+    try:
+        # By hand, not extractall: Debian 12's Python 3.11.2 predates extraction filters, and
+        # only plain files with safe names may come out of this tar.
+        with tarfile.open(release_dir / entry.path) as tar:
+            for member in tar.getmembers():
+                source = tar.extractfile(member) if member.isfile() else None
+                if source is None or layout.unsafe_reason(member.name):
+                    raise InstallError(f"ansible content member {member.name!r} is not a file")
+                path = partial / member.name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with source, path.open("wb") as out:
+                    shutil.copyfileobj(source, out)
+                path.chmod(0o755 if member.mode & 0o111 else 0o644)
+        partial.chmod(0o755)
+        partial.rename(target)
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial)
+    return target
+
+
+def _extravars(
+    options: InstallOptions, manifest: Manifest, release_dir: Path, inventory: Inventory
+) -> dict[str, Any]:
+    variables: dict[str, Any] = {
+        "appliance_root": str(options.root),
+        "appliance_release": manifest.release,
+        "appliance_name": manifest.name,
+        "appliance_bundle_dir": str(release_dir),
+        "appliance_bundle_bytes": manifest.total_size(),
+        "appliance_repo_key": str(release_dir / manifest.repo.key) if manifest.repo else "",
+        "appliance_packages": manifest.packages,
+        "appliance_depot": inventory.depot,
+    }
+    if options.internal_cidrs:
+        variables["appliance_internal_cidrs"] = list(options.internal_cidrs)
+    return variables
+
+
+def _envvars(project: Path) -> dict[str, str]:
+    return {
+        "ANSIBLE_ROLES_PATH": str(project / "roles"),
+        "ANSIBLE_COLLECTIONS_PATH": str(project / "collections"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_RETRY_FILES_ENABLED": "false",
+        "ANSIBLE_HOST_KEY_CHECKING": "true",
+    }
+
+
+def _new_run_dir(root: Path) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    runs = root / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{stamp}-", dir=runs))
+    run_dir.chmod(0o700)  # the run's record may name hosts and paths: root only
+    return run_dir
+
+
+def _point_current(root: Path, release_dir: Path) -> None:
+    link = root / "current"
+    temporary = root / ".current.new"
+    temporary.unlink(missing_ok=True)
+    temporary.symlink_to(Path("releases") / release_dir.name)
+    temporary.replace(link)
+
+
+def _failure(result: RunResult) -> PlaybookFailedError:
+    record = result.artifacts
+    if not result.failures:
+        return PlaybookFailedError(
+            f"the playbook ended with status {result.status} (rc {result.rc})",
+            hint=f"the run's full record is in {record}",
+        )
+    first = result.failures[0]
+    what = "is unreachable" if first.unreachable else f"failed at task '{first.task}'"
+    others = len(result.failures) - 1
+    return PlaybookFailedError(
+        f"{first.host} {what}: {first.message}"
+        + (f" (and {others} more failure{'s' if others > 1 else ''})" if others else ""),
+        hint=f"fix the cause and run install again (it is idempotent); the run's full record "
+        f"is in {record}",
+    )

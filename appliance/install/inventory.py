@@ -1,0 +1,81 @@
+"""Inventories for install and verify: read with Ansible's own parser, checked before use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.errors import InventoryError
+
+KNOWN_GROUPS = frozenset({"all", "ungrouped", "depot", "gpu_nodes"})
+
+SINGLE_BOX = """\
+# Single box: this machine is the depot and the GPU node (written by appliance install).
+all:
+  children:
+    depot:
+      hosts:
+        localhost:
+          ansible_connection: local
+          ansible_python_interpreter: "{python}"
+    gpu_nodes:
+      hosts:
+        localhost:
+"""
+
+
+@dataclass(frozen=True)
+class Inventory:
+    path: Path
+    depot: str
+    hosts: list[str]
+    depot_is_local: bool
+
+
+def single_box(path: Path, python: str) -> Path:
+    path.write_text(SINGLE_BOX.format(python=python))
+    return path
+
+
+def load_inventory(path: Path) -> Inventory:
+    # Imported here: parsing an inventory needs ansible-core, the CLI's start-up does not.
+    from ansible.errors import AnsibleError
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+
+    if not path.is_file():
+        raise InventoryError(
+            f"inventory {path} does not exist",
+            hint="pass --inventory FILE, or leave it out to install onto this machine",
+        )
+    try:
+        manager = InventoryManager(loader=DataLoader(), sources=[str(path)])
+    except AnsibleError as exc:
+        raise InventoryError(f"inventory {path} cannot be read: {exc}") from exc
+    groups = manager.groups
+    if not manager.hosts:
+        raise InventoryError(
+            f"inventory {path} names no hosts",
+            hint="see inventories/lab/hosts.yml for the expected shape",
+        )
+    unknown = sorted(set(groups) - KNOWN_GROUPS)
+    if unknown:
+        raise InventoryError(
+            f"inventory {path}: unknown group{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(unknown)}",
+            hint="the appliance knows the groups depot (one host that receives the bundle) and "
+            "gpu_nodes; put every host in one of them",
+        )
+    depots = [host.name for host in groups["depot"].get_hosts()] if "depot" in groups else []
+    if len(depots) != 1:
+        raise InventoryError(
+            f"inventory {path}: the depot group must hold exactly one host, it holds {len(depots)}",
+            hint="name the host that receives the bundle under depot",
+        )
+    depot = manager.get_host(depots[0])
+    variables = depot.get_vars()
+    local = variables.get("ansible_connection") == "local" or depot.name in {
+        "localhost",
+        "127.0.0.1",
+    }
+    return Inventory(path, depot.name, sorted(h.name for h in manager.hosts.values()), local)

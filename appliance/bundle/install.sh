@@ -45,10 +45,17 @@ if [ ! -x "$venv/bin/appliance" ]; then
     fail "installing the installer from the bundle's wheelhouse failed" "see pip's message above"
 fi
 
-"$venv/bin/appliance" verify-bundle "$here" "$@" ||
+# The public key is the one option verify-bundle needs; install gets every option.
+pubkey=""
+previous=""
+for arg in "$@"; do
+  case "$previous" in --pubkey) pubkey=$arg ;; esac
+  case "$arg" in --pubkey=*) pubkey=${arg#--pubkey=} ;; esac
+  previous=$arg
+done
+[ -n "$pubkey" ] || fail "--pubkey is required" \
+  "pass the publisher's public key, carried separately: ./install.sh --pubkey KEY.pub"
+
+"$venv/bin/appliance" verify-bundle "$here" --pubkey "$pubkey" ||
   fail "the bundle did not verify; nothing was installed"
-if ! "$venv/bin/appliance" install --help >/dev/null 2>&1; then
-  fail "this appliance release verifies bundles but cannot install them yet" \
-    "the installer venv is ready at $venv"
-fi
 exec "$venv/bin/appliance" install --bundle "$here" "$@"

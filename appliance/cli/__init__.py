@@ -27,16 +27,22 @@ _EXIT_CODES = {**exit_codes(), "usage (bad option or argument)": 2}
 _EPILOG = """\b
 The flow:
   1. On a connected machine, describe what the appliance holds in a spec
-     (appliance.yaml) and check it:   appliance spec validate appliance.yaml
-  2. Build a signed bundle from it, carry it across the air gap, and install it
-     onto the isolated hosts with Ansible.
-  3. Prove the result: no packet leaves, every service answers.
+     (appliance.yaml), check it, and build a signed bundle:
+       appliance spec validate appliance.yaml
+       appliance keygen -o signing-key
+       appliance build-bundle appliance.yaml -o bundle --sign-key signing-key
+  2. Carry the bundle (or `appliance pack` it into one file) and signing-key.pub
+     across the air gap, separately.
+  3. On the isolated depot host, with only python3:
+       bundle/install.sh --pubkey signing-key.pub
+     which verifies the bundle and runs `appliance install`.
 
 \b
 Examples:
   appliance spec validate examples/demo.yaml
-  appliance --json spec validate examples/production.yaml
-  appliance spec schema > appliance.schema.json
+  appliance --json inspect bundle
+  appliance verify-bundle bundle.tar --pubkey signing-key.pub
+  appliance install --bundle bundle --pubkey signing-key.pub --internal-cidr 198.18.10.0/24
 
 \b
 Exit codes:

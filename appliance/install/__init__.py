@@ -54,6 +54,14 @@ def install(options: InstallOptions, on_event: Callable[[TaskEvent], None]) -> I
             "only onto the machine that runs appliance install",
             hint="run install.sh on the depot host itself (it reaches the GPU nodes over SSH)",
         )
+    remote = [host for host in inventory.hosts if host not in inventory.local_hosts]
+    if remote and shutil.which("ssh") is None:
+        raise InstallError(
+            f"the inventory names other hosts ({', '.join(remote)}) but this machine has no ssh "
+            "client to reach them",
+            hint="install openssh-client on the depot (Debian: from the installation media), "
+            "then run install again",
+        )
     manifest, release_dir = stage(options.bundle, options.pubkey, options.root)
     project = _ansible_content(release_dir, manifest)
     result = run_playbook(

@@ -30,6 +30,7 @@ class Inventory:
     depot: str
     hosts: list[str]
     depot_is_local: bool
+    local_hosts: frozenset[str]
 
 
 def single_box(path: Path, python: str) -> Path:
@@ -72,10 +73,11 @@ def load_inventory(path: Path) -> Inventory:
             f"inventory {path}: the depot group must hold exactly one host, it holds {len(depots)}",
             hint="name the host that receives the bundle under depot",
         )
-    depot = manager.get_host(depots[0])
-    variables = depot.get_vars()
-    local = variables.get("ansible_connection") == "local" or depot.name in {
-        "localhost",
-        "127.0.0.1",
-    }
-    return Inventory(path, depot.name, sorted(h.name for h in manager.hosts.values()), local)
+    local = frozenset(
+        host.name
+        for host in manager.hosts.values()
+        if host.get_vars().get("ansible_connection") == "local"
+        or host.name in {"localhost", "127.0.0.1"}
+    )
+    hosts = sorted(host.name for host in manager.hosts.values())
+    return Inventory(path, depots[0], hosts, depots[0] in local, local)

@@ -63,7 +63,12 @@ _STAT_KEYS = {
 
 
 def _message(result: dict[str, Any]) -> str:
-    """The module's own words: its message, plus the command's stderr when there is one."""
+    """The module's own words: its message, plus the command's stderr when there is one; for
+    a loop, the words of each item that failed."""
+    items = [item for item in result.get("results") or [] if isinstance(item, dict)]
+    failed = [_message(item) for item in items if item.get("failed")]
+    if failed:
+        return "; ".join(failed)
     parts = [str(result[key]).strip() for key in ("msg", "reason", "stderr") if result.get(key)]
     return ": ".join(dict.fromkeys(parts)) or "failed without a message (see the run's record)"
 

@@ -33,6 +33,7 @@ def test_help_teaches_the_flow_and_lists_only_real_commands(
     assert [line.split()[0] for line in commands.splitlines()] == [
         "build-bundle",
         "inspect",
+        "install",
         "keygen",
         "pack",
         "spec",

@@ -16,7 +16,7 @@ from appliance.cli.bundle import (
     unpack_command,
     verify_bundle,
 )
-from appliance.cli.install import install_command
+from appliance.cli.install import install_command, verify_command
 from appliance.cli.output import Output
 from appliance.cli.spec import spec_group
 from appliance.errors import ApplianceError, exit_codes
@@ -84,6 +84,7 @@ for command in (
     pack_command,
     unpack_command,
     install_command,
+    verify_command,
 ):
     cli.add_command(command)
 

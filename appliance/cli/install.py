@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import click
 
 from appliance.cli.output import Output
 from appliance.install import InstallOptions, install
+from appliance.install.verify import VerifyOptions, raise_if_failed, verify
 from appliance.runner import TaskEvent
 
 _MARK = {
@@ -117,3 +119,71 @@ def install_command(
             f"failed={result.total('failed')}\n  run record: {result.artifacts}"
         ),
     )
+
+
+@click.command("verify")
+@click.option(
+    "--egress-target",
+    "egress_targets",
+    multiple=True,
+    required=True,
+    help="A URL outside the boundary that must NOT answer (repeat). Probe only what you own.",
+)
+@click.option(
+    "--internal-target",
+    "internal_targets",
+    multiple=True,
+    help="A URL inside the boundary that must answer (repeat).",
+)
+@click.option(
+    "--inventory",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The inventory used to install. Default: this machine alone.",
+)
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("/opt/appliance"),
+    show_default=True,
+)
+@click.pass_obj
+def verify_command(
+    output: Output,
+    egress_targets: tuple[str, ...],
+    internal_targets: tuple[str, ...],
+    inventory: Path | None,
+    root: Path,
+) -> None:
+    """Prove the installed appliance is sealed: evidence from every host.
+
+    From each host: every egress target must fail to answer, every internal
+    target must answer, the firewall table must be loaded and persistent
+    (with its drop counter), and the bundle's repository must be the only
+    package source. Writes a JSON report; exits 33 naming each failed check.
+
+    \b
+    Example:
+      appliance verify --egress-target http://198.19.255.10/ \\
+        --internal-target http://198.18.10.10/
+    """
+    checks, report = verify(
+        VerifyOptions(egress_targets, internal_targets, inventory, root),
+        on_event=lambda _event: None,
+    )
+    width = max(len(f"{c.host}: {c.name}") for c in checks)
+    lines = [
+        f"{'PASS' if c.passed else 'FAIL'}  {f'{c.host}: {c.name}':<{width}}  {c.evidence}"
+        for c in checks
+    ]
+    passed = sum(c.passed for c in checks)
+    if output.json_mode and passed < len(checks):
+        raise_if_failed(checks, report)  # one JSON document: the error, with every failed check
+    output.result(
+        {
+            "ok": passed == len(checks),
+            "checks": [asdict(c) for c in checks],
+            "report": str(report),
+        },
+        human="\n".join([*lines, f"{passed} of {len(checks)} checks passed; report: {report}"]),
+    )
+    raise_if_failed(checks, report)

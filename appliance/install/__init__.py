@@ -45,7 +45,7 @@ class InstallReport:
 
 
 def install(options: InstallOptions, on_event: Callable[[TaskEvent], None]) -> InstallReport:
-    run_dir = _new_run_dir(options.root)
+    run_dir = new_run_dir(options.root)
     inventory_path = options.inventory or single_box(run_dir / "single-box.yml", sys.executable)
     inventory = load_inventory(inventory_path)
     if not inventory.depot_is_local:
@@ -70,7 +70,7 @@ def install(options: InstallOptions, on_event: Callable[[TaskEvent], None]) -> I
         playbook="playbooks/site.yml",
         inventory=inventory.path.resolve(),
         extravars=_extravars(options, manifest, release_dir, inventory),
-        envvars=_envvars(project),
+        envvars=runner_env(project),
         on_event=on_event,
     )
     if result.rc != 0:
@@ -172,7 +172,7 @@ def _extravars(
     return variables
 
 
-def _envvars(project: Path) -> dict[str, str]:
+def runner_env(project: Path) -> dict[str, str]:
     return {
         "ANSIBLE_ROLES_PATH": str(project / "roles"),
         "ANSIBLE_COLLECTIONS_PATH": str(project / "collections"),
@@ -182,7 +182,7 @@ def _envvars(project: Path) -> dict[str, str]:
     }
 
 
-def _new_run_dir(root: Path) -> Path:
+def new_run_dir(root: Path) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     runs = root / "runs"
     runs.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the systemd test-host image: Debian 12 minbase + systemd + python3, no network config.
+# Build the systemd test-host image: Debian 12 minbase + systemd + python3 + an SSH server (what
+# an OS installer leaves on a server), no network configuration.
 # Its tag is a digest of this file and the mirror, so the image is rebuilt only when the
 # recipe changes. Prints the image name on stdout; progress goes to stderr.
 set -euo pipefail
@@ -7,7 +8,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 CACHE="${APPLIANCE_CACHE:-$ROOT/.cache}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-PACKAGES="systemd,systemd-sysv,python3,iproute2"
+PACKAGES="systemd,systemd-sysv,python3,iproute2,openssh-server"
 
 tag=$( { cat "${BASH_SOURCE[0]}"; echo "$MIRROR"; } | sha256sum | cut -c1-12)
 image="appliance-test/debian12-systemd:$tag"

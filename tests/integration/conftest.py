@@ -22,13 +22,13 @@ packages:
       suites: [bookworm]
       components: [main]
       keyring: /usr/share/keyrings/debian-archive-keyring.gpg
-  install: [jq, nftables, python3-apt]
+  install: [jq, nftables, python3-apt, nginx-light]
 """
 
 
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A bundle with jq, nftables and python3-apt, built once per session (Debian, PyPI)."""
+    """A bundle with jq, nftables, python3-apt and nginx-light, built once per session."""
     root = tmp_path_factory.mktemp("install")
     (root / "spec.yaml").write_text(SPEC)
     keygen(root / "key", "install test")

@@ -113,13 +113,9 @@ def test_failing_task_is_reported_by_host_task_and_message(
     [
         (["--pubkey", "/srv/other.pub"], 10, "signed by another key than /srv/other.pub"),
         (["--inventory", "/srv/inventories/unknown-group.yml"], 30, "unknown group databases"),
-        (
-            ["--inventory", "/srv/inventories/unreachable.yml"],
-            31,
-            "the inventory names other hosts (gpu-1) but this machine has no ssh client",
-        ),
+        (["--inventory", "/srv/inventories/unreachable.yml"], 32, "Error: gpu-1 is unreachable"),
     ],
-    ids=["wrong-pubkey", "unknown-group", "remote-host-without-ssh"],
+    ids=["wrong-pubkey", "unknown-group", "unreachable-host"],
 )
 def test_bad_input_is_a_clear_error_and_changes_nothing(
     bundle: Path,
@@ -142,6 +138,21 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(
     else:
         assert result.returncode == code, result.stdout + result.stderr
         assert message in result.stderr
+    untouched(run)
+
+
+def test_remote_hosts_without_an_ssh_client_are_refused_up_front(
+    bundle: Path, inventories: Path, systemd_host: Host
+) -> None:
+    _, run = systemd_host(mounts(bundle))
+    assert run("mv", "/usr/bin/ssh", "/usr/bin/ssh.hidden").returncode == 0
+    result = install(run, "--inventory", "/srv/inventories/unreachable.yml")
+    assert result.returncode == 31
+    assert (
+        "Error: the inventory names other hosts (gpu-1) but this machine has no ssh client"
+        in result.stderr
+    )
+    assert run("test", "-e", "/opt/appliance/releases").returncode == 1
     untouched(run)
 
 

@@ -38,6 +38,7 @@ def test_help_teaches_the_flow_and_lists_only_real_commands(
         "pack",
         "spec",
         "unpack",
+        "verify",
         "verify-bundle",
     ]
     for code_line in (

@@ -1,0 +1,113 @@
+"""appliance install on real (containerised, air-gapped) hosts: first run vs re-run, and one
+GPU node vs three from one depot. Prints figures and ratios; asserts nothing.
+
+Needs the test harness (tests/harness/setup.sh) and, to build the bundle once, Debian's archive
+and PyPI.
+
+    .venv/bin/python benchmarks/install.py
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from appliance.bundle.build import BuildOptions, build_bundle  # noqa: E402
+from appliance.bundle.signing import keygen  # noqa: E402
+from tests.fixtures.hosts import (  # noqa: E402
+    Host,
+    authorize_ssh,
+    harness_image,
+    lab_inventory,
+    start_host,
+)
+from tests.integration.conftest import SPEC  # noqa: E402
+
+
+def install(host: Host, *args: str) -> float:
+    started = time.perf_counter()
+    result = host.run("/srv/bundle/install.sh", "--pubkey", "/srv/key.pub", *args)
+    if result.returncode != 0:
+        raise RuntimeError(result.stdout + result.stderr)
+    print("   ", result.stdout.splitlines()[-2])
+    return time.perf_counter() - started
+
+
+def fleet(image: str, root: Path, nodes: int) -> float:
+    network = f"appliance-bench-{uuid.uuid4().hex[:6]}"
+    subprocess.run(
+        ["docker", "network", "create", "--internal", "--subnet", "198.18.30.0/24", network],
+        check=True,
+        capture_output=True,
+    )
+    hosts: list[Host] = []
+    try:
+        addresses = {f"gpu-{i}": f"198.18.30.{11 + i}" for i in range(nodes)}
+        (root / "inventories" / "bench.yml").write_text(lab_inventory("198.18.30.10", addresses))
+        depot = start_host(image, _mounts(root), network, "198.18.30.10")
+        hosts.append(depot)
+        started = {start_host(image, None, network, a): a for a in addresses.values()}
+        hosts += list(started)
+        authorize_ssh(depot, started)
+        return install(
+            depot, "--inventory", "/srv/inventories/bench.yml", "--internal-cidr", "198.18.30.0/24"
+        )
+    finally:
+        for host in hosts:
+            host.remove()
+        subprocess.run(["docker", "network", "rm", network], capture_output=True, check=False)
+
+
+def _mounts(root: Path) -> dict[Path, str]:
+    return {
+        root / "bundle": "/srv/bundle",
+        root / "key.pub": "/srv/key.pub",
+        root / "inventories": "/srv/inventories",
+    }
+
+
+def main() -> None:
+    image = harness_image()
+    if image is None:
+        sys.exit("run tests/harness/setup.sh first")
+    with tempfile.TemporaryDirectory(prefix="bench-install-", dir=ROOT) as tmp:
+        root = Path(tmp)
+        (root / "inventories").mkdir()
+        (root / "spec.yaml").write_text(SPEC)
+        keygen(root / "key", "benchmark")
+        build_bundle(
+            BuildOptions(
+                root / "spec.yaml",
+                root / "bundle",
+                root / "key",
+                cache=Path.home() / ".cache" / "appliance",
+            )
+        )
+
+        print("single box, air-gapped:")
+        host = start_host(image, _mounts(root))
+        try:
+            first = install(host)
+            again = install(host)
+        finally:
+            host.remove()
+        print(
+            f"  first install {first:5.1f} s; re-run {again:5.1f} s = {again / first:.0%} of "
+            "the first (goal <= 30%, changed=0)"
+        )
+
+        print("one depot, GPU nodes over SSH:")
+        one = fleet(image, root, 1)
+        three = fleet(image, root, 3)
+        print(f"  1 node {one:5.1f} s; 3 nodes {three:5.1f} s = {three / one:.2f}x (goal <= 1.5x)")
+
+
+if __name__ == "__main__":
+    main()

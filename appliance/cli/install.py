@@ -63,6 +63,12 @@ class _LiveView:
     help="Where releases, the current link and run records live on the depot.",
 )
 @click.option(
+    "--work-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="When the depot is another machine: where this machine keeps its verified copy and "
+    "run records (default: --root).",
+)
+@click.option(
     "--internal-cidr",
     "internal_cidrs",
     multiple=True,
@@ -75,12 +81,15 @@ def install_command(
     pubkey: Path,
     inventory: Path | None,
     root: Path,
+    work_dir: Path | None,
     internal_cidrs: tuple[str, ...],
 ) -> None:
     """Install a verified bundle onto the hosts of an isolated network.
 
     Verifies the bundle (signature, every digest, layout) before any host
-    changes, stages it as ROOT/releases/RELEASE, then runs the bundle's own
+    changes, stages it as ROOT/releases/RELEASE on the depot (a copy when the
+    depot is this machine, SFTP with resume and a digest check on the depot
+    when it is another), then runs the bundle's own
     playbooks through ansible-runner: preflight, the bundle's repository as
     the only package source, an nftables firewall that drops egress, then
     the OS packages. Each run is kept under ROOT/runs/. Safe to re-run.
@@ -97,6 +106,7 @@ def install_command(
             inventory=inventory,
             root=root,
             internal_cidrs=internal_cidrs,
+            work_dir=work_dir,
         ),
         on_event=_LiveView(output) if not output.json_mode else lambda _event: None,
     )

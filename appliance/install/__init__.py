@@ -24,6 +24,7 @@ from appliance.bundle.pack import unpack
 from appliance.bundle.verify import verify_dir
 from appliance.errors import InstallError, PlaybookFailedError
 from appliance.install.inventory import Inventory, load_inventory, single_box
+from appliance.install.remote import depot_from_inventory, point_current_remote, stage_remote
 from appliance.runner import RunResult, TaskEvent, run_playbook
 
 
@@ -34,6 +35,9 @@ class InstallOptions:
     inventory: Path | None = None
     root: Path = Path("/opt/appliance")
     internal_cidrs: tuple[str, ...] = ()
+    # This machine's own state when the depot is another machine: the verified copy, the
+    # Ansible content and run records. A local depot keeps them under ``root``.
+    work_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -45,15 +49,14 @@ class InstallReport:
 
 
 def install(options: InstallOptions, on_event: Callable[[TaskEvent], None]) -> InstallReport:
-    run_dir = new_run_dir(options.root)
-    inventory_path = options.inventory or single_box(run_dir / "single-box.yml", sys.executable)
-    inventory = load_inventory(inventory_path)
-    if not inventory.depot_is_local:
-        raise InstallError(
-            f"the depot {inventory.depot} is another machine; this release stages bundles "
-            "only onto the machine that runs appliance install",
-            hint="run install.sh on the depot host itself (it reaches the GPU nodes over SSH)",
-        )
+    if options.inventory is None:
+        run_dir = new_run_dir(options.root)
+        inventory = load_inventory(single_box(run_dir / "single-box.yml", sys.executable))
+    else:
+        inventory = load_inventory(options.inventory)
+    work = options.root if inventory.depot_is_local else (options.work_dir or options.root)
+    if options.inventory is not None:
+        run_dir = new_run_dir(work)
     remote = [host for host in inventory.hosts if host not in inventory.local_hosts]
     if remote and shutil.which("ssh") is None:
         raise InstallError(
@@ -62,21 +65,35 @@ def install(options: InstallOptions, on_event: Callable[[TaskEvent], None]) -> I
             hint="install openssh-client on the depot (Debian: from the installation media), "
             "then run install again",
         )
-    manifest, release_dir = stage(options.bundle, options.pubkey, options.root)
-    project = _ansible_content(release_dir, manifest)
+    # Verified here first, whether the depot is this machine or another; a remote depot then
+    # receives this verified copy.
+    manifest, local_release = stage(options.bundle, options.pubkey, work)
+    project = _ansible_content(local_release, manifest)
+    depot_release = local_release
+    depot = None
+    if not inventory.depot_is_local:
+        depot = depot_from_inventory(inventory.depot, inventory.depot_vars)
+        depot_release = Path(stage_remote(local_release, manifest, depot, str(options.root)))
+    extravars = _extravars(options, manifest, depot_release, inventory)
+    if manifest.repo is not None:
+        # The key goes from this machine to every host; the depot's copy may be remote.
+        extravars["appliance_repo_key"] = str(local_release / manifest.repo.key)
     result = run_playbook(
         data_dir=run_dir,
         project_dir=project,
         playbook="playbooks/site.yml",
         inventory=inventory.path.resolve(),
-        extravars=_extravars(options, manifest, release_dir, inventory),
+        extravars=extravars,
         envvars=runner_env(project),
         on_event=on_event,
     )
     if result.rc != 0:
         raise _failure(result)
-    _point_current(options.root, release_dir)
-    return InstallReport(manifest, release_dir, result, inventory.hosts)
+    if depot is not None:
+        point_current_remote(depot, str(options.root), manifest.release)
+    else:
+        _point_current(options.root, local_release)
+    return InstallReport(manifest, depot_release, result, inventory.hosts)
 
 
 def stage(bundle: Path, pubkey: Path, root: Path) -> tuple[Manifest, Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from appliance.errors import InventoryError
 
@@ -31,6 +32,7 @@ class Inventory:
     hosts: list[str]
     depot_is_local: bool
     local_hosts: frozenset[str]
+    depot_vars: dict[str, Any]
 
 
 def single_box(path: Path, python: str) -> Path:
@@ -80,4 +82,5 @@ def load_inventory(path: Path) -> Inventory:
         or host.name in {"localhost", "127.0.0.1"}
     )
     hosts = sorted(host.name for host in manager.hosts.values())
-    return Inventory(path, depots[0], hosts, depots[0] in local, local)
+    depot_vars = dict(manager.get_host(depots[0]).get_vars())
+    return Inventory(path, depots[0], hosts, depots[0] in local, local, depot_vars)

@@ -28,7 +28,7 @@ _PUBKEY = click.option(
 
 
 @contextmanager
-def _progress(output: Output) -> Iterator[Progress]:
+def progress_for(output: Output) -> Iterator[Progress]:
     if output.json_mode or output.verbosity < 0 or not output.console.is_terminal:
         yield NullProgress()
         return
@@ -112,7 +112,7 @@ def build_bundle_command(
         target=target,
         force=force,
     )
-    with _progress(output) as progress:
+    with progress_for(output) as progress:
         report = build_bundle(options, progress)
     kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(report.by_kind.items()))
     output.result(
@@ -157,7 +157,7 @@ def verify_bundle(output: Output, bundle: Path, pubkey: Path, jobs: int) -> None
         -I appliance-bundle-signer -n appliance-bundle -s SHA256SUMS.sig < SHA256SUMS \\
         && sha256sum -c SHA256SUMS
     """
-    with _progress(output) as progress:
+    with progress_for(output) as progress:
         if bundle.is_dir():
             report = verify_dir(bundle, pubkey, jobs=jobs, progress=progress)
         else:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from appliance.cli.bundle import progress_for
 from appliance.cli.output import Output
 from appliance.install import InstallOptions, install
 from appliance.install.verify import VerifyOptions, raise_if_failed, verify
@@ -99,17 +100,17 @@ def install_command(
       appliance install --bundle /media/usb/acme.tar --pubkey acme.pub
       appliance install --bundle build/demo --pubkey key.pub --internal-cidr 198.18.10.0/24
     """
-    report = install(
-        InstallOptions(
-            bundle=bundle,
-            pubkey=pubkey,
-            inventory=inventory,
-            root=root,
-            internal_cidrs=internal_cidrs,
-            work_dir=work_dir,
-        ),
-        on_event=_LiveView(output) if not output.json_mode else lambda _event: None,
+    options = InstallOptions(
+        bundle=bundle,
+        pubkey=pubkey,
+        inventory=inventory,
+        root=root,
+        internal_cidrs=internal_cidrs,
+        work_dir=work_dir,
     )
+    view = _LiveView(output) if not output.json_mode else lambda _event: None
+    with progress_for(output) as progress:
+        report = install(options, on_event=view, progress=progress)
     result = report.result
     output.result(
         {

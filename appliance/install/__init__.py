@@ -25,6 +25,7 @@ from appliance.bundle.verify import verify_dir
 from appliance.errors import InstallError, PlaybookFailedError
 from appliance.install.inventory import Inventory, load_inventory, single_box
 from appliance.install.remote import depot_from_inventory, point_current_remote, stage_remote
+from appliance.progress import NullProgress, Progress
 from appliance.runner import RunResult, TaskEvent, run_playbook
 
 
@@ -48,7 +49,11 @@ class InstallReport:
     hosts: list[str]
 
 
-def install(options: InstallOptions, on_event: Callable[[TaskEvent], None]) -> InstallReport:
+def install(
+    options: InstallOptions,
+    on_event: Callable[[TaskEvent], None],
+    progress: Progress | None = None,
+) -> InstallReport:
     if options.inventory is None:
         run_dir = new_run_dir(options.root)
         inventory = load_inventory(single_box(run_dir / "single-box.yml", sys.executable))
@@ -73,7 +78,14 @@ def install(options: InstallOptions, on_event: Callable[[TaskEvent], None]) -> I
     depot = None
     if not inventory.depot_is_local:
         depot = depot_from_inventory(inventory.depot, inventory.depot_vars)
-        depot_release = Path(stage_remote(local_release, manifest, depot, str(options.root)))
+        progress = progress or NullProgress()
+        task = progress.task(f"stage to {depot.name}", manifest.total_size())
+        try:
+            depot_release = Path(
+                stage_remote(local_release, manifest, depot, str(options.root), task.advance)
+            )
+        finally:
+            progress.finish(task)
     extravars = _extravars(options, manifest, depot_release, inventory)
     if manifest.repo is not None:
         # The key goes from this machine to every host; the depot's copy may be remote.

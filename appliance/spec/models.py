@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -21,93 +20,30 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+
+from appliance.spec.checks import (
+    GIT_COMMIT_RE,
+    RELEASE_RE,
+    SHA256_RE,
+    check_image_ref,
+    check_name,
+    check_package,
+    check_requirement,
+    check_sha256,
+    check_unique,
+    check_url,
+    err,
+)
 
 SPEC_VERSION = 1
 
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-_RELEASE_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_GIT_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
-_DEB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
-_DEB_VERSION_RE = re.compile(r"^[0-9][A-Za-z0-9.+~:-]*$")
-_PEP503_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?(\[[A-Za-z0-9._,-]+\])?$")
-# OCI distribution spec: repository components and tags.
-_REPO_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-
-
-def _err(kind: str, message: str, **ctx: Any) -> PydanticCustomError:
-    return PydanticCustomError(kind, message, ctx or None)
-
-
-def _check_name(value: str) -> str:
-    if not _NAME_RE.match(value):
-        raise _err(
-            "bad_name",
-            "invalid name '{value}': use 1-63 lowercase letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit",
-            value=value,
-        )
-    return value
-
-
-def _check_sha256(value: str) -> str:
-    if value.startswith("sha256:"):
-        raise _err("sha256_prefix", "write the bare hex digest, without the 'sha256:' prefix")
-    if not _SHA256_RE.match(value):
-        raise _err(
-            "bad_sha256",
-            "not a sha256 digest: expected 64 lowercase hex characters, got {length} characters",
-            length=len(value),
-        )
-    return value
-
-
-def _check_url(value: str, schemes: tuple[str, ...]) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in schemes:
-        raise _err(
-            "bad_url_scheme",
-            "unsupported URL '{value}': use one of {schemes}",
-            value=value,
-            schemes=", ".join(f"{s}://" for s in schemes),
-        )
-    if parts.username or parts.password:
-        raise _err(
-            "url_credentials",
-            "credentials in a URL end up in logs and the bundle manifest; remove them and "
-            "use a netrc file on the build machine",
-        )
-    if parts.scheme != "file" and not parts.hostname:
-        raise _err("url_no_host", "URL '{value}' has no host", value=value)
-    return value
-
-
-def _unique(items: list[Any], key: str, what: str) -> None:
-    seen: dict[Any, int] = {}
-    for index, item in enumerate(items):
-        value = getattr(item, key)
-        if value in seen:
-            raise _err(
-                "duplicate",
-                "duplicate {what} '{value}': entries [{first}] and [{second}] must differ",
-                what=what,
-                field=key,
-                value=value,
-                first=seen[value],
-                second=index,
-            )
-        seen[value] = index
-
-
 Name = Annotated[
     str,
-    AfterValidator(_check_name),
+    AfterValidator(check_name),
     Field(description="lowercase identifier, 1-63 characters"),
 ]
 Sha256 = Annotated[
-    str, AfterValidator(_check_sha256), Field(description="64 lowercase hex characters")
+    str, AfterValidator(check_sha256), Field(description="64 lowercase hex characters")
 ]
 
 
@@ -133,7 +69,7 @@ class Stack(StrictModel):
     @model_validator(mode="after")
     def _k3s_needs_registry(self) -> Stack:
         if self.orchestrator == "k3s" and self.registry == "none":
-            raise _err(
+            raise err(
                 "k3s_without_registry",
                 "orchestrator 'k3s' pulls every image from the appliance's own registry: "
                 "set registry to 'harbor' or 'distribution', or use orchestrator 'systemd'",
@@ -152,7 +88,7 @@ class FileArtifact(StrictModel):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        return _check_url(value, ("https", "http", "file"))
+        return check_url(value, ("https", "http", "file"))
 
 
 class AptSource(StrictModel):
@@ -169,32 +105,14 @@ class AptSource(StrictModel):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        return _check_url(value, ("http", "https", "file"))
+        return check_url(value, ("http", "https", "file"))
 
     @field_validator("keyring")
     @classmethod
     def _keyring(cls, value: str) -> str:
         if not value.strip():
-            raise _err("empty_keyring", "name the keyring file that signs this archive")
+            raise err("empty_keyring", "name the keyring file that signs this archive")
         return value
-
-
-def _check_package(item: str) -> str:
-    name, eq, version = item.partition("=")
-    if not _DEB_NAME_RE.match(name):
-        raise _err(
-            "bad_package",
-            "'{item}' is not a Debian package name (lowercase letters, digits, '+', '-', '.'; "
-            "optionally =VERSION)",
-            item=item,
-        )
-    if eq and not _DEB_VERSION_RE.match(version):
-        raise _err(
-            "bad_package_version",
-            "'{item}': the version after '=' must start with a digit",
-            item=item,
-        )
-    return item
 
 
 class Packages(StrictModel):
@@ -202,7 +120,7 @@ class Packages(StrictModel):
 
     # One kind today; this becomes a union discriminated on ``kind`` when rpm sources arrive.
     sources: list[AptSource] = Field(min_length=1)
-    install: list[Annotated[str, AfterValidator(_check_package)]] = Field(min_length=1)
+    install: list[Annotated[str, AfterValidator(check_package)]] = Field(min_length=1)
 
     @field_validator("install")
     @classmethod
@@ -211,7 +129,7 @@ class Packages(StrictModel):
         for index, item in enumerate(value):
             name = item.partition("=")[0]
             if name in first:
-                raise _err(
+                raise err(
                     "duplicate",
                     "package '{name}' is listed twice ([{first}] and [{second}])",
                     name=name,
@@ -225,46 +143,9 @@ class Packages(StrictModel):
 class Image(StrictModel):
     """A container image, pinned by manifest digest."""
 
-    ref: str = Field(description="[registry/]repository[:tag]@sha256:<64 hex>")
-
-    @field_validator("ref")
-    @classmethod
-    def _ref(cls, value: str) -> str:
-        name, at, digest = value.partition("@")
-        if not at:
-            raise _err(
-                "digest_missing",
-                "digest missing: pin images by @sha256:<64 hex> (find it with "
-                "`skopeo inspect --format '{{.Digest}}' docker://{ref}`)",
-                ref=value,
-            )
-        algo, _, hexdigest = digest.partition(":")
-        if algo != "sha256" or not _SHA256_RE.match(hexdigest):
-            raise _err(
-                "bad_digest",
-                "bad digest '{digest}': expected sha256: followed by 64 lowercase hex characters",
-                digest=digest,
-            )
-        repo, tag = name, None
-        last = name.rsplit("/", 1)[-1]
-        if ":" in last:
-            repo, _, tag = name.rpartition(":")
-        if tag is not None and not _TAG_RE.match(tag):
-            raise _err("bad_tag", "invalid tag '{tag}'", tag=tag)
-        components = repo.split("/")
-        # The first component is a registry host when it has a '.' or ':' or is localhost.
-        if len(components) > 1 and (
-            "." in components[0] or ":" in components[0] or components[0] == "localhost"
-        ):
-            components = components[1:]
-        bad = [c for c in components if not _REPO_COMPONENT_RE.match(c)]
-        if not repo or bad:
-            raise _err(
-                "bad_repository",
-                "invalid repository '{repo}': use lowercase letters, digits and separators",
-                repo=repo,
-            )
-        return value
+    ref: Annotated[str, AfterValidator(check_image_ref)] = Field(
+        description="[registry/]repository[:tag]@sha256:<64 hex>"
+    )
 
 
 class HuggingFaceModel(StrictModel):
@@ -282,14 +163,14 @@ class HuggingFaceModel(StrictModel):
         repo = value.removeprefix("hf://")
         parts = repo.split("/")
         if len(parts) != 2 or not all(parts):
-            raise _err("bad_hf_repo", "expected hf://ORG/REPO, got '{value}'", value=value)
+            raise err("bad_hf_repo", "expected hf://ORG/REPO, got '{value}'", value=value)
         return value
 
     @field_validator("revision")
     @classmethod
     def _revision(cls, value: str) -> str:
-        if not _GIT_COMMIT_RE.match(value):
-            raise _err(
+        if not GIT_COMMIT_RE.match(value):
+            raise err(
                 "unpinned_revision",
                 "revision '{value}' is not a commit: branches and tags move, pin the "
                 "40-character commit sha",
@@ -310,7 +191,7 @@ class OllamaModel(StrictModel):
     def _source(cls, value: str) -> str:
         ref = value.removeprefix("ollama://")
         if ":" not in ref.rsplit("/", 1)[-1]:
-            raise _err(
+            raise err(
                 "ollama_tag_missing",
                 "ollama model '{value}' has no tag: write ollama://NAMESPACE/MODEL:TAG",
                 value=value,
@@ -321,8 +202,8 @@ class OllamaModel(StrictModel):
     @classmethod
     def _digest(cls, value: str) -> str:
         algo, _, hexdigest = value.partition(":")
-        if algo != "sha256" or not _SHA256_RE.match(hexdigest):
-            raise _err(
+        if algo != "sha256" or not SHA256_RE.match(hexdigest):
+            raise err(
                 "bad_digest",
                 "bad digest '{value}': expected sha256: followed by 64 lowercase hex characters",
                 value=value,
@@ -366,29 +247,18 @@ Model = Annotated[
 UNION_TAGS = frozenset({"hf", "ollama", "local"})
 
 
-def _check_requirement(item: str) -> str:
-    project, sep, version = item.partition("==")
-    if not sep or not _PEP503_RE.match(project.strip()) or not version.strip():
-        raise _err(
-            "unpinned_requirement",
-            "'{item}' is not pinned: write NAME==VERSION (ranges resolve differently tomorrow)",
-            item=item,
-        )
-    return item
-
-
 class WheelSet(StrictModel):
     """Python wheels for the target, e.g. a runtime. Every requirement pinned with '=='."""
 
     name: Name
-    requirements: list[Annotated[str, AfterValidator(_check_requirement)]] = Field(min_length=1)
+    requirements: list[Annotated[str, AfterValidator(check_requirement)]] = Field(min_length=1)
     python: str = Field(default="3.11", description="target Python version, MAJOR.MINOR")
 
     @field_validator("python")
     @classmethod
     def _python(cls, value: str) -> str:
         if not re.fullmatch(r"3\.\d{1,2}", value):
-            raise _err("bad_python", "python must be MAJOR.MINOR, e.g. '3.11'")
+            raise err("bad_python", "python must be MAJOR.MINOR, e.g. '3.11'")
         return value
 
 
@@ -410,8 +280,8 @@ class Spec(StrictModel):
     @field_validator("release")
     @classmethod
     def _release(cls, value: str) -> str:
-        if not _RELEASE_RE.match(value):
-            raise _err(
+        if not RELEASE_RE.match(value):
+            raise err(
                 "bad_release",
                 "invalid release '{value}': use letters, digits, '.', '_', '+' or '-' "
                 "(it becomes a directory name on every host)",
@@ -426,34 +296,32 @@ class Spec(StrictModel):
         for target in value:
             key = (target.os, target.arch)
             if key in seen:
-                raise _err(
-                    "duplicate", "target {os}/{arch} is listed twice", os=key[0], arch=key[1]
-                )
+                raise err("duplicate", "target {os}/{arch} is listed twice", os=key[0], arch=key[1])
             seen.add(key)
         return value
 
     @field_validator("files")
     @classmethod
     def _files(cls, value: list[FileArtifact]) -> list[FileArtifact]:
-        _unique(value, "name", "file name")
+        check_unique(value, "name", "file name")
         return value
 
     @field_validator("images")
     @classmethod
     def _images(cls, value: list[Image]) -> list[Image]:
-        _unique(value, "ref", "image")
+        check_unique(value, "ref", "image")
         return value
 
     @field_validator("models")
     @classmethod
     def _models(cls, value: list[Any]) -> list[Any]:
-        _unique(value, "name", "model name")
+        check_unique(value, "name", "model name")
         return value
 
     @field_validator("wheels")
     @classmethod
     def _wheels(cls, value: list[WheelSet]) -> list[WheelSet]:
-        _unique(value, "name", "wheel set name")
+        check_unique(value, "name", "wheel set name")
         return value
 
 

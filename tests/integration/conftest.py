@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -51,3 +54,23 @@ def mounts(root: Path, bundle_dir: str = "bundle") -> dict[Path, str]:
         root / "other.pub": "/srv/other.pub",
         root / "inventories": "/srv/inventories",
     }
+
+
+@pytest.fixture
+def lab_network() -> Iterator[Callable[[str], str]]:
+    """Internal docker networks (no way out) in the lab range: call with a subnet."""
+    names: list[str] = []
+
+    def create(subnet: str) -> str:
+        name = f"appliance-lab-{uuid.uuid4().hex[:8]}"
+        subprocess.run(
+            ["docker", "network", "create", "--internal", "--subnet", subnet, name],
+            check=True,
+            capture_output=True,
+        )
+        names.append(name)
+        return name
+
+    yield create
+    for name in names:
+        subprocess.run(["docker", "network", "rm", name], capture_output=True, check=False)

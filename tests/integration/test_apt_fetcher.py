@@ -21,6 +21,7 @@ import pytest
 from appliance.errors import PackageResolveError
 from appliance.fetchers.apt import DebPackage, RepoIndex, resolve, write_repo
 from appliance.spec.models import AptSource, Packages
+from tests.fixtures.hosts import harness_image
 
 DEBIAN = "http://deb.debian.org/debian"
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -142,21 +143,17 @@ def _download(pkg: DebPackage, dest: Path) -> None:
     dest.write_bytes(data)
 
 
-def _harness_image() -> str:
-    env_file = ROOT / ".cache/harness.env"
-    assert env_file.is_file(), "run tests/harness/setup.sh first: it builds the test-host image"
-    for line in env_file.read_text().splitlines():
-        key, _, value = line.partition("=")
-        if key == "APPLIANCE_TEST_IMAGE":
-            return value
-    raise AssertionError(f"{env_file} names no APPLIANCE_TEST_IMAGE")
-
-
 def _make_world_readable(tree: Path) -> None:
     # apt inside the container reads the bundle as its unprivileged _apt user, and pytest
     # makes its temporary directories private to root.
     for path in [tree, *tree.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def _image() -> str:
+    image = harness_image()
+    assert image is not None, "run tests/harness/setup.sh first: it builds the test-host image"
+    return image
 
 
 @pytest.fixture
@@ -168,7 +165,7 @@ def air_gapped_host(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
     started = subprocess.run(
         ["docker", "run", "-d", "--network", "none",
          "-v", f"{good}:/srv/bundle:ro", "-v", f"{tampered}:/srv/tampered:ro",
-         _harness_image(), "sleep", "infinity"],
+         _image(), "sleep", "infinity"],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     container = started.stdout.strip()

@@ -4,8 +4,7 @@ nodes over SSH, and the nodes install only from the depot's HTTP repository."""
 from __future__ import annotations
 
 import subprocess
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,26 +19,14 @@ SUBNET = "198.18.20.0/24"
 DEPOT, NODES = "198.18.20.10", {"gpu-1": "198.18.20.11", "gpu-2": "198.18.20.12"}
 
 
-@pytest.fixture
-def lab_network() -> Iterator[str]:
-    """An internal docker network (no way out) in the lab range."""
-    name = f"appliance-lab-{uuid.uuid4().hex[:8]}"
-    subprocess.run(
-        ["docker", "network", "create", "--internal", "--subnet", SUBNET, name],
-        check=True,
-        capture_output=True,
-    )
-    yield name
-    subprocess.run(["docker", "network", "rm", name], capture_output=True, check=False)
-
-
 def test_nodes_install_only_from_the_depot(
-    bundle: Path, lab_network: str, systemd_host: Callable[..., tuple[str, Run]]
+    bundle: Path, lab_network: Callable[[str], str], systemd_host: Callable[..., tuple[str, Run]]
 ) -> None:
     (bundle / "inventories").mkdir(exist_ok=True)
     (bundle / "inventories" / "lab.yml").write_text(lab_inventory(DEPOT, NODES))
-    depot_name, depot = systemd_host(mounts(bundle), network=lab_network, address=DEPOT)
-    started = {systemd_host(network=lab_network, address=a)[0]: a for a in NODES.values()}
+    network = lab_network(SUBNET)
+    depot_name, depot = systemd_host(mounts(bundle), network=network, address=DEPOT)
+    started = {systemd_host(network=network, address=a)[0]: a for a in NODES.values()}
     authorize_ssh(Host(depot_name), {Host(name): a for name, a in started.items()})
     nodes = [Host(name).run for name in started]
 

@@ -5,8 +5,7 @@ one (the test process); the depot is an air-gapped container on an internal lab 
 from __future__ import annotations
 
 import subprocess
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,18 +16,6 @@ pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.slow]
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 SUBNET, DEPOT = "198.18.21.0/24", "198.18.21.10"
-
-
-@pytest.fixture
-def lab_network() -> Iterator[str]:
-    name = f"appliance-lab-{uuid.uuid4().hex[:8]}"
-    subprocess.run(
-        ["docker", "network", "create", "--internal", "--subnet", SUBNET, name],
-        check=True,
-        capture_output=True,
-    )
-    yield name
-    subprocess.run(["docker", "network", "rm", name], capture_output=True, check=False)
 
 
 def admin_access(tmp_path: Path, depot: Run) -> Path:
@@ -80,12 +67,12 @@ def install(
 
 def test_remote_depot_is_staged_over_sftp_resumed_and_checked(
     bundle: Path,
-    lab_network: str,
+    lab_network: Callable[[str], str],
     systemd_host: Callable[..., tuple[str, Run]],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _, depot = systemd_host(network=lab_network, address=DEPOT)
+    _, depot = systemd_host(network=lab_network(SUBNET), address=DEPOT)
     inventory = admin_access(tmp_path, depot)
     blobs = sorted(
         (bundle / "bundle" / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size

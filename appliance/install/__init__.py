@@ -86,10 +86,7 @@ def install(
             )
         finally:
             progress.finish(task)
-    extravars = _extravars(options, manifest, depot_release, inventory)
-    if manifest.repo is not None:
-        # The key goes from this machine to every host; the depot's copy may be remote.
-        extravars["appliance_repo_key"] = str(local_release / manifest.repo.key)
+    extravars = _extravars(options, manifest, depot_release, local_release, inventory)
     result = run_playbook(
         data_dir=run_dir,
         project_dir=project,
@@ -184,7 +181,11 @@ def _ansible_content(release_dir: Path, manifest: Manifest) -> Path:
 
 
 def _extravars(
-    options: InstallOptions, manifest: Manifest, release_dir: Path, inventory: Inventory
+    options: InstallOptions,
+    manifest: Manifest,
+    release_dir: Path,
+    local_release: Path,
+    inventory: Inventory,
 ) -> dict[str, Any]:
     variables: dict[str, Any] = {
         "appliance_root": str(options.root),
@@ -192,7 +193,8 @@ def _extravars(
         "appliance_name": manifest.name,
         "appliance_bundle_dir": str(release_dir),
         "appliance_bundle_bytes": manifest.total_size(),
-        "appliance_repo_key": str(release_dir / manifest.repo.key) if manifest.repo else "",
+        # Copied from this machine to every host; the depot's own copy may be remote.
+        "appliance_repo_key": str(local_release / manifest.repo.key) if manifest.repo else "",
         "appliance_packages": manifest.packages,
         "appliance_depot": inventory.depot,
     }

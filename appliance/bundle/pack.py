@@ -14,12 +14,14 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 from appliance.bundle import layout
 from appliance.bundle.manifest import Manifest, parse_manifest
+from appliance.bundle.parts import INDEX_SUFFIX, JoinedReader, check_parts
 from appliance.bundle.signing import verify_bytes
 from appliance.bundle.store import CHUNK
 from appliance.bundle.verify import (
@@ -242,6 +244,21 @@ def _write_new(path: Path, data: bytes) -> None:
         out.write(data)
 
 
+@contextmanager
+def open_archive(path: Path) -> Iterator[BinaryIO]:
+    """A packed bundle as one stream: a .tar, or the parts a ``.parts.json`` index lists
+    (every part checked against the index before the first byte is read)."""
+    if path.name.endswith(INDEX_SUFFIX):
+        reader = JoinedReader(check_parts(path))
+        try:
+            yield reader  # type: ignore[misc]
+        finally:
+            reader.close()
+        return
+    with path.open("rb") as handle:
+        yield handle
+
+
 def unpack(archive: Path, destination: Path, pubkey: Path) -> VerifyReport:
     """Verify and extract ``archive`` into ``destination`` (which must not exist), atomically."""
     if destination.exists():
@@ -249,7 +266,7 @@ def unpack(archive: Path, destination: Path, pubkey: Path) -> VerifyReport:
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.unpack-", dir=destination.parent))
     try:
-        with archive.open("rb") as source:
+        with open_archive(archive) as source:
             report = read_tar(source, pubkey, str(archive), extract_to=staging)
         (staging / layout.INSTALL_SH).chmod(0o755) if (
             staging / layout.INSTALL_SH

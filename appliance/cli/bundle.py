@@ -12,7 +12,8 @@ import click
 
 from appliance.bundle.build import BuildOptions, build_bundle
 from appliance.bundle.inspect import read_manifest, summary
-from appliance.bundle.pack import pack, read_tar, unpack
+from appliance.bundle.pack import open_archive, pack, read_tar, unpack
+from appliance.bundle.parts import PartWriter, parse_size
 from appliance.bundle.signing import keygen as make_key
 from appliance.bundle.verify import verify_dir
 from appliance.cli.output import Output, human_bytes
@@ -144,7 +145,7 @@ def build_bundle_command(
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.pass_obj
 def verify_bundle(output: Output, bundle: Path, pubkey: Path, jobs: int) -> None:
-    """Verify BUNDLE (a directory or packed .tar) offline.
+    """Verify BUNDLE (a directory, a packed .tar, or a .parts.json index) offline.
 
     Checks the layout (no links, device files, or files the manifest does not
     list), the signature over the manifest, then every file's size and sha256.
@@ -161,8 +162,8 @@ def verify_bundle(output: Output, bundle: Path, pubkey: Path, jobs: int) -> None
         if bundle.is_dir():
             report = verify_dir(bundle, pubkey, jobs=jobs, progress=progress)
         else:
-            task = progress.task("verify", bundle.stat().st_size)
-            with bundle.open("rb") as source:
+            task = progress.task("verify", None)
+            with open_archive(bundle) as source:
                 report = read_tar(source, pubkey, str(bundle), advance=task.advance)
             progress.finish(task)
     rate = report.bytes / report.seconds / 1e6 if report.seconds else 0.0
@@ -214,17 +215,56 @@ def inspect(output: Output, bundle: Path) -> None:
     output.result({"ok": True, **info}, human="\n".join(lines))
 
 
+def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    try:
+        return parse_size(value) if value is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
 @click.command("pack")
 @click.argument("bundle", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("-o", "--output", "out", type=_PATH, required=True, help="Tar file, or - for stdout.")
+@click.option(
+    "--max-part-size",
+    callback=_size,
+    metavar="SIZE",
+    help="Split into parts of at most SIZE (e.g. 4G) plus OUTPUT.parts.json, for media.",
+)
 @click.pass_obj
-def pack_command(output: Output, bundle: Path, out: Path) -> None:
-    """Pack BUNDLE into one tar file, streaming (no temporary copy).
+def pack_command(output: Output, bundle: Path, out: Path, max_part_size: int | None) -> None:
+    """Pack BUNDLE into one tar file, or into numbered parts, streaming.
 
     Manifest and signatures come first, so readers verify before payload.
+    With --max-part-size, parts OUTPUT.001, .002, ... are written as the
+    archive streams, with an index (OUTPUT.parts.json) of each part's size and
+    sha256; unpack and verify-bundle take that index and check every part
+    before joining.
+
+    \b
+    Examples:
+      appliance pack build/demo -o demo.tar
+      appliance pack build/demo -o /media/usb/demo.tar --max-part-size 4G
     """
     if str(out) == "-":
-        count = pack(bundle, sys.stdout.buffer)
+        pack(bundle, sys.stdout.buffer)
+        return
+    if max_part_size is not None:
+        writer = PartWriter(out, max_part_size)
+        count = pack(bundle, writer)  # type: ignore[arg-type]
+        index = writer.close()
+        output.result(
+            {
+                "ok": True,
+                "index": str(index),
+                "members": count,
+                "parts": [
+                    {"name": p.name, "size": p.size, "sha256": p.sha256} for p in writer.parts
+                ],
+            },
+            human=f"packed {bundle} into {len(writer.parts)} parts of at most "
+            f"{human_bytes(max_part_size)}: {index}",
+        )
         return
     partial = out.with_name(f".{out.name}.partial")
     with partial.open("wb") as handle:
@@ -242,7 +282,7 @@ def pack_command(output: Output, bundle: Path, out: Path) -> None:
 @_PUBKEY
 @click.pass_obj
 def unpack_command(output: Output, archive: Path, destination: Path, pubkey: Path) -> None:
-    """Verify ARCHIVE and unpack it into a new directory.
+    """Verify ARCHIVE (a .tar, or a .parts.json index) and unpack it into a new directory.
 
     Every member is checked against the signed manifest while it streams,
     into a staging directory; the destination appears only if all verified.

@@ -38,11 +38,25 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     return root / "key", root / "key.pub", root / "other.pub"
 
 
-def make_bundle(root: Path, key: Path, extra: list[FileEntry] | None = None) -> Path:
-    """A small bundle with one file of every kind, signed like build-bundle signs."""
+def make_bundle(
+    root: Path, key: Path, extra: list[FileEntry] | None = None, payload: bytes = b""
+) -> Path:
+    """A small bundle with one file of every kind (plus ``payload`` as one more model blob),
+    signed like build-bundle signs."""
     bundle = root / "bundle"
     store = BlobStore(bundle)
     entries = []
+    if payload:
+        blob = store.add_bytes(payload)
+        entries.append(
+            FileEntry(
+                path=layout.blob_path(blob.sha256),
+                sha256=blob.sha256,
+                size=blob.size,
+                kind="model",
+                component="payload",
+            )
+        )
     for index, kind in enumerate(KINDS):
         data = f"{kind} payload {index}\n".encode() * (1000 + index)
         if kind in {"repo-index", "installer", "sbom"}:

@@ -23,12 +23,14 @@ from appliance import __version__
 from appliance.bundle import layout
 from appliance.bundle.content import ansible_content_tar, sbom
 from appliance.bundle.manifest import (
+    BaseRef,
     Component,
     FileEntry,
     Manifest,
     RepoInfo,
     Target,
     canonical_json,
+    parse_manifest,
 )
 from appliance.bundle.signing import sign
 from appliance.bundle.store import BlobStore
@@ -52,6 +54,7 @@ class BuildOptions:
     jobs: int = 4
     target: str | None = None  # "os/arch"; required when the spec names several
     force: bool = False
+    base: Path | None = None  # a base bundle's manifest.json: build a delta on top of it
     source_root: Path = SOURCE_ROOT
 
 
@@ -116,6 +119,7 @@ def build_bundle(options: BuildOptions, progress: Progress | None = None) -> Bui
             _entry(layout.SBOM, sbom_bytes, "sbom", "sbom"),
         )
 
+        files, base = _delta(staging, parts.files, options.base)
         manifest = Manifest(
             name=spec.name,
             release=spec.release,
@@ -125,13 +129,14 @@ def build_bundle(options: BuildOptions, progress: Progress | None = None) -> Bui
             target=target,
             stack=spec.stack.model_dump(),
             components=sorted(parts.components, key=lambda c: (c.kind, c.name)),
-            files=sorted(parts.files, key=lambda f: (f.path, f.component)),
+            files=sorted(files, key=lambda f: (f.path, f.component)),
+            base=base,
             repo=parts.repo,
             packages=[p.partition("=")[0] for p in spec.packages.install] if spec.packages else [],
         )
         write_trust_files(staging, manifest, options.sign_key)
-        report.files = len(manifest.by_path())
-        report.bytes = manifest.total_size()
+        report.files = len(manifest.shipped())
+        report.bytes = sum(entry.size for entry in manifest.shipped().values())
         for entry in manifest.files:
             report.by_kind[entry.kind] = report.by_kind.get(entry.kind, 0) + 1
     report.seconds = time.monotonic() - started
@@ -139,15 +144,43 @@ def build_bundle(options: BuildOptions, progress: Progress | None = None) -> Bui
 
 
 def write_trust_files(bundle: Path, manifest: Manifest, sign_key: Path) -> None:
-    """manifest.json, SHA256SUMS (every file, manifest included), and both signatures."""
+    """manifest.json, SHA256SUMS (every shipped file, manifest included), both signatures."""
     data = manifest.canonical()
     (bundle / layout.MANIFEST).write_bytes(data)
-    lines = {entry.path: entry.sha256 for entry in manifest.files}
+    lines = {path: entry.sha256 for path, entry in manifest.shipped().items()}
     lines[layout.MANIFEST] = hashlib.sha256(data).hexdigest()
     sums = "".join(f"{digest}  {path}\n" for path, digest in sorted(lines.items()))
     (bundle / layout.SHA256SUMS).write_text(sums)
     sign(sign_key, bundle / layout.MANIFEST)
     sign(sign_key, bundle / layout.SHA256SUMS)
+
+
+def _delta(
+    staging: Path, files: list[FileEntry], base_manifest: Path | None
+) -> tuple[list[FileEntry], BaseRef | None]:
+    """For a delta: drop every blob the base already holds, and mark it as the base's."""
+    if base_manifest is None:
+        return files, None
+    try:
+        data = base_manifest.read_bytes()
+    except OSError as exc:
+        raise BuildError(
+            f"cannot read the base manifest {base_manifest}: {exc.strerror}",
+            hint="pass --base PATH/manifest.json of the bundle the hosts already hold",
+        ) from exc
+    base = parse_manifest(data, str(base_manifest))
+    held = {entry.path for entry in base.shipped().values() if entry.path.startswith(layout.BLOBS)}
+    held |= {e.path for e in base.files if e.from_base}  # a delta on a delta: the chain holds it
+    marked = []
+    for entry in files:
+        if entry.path in held:
+            (staging / entry.path).unlink(missing_ok=True)
+            entry = entry.model_copy(update={"from_base": True})
+        marked.append(entry)
+    reference = BaseRef(
+        sha256=hashlib.sha256(data).hexdigest(), name=base.name, release=base.release
+    )
+    return marked, reference
 
 
 def _read(path: Path) -> bytes:

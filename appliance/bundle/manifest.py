@@ -32,6 +32,8 @@ class FileEntry(_Frozen):
     component: str
     # The artifact's own file name where tools need it (wheels for pip, debs for people).
     name: str | None = None
+    # In a delta bundle: not shipped, the base bundle holds this file.
+    from_base: bool = False
 
 
 class Component(_Frozen):
@@ -52,6 +54,14 @@ class RepoInfo(_Frozen):
     fingerprint: str
 
 
+class BaseRef(_Frozen):
+    """The bundle a delta builds on, pinned by the sha256 of its manifest."""
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    name: str
+    release: str
+
+
 class Manifest(_Frozen):
     schema_version: Literal[1] = MANIFEST_SCHEMA
     name: str
@@ -66,12 +76,17 @@ class Manifest(_Frozen):
     repo: RepoInfo | None = None
     # The OS packages the spec asks for (their dependencies are in the repo too).
     packages: list[str] = Field(default_factory=list)
+    base: BaseRef | None = None
 
     def canonical(self) -> bytes:
         return canonical_json(self.model_dump(mode="json"))
 
     def by_path(self) -> dict[str, FileEntry]:
         return {entry.path: entry for entry in self.files}
+
+    def shipped(self) -> dict[str, FileEntry]:
+        """The files this bundle carries itself (all of them, unless it is a delta)."""
+        return {entry.path: entry for entry in self.files if not entry.from_base}
 
     def total_size(self) -> int:
         """Bytes on disk: each distinct path once."""

@@ -46,7 +46,7 @@ def pack(bundle: Path, out: BinaryIO, advance: Callable[[int], None] | None = No
     manifest = parse_manifest(data, f"{bundle}/{layout.MANIFEST}")
     check_manifest_paths(manifest, str(bundle))
     names = [name for name in layout.PACK_FIRST if (bundle / name).is_file()]
-    names += sorted(manifest.by_path())
+    names += sorted(manifest.shipped())
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for name in names:
             path = bundle / name
@@ -165,15 +165,20 @@ def _read_tar(
     manifest_bytes = manifest.canonical()
     if trust.get(layout.SHA256SUMS) != expected_sha256sums(manifest, manifest_bytes):
         problems.append(Problem(layout.SHA256SUMS, "missing or does not match the manifest"))
-    problems += [Problem(path, "missing") for path in sorted(set(manifest.by_path()) - seen)]
+    problems += [Problem(path, "missing") for path in sorted(set(manifest.shipped()) - seen)]
     if problems:
         raise BundleCorruptError(
             f"{label}: corrupt content: {len(problems)} problem(s)",
             hint="the archive was damaged in transit or storage: copy it again and verify",
             problems=problems,
         )
+    shipped = manifest.shipped()
     return VerifyReport(
-        manifest, len(manifest.by_path()), manifest.total_size(), time.monotonic() - started
+        manifest,
+        len(shipped),
+        sum(entry.size for entry in shipped.values()),
+        time.monotonic() - started,
+        unchecked_from_base=len(manifest.by_path()) - len(shipped),
     )
 
 

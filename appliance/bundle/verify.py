@@ -40,6 +40,8 @@ class VerifyReport:
     files: int
     bytes: int
     seconds: float
+    # A delta's files that the base holds and that were not checked (no base was given).
+    unchecked_from_base: int = 0
 
 
 def sha256_file(path: Path, advance: Callable[[int], None] | None = None) -> tuple[str, int]:
@@ -130,14 +132,20 @@ def check_manifest_paths(manifest: Manifest, source: str) -> None:
 
 
 def expected_sha256sums(manifest: Manifest, manifest_bytes: bytes) -> bytes:
-    lines = {entry.path: entry.sha256 for entry in manifest.files}
+    lines = {path: entry.sha256 for path, entry in manifest.shipped().items()}
     lines[layout.MANIFEST] = hashlib.sha256(manifest_bytes).hexdigest()
     return "".join(f"{digest}  {path}\n" for path, digest in sorted(lines.items())).encode()
 
 
 def verify_dir(
-    bundle: Path, pubkey: Path, jobs: int = 2, progress: Progress | None = None
+    bundle: Path,
+    pubkey: Path,
+    jobs: int = 2,
+    progress: Progress | None = None,
+    base: Path | None = None,
 ) -> VerifyReport:
+    """Verify a bundle directory. A delta's files that it does not carry are checked in
+    ``base`` (which must be the release the delta names) when given."""
     started = time.monotonic()
     progress = progress or NullProgress()
     if not bundle.is_dir():
@@ -147,6 +155,7 @@ def verify_dir(
     found = scan_layout(bundle)
     manifest = check_signature(bundle, pubkey)
     expected = manifest.by_path()
+    base_dir = _check_base(manifest, base, pubkey) if base is not None else None
 
     extra = sorted(found - set(expected) - set(layout.TRUST_FILES))
     if extra:
@@ -155,17 +164,31 @@ def verify_dir(
             hint=_HINT_LAYOUT,
             problems=[Problem(path, "not in the signed manifest") for path in extra],
         )
-    problems = [Problem(path, "missing") for path in sorted(set(expected) - found)]
+    # Where each file is checked: here, or (a delta's) in the base; or nowhere yet.
+    located: list[tuple[Path, FileEntry]] = []
+    problems: list[Problem] = []
+    unchecked = 0
+    for path, entry in sorted(expected.items()):
+        if path in found:
+            located.append((bundle, entry))
+        elif entry.from_base and base_dir is not None:
+            located.append((base_dir, entry))
+        elif entry.from_base:
+            unchecked += 1
+        else:
+            problems.append(Problem(path, "missing"))
     sums = bundle / layout.SHA256SUMS
     manifest_bytes = (bundle / layout.MANIFEST).read_bytes()
     if not sums.is_file() or sums.read_bytes() != expected_sha256sums(manifest, manifest_bytes):
         problems.append(Problem(layout.SHA256SUMS, "missing or does not match the manifest"))
 
-    present = [entry for path, entry in sorted(expected.items()) if path in found]
-    task = progress.task("verify", sum(entry.size for entry in present))
+    task = progress.task("verify", sum(entry.size for _, entry in located))
 
-    def check(entry: FileEntry) -> Problem | None:
-        path = bundle / entry.path
+    def check(item: tuple[Path, FileEntry]) -> Problem | None:
+        root, entry = item
+        path = root / entry.path
+        if not path.is_file():
+            return Problem(entry.path, f"missing (the base {root} does not hold it)")
         if path.stat().st_size != entry.size:
             return Problem(entry.path, f"size {path.stat().st_size}, manifest says {entry.size}")
         digest, _ = sha256_file(path, task.advance)
@@ -174,7 +197,7 @@ def verify_dir(
         return None
 
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="verify") as pool:
-        problems += [p for p in pool.map(check, present) if p is not None]
+        problems += [p for p in pool.map(check, located) if p is not None]
     progress.finish(task)
     if problems:
         raise BundleCorruptError(
@@ -182,8 +205,26 @@ def verify_dir(
             hint=_HINT_CORRUPT,
             problems=problems,
         )
-    total = sum(entry.size for entry in expected.values())
-    return VerifyReport(manifest, len(expected), total, time.monotonic() - started)
+    total = sum(entry.size for _, entry in located)
+    return VerifyReport(manifest, len(located), total, time.monotonic() - started, unchecked)
+
+
+def _check_base(manifest: Manifest, base: Path, pubkey: Path) -> Path:
+    """``base`` must be the very bundle the delta names (its manifest digest), and signed."""
+    if manifest.base is None:
+        raise BundleLayoutError(
+            f"--base was given but {manifest.name} {manifest.release} is not a delta",
+            hint="verify it without --base",
+        )
+    check_signature(base, pubkey)
+    digest = hashlib.sha256((base / layout.MANIFEST).read_bytes()).hexdigest()
+    if digest != manifest.base.sha256:
+        raise BundleCorruptError(
+            f"{base} is not the base this delta needs: it needs {manifest.base.name} "
+            f"{manifest.base.release} (manifest sha256 {manifest.base.sha256})",
+            hint="pass the release directory of that exact bundle with --base",
+        )
+    return base
 
 
 def _count(items: Sized, noun: str) -> str:

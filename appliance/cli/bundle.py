@@ -78,6 +78,11 @@ def keygen(output: Output, private: Path, comment: str) -> None:
 @click.option("-j", "--jobs", type=click.IntRange(1, 32), default=4, show_default=True)
 @click.option("--target", help="OS/ARCH to build for, when the spec names several.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT once the new bundle is complete.")
+@click.option(
+    "--base",
+    type=click.Path(path_type=Path, exists=True),
+    help="Build a delta: ship only what this base bundle (its directory or manifest.json) lacks.",
+)
 @click.pass_obj
 def build_bundle_command(
     output: Output,
@@ -89,6 +94,7 @@ def build_bundle_command(
     jobs: int,
     target: str | None,
     force: bool,
+    base: Path | None,
 ) -> None:
     """Fetch, pin and sign everything SPEC names into one bundle directory.
 
@@ -112,6 +118,7 @@ def build_bundle_command(
         jobs=jobs,
         target=target,
         force=force,
+        base=base / "manifest.json" if base is not None and base.is_dir() else base,
     )
     with progress_for(output) as progress:
         report = build_bundle(options, progress)
@@ -143,8 +150,13 @@ def build_bundle_command(
 @click.argument("bundle", type=click.Path(path_type=Path, exists=True))
 @_PUBKEY
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option(
+    "--base",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    help="For a delta: the base bundle directory it names, to check what it does not carry.",
+)
 @click.pass_obj
-def verify_bundle(output: Output, bundle: Path, pubkey: Path, jobs: int) -> None:
+def verify_bundle(output: Output, bundle: Path, pubkey: Path, jobs: int, base: Path | None) -> None:
     """Verify BUNDLE (a directory, a packed .tar, or a .parts.json index) offline.
 
     Checks the layout (no links, device files, or files the manifest does not
@@ -160,7 +172,7 @@ def verify_bundle(output: Output, bundle: Path, pubkey: Path, jobs: int) -> None
     """
     with progress_for(output) as progress:
         if bundle.is_dir():
-            report = verify_dir(bundle, pubkey, jobs=jobs, progress=progress)
+            report = verify_dir(bundle, pubkey, jobs=jobs, progress=progress, base=base)
         else:
             task = progress.task("verify", None)
             with open_archive(bundle) as source:
@@ -176,10 +188,17 @@ def verify_bundle(output: Output, bundle: Path, pubkey: Path, jobs: int) -> None
             "files": report.files,
             "bytes": report.bytes,
             "seconds": round(report.seconds, 3),
+            "unchecked_from_base": report.unchecked_from_base,
         },
         human=f"{bundle}: verified {report.manifest.name} {report.manifest.release}: signature "
         f"good, {report.files} files, {human_bytes(report.bytes)} intact "
-        f"({report.seconds:.1f} s, {rate:.0f} MB/s)",
+        f"({report.seconds:.1f} s, {rate:.0f} MB/s)"
+        + (
+            f"\n  delta on {report.manifest.base.release}: {report.unchecked_from_base} files "
+            "come from that base and were not checked here (pass --base DIR)"
+            if report.manifest.base and report.unchecked_from_base
+            else ""
+        ),
     )
 
 

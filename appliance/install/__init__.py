@@ -7,6 +7,7 @@ completely. Every run keeps its ansible-runner private data dir under ``<root>/r
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.bundle import layout
+from appliance.bundle.inspect import read_manifest
 from appliance.bundle.manifest import Manifest
 from appliance.bundle.pack import unpack
 from appliance.bundle.verify import verify_dir
@@ -70,6 +72,11 @@ def install(
             hint="install openssh-client on the depot (Debian: from the installation media), "
             "then run install again",
         )
+    if not inventory.depot_is_local and read_manifest(options.bundle).base is not None:
+        raise InstallError(
+            "delta bundles install onto a depot that runs appliance install itself",
+            hint="run install.sh on the depot, which holds the base release",
+        )
     # Verified here first, whether the depot is this machine or another; a remote depot then
     # receives this verified copy.
     manifest, local_release = stage(options.bundle, options.pubkey, work)
@@ -106,40 +113,64 @@ def install(
 
 
 def stage(bundle: Path, pubkey: Path, root: Path) -> tuple[Manifest, Path]:
-    """Verify ``bundle`` and make it ``<root>/releases/<release>``; reuse a verified copy."""
+    """Verify ``bundle`` and make it ``<root>/releases/<release>``; reuse a verified copy.
+
+    A delta bundle becomes a complete release here: what it carries, plus the files its base
+    release (which must be on this machine, exactly as the delta names it) holds.
+    """
     releases = root / "releases"
     releases.mkdir(parents=True, exist_ok=True)
-    if bundle.is_dir():
-        manifest = verify_dir(bundle, pubkey).manifest
-        release_dir = releases / manifest.release
-        if bundle.resolve() == release_dir.resolve():
-            return manifest, release_dir
-        if release_dir.exists():
-            existing = verify_dir(release_dir, pubkey).manifest
-            if existing.canonical() == manifest.canonical():
-                return manifest, release_dir
-            raise InstallError(
-                f"{release_dir} holds another bundle of release {manifest.release}",
-                hint="releases are immutable: build the new bundle with a new release label",
-            )
-        _copy_bundle(bundle, manifest, release_dir)
+    if not bundle.is_dir():
+        with tempfile.TemporaryDirectory(prefix=".incoming-", dir=releases) as tmp:
+            unpack(bundle, Path(tmp) / "bundle", pubkey)
+            return stage(Path(tmp) / "bundle", pubkey, root)
+    manifest = verify_dir(bundle, pubkey).manifest
+    base = _base_release(manifest, releases) if manifest.base else None
+    if base is not None:
+        verify_dir(bundle, pubkey, base=base)
+    release_dir = releases / manifest.release
+    if bundle.resolve() == release_dir.resolve():
         return manifest, release_dir
-    with tempfile.TemporaryDirectory(prefix=".incoming-", dir=releases) as tmp:
-        report = unpack(bundle, Path(tmp) / "bundle", pubkey)
-        release_dir = releases / report.manifest.release
-        if release_dir.exists():
-            return stage(release_dir, pubkey, root)
-        (Path(tmp) / "bundle").rename(release_dir)
-        return report.manifest, release_dir
+    if release_dir.exists():
+        existing = verify_dir(release_dir, pubkey).manifest
+        if existing.canonical() == manifest.canonical():
+            return manifest, release_dir
+        raise InstallError(
+            f"{release_dir} holds another bundle of release {manifest.release}",
+            hint="releases are immutable: build the new bundle with a new release label",
+        )
+    _copy_bundle(bundle, manifest, release_dir, base)
+    return manifest, release_dir
 
 
-def _copy_bundle(bundle: Path, manifest: Manifest, release_dir: Path) -> None:
+def _base_release(manifest: Manifest, releases: Path) -> Path:
+    assert manifest.base is not None
+    wanted = manifest.base
+    candidate = releases / wanted.release
+    manifest_file = candidate / layout.MANIFEST
+    if (
+        manifest_file.is_file()
+        and hashlib.sha256(manifest_file.read_bytes()).hexdigest() == wanted.sha256
+    ):
+        return candidate
+    held = sorted(p.name for p in releases.iterdir() if p.is_dir() and not p.name.startswith("."))
+    raise InstallError(
+        f"this delta bundle needs release {wanted.release} of {wanted.name} (manifest sha256 "
+        f"{wanted.sha256[:16]}...) on this depot; it holds: {', '.join(held) or 'no release'}",
+        hint="install that release first, or ask for a full bundle; nothing was changed",
+    )
+
+
+def _copy_bundle(bundle: Path, manifest: Manifest, release_dir: Path, base: Path | None) -> None:
     """Hard links where the filesystem allows (no extra disk), copies elsewhere; into a
     temporary directory renamed into place, so a release directory is always complete."""
     partial = Path(tempfile.mkdtemp(prefix=f".{release_dir.name}.", dir=release_dir.parent))
     try:
-        for name in [*layout.TRUST_FILES, *manifest.by_path()]:
-            source, target = bundle / name, partial / name
+        sources = dict.fromkeys(layout.TRUST_FILES, bundle)
+        for name, entry in manifest.by_path().items():
+            sources[name] = base if entry.from_base and base is not None else bundle
+        for name, root in sources.items():
+            source, target = root / name, partial / name
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.link(source, target)

@@ -36,6 +36,7 @@ from appliance.bundle.signing import sign
 from appliance.bundle.store import BlobStore
 from appliance.errors import BuildError, KeyFileError
 from appliance.fetchers.files import Fetched, Fetcher, Wanted, url_basename
+from appliance.fetchers.images import fetch_images, write_layout
 from appliance.fetchers.local_models import add_local_model, check_local_model
 from appliance.fetchers.wheels import Wheel, build_own_wheel, fetch_pinned_wheel, resolve_wheels
 from appliance.progress import NullProgress, Progress
@@ -104,6 +105,9 @@ def build_bundle(options: BuildOptions, progress: Progress | None = None) -> Bui
         _files(spec, fetcher, parts, report)
         if spec.packages is not None:
             _packages(spec, target, staging, fetcher, parts, report, options)
+        if spec.images:
+            progress.note("fetching container images")
+            _images(spec, target, staging, store, options, parts)
         progress.note("resolving wheels")
         _wheels(spec, target, store, options, parts)
         _models(spec, options.spec_path.parent, store, parts)
@@ -207,7 +211,7 @@ def _pick_target(spec: Spec, wanted: str | None) -> Target:
 
 def _check_before_fetching(spec: Spec, options: BuildOptions) -> None:
     """Everything that can be known without the network, checked before the first byte."""
-    unsupported = [f"images[{i}]" for i in range(len(spec.images))] + [
+    unsupported = [
         f"models[{i}] ({m.source})"
         for i, m in enumerate(spec.models)
         if isinstance(m, HuggingFaceModel | OllamaModel)
@@ -215,8 +219,7 @@ def _check_before_fetching(spec: Spec, options: BuildOptions) -> None:
     if unsupported:
         raise BuildError(
             f"this release cannot fetch {', '.join(unsupported)} yet",
-            hint="container images and hub models arrive in a later release; remove them from "
-            "the spec or vendor the model as a local path",
+            hint="hub models arrive in a later release; vendor the model as a local path",
         )
     if not options.sign_key.is_file():
         raise KeyFileError(
@@ -366,6 +369,35 @@ def _packages(
     ]
     parts.add(Component(name="repo", kind="repo-index", version=spec.release), *entries)
     parts.repo = RepoInfo(path=layout.REPO, key=index.key_path, fingerprint=index.fingerprint)
+
+
+def _images(
+    spec: Spec,
+    target: Target,
+    staging: Path,
+    store: BlobStore,
+    options: BuildOptions,
+    parts: _Assembly,
+) -> None:
+    with tempfile.TemporaryDirectory(prefix="appliance-oci-") as tmp:
+        # The cache keeps skopeo's layout: a rebuild finds every blob already there.
+        work = options.cache / "oci" if options.cache else Path(tmp)
+        fetched = fetch_images(list(spec.images), target.arch, store, work)
+    for image in fetched:
+        parts.add(
+            Component(
+                name=image.ref, kind="image", version=image.manifest_digest, source=image.ref
+            ),
+            *(
+                _blob_entry(digest, size, "image", image.ref, image.ref)
+                for digest, size in image.blobs
+            ),
+        )
+    entries = [
+        _entry(name, (staging / name).read_bytes(), "image-index", "images")
+        for name in write_layout(staging, fetched)
+    ]
+    parts.add(Component(name="images", kind="image-index", version="oci-1.0.0"), *entries)
 
 
 def _wheel_component(wheel: Wheel, wheel_set: str) -> tuple[Component, str]:

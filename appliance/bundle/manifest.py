@@ -16,7 +16,16 @@ from appliance.errors import BundleCorruptError
 MANIFEST_SCHEMA: Literal[1] = 1
 
 FileKind = Literal[
-    "file", "deb", "wheel", "model", "repo-index", "ansible-content", "installer", "sbom"
+    "file",
+    "deb",
+    "wheel",
+    "model",
+    "image",
+    "image-index",
+    "repo-index",
+    "ansible-content",
+    "installer",
+    "sbom",
 ]
 
 

@@ -1,0 +1,92 @@
+"""Container images from a real registry on loopback: shared layers stored once, digests kept,
+and the bundle readable by skopeo as an OCI layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from appliance.bundle import layout
+from appliance.bundle.build import BuildOptions, build_bundle
+from appliance.bundle.signing import keygen
+from appliance.bundle.verify import verify_dir
+from tests.fixtures.registry import layer, push_image, registry
+
+pytestmark = [pytest.mark.network]  # the installer wheels come from PyPI (cached after once)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("images")
+    base = layer({"etc/os-release": b"ID=appliance-test\n", "lib/base.bin": os.urandom(300_000)})
+    with registry(root / "registry") as address:
+        digests = {
+            name: push_image(
+                root / f"oci-{name}",
+                f"{address}/appliance/{name}:1",
+                [base, layer({f"app/{name}": os.urandom(50_000)})],
+            )
+            for name in ("app-a", "app-b")
+        }
+        refs = {name: f"{address}/appliance/{name}:1@{d}" for name, d in digests.items()}
+        (root / "spec.yaml").write_text(
+            "version: 1\nname: images-test\nrelease: '1'\n"
+            "targets: [{os: debian-12, arch: amd64}]\n"
+            "stack: {orchestrator: systemd, registry: none}\n"
+            "images:\n" + "".join(f"  - ref: '{ref}'\n" for ref in refs.values())
+        )
+        keygen(root / "key", "images test")
+        build_bundle(
+            BuildOptions(root / "spec.yaml", root / "bundle", root / "key", cache=root / "cache")
+        )
+    return {"root": root, "refs": refs, "digests": digests, "base": base}
+
+
+def test_shared_layer_is_stored_once(built: dict[str, object]) -> None:
+    root = built["root"]
+    assert isinstance(root, Path)
+    manifest = json.loads((root / "bundle" / layout.MANIFEST).read_bytes())
+    images = [f for f in manifest["files"] if f["kind"] == "image"]
+    paths = [f["path"] for f in images]
+    # Two images x (manifest, config, base layer, own layer) = 8 entries, 7 distinct blobs.
+    assert len(images) == 8
+    assert len(set(paths)) == 7
+    on_disk = {p.name for p in (root / "bundle" / layout.BLOBS).iterdir()}
+    assert {p.rsplit("/", 1)[1] for p in paths} <= on_disk
+
+
+def test_digests_match_the_registry(built: dict[str, object]) -> None:
+    root, digests = built["root"], built["digests"]
+    assert isinstance(root, Path) and isinstance(digests, dict)
+    index = json.loads((root / "bundle" / "index.json").read_text())
+    stored = {
+        d["annotations"]["org.opencontainers.image.ref.name"]: d["digest"]
+        for d in index["manifests"]
+    }
+    refs = built["refs"]
+    assert isinstance(refs, dict)
+    assert stored == {refs[name]: digests[name] for name in refs}
+
+
+def test_skopeo_reads_the_bundle_as_an_oci_layout(built: dict[str, object]) -> None:
+    root, refs = built["root"], built["refs"]
+    assert isinstance(root, Path) and isinstance(refs, dict)
+    for ref in refs.values():
+        result = subprocess.run(
+            ["skopeo", "inspect", f"oci:{root / 'bundle'}:{ref}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["Architecture"] == "amd64"
+
+
+def test_bundle_with_images_verifies(built: dict[str, object]) -> None:
+    root = built["root"]
+    assert isinstance(root, Path)
+    verify_dir(root / "bundle", root / "key.pub")

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ from appliance.bundle import layout
 from appliance.bundle.build import BuildOptions, build_bundle
 from appliance.bundle.signing import keygen
 from appliance.bundle.verify import verify_dir
-from tests.fixtures.registry import layer, push_image, registry
+from tests.fixtures.registry import layer, push_image, raw_manifest, registry
 
 pytestmark = [pytest.mark.network]  # the installer wheels come from PyPI (cached after once)
 
@@ -90,3 +91,40 @@ def test_bundle_with_images_verifies(built: dict[str, object]) -> None:
     root = built["root"]
     assert isinstance(root, Path)
     verify_dir(root / "bundle", root / "key.pub")
+
+
+def test_delta_after_one_changed_layer_holds_only_what_changed(
+    built: dict[str, object], tmp_path: Path
+) -> None:
+    root, base, digests = built["root"], built["base"], built["digests"]
+    assert isinstance(root, Path) and isinstance(base, bytes) and isinstance(digests, dict)
+    new_layer = layer({"app/app-a": os.urandom(50_000)})
+    with registry(root / "registry") as address:  # the same storage, a new port
+        digest = push_image(tmp_path / "oci-a2", f"{address}/appliance/app-a:2", [base, new_layer])
+        image: dict[str, Any] = raw_manifest(f"{address}/appliance/app-a:2")
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(
+            (root / "spec.yaml").read_text().split("images:")[0]
+            + f"images:\n  - ref: '{address}/appliance/app-a:2@{digest}'\n"
+            + f"  - ref: '{address}/appliance/app-b:1@{digests['app-b']}'\n"
+        )
+        build_bundle(
+            BuildOptions(
+                spec,
+                tmp_path / "delta",
+                root / "key",
+                cache=root / "cache",
+                base=root / "bundle" / layout.MANIFEST,
+            )
+        )
+    shipped = {p.name for p in (tmp_path / "delta" / layout.BLOBS).iterdir()}
+    # app-a's new layer, and the manifest and config that name it; the shared base layer and
+    # all of app-b stay with the base bundle.
+    assert shipped == {
+        digest.split(":")[1],
+        image["config"]["digest"].split(":")[1],
+        image["layers"][1]["digest"].split(":")[1],
+    }
+    manifest = json.loads((tmp_path / "delta" / layout.MANIFEST).read_bytes())
+    assert manifest["base"]["release"] == "1"
+    verify_dir(tmp_path / "delta", root / "key.pub", base=root / "bundle")

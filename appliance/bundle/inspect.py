@@ -8,11 +8,13 @@ from typing import Any
 
 from appliance.bundle import layout
 from appliance.bundle.manifest import Manifest, parse_manifest
+from appliance.bundle.pack import open_archive
 from appliance.errors import BundleLayoutError
 
 
 def read_manifest(path: Path) -> Manifest:
-    """The manifest of a bundle directory or packed tar (not verified: see verify-bundle)."""
+    """The manifest of a bundle directory, packed tar or parts index (not verified: see
+    verify-bundle)."""
     if path.is_dir():
         manifest_path = path / layout.MANIFEST
         if not manifest_path.is_file():
@@ -20,7 +22,7 @@ def read_manifest(path: Path) -> Manifest:
                 f"{path} has no {layout.MANIFEST}", hint="is this an appliance bundle?"
             )
         return parse_manifest(manifest_path.read_bytes(), str(manifest_path))
-    with path.open("rb") as source, tarfile.open(fileobj=source, mode="r|*") as tar:
+    with open_archive(path) as source, tarfile.open(fileobj=source, mode="r|*") as tar:
         for member in tar:
             if member.name.removeprefix("./") == layout.MANIFEST and member.isreg():
                 handle = tar.extractfile(member)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.bundle.inspect import read_manifest
 from appliance.bundle.pack import open_archive, pack, unpack
 from appliance.bundle.parts import PartWriter, parse_size
 from appliance.bundle.signing import keygen
@@ -88,3 +89,11 @@ def test_sizes(text: str, size: int) -> None:
 def test_bad_sizes(text: str) -> None:
     with pytest.raises(ValueError, match=r"is not a size|is below 1M"):
         parse_size(text)
+
+
+def test_inspect_reads_the_manifest_through_the_index(
+    bundle: tuple[Path, Path], tmp_path: Path
+) -> None:
+    source, _ = bundle
+    index, _ = split(source, tmp_path / "media" / "b.tar")
+    assert read_manifest(index).name == "t"

@@ -74,14 +74,14 @@ class BarProgress:
             transient=False,
         )
         self._lock = threading.Lock()
-        self._total = self._rich.add_task("total", total=0)
+        # Shown once there is something to count (a rebuild from cache has nothing).
+        self._total = self._rich.add_task("total", total=0, visible=False)
 
     def task(self, label: str, total: int | None) -> Task:
         with self._lock:
             task_id = self._rich.add_task(f"  {label}", total=total)
-            if total:
-                grand = self._rich.tasks[self._total].total or 0
-                self._rich.update(self._total, total=grand + total)
+            grand = self._rich.tasks[self._total].total or 0
+            self._rich.update(self._total, total=grand + (total or 0), visible=True)
             return _BarTask(self, task_id)
 
     def advance(self, task_id: TaskID, count: int) -> None:

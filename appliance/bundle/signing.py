@@ -20,7 +20,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from appliance.errors import BundleSignatureError, KeyFileError
 
 NAMESPACE = "appliance-bundle"
-SIGNER = "appliance-bundle-signer"
 
 
 def _ssh_keygen() -> str:

@@ -23,7 +23,7 @@ from appliance.bundle import layout
 from appliance.bundle.inspect import read_manifest
 from appliance.bundle.manifest import Manifest
 from appliance.bundle.pack import unpack
-from appliance.bundle.verify import verify_dir
+from appliance.bundle.verify import check_signature, verify_dir
 from appliance.errors import InstallError, PlaybookFailedError
 from appliance.install.inventory import Inventory, load_inventory, single_box
 from appliance.install.remote import depot_from_inventory, point_current_remote, stage_remote
@@ -124,10 +124,11 @@ def stage(bundle: Path, pubkey: Path, root: Path) -> tuple[Manifest, Path]:
         with tempfile.TemporaryDirectory(prefix=".incoming-", dir=releases) as tmp:
             unpack(bundle, Path(tmp) / "bundle", pubkey)
             return stage(Path(tmp) / "bundle", pubkey, root)
-    manifest = verify_dir(bundle, pubkey).manifest
-    base = _base_release(manifest, releases) if manifest.base else None
-    if base is not None:
-        verify_dir(bundle, pubkey, base=base)
+    # The signed manifest says whether this is a delta; find its base before hashing anything,
+    # so every file is read once, here or in the base.
+    named = check_signature(bundle, pubkey)
+    base = _base_release(named, releases) if named.base else None
+    manifest = verify_dir(bundle, pubkey, base=base).manifest
     release_dir = releases / manifest.release
     if bundle.resolve() == release_dir.resolve():
         return manifest, release_dir

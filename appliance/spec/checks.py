@@ -117,6 +117,18 @@ def check_requirement(item: str) -> str:
     return item
 
 
+def check_digest(value: str) -> str:
+    """An OCI content digest, sha256 only: ``sha256:<64 hex>``."""
+    algo, _, hexdigest = value.partition(":")
+    if algo != "sha256" or not SHA256_RE.match(hexdigest):
+        raise err(
+            "bad_digest",
+            "bad digest '{value}': expected sha256: followed by 64 lowercase hex characters",
+            value=value,
+        )
+    return value
+
+
 def check_image_ref(value: str) -> str:
     name, at, digest = value.partition("@")
     if not at:
@@ -126,13 +138,7 @@ def check_image_ref(value: str) -> str:
             "`skopeo inspect --format '{{.Digest}}' docker://{ref}`)",
             ref=value,
         )
-    algo, _, hexdigest = digest.partition(":")
-    if algo != "sha256" or not SHA256_RE.match(hexdigest):
-        raise err(
-            "bad_digest",
-            "bad digest '{digest}': expected sha256: followed by 64 lowercase hex characters",
-            digest=digest,
-        )
+    check_digest(digest)
     repo, tag = name, None
     last = name.rsplit("/", 1)[-1]
     if ":" in last:

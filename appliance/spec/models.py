@@ -24,7 +24,7 @@ from pydantic import (
 from appliance.spec.checks import (
     GIT_COMMIT_RE,
     RELEASE_RE,
-    SHA256_RE,
+    check_digest,
     check_image_ref,
     check_name,
     check_package,
@@ -184,7 +184,9 @@ class OllamaModel(StrictModel):
 
     name: Name
     source: str = Field(description="ollama://[REGISTRY/]NAMESPACE/MODEL:TAG")
-    digest: str = Field(description="sha256:<64 hex> of the model manifest")
+    digest: Annotated[str, AfterValidator(check_digest)] = Field(
+        description="sha256:<64 hex> of the model manifest"
+    )
 
     @field_validator("source")
     @classmethod
@@ -194,18 +196,6 @@ class OllamaModel(StrictModel):
             raise err(
                 "ollama_tag_missing",
                 "ollama model '{value}' has no tag: write ollama://NAMESPACE/MODEL:TAG",
-                value=value,
-            )
-        return value
-
-    @field_validator("digest")
-    @classmethod
-    def _digest(cls, value: str) -> str:
-        algo, _, hexdigest = value.partition(":")
-        if algo != "sha256" or not SHA256_RE.match(hexdigest):
-            raise err(
-                "bad_digest",
-                "bad digest '{value}': expected sha256: followed by 64 lowercase hex characters",
                 value=value,
             )
         return value

@@ -6,6 +6,7 @@ keys, no whitespace, UTF-8) makes the bytes, and so the signature, depend only o
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any, Literal
 
@@ -100,6 +101,62 @@ class Manifest(_Frozen):
     def total_size(self) -> int:
         """Bytes on disk: each distinct path once."""
         return sum(entry.size for entry in self.by_path().values())
+
+    def models(self) -> list[dict[str, Any]]:
+        """Each model with its files and digest, as the install roles consume them."""
+        found = []
+        for component in sorted(self.components, key=lambda c: c.name):
+            if component.kind != "model":
+                continue
+            files = sorted(
+                (e for e in self.files if e.kind == "model" and e.component == component.name),
+                key=lambda e: e.name or e.path,
+            )
+            found.append(
+                {
+                    "name": component.name,
+                    "version": component.version,
+                    "source": component.source,
+                    "digest": model_digest(files),
+                    "files": [
+                        {
+                            "name": e.name or e.path,
+                            "path": e.path,
+                            "sha256": e.sha256,
+                            "size": e.size,
+                        }
+                        for e in files
+                    ],
+                }
+            )
+        return found
+
+    def wheel_sets(self) -> dict[str, list[dict[str, Any]]]:
+        """Wheels by set (``installer`` and the spec's ``wheels[].name``), with file names."""
+        sets: dict[str, list[dict[str, Any]]] = {}
+        for entry in sorted(self.files, key=lambda e: e.name or e.path):
+            if entry.kind != "wheel":
+                continue
+            set_name = entry.component.rpartition(":")[2]
+            sets.setdefault(set_name, []).append(
+                {"name": entry.name, "path": entry.path, "sha256": entry.sha256, "size": entry.size}
+            )
+        return sets
+
+
+def model_digest(files: list[FileEntry]) -> str:
+    """One digest that names a model's exact bytes, the one the audit log records.
+
+    A single-file model (a GGUF) is named by that file's sha256, which operators can check with
+    sha256sum; a model of several files by the sha256 of its sha256sum-style listing
+    (``<sha256>  <relative path>`` lines, sorted by path), so renaming a file changes it too.
+    """
+    if len(files) == 1:
+        return f"sha256:{files[0].sha256}"
+    listing = "".join(
+        f"{e.sha256}  {e.name or e.path}\n" for e in sorted(files, key=lambda e: e.name or e.path)
+    )
+    return f"sha256:{hashlib.sha256(listing.encode()).hexdigest()}"
 
 
 def canonical_json(document: Any) -> bytes:

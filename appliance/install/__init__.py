@@ -229,6 +229,10 @@ def _extravars(
         "appliance_repo_key": str(local_release / manifest.repo.key) if manifest.repo else "",
         "appliance_packages": manifest.packages,
         "appliance_depot": inventory.depot,
+        "appliance_stack": manifest.stack,
+        # What the runtime and gateway roles lay out from the bundle, each file by digest.
+        "appliance_models": manifest.models(),
+        "appliance_wheel_sets": manifest.wheel_sets(),
     }
     if options.internal_cidrs:
         variables["appliance_internal_cidrs"] = list(options.internal_cidrs)

@@ -92,8 +92,10 @@ def install_command(
     depot is this machine, SFTP with resume and a digest check on the depot
     when it is another), then runs the bundle's own
     playbooks through ansible-runner: preflight, the bundle's repository as
-    the only package source, an nftables firewall that drops egress, then
-    the OS packages. Each run is kept under ROOT/runs/. Safe to re-run.
+    the only package source, an nftables firewall that drops egress, the OS
+    packages, the models with the stack's runtime, and the audited gateway.
+    The first install creates the gateway's 'operator' API key and prints it
+    once. Each run is kept under ROOT/runs/. Safe to re-run.
 
     \b
     Examples:
@@ -122,12 +124,18 @@ def install_command(
             "stats": result.stats,
             "seconds": round(result.seconds, 2),
             "record": str(result.artifacts),
+            "api_key": report.api_key,
         },
         human=(
             f"installed {report.manifest.name} {report.manifest.release} on "
             f"{len(report.hosts)} host{'s' if len(report.hosts) != 1 else ''} in "
             f"{result.seconds:.0f} s: ok={result.total('ok')} changed={result.total('changed')} "
             f"failed={result.total('failed')}\n  run record: {result.artifacts}"
+            + (
+                f"\n  gateway API key 'operator' (shown this once, store it now): {report.api_key}"
+                if report.api_key
+                else ""
+            )
         ),
     )
 

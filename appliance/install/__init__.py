@@ -49,6 +49,8 @@ class InstallReport:
     release_dir: Path
     result: RunResult
     hosts: list[str]
+    # The gateway's operator API key, when this install created it on this machine: shown once.
+    api_key: str | None = None
 
 
 def install(
@@ -109,7 +111,24 @@ def install(
         point_current_remote(depot, str(options.root), manifest.release)
     else:
         _point_current(options.root, local_release)
-    return InstallReport(manifest, depot_release, result, inventory.hosts)
+    return InstallReport(
+        manifest, depot_release, result, inventory.hosts, _take_new_key(options.root, "operator")
+    )
+
+
+def _take_new_key(root: Path, name: str) -> str | None:
+    """A key the gateway role just created on this machine: read it once and forget it.
+
+    The gateway stores only the key's hash; the plaintext exists in ``<root>/secrets`` (root,
+    0600) between its creation and this call, so the operator sees it exactly once.
+    """
+    path = root / "secrets" / f"{name}.key"
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    path.unlink()
+    return key or None
 
 
 def stage(bundle: Path, pubkey: Path, root: Path) -> tuple[Manifest, Path]:

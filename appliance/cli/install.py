@@ -178,7 +178,12 @@ def verify_command(
     From each host: every egress target must fail to answer, every internal
     target must answer, the firewall table must be loaded and persistent
     (with its drop counter), and the bundle's repository must be the only
-    package source. Writes a JSON report; exits 33 naming each failed check.
+    package source. When the appliance serves models: each runtime is
+    running and healthy and cannot reach an egress target as its own user
+    from its own network namespace, a real chat completion through the
+    gateway succeeds, the call is in the audit log with verify's key id and
+    the model's digest, and the audit log's hash chain is intact. Writes a
+    JSON report; exits 33 naming each failed check.
 
     \b
     Example:

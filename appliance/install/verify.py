@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.bundle import layout
+from appliance.bundle.manifest import parse_manifest
 from appliance.errors import InstallError, Problem, VerifyFailedError
 from appliance.install import new_run_dir, runner_env
 from appliance.install.inventory import load_inventory, single_box
@@ -49,6 +51,7 @@ def verify(
             f"no installed release under {options.root}",
             hint="run appliance install first (verify uses the installed release's playbooks)",
         )
+    expect_inference = _has_models(release)
     run_dir = new_run_dir(options.root)
     evidence_dir = run_dir / "evidence"
     evidence_dir.mkdir(mode=0o700)
@@ -64,6 +67,7 @@ def verify(
             "appliance_verify_egress_targets": list(options.egress_targets),
             "appliance_verify_internal_targets": list(options.internal_targets),
             "appliance_report_dir": str(evidence_dir),
+            "appliance_root": str(options.root),
         },
         envvars=runner_env(project),
         on_event=on_event,
@@ -75,13 +79,25 @@ def verify(
             failure = next((f.message for f in result.failures if f.host == host), "no evidence")
             checks.append(Check(host, "evidence gathered", False, failure))
             continue
-        checks.extend(judge(json.loads(path.read_text())))
+        checks.extend(judge(json.loads(path.read_text()), expect_inference))
+    if expect_inference and not any(c.name.startswith("gateway ") for c in checks):
+        checks.append(
+            Check("all", "gateway running", False, "no host has the gateway's configuration")
+        )
     report = run_dir / "verify-report.json"
     report.write_text(json.dumps([asdict(c) for c in checks], indent=2) + "\n")
     return checks, report
 
 
-def judge(evidence: dict[str, Any]) -> list[Check]:
+def _has_models(release: Path) -> bool:
+    try:
+        manifest = parse_manifest((release / layout.MANIFEST).read_bytes(), str(release))
+    except OSError:
+        return False
+    return bool(manifest.models())
+
+
+def judge(evidence: dict[str, Any], expect_inference: bool = False) -> list[Check]:
     host = evidence["host"]
     checks = []
     for probe in evidence["egress"]:
@@ -125,7 +141,149 @@ def judge(evidence: dict[str, Any]) -> list[Check]:
             ", ".join(sources) + (f"; sources.list has {legacy} bytes" if legacy else ""),
         )
     )
+    checks.extend(_judge_runtimes(host, evidence, expect_inference))
+    if evidence.get("gateway"):
+        checks.extend(_judge_gateway(host, evidence["gateway"]))
     return checks
+
+
+def _true(value: Any) -> bool:
+    return value is True or str(value).lower() == "true"
+
+
+def _judge_runtimes(host: str, evidence: dict[str, Any], expect: bool) -> list[Check]:
+    runtimes = evidence.get("runtimes") or []
+    checks = []
+    if expect and _true(evidence.get("gpu_node")):
+        units = ", ".join(r["unit"] for r in runtimes)
+        checks.append(Check(host, "runtime running", bool(runtimes), units or "no runtime unit"))
+    for runtime in runtimes:
+        where = (
+            f"as uid {runtime.get('uid')} in "
+            + ("the host's network namespace" if runtime.get("shares_host_netns") else "its own")
+            + f" ({runtime.get('netns')})"
+        )
+        if not runtime.get("probes"):
+            checks.append(
+                Check(
+                    host,
+                    f"runtime {runtime['unit']}: no route out",
+                    False,
+                    runtime.get("error") or "no egress target probed",
+                )
+            )
+        for probe in runtime.get("probes", []):
+            checks.append(
+                Check(
+                    host,
+                    f"runtime {runtime['unit']}: egress blocked: {probe['target']}",
+                    probe.get("reached") is False,  # None: the probe itself could not run
+                    f"{where}: {probe.get('detail')}",
+                )
+            )
+    return checks
+
+
+def _judge_gateway(host: str, gateway: dict[str, Any]) -> list[Check]:
+    checks = []
+    for backend in gateway.get("backends", []):
+        status = int(backend.get("status", -1))
+        item = backend.get("item", {})
+        seen = (
+            f"{item.get('backend')}/health answered HTTP {status}"
+            if status != -1
+            else (backend.get("msg", "") or "no answer")
+        )
+        checks.append(
+            Check(host, f"gateway backend healthy: {item.get('name')}", status == 200, seen)
+        )
+    if not _true(gateway.get("key_found")):
+        checks.append(
+            Check(host, "gateway completion", False, "verify's API key is missing on this host")
+        )
+        return checks
+    models = gateway.get("models") or [{}]
+    model, digest = models[0].get("name"), models[0].get("digest")
+    completion = gateway.get("completion", {})
+    status = int(completion.get("status", -1))
+    body = completion.get("body")
+    problem = (
+        _completion_problem(body, model)
+        if status == 200
+        else (f"HTTP {status}: {completion.get('msg') or body}")
+    )
+    checks.append(
+        Check(
+            host,
+            f"gateway completion: {model}",
+            problem is None,
+            problem
+            or f"HTTP 200, finish_reason {body['choices'][0].get('finish_reason')}, "
+            f"{body['usage']['completion_tokens']} completion tokens, "
+            f"request {completion.get('request_id')}",
+        )
+    )
+    checks.append(_judge_record(host, gateway, completion.get("request_id"), digest))
+    chain = gateway.get("audit_chain", {})
+    checks.append(
+        Check(
+            host,
+            "gateway audit log: hash chain intact",
+            int(chain.get("rc", -1)) == 0,
+            _chain_summary(chain),
+        )
+    )
+    return checks
+
+
+def _completion_problem(body: Any, model: str | None) -> str | None:
+    if not isinstance(body, dict):
+        return f"the answer is not JSON: {str(body)[:200]}"
+    choices = body.get("choices") or []
+    usage = body.get("usage") or {}
+    if not choices or "message" not in choices[0] or not choices[0].get("finish_reason"):
+        return f"no choice with a message and a finish_reason: {json.dumps(body)[:200]}"
+    if not usage.get("completion_tokens"):
+        return f"no completion tokens counted: {json.dumps(usage)}"
+    if body.get("model") != model:
+        return f"answered for model {body.get('model')!r}, asked {model!r}"
+    return None
+
+
+def _judge_record(host: str, gateway: dict[str, Any], request_id: Any, digest: Any) -> Check:
+    name = "gateway audit log: the call is recorded"
+    line = str(gateway.get("audit_record") or "").strip().splitlines()
+    if not request_id or not line:
+        return Check(host, name, False, f"no record for request {request_id or '(no id)'}")
+    try:
+        record = json.loads(line[-1])
+    except ValueError:
+        return Check(host, name, False, f"unreadable record: {line[-1][:200]}")
+    wrong = [
+        f"{field} {record.get(field)!r}, expected {want!r}"
+        for field, want in (
+            ("key_id", gateway.get("key_id")),
+            ("model_digest", digest),
+            ("status", 200),
+        )
+        if record.get(field) != want
+    ]
+    seen = (
+        f"seq {record.get('seq')}, key {record.get('key_id')}, {record.get('model_digest')}, "
+        f"{record.get('prompt_tokens')}+{record.get('completion_tokens')} tokens"
+    )
+    return Check(host, name, not wrong, "; ".join(wrong) or seen)
+
+
+def _chain_summary(chain: dict[str, Any]) -> str:
+    try:
+        document = json.loads(chain.get("stdout") or "")
+    except ValueError:
+        return (chain.get("stderr") or chain.get("stdout") or "no answer").strip()[:300]
+    if int(chain.get("rc", -1)) != 0:
+        error = document.get("error", document)
+        return str(error.get("message", error))[:300] if isinstance(error, dict) else str(error)
+    return ", ".join(f"{k} {v}" for k, v in document.items() if k in {"records", "files"})
 
 
 def _dropped(stdout: str) -> int | None:

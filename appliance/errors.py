@@ -152,6 +152,21 @@ class VerifyFailedError(ApplianceError):
     kind = "verify-failed"
 
 
+class AuditError(ApplianceError):
+    """The gateway's audit log cannot be trusted as it stands: a record was modified, removed,
+    reordered or cut off, or the log cannot be read or written."""
+
+    exit_code = 34
+    kind = "audit"
+
+
+class GatewayConfigError(ApplianceError):
+    """The gateway's config or keys file is missing, unreadable or breaks a rule."""
+
+    exit_code = 35
+    kind = "gateway-config"
+
+
 def exit_codes() -> dict[str, int]:
     """Map each error kind to its exit code (documented in ``appliance --help``)."""
     classes: list[type[ApplianceError]] = [ApplianceError]

@@ -1,0 +1,1 @@
+"""The audited OpenAI-compatible gateway (``appliance-gateway``) and its audit log."""

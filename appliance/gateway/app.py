@@ -1,0 +1,112 @@
+"""``appliance-gateway``: the audited OpenAI-compatible gateway in front of the runtimes.
+
+    appliance-gateway --config /etc/appliance/gateway/config.json
+    appliance-gateway --config /etc/appliance/gateway/config.json --check-config
+
+Logs go to stderr (journald under systemd). SIGHUP reloads the keys file (a bad file is
+reported and the keys in use are kept); SIGTERM stops after the calls in flight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from appliance import __version__
+from appliance.errors import ApplianceError
+from appliance.gateway.audit import AuditLog, AuditWriter
+from appliance.gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
+from appliance.gateway.keys import KeyStore, load_keys
+from appliance.gateway.proxy import API_PATHS, Gateway
+
+LOG = logging.getLogger("appliance.gateway")
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+def reload_keys(gateway: Gateway) -> None:
+    try:
+        gateway.keys = KeyStore(load_keys(gateway.config.keys_file))
+    except ApplianceError as error:
+        LOG.error("keys not reloaded, keeping the %d in use: %s", len(gateway.keys), error)
+    else:
+        LOG.info("reloaded %d keys from %s", len(gateway.keys), gateway.config.keys_file)
+
+
+def build_app(config: GatewayConfig, keys: KeyStore, audit: AuditWriter) -> web.Application:
+    gateway = Gateway(config, keys, audit)
+    # A larger body makes request.read() raise, which the gateway answers with 413.
+    app = web.Application(client_max_size=config.max_body_bytes)
+    app.router.add_get("/health", gateway.health)
+    app.router.add_get("/metrics", gateway.metrics_page)
+    app.router.add_get("/v1/models", gateway.models)
+    for path in API_PATHS:
+        app.router.add_post(path, gateway.api)
+    app.router.add_route("*", "/{tail:.*}", gateway.unknown)
+    app.on_startup.append(gateway.start_session)
+    app.on_cleanup.append(gateway.close_session)
+
+    async def on_sighup(_app: web.Application) -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_keys, gateway)
+
+    app.on_startup.append(on_sighup)
+    app[GATEWAY] = gateway
+    return app
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="appliance-gateway",
+        description="Audited OpenAI-compatible gateway in front of the appliance's runtimes.",
+    )
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="config JSON")
+    parser.add_argument(
+        "--check-config", action="store_true", help="validate config and keys file, then exit"
+    )
+    parser.add_argument("--version", action="version", version=f"appliance-gateway {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse(argv)
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = load_config(args.config)
+        keys = KeyStore(load_keys(config.keys_file))
+        if args.check_config:
+            print(
+                f"{args.config}: valid gateway config, {len(config.models)} model(s), "
+                f"{len(keys)} key(s) in {config.keys_file}"
+            )
+            return
+        log = AuditLog(config.audit.dir, config.audit.max_bytes, config.audit.fsync)
+        log.open()
+    except ApplianceError as error:
+        from appliance.cli.output import Output  # the one place errors are rendered
+
+        Output().error(error)
+        sys.exit(error.exit_code)
+    LOG.info(
+        "audit log %s continues at seq %d; %d key(s); listening on %s:%d",
+        config.audit.dir,
+        log.seq,
+        len(keys),
+        config.listen.host,
+        config.listen.port,
+    )
+    app = build_app(config, keys, AuditWriter(log))
+    web.run_app(
+        app,
+        host=config.listen.host,
+        port=config.listen.port,
+        print=None,
+        access_log=None,  # the audit log is the access log
+        shutdown_timeout=30,
+    )

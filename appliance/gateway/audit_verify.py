@@ -1,0 +1,204 @@
+"""Checking an audit directory end to end, and finding records in it.
+
+``verify_log`` walks every file oldest first, recomputes each record's hash, and checks that
+``seq`` counts up by one and ``prev`` names the record before, across file boundaries; then that
+the head names the last record. It stops at the first problem and says where (file:line) and
+what it looks like: modified, removed, reordered or truncated.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import AuditError, Problem
+from appliance.gateway.audit import CURRENT, HEAD, ZERO_HASH, log_files, read_head, record_hash
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    directory: Path
+    records: int
+    files: int
+    first_time: str | None
+    last_time: str | None
+    last_seq: int
+    last_hash: str
+    beyond_head: int  # records written after the head was read (a live gateway)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "dir": str(self.directory),
+            "records": self.records,
+            "files": self.files,
+            "first_time": self.first_time,
+            "last_time": self.last_time,
+            "last_seq": self.last_seq,
+            "last_hash": self.last_hash,
+            "beyond_head": self.beyond_head,
+        }
+
+
+def _fail(directory: Path, kind: str, path: Path | str, line: int | None, what: str) -> AuditError:
+    name = path.name if isinstance(path, Path) else path
+    return AuditError(
+        f"audit log {directory} fails verification: {kind}",
+        hint="keep this directory as evidence; the problem is at the place named above",
+        problems=[Problem(path=name, line=line, message=what)],
+    )
+
+
+def _lines(files: list[Path]) -> Iterator[tuple[Path, int, bytes]]:
+    for path in files:
+        with path.open("rb") as handle:
+            for number, line in enumerate(handle, 1):
+                yield path, number, line
+
+
+def _where_is(files: list[Path], seq: int) -> str | None:
+    """file:line holding ``seq``, to tell a reordered record from a removed one."""
+    for path, number, line in _lines(files):
+        try:
+            if json.loads(line).get("seq") == seq:
+                return f"{path.name}:{number}"
+        except (ValueError, AttributeError):
+            continue
+    return None
+
+
+def verify_log(directory: Path) -> VerifyReport:
+    if not directory.is_dir():
+        raise AuditError(
+            f"audit directory {directory} does not exist",
+            hint="pass --dir with the gateway's audit.dir",
+        )
+    head = read_head(directory)  # before the log: a live gateway only ever moves it forward
+    files = log_files(directory)
+    expected, prev, records = 0, ZERO_HASH, 0
+    first_time = last_time = None
+    for path, number, line in _lines(files):
+        if not line.endswith(b"\n"):
+            raise _fail(directory, "truncated", path, number, "the last line is cut off")
+        try:
+            record = json.loads(line)
+            stated = record["hash"]
+            seq = record["seq"]
+        except (ValueError, KeyError, TypeError):
+            raise _fail(directory, "modified", path, number, "not a JSON audit record") from None
+        if record_hash(record) != stated:
+            raise _fail(
+                directory,
+                "modified",
+                path,
+                number,
+                f"record seq {seq}: its content does not match its hash",
+            )
+        if number == 1 and path.name != CURRENT and path.name != f"audit-{seq:012d}.jsonl":
+            raise _fail(
+                directory,
+                "removed",
+                path,
+                number,
+                f"the file starts at seq {seq}, not at the seq its name says",
+            )
+        if seq != expected:
+            if isinstance(seq, int) and seq > expected:
+                found = _where_is(files, expected)
+                if found:
+                    raise _fail(
+                        directory,
+                        "reordered",
+                        path,
+                        number,
+                        f"seq {seq} where seq {expected} belongs (seq {expected} is at {found})",
+                    )
+                raise _fail(
+                    directory,
+                    "removed",
+                    path,
+                    number,
+                    f"seq jumps from {expected - 1} to {seq}: {seq - expected} record(s) missing",
+                )
+            raise _fail(
+                directory,
+                "reordered",
+                path,
+                number,
+                f"seq {seq} after seq {expected - 1}: out of order or repeated",
+            )
+        if record.get("prev") != prev:
+            raise _fail(
+                directory,
+                "modified",
+                path,
+                number,
+                f"record seq {seq}: prev does not match the hash of the record before it "
+                "(that record was changed and its hash recomputed, or replaced)",
+            )
+        first_time = first_time or record.get("time")
+        last_time = record.get("time")
+        expected, prev, records = seq + 1, stated, records + 1
+    last_seq = expected - 1
+    if head is None:
+        if records:
+            raise _fail(directory, "truncated", HEAD, None, "the head file is missing")
+        head = {"seq": -1, "hash": ZERO_HASH}
+    if head["seq"] > last_seq:
+        raise _fail(
+            directory,
+            "truncated",
+            HEAD,
+            None,
+            f"the head names seq {head['seq']} but the log ends at seq {last_seq}: "
+            f"{head['seq'] - last_seq} record(s) cut off the end",
+        )
+    if head["seq"] >= 0 and head["seq"] == last_seq and head.get("hash") != prev:
+        raise _fail(
+            directory,
+            "modified",
+            HEAD,
+            None,
+            f"the head's hash for seq {last_seq} is not the last record's hash",
+        )
+    return VerifyReport(
+        directory=directory,
+        records=records,
+        files=len(files),
+        first_time=first_time,
+        last_time=last_time,
+        last_seq=last_seq,
+        last_hash=prev,
+        beyond_head=last_seq - head["seq"],
+    )
+
+
+def _newest_first(directory: Path) -> Iterator[dict[str, Any]]:
+    for path in reversed(log_files(directory)):
+        for line in reversed(path.read_bytes().splitlines()):
+            if line.strip():
+                yield json.loads(line)
+
+
+def find_record(directory: Path, request_id: str) -> dict[str, Any] | None:
+    """The record of one request (the gateway returns its id as ``X-Request-Id``)."""
+    needle = f'"request_id":"{request_id}"'.encode()
+    for path in reversed(log_files(directory)):
+        for line in path.read_bytes().splitlines():
+            if needle in line:
+                record: dict[str, Any] = json.loads(line)
+                return record
+    return None
+
+
+def last_records(directory: Path, count: int) -> list[dict[str, Any]]:
+    """The newest ``count`` records, oldest first."""
+    found: list[dict[str, Any]] = []
+    for record in _newest_first(directory):
+        if len(found) >= count:
+            break
+        found.append(record)
+    return list(reversed(found))

@@ -1,0 +1,107 @@
+"""The gateway's config file: where it listens, which models it routes and where it audits.
+
+One JSON document, validated completely on load; every problem names its field
+(``models[0].digest: ...``) so the Ansible role's ``--check-config`` run points at the line
+to fix.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from appliance.errors import GatewayConfigError, Problem
+
+DEFAULT_CONFIG = Path("/etc/appliance/gateway/config.json")
+DEFAULT_KEYS_FILE = Path("/etc/appliance/gateway/keys.json")
+DEFAULT_AUDIT_DIR = Path("/var/log/appliance/audit")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Listen(_Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+
+
+class AuditSettings(_Strict):
+    dir: Path = DEFAULT_AUDIT_DIR
+    # Rotate once the current file passes this size; old files are renamed, never deleted.
+    max_bytes: Annotated[int, Field(ge=4096)] = 64 << 20
+    # fsync after every batch of records: survives power loss, costs a disk flush per batch.
+    fsync: bool = False
+
+
+class ModelRoute(_Strict):
+    name: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s]+$")]
+    digest: Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
+    backend: AnyHttpUrl
+    backend_model: str | None = None
+
+    @property
+    def upstream_name(self) -> str:
+        return self.backend_model or self.name
+
+    @property
+    def backend_base(self) -> str:
+        return str(self.backend).rstrip("/")
+
+
+class GatewayConfig(_Strict):
+    listen: Listen = Listen()
+    keys_file: Path = DEFAULT_KEYS_FILE
+    audit: AuditSettings = AuditSettings()
+    # Larger request bodies are refused with 413 before they reach a backend.
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 4 << 20
+    # Seconds a backend may take to answer (the whole answer, streams included).
+    backend_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    models: Annotated[list[ModelRoute], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _unique_model_names(self) -> GatewayConfig:
+        names = [m.name for m in self.models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    def model(self, name: str) -> ModelRoute | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+def validation_problems(error: ValidationError) -> list[Problem]:
+    """pydantic's errors as Problems whose path reads like the JSON (``models[0].digest``)."""
+    problems = []
+    for item in error.errors():
+        path = ""
+        for part in item["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        problems.append(Problem(path=path, message=item["msg"]))
+    return problems
+
+
+def load_config(path: Path) -> GatewayConfig:
+    try:
+        document = json.loads(path.read_bytes())
+    except OSError as error:
+        raise GatewayConfigError(
+            f"cannot read gateway config {path}: {error.strerror}",
+            hint="pass --config with the file the gateway role wrote",
+        ) from error
+    except json.JSONDecodeError as error:
+        raise GatewayConfigError(
+            f"{path} is not JSON: {error.msg} (line {error.lineno}, column {error.colno})"
+        ) from error
+    try:
+        return GatewayConfig.model_validate(document)
+    except ValidationError as error:
+        raise GatewayConfigError(
+            f"{path}: invalid gateway config",
+            hint="fix the fields listed above",
+            problems=validation_problems(error),
+        ) from error

@@ -1,0 +1,87 @@
+"""Prometheus metrics for the gateway, in the text exposition format, by hand (no client
+library in the wheelhouse for a few counters)."""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+
+# Seconds; the low buckets resolve the gateway's own overhead on fast answers.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+_PREFIX = "appliance_gateway"
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.requests: defaultdict[tuple[str, int], int] = defaultdict(int)
+        self.tokens: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.backend_errors: defaultdict[str, int] = defaultdict(int)
+        self.audit_records = 0
+        self.audit_failures = 0
+        self._buckets: defaultdict[str, list[int]] = defaultdict(lambda: [0] * len(BUCKETS))
+        self._sum: defaultdict[str, float] = defaultdict(float)
+        self._count: defaultdict[str, int] = defaultdict(int)
+
+    def observe(
+        self, model: str, status: int, seconds: float, prompt: int | None, completion: int | None
+    ) -> None:
+        self.requests[(model, status)] += 1
+        index = bisect.bisect_left(BUCKETS, seconds)
+        if index < len(BUCKETS):
+            self._buckets[model][index] += 1
+        self._sum[model] += seconds
+        self._count[model] += 1
+        if prompt:
+            self.tokens[(model, "prompt")] += prompt
+        if completion:
+            self.tokens[(model, "completion")] += completion
+
+    def render(self) -> str:
+        p = _PREFIX
+        out = [
+            f"# HELP {p}_requests_total Calls answered, by model and HTTP status.",
+            f"# TYPE {p}_requests_total counter",
+        ]
+        for (model, status), count in sorted(self.requests.items()):
+            out.append(f'{p}_requests_total{{model="{_label(model)}",status="{status}"}} {count}')
+        out += [
+            f"# HELP {p}_request_duration_seconds Time from request to last byte sent.",
+            f"# TYPE {p}_request_duration_seconds histogram",
+        ]
+        for model in sorted(self._count):
+            label = f'model="{_label(model)}"'
+            running = 0
+            for bound, count in zip(BUCKETS, self._buckets[model], strict=True):
+                running += count
+                out.append(f'{p}_request_duration_seconds_bucket{{{label},le="{bound}"}} {running}')
+            out.append(
+                f'{p}_request_duration_seconds_bucket{{{label},le="+Inf"}} {self._count[model]}'
+            )
+            out.append(f"{p}_request_duration_seconds_sum{{{label}}} {self._sum[model]:.6f}")
+            out.append(f"{p}_request_duration_seconds_count{{{label}}} {self._count[model]}")
+        out += [
+            f"# HELP {p}_tokens_total Tokens the backends reported, by model and kind.",
+            f"# TYPE {p}_tokens_total counter",
+        ]
+        for (model, kind), count in sorted(self.tokens.items()):
+            out.append(f'{p}_tokens_total{{model="{_label(model)}",kind="{kind}"}} {count}')
+        out += [
+            f"# HELP {p}_backend_errors_total Backend unreachable, failed or cut off mid-answer.",
+            f"# TYPE {p}_backend_errors_total counter",
+        ]
+        for model, count in sorted(self.backend_errors.items()):
+            out.append(f'{p}_backend_errors_total{{model="{_label(model)}"}} {count}')
+        out += [
+            f"# HELP {p}_audit_records_total Audit records written.",
+            f"# TYPE {p}_audit_records_total counter",
+            f"{p}_audit_records_total {self.audit_records}",
+            f"# HELP {p}_audit_failures_total Audit writes that failed (calls are refused after).",
+            f"# TYPE {p}_audit_failures_total counter",
+            f"{p}_audit_failures_total {self.audit_failures}",
+        ]
+        return "\n".join(out) + "\n"

@@ -1,0 +1,410 @@
+"""The gateway's request path: authenticate, route by model, pass the answer through, audit.
+
+Every call to an API path (anything but ``/health`` and ``/metrics``) gets one audit record,
+refused calls included, written after the last byte went out so the record can carry the
+response's digest; the handler waits for the write, so a call is answered and recorded, or
+the gateway stops answering (it refuses every call once an audit write has failed).
+
+Streams (``"stream": true``) are passed through chunk by chunk as they arrive. When the client
+did not set ``stream_options`` the gateway adds ``{"include_usage": true}`` so that the
+backend reports token counts in a final chunk (``choices: []``), which the client then sees too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from appliance.gateway.audit import AuditWriter
+from appliance.gateway.config import GatewayConfig, ModelRoute
+from appliance.gateway.keys import KeyRecord, KeyStore, claimed_id
+from appliance.gateway.metrics import Metrics
+
+LOG = logging.getLogger("appliance.gateway")
+
+API_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+_NO_MODEL = "-"  # metrics label for calls that name no configured model
+_FORWARD_HEADERS = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+
+
+class Call:
+    """What the audit record of one call will say."""
+
+    __slots__ = (
+        "client",
+        "completion_tokens",
+        "digest",
+        "error",
+        "key_id",
+        "method",
+        "model",
+        "path",
+        "prompt_sha256",
+        "prompt_tokens",
+        "request_id",
+        "response_sha256",
+        "started",
+        "status",
+        "stream",
+        "time",
+    )
+
+    def __init__(self, request: web.Request) -> None:
+        self.started = time.perf_counter()
+        self.time = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        self.request_id = str(uuid.uuid4())
+        self.client = request.remote
+        self.method = request.method
+        self.path = request.path
+        self.key_id: str | None = None
+        self.model: str | None = None
+        self.digest: str | None = None
+        self.status = 0
+        self.prompt_sha256: str | None = None
+        self.response_sha256: str | None = None
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+        self.stream = False
+        self.error: str | None = None
+
+    def take_usage(self, usage: Any) -> None:
+        if isinstance(usage, dict):
+            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            self.prompt_tokens = prompt if isinstance(prompt, int) else None
+            self.completion_tokens = completion if isinstance(completion, int) else None
+
+    def fields(self, latency_ms: float) -> dict[str, Any]:
+        return {
+            "time": self.time,
+            "request_id": self.request_id,
+            "key_id": self.key_id,
+            "client": self.client,
+            "method": self.method,
+            "path": self.path,
+            "model": self.model,
+            "model_digest": self.digest,
+            "status": self.status,
+            "prompt_sha256": self.prompt_sha256,
+            "response_sha256": self.response_sha256,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "latency_ms": round(latency_ms, 3),
+            "stream": self.stream,
+            "error": self.error,
+        }
+
+
+class _UsageScanner:
+    """Picks ``usage`` out of SSE ``data:`` lines as they pass, holding only a partial line."""
+
+    def __init__(self) -> None:
+        self.partial = b""
+        self.usage: Any = None
+
+    def feed(self, chunk: bytes) -> None:
+        if b"\n" not in chunk:
+            self.partial += chunk
+            return
+        lines = (self.partial + chunk).split(b"\n")
+        self.partial = lines.pop()
+        for line in lines:
+            if line.startswith(b"data:") and b'"usage"' in line:
+                try:
+                    usage = json.loads(line[5:]).get("usage")
+                except (ValueError, AttributeError):
+                    continue
+                if usage:
+                    self.usage = usage
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.kind = (
+            "server_error"
+            if status >= 500
+            else "permission_error"
+            if status == 403
+            else "invalid_request_error"
+        )
+
+
+def _error_body(status: int, kind: str, code: str, message: str) -> bytes:
+    return json.dumps({"error": {"message": message, "type": kind, "code": code}}).encode()
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, keys: KeyStore, audit: AuditWriter) -> None:
+        self.config = config
+        self.keys = keys
+        self.audit = audit
+        self.metrics = Metrics()
+        self.routes = {m.name: m for m in config.models}
+        self.session: aiohttp.ClientSession | None = None
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    async def start_session(self, _app: web.Application) -> None:
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=60),
+            timeout=aiohttp.ClientTimeout(total=self.config.backend_timeout_s, sock_connect=5),
+            auto_decompress=False,
+        )
+
+    async def close_session(self, _app: web.Application) -> None:
+        if self.session is not None:
+            await self.session.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.audit.close)
+
+    async def _send(
+        self, request: web.Request, call: Call, status: int, body: bytes, content_type: str
+    ) -> web.StreamResponse:
+        call.status = status
+        call.response_sha256 = hashlib.sha256(body).hexdigest()
+        response = web.Response(
+            status=status,
+            body=body,
+            headers={"Content-Type": content_type, "X-Request-Id": call.request_id},
+        )
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            call.error = call.error or "client disconnected"
+        return response
+
+    async def _refuse(
+        self, request: web.Request, call: Call, refusal: _Refusal
+    ) -> web.StreamResponse:
+        call.error = call.error or f"{refusal.code}: {refusal.message}"
+        body = _error_body(refusal.status, refusal.kind, refusal.code, refusal.message)
+        return await self._send(request, call, refusal.status, body, "application/json")
+
+    async def _finish(self, call: Call) -> None:
+        seconds = time.perf_counter() - call.started
+        label = call.model if call.model in self.routes else _NO_MODEL
+        self.metrics.observe(
+            label, call.status, seconds, call.prompt_tokens, call.completion_tokens
+        )
+        try:
+            await asyncio.shield(self.audit.write(call.fields(seconds * 1000)))
+        except Exception as error:  # logged by the writer; the gateway refuses from now on
+            self.metrics.audit_failures += 1
+            LOG.error("call %s not audited: %s", call.request_id, error)
+        else:
+            self.metrics.audit_records += 1
+
+    def _authenticate(self, request: web.Request, call: Call) -> KeyRecord:
+        if self.audit.failed is not None:
+            raise _Refusal(
+                503,
+                "audit_unavailable",
+                "the audit log cannot be written; calls are refused until the gateway is restarted",
+            )
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            raise _Refusal(
+                401, "missing_api_key", "an API key is required: Authorization: Bearer <key>"
+            )
+        key = header[7:].strip()
+        record = self.keys.authenticate(key)
+        if record is None:
+            claimed = claimed_id(key)
+            call.error = f"invalid_api_key: unknown key{f' (claims {claimed})' if claimed else ''}"
+            raise _Refusal(401, "invalid_api_key", "unknown API key")
+        call.key_id = record.id
+        return record
+
+    # -- handlers -------------------------------------------------------------------------------
+
+    async def models(self, request: web.Request) -> web.StreamResponse:
+        call = Call(request)
+        try:
+            key = self._authenticate(request, call)
+            data = [
+                {
+                    "id": m.name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "appliance",
+                    "appliance_digest": m.digest,
+                }
+                for m in self.config.models
+                if key.allows(m.name)
+            ]
+            body = json.dumps({"object": "list", "data": data}).encode()
+            return await self._send(request, call, 200, body, "application/json")
+        except _Refusal as refusal:
+            return await self._refuse(request, call, refusal)
+        finally:
+            await self._finish(call)
+
+    async def unknown(self, request: web.Request) -> web.StreamResponse:
+        call = Call(request)
+        try:
+            self._authenticate(request, call)
+            if request.path in API_PATHS or request.path == "/v1/models":
+                raise _Refusal(
+                    405, "method_not_allowed", f"{request.method} is not allowed on {request.path}"
+                )
+            raise _Refusal(404, "unknown_url", f"no endpoint {request.method} {request.path}")
+        except _Refusal as refusal:
+            return await self._refuse(request, call, refusal)
+        finally:
+            await self._finish(call)
+
+    async def api(self, request: web.Request) -> web.StreamResponse:
+        call = Call(request)
+        try:
+            return await self._api(request, call)
+        except _Refusal as refusal:
+            return await self._refuse(request, call, refusal)
+        finally:
+            await self._finish(call)
+
+    async def _api(self, request: web.Request, call: Call) -> web.StreamResponse:
+        limit = self.config.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise _Refusal(413, "request_too_large", f"the request body is over {limit} bytes")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise _Refusal(
+                413, "request_too_large", f"the request body is over {limit} bytes"
+            ) from None
+        call.prompt_sha256 = hashlib.sha256(body).hexdigest()
+        try:
+            document = json.loads(body)
+        except ValueError:
+            document = None
+        if isinstance(document, dict):
+            model = document.get("model")
+            call.model = model if isinstance(model, str) else None
+            call.stream = document.get("stream") is True
+        route = self.routes.get(call.model) if call.model else None
+        call.digest = route.digest if route else None
+        key = self._authenticate(request, call)
+        if not isinstance(document, dict):
+            raise _Refusal(400, "invalid_json", "the request body must be a JSON object")
+        if call.model is None:
+            raise _Refusal(400, "missing_model", "the request must name a model")
+        if route is None:
+            raise _Refusal(404, "model_not_found", f"the model {call.model!r} does not exist")
+        if not key.allows(route.name):
+            raise _Refusal(
+                403, "model_not_allowed", f"this key may not use the model {route.name!r}"
+            )
+        return await self._forward(request, call, route, document, body)
+
+    async def _forward(
+        self,
+        request: web.Request,
+        call: Call,
+        route: ModelRoute,
+        document: dict[str, Any],
+        body: bytes,
+    ) -> web.StreamResponse:
+        changed = False
+        if route.upstream_name != route.name:
+            document["model"] = route.upstream_name
+            changed = True
+        if call.stream and "stream_options" not in document and request.path != API_PATHS[2]:
+            document["stream_options"] = {"include_usage": True}
+            changed = True
+        if changed:
+            body = json.dumps(document).encode()
+        assert self.session is not None
+        try:
+            async with self.session.post(
+                route.backend_base + request.path, data=body, headers=_FORWARD_HEADERS
+            ) as upstream:
+                content_type = upstream.headers.get("Content-Type", "application/json")
+                if upstream.status >= 500:
+                    self.metrics.backend_errors[route.name] += 1
+                    call.error = f"backend answered {upstream.status}"
+                if content_type.startswith("text/event-stream"):
+                    return await self._stream(request, call, upstream, content_type)
+                answer = await upstream.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            self.metrics.backend_errors[route.name] += 1
+            LOG.warning("backend %s for %s failed: %r", route.backend_base, route.name, error)
+            raise _Refusal(
+                502, "backend_unavailable", f"the backend for {route.name!r} is not answering"
+            ) from None
+        if upstream.status == 200:
+            with contextlib.suppress(ValueError, AttributeError):
+                call.take_usage(json.loads(answer).get("usage"))
+        return await self._send(request, call, upstream.status, answer, content_type)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        call: Call,
+        upstream: aiohttp.ClientResponse,
+        content_type: str,
+    ) -> web.StreamResponse:
+        call.status = upstream.status
+        response = web.StreamResponse(
+            status=upstream.status,
+            headers={
+                "Content-Type": content_type,
+                "Cache-Control": "no-cache",
+                "X-Request-Id": call.request_id,
+            },
+        )
+        digest = hashlib.sha256()
+        scanner = _UsageScanner()
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                digest.update(chunk)
+                scanner.feed(chunk)
+                await response.write(chunk)
+            await response.write_eof()
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            call.error = "client disconnected"
+        except (aiohttp.ClientError, TimeoutError) as error:
+            self.metrics.backend_errors[call.model or _NO_MODEL] += 1
+            call.error = f"backend stream broken: {error!r}"
+        call.response_sha256 = digest.hexdigest()
+        call.take_usage(scanner.usage)
+        return response
+
+    async def health(self, _request: web.Request) -> web.Response:
+        assert self.session is not None
+        session = self.session
+
+        async def probe(route: ModelRoute) -> dict[str, Any]:
+            try:
+                async with session.get(
+                    route.backend_base + "/health", timeout=aiohttp.ClientTimeout(total=3)
+                ) as answer:
+                    status = "ok" if answer.status == 200 else "unhealthy"
+                    return {"backend": route.backend_base, "status": status, "http": answer.status}
+            except (aiohttp.ClientError, TimeoutError, OSError) as error:
+                return {"backend": route.backend_base, "status": "down", "error": repr(error)}
+
+        probes = await asyncio.gather(*(probe(m) for m in self.config.models))
+        audit_ok = self.audit.failed is None
+        healthy = audit_ok and all(p["status"] == "ok" for p in probes)
+        document = {
+            "status": "ok" if healthy else "degraded",
+            "audit": "ok" if audit_ok else f"failed: {self.audit.failed}",
+            "keys": len(self.keys),
+            "models": {m.name: p for m, p in zip(self.config.models, probes, strict=True)},
+        }
+        return web.json_response(document, status=200 if healthy else 503)
+
+    async def metrics_page(self, _request: web.Request) -> web.Response:
+        return web.Response(text=self.metrics.render(), content_type="text/plain; version=0.0.4")

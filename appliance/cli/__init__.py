@@ -8,6 +8,7 @@ import traceback
 import click
 
 from appliance import __version__
+from appliance.cli.audit import audit_group
 from appliance.cli.bundle import (
     build_bundle_command,
     inspect,
@@ -16,6 +17,7 @@ from appliance.cli.bundle import (
     unpack_command,
     verify_bundle,
 )
+from appliance.cli.gateway import gateway_group
 from appliance.cli.install import install_command, verify_command
 from appliance.cli.output import Output
 from appliance.cli.spec import spec_group
@@ -85,6 +87,8 @@ for command in (
     unpack_command,
     install_command,
     verify_command,
+    gateway_group,
+    audit_group,
 ):
     cli.add_command(command)
 

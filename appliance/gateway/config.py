@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from appliance.errors import GatewayConfigError, Problem
 
@@ -62,13 +62,14 @@ class GatewayConfig(_Strict):
     backend_timeout_s: Annotated[float, Field(gt=0)] = 600.0
     models: Annotated[list[ModelRoute], Field(min_length=1)]
 
-    @model_validator(mode="after")
-    def _unique_model_names(self) -> GatewayConfig:
-        names = [m.name for m in self.models]
+    @field_validator("models")
+    @classmethod
+    def _unique_model_names(cls, models: list[ModelRoute]) -> list[ModelRoute]:
+        names = [m.name for m in models]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"model names must be unique; repeated: {', '.join(duplicates)}")
-        return self
+        return models
 
     def model(self, name: str) -> ModelRoute | None:
         return next((m for m in self.models if m.name == name), None)

@@ -31,7 +31,9 @@ def test_help_teaches_the_flow_and_lists_only_real_commands(
     assert "appliance spec validate examples/demo.yaml" in out
     commands = out.split("Commands:\n", 1)[1].split("\n\n", 1)[0]
     assert [line.split()[0] for line in commands.splitlines()] == [
+        "audit",
         "build-bundle",
+        "gateway",
         "inspect",
         "install",
         "keygen",
@@ -47,6 +49,8 @@ def test_help_teaches_the_flow_and_lists_only_real_commands(
         "  3  spec-file",
         "  4  spec-invalid",
         "  5  spec-version",
+        " 34  audit",
+        " 35  gateway-config",
     ):
         assert code_line in out
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from appliance.bundle.store import BlobStore
-from appliance.fetchers.http import RetryPolicy, content_length, fetch_to_store
+from appliance.fetchers.http import GitBlob, RetryPolicy, content_length, fetch_to_store
 from appliance.progress import Progress
 
 
@@ -19,8 +19,11 @@ class Wanted:
 
     label: str
     url: str
-    sha256: str
+    sha256: str | None  # None only with a git_blob: then that is checked instead
     size: int | None = None
+    git_blob: GitBlob | None = None
+    # Sent with the request, e.g. a token: never in repr, so never in a log or a traceback.
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class Fetched:
     wanted: Wanted
     size: int
     from_cache: bool
+    sha256: str = ""  # the blob's digest (what wanted.sha256 says, when it says)
 
 
 class Fetcher:
@@ -55,9 +59,10 @@ class Fetcher:
 
     def fetch_one(self, wanted: Wanted) -> Fetched:
         landing = self.cache or self.store
-        if landing.has(wanted.sha256):
-            self._take(wanted.sha256)
-            return Fetched(wanted, landing.size(wanted.sha256), from_cache=True)
+        known = wanted.sha256 or _git_blob_seen(landing, wanted.git_blob)
+        if known is not None and landing.has(known):
+            self._take(known)
+            return Fetched(wanted, landing.size(known), from_cache=True, sha256=known)
         total = wanted.size if wanted.size is not None else content_length(wanted.url)
         task = self.progress.task(wanted.label, total)
         try:
@@ -69,15 +74,42 @@ class Fetcher:
                 partial_dir=landing.root / "partial",
                 advance=task.advance,
                 policy=self.policy,
+                headers=dict(wanted.headers),
+                git_blob=wanted.git_blob,
             )
         finally:
             self.progress.finish(task)
+        if self.cache is not None and wanted.sha256 is None and wanted.git_blob is not None:
+            # Only in a cache: a bundle holds nothing its manifest does not list.
+            _remember_git_blob(self.cache, wanted.git_blob, blob.sha256)
         self._take(blob.sha256)
-        return Fetched(wanted, blob.size, from_cache=False)
+        return Fetched(wanted, blob.size, from_cache=False, sha256=blob.sha256)
 
     def _take(self, sha256: str) -> None:
         if self.cache is not None:
             self.store.link_from(self.cache, sha256)
+
+
+# Which sha256 a verified git blob turned out to have, so a rebuild finds it in the cache
+# without downloading it again. Written only after the git object id matched.
+_GIT_BLOBS = "git-blobs"
+
+
+def _git_blob_seen(landing: BlobStore, git_blob: GitBlob | None) -> str | None:
+    if git_blob is None:
+        return None
+    try:
+        return (landing.root / _GIT_BLOBS / git_blob.sha1).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _remember_git_blob(landing: BlobStore, git_blob: GitBlob, sha256: str) -> None:
+    where = landing.root / _GIT_BLOBS
+    where.mkdir(exist_ok=True)
+    temp = where / f".{git_blob.sha1}.tmp"
+    temp.write_text(sha256)
+    temp.replace(where / git_blob.sha1)
 
 
 def url_basename(url: str) -> str:

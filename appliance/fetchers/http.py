@@ -11,9 +11,10 @@ import random
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 from urllib.parse import unquote, urlsplit
 
 from appliance import __version__
@@ -27,6 +28,15 @@ _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
 @dataclass(frozen=True)
+class GitBlob:
+    """A file known by its git object id, as a hub lists files kept in git itself rather than
+    in LFS: sha1 over ``blob <size>\\0`` and the content."""
+
+    sha1: str
+    size: int
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     attempts: int = 5
     backoff: float = 0.5  # seconds before the 2nd attempt; doubles each time, with jitter
@@ -35,34 +45,41 @@ class RetryPolicy:
 
 def fetch_to_store(
     url: str,
-    sha256: str,
+    sha256: str | None,
     store: BlobStore,
     *,
     what: str,
     partial_dir: Path,
     advance: Advance = lambda _n: None,
     policy: RetryPolicy | None = None,
+    headers: Mapping[str, str] | None = None,
+    git_blob: GitBlob | None = None,
 ) -> Blob:
     """Fetch ``url`` into ``store`` as the blob ``sha256``.
 
     Partial data is kept in ``partial_dir`` under the expected digest, so an interrupted
-    build resumes where it stopped (HTTP Range) instead of starting again.
+    build resumes where it stopped (HTTP Range) instead of starting again. Where only a git
+    object id is known (``sha256`` None), that is checked instead and the blob is filed under
+    the sha256 computed on the way. ``headers`` (e.g. a token) go to ``url``'s origin only.
     """
-    if store.has(sha256):
+    if sha256 is not None and store.has(sha256):
         return Blob(sha256, store.size(sha256))
     if urlsplit(url).scheme == "file":
         return _copy_local(url, sha256, store, what, advance)
+    if sha256 is None and git_blob is None:
+        raise ValueError("fetch_to_store needs a sha256 or a git blob id to check")
     partial_dir.mkdir(parents=True, exist_ok=True)
-    partial = partial_dir / f"{sha256}.part"
+    key = sha256 if sha256 is not None else f"git-{git_blob.sha1 if git_blob else ''}"
+    partial = partial_dir / f"{key}.part"
     policy = policy or RetryPolicy()
-    hasher = _resume_hash(partial)
+    hasher = _resume_hash(partial, git_blob)
     advance(partial.stat().st_size if partial.exists() else 0)
     last_error = ""
     for attempt in range(policy.attempts):
         if attempt:
             time.sleep(policy.backoff * (2 ** (attempt - 1)) * (1 + random.random() / 2))  # noqa: S311
         try:
-            hasher = _transfer(url, partial, hasher, policy.timeout, advance)
+            hasher = _transfer(url, partial, hasher, policy.timeout, advance, headers or {})
             break
         except _Retryable as exc:
             last_error = str(exc)
@@ -72,26 +89,57 @@ def fetch_to_store(
             hint=f"check that {url} is reachable from this machine; the partial download is "
             "kept and the next build resumes it",
         )
-    actual = hasher.hexdigest()
-    if actual != sha256:
+    actual = hasher.sha256.hexdigest()
+    mismatch = None
+    if sha256 is not None and actual != sha256:
+        mismatch = f"sha256 mismatch for {url}: expected {sha256}, got {actual}"
+    elif git_blob is not None and hasher.git is not None:
+        got = hasher.git.hexdigest()
+        if got != git_blob.sha1:
+            mismatch = f"git blob id mismatch for {url}: expected {git_blob.sha1}, got {got}"
+    if mismatch is not None:
         partial.unlink(missing_ok=True)
         raise ChecksumMismatchError(
-            f"{what}: sha256 mismatch for {url}: expected {sha256}, got {actual}",
+            f"{what}: {mismatch}",
             hint="the upstream file changed or the transfer was corrupted; nothing was added "
             "to the bundle. If the change is intended, pin the new digest in the spec",
         )
-    partial.chmod(0o444)
-    partial.replace(store.path(sha256))
-    return Blob(sha256, store.size(sha256))
+    if store.has(actual):
+        partial.unlink()
+    else:
+        partial.chmod(0o444)
+        partial.replace(store.path(actual))
+    return Blob(actual, store.size(actual))
 
 
 class _Retryable(Exception):
     pass
 
 
-def _resume_hash(partial: Path) -> hashlib._Hash:
+class _Digests:
+    """The sha256 every blob is filed under, and a git object id where that is what is known."""
+
+    def __init__(self, git_blob: GitBlob | None) -> None:
+        self.git_blob = git_blob
+        self.sha256 = hashlib.sha256()
+        self.git = None
+        if git_blob is not None:
+            # sha1 is what git names objects with; see appliance/fetchers/hf.py for what this
+            # check proves and what it does not.
+            self.git = hashlib.sha1(f"blob {git_blob.size}\0".encode())  # noqa: S324
+
+    def update(self, data: bytes | memoryview) -> None:
+        self.sha256.update(data)
+        if self.git is not None:
+            self.git.update(data)
+
+    def fresh(self) -> _Digests:
+        return _Digests(self.git_blob)
+
+
+def _resume_hash(partial: Path, git_blob: GitBlob | None = None) -> _Digests:
     """Hash what an earlier, interrupted run left, so the download can continue after it."""
-    hasher = hashlib.sha256()
+    hasher = _Digests(git_blob)
     if partial.exists():
         with partial.open("rb") as handle:
             while chunk := handle.read(CHUNK):
@@ -99,17 +147,50 @@ def _resume_hash(partial: Path) -> hashlib._Hash:
     return hasher
 
 
+class _SameOriginCredentials(urllib.request.HTTPRedirectHandler):
+    """Follow redirects, but send credentials only to the origin they were given for: hubs
+    redirect downloads to CDNs on other hosts, which get signed URLs and must not see a token.
+    """
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(new.full_url) != _origin(req.full_url):
+            new.remove_header("Authorization")
+        return new
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc
+
+
+_OPENER = urllib.request.build_opener(_SameOriginCredentials)
+
+
 def _transfer(
-    url: str, partial: Path, hasher: hashlib._Hash, timeout: float, advance: Advance
-) -> hashlib._Hash:
+    url: str,
+    partial: Path,
+    hasher: _Digests,
+    timeout: float,
+    advance: Advance,
+    headers: Mapping[str, str],
+) -> _Digests:
     offset = partial.stat().st_size if partial.exists() else 0
     # The spec admits only http(s) and file:// URLs, and file:// never reaches this point.
-    agent = {"User-Agent": f"appliance/{__version__}"}
+    agent = {"User-Agent": f"appliance/{__version__}", **headers}
     request = urllib.request.Request(url, headers=agent)  # noqa: S310
     if offset:
         request.add_header("Range", f"bytes={offset}-")
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310
+        response = _OPENER.open(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:
             # The partial file is not a prefix of what the server has: start again.
@@ -118,6 +199,12 @@ def _transfer(
             raise _Retryable(f"HTTP 416 resuming at byte {offset}; restarting") from exc
         if exc.code in _RETRY_STATUS:
             raise _Retryable(f"HTTP {exc.code} {exc.reason}") from exc
+        if exc.code in (401, 403):
+            raise FetchError(
+                f"HTTP {exc.code} {exc.reason} for {url}",
+                hint="the server wants credentials or refuses them: for a gated or private "
+                "Hugging Face repository set HF_TOKEN to a token that has access",
+            ) from exc
         raise FetchError(
             f"HTTP {exc.code} {exc.reason} for {url}",
             hint="the URL in the spec is wrong or the artifact was removed upstream",
@@ -129,7 +216,7 @@ def _transfer(
         if offset and response.status != 206:
             # The server ignored the Range header: the body is the whole file again.
             advance(-offset)
-            hasher = hashlib.sha256()
+            hasher = hasher.fresh()
             mode = "wb"
         else:
             mode = "ab" if offset else "wb"
@@ -153,7 +240,9 @@ def _transfer(
     return hasher
 
 
-def _copy_local(url: str, sha256: str, store: BlobStore, what: str, advance: Advance) -> Blob:
+def _copy_local(
+    url: str, sha256: str | None, store: BlobStore, what: str, advance: Advance
+) -> Blob:
     path = Path(unquote(urlsplit(url).path))
     if not path.is_file():
         raise FetchError(f"{what}: {path} does not exist", hint="fix the file:// URL in the spec")
@@ -181,4 +270,4 @@ def content_length(url: str, timeout: float = 30.0) -> int | None:
         return None
 
 
-__all__ = ["RetryPolicy", "content_length", "fetch_to_store"]
+__all__ = ["GitBlob", "RetryPolicy", "content_length", "fetch_to_store"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -110,7 +111,7 @@ def build_bundle(options: BuildOptions, progress: Progress | None = None) -> Bui
             _images(spec, target, staging, store, options, parts)
         progress.note("resolving wheels")
         _wheels(spec, target, store, options, parts)
-        _models(spec, options.spec_path.parent, store, parts)
+        _models(spec, options.spec_path.parent, fetcher, parts, report)
         _ansible(store, options, parts)
         _installer(staging, parts)
 
@@ -211,16 +212,6 @@ def _pick_target(spec: Spec, wanted: str | None) -> Target:
 
 def _check_before_fetching(spec: Spec, options: BuildOptions) -> None:
     """Everything that can be known without the network, checked before the first byte."""
-    unsupported = [
-        f"models[{i}] ({m.source})"
-        for i, m in enumerate(spec.models)
-        if isinstance(m, HuggingFaceModel | OllamaModel)
-    ]
-    if unsupported:
-        raise BuildError(
-            f"this release cannot fetch {', '.join(unsupported)} yet",
-            hint="hub models arrive in a later release; vendor the model as a local path",
-        )
     if not options.sign_key.is_file():
         raise KeyFileError(
             f"signing key {options.sign_key} does not exist",
@@ -229,6 +220,16 @@ def _check_before_fetching(spec: Spec, options: BuildOptions) -> None:
     for model in spec.models:
         if isinstance(model, LocalModel):
             check_local_model(model, options.spec_path.parent)
+        elif isinstance(model, OllamaModel):
+            from appliance.fetchers.ollama import parse_ref
+
+            parse_ref(model)
+        elif importlib.util.find_spec("huggingface_hub") is None:
+            raise BuildError(
+                f"model {model.name}: huggingface_hub is not installed; it lists the files of "
+                "hf:// models",
+                hint="install appliance with its build extra: pip install 'appliance[build]'",
+            )
     if spec.packages is not None:
         for index, source in enumerate(spec.packages.sources):
             keyring = _spec_relative(options.spec_path, source.keyring)
@@ -441,13 +442,31 @@ def _wheels(
             )
 
 
-def _models(spec: Spec, spec_dir: Path, store: BlobStore, parts: _Assembly) -> None:
+def _models(
+    spec: Spec, spec_dir: Path, fetcher: Fetcher, parts: _Assembly, report: BuildReport
+) -> None:
+    """Each model is one component; each of its files a blob named by its path inside the
+    model (for Ollama, its place under OLLAMA_MODELS)."""
     for model in spec.models:
-        if not isinstance(model, LocalModel):
-            continue
-        files = add_local_model(model, spec_dir, store)
+        version: str | None
+        if isinstance(model, LocalModel):
+            files = add_local_model(model, spec_dir, fetcher.store)
+            version = model.format
+        elif isinstance(model, HuggingFaceModel):
+            # Imported here: huggingface_hub is a build-machine dependency, not an installer one.
+            from appliance.fetchers.hf import fetch_hf_model
+
+            files, fetched = fetch_hf_model(model, fetcher)
+            _tally(report, fetched)
+            version = model.revision
+        else:
+            from appliance.fetchers.ollama import fetch_ollama_model
+
+            files, fetched = fetch_ollama_model(model, fetcher)
+            _tally(report, fetched)
+            version = model.digest
         parts.add(
-            Component(name=model.name, kind="model", version=model.format, source=model.source),
+            Component(name=model.name, kind="model", version=version, source=model.source),
             *(_blob_entry(f.sha256, f.size, "model", model.name, f.relative) for f in files),
         )
 

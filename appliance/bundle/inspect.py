@@ -44,6 +44,15 @@ def summary(manifest: Manifest) -> dict[str, Any]:
     sizes: dict[str, int] = {}
     for entry in manifest.files:
         sizes[entry.component] = sizes.get(entry.component, 0) + entry.size
+    models = {
+        c.name: {**c.model_dump(), "files": 0, "bytes": 0}
+        for c in manifest.components
+        if c.kind == "model"
+    }
+    for entry in manifest.files:
+        if entry.kind == "model" and entry.component in models:
+            models[entry.component]["files"] += 1
+            models[entry.component]["bytes"] += entry.size
     return {
         "name": manifest.name,
         "release": manifest.release,
@@ -60,4 +69,5 @@ def summary(manifest: Manifest) -> dict[str, Any]:
             {**component.model_dump(), "bytes": sizes.get(component.name, 0)}
             for component in manifest.components
         ],
+        "models": sorted(models.values(), key=lambda m: m["name"]),
     }

@@ -229,6 +229,13 @@ def inspect(output: Output, bundle: Path) -> None:
             for c in info["components"]
         ),
     ]
+    if info["models"]:
+        lines.append("  models:")
+        lines += [
+            f"    {m['name']:<24} {m['files']:>5} files {human_bytes(m['bytes']):>10}  "
+            f"{m['source']} @ {m['version'] or '-'}"
+            for m in info["models"]
+        ]
     if info["repo"]:
         lines.append(f"  apt repo: {info['repo']['path']}/, key {info['repo']['fingerprint']}")
     output.result({"ok": True, **info}, human="\n".join(lines))

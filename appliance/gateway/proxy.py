@@ -1,9 +1,9 @@
 """The gateway's request path: authenticate, route by model, pass the answer through, audit.
 
 Every call to an API path (anything but ``/health`` and ``/metrics``) gets one audit record,
-refused calls included, written after the last byte went out so the record can carry the
-response's digest; the handler waits for the write, so a call is answered and recorded, or
-the gateway stops answering (it refuses every call once an audit write has failed).
+refused calls included, carrying the digest of the response. A whole answer is recorded
+before it is sent, a stream before its end is sent; after a failed audit write the gateway
+answers nothing but 503 until it is restarted: no answer leaves without its record.
 
 Streams (``"stream": true``) are passed through chunk by chunk as they arrive. When the client
 did not set ``stream_options`` the gateway adds ``{"include_usage": true}`` so that the
@@ -34,6 +34,7 @@ LOG = logging.getLogger("appliance.gateway")
 
 API_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 _NO_MODEL = "-"  # metrics label for calls that name no configured model
+_AUDIT_DOWN = "the audit log cannot be written; calls are refused until the gateway is restarted"
 _FORWARD_HEADERS = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
 
 
@@ -51,6 +52,7 @@ class Call:
         "path",
         "prompt_sha256",
         "prompt_tokens",
+        "recorded",
         "request_id",
         "response_sha256",
         "started",
@@ -76,6 +78,7 @@ class Call:
         self.completion_tokens: int | None = None
         self.stream = False
         self.error: str | None = None
+        self.recorded = False
 
     def take_usage(self, usage: Any) -> None:
         if isinstance(usage, dict):
@@ -172,6 +175,9 @@ class Gateway:
     ) -> web.StreamResponse:
         call.status = status
         call.response_sha256 = hashlib.sha256(body).hexdigest()
+        if not await self._record(call):
+            status, content_type = 503, "application/json"
+            body = _error_body(503, "server_error", "audit_unavailable", _AUDIT_DOWN)
         response = web.Response(
             status=status,
             body=body,
@@ -181,7 +187,7 @@ class Gateway:
             await response.prepare(request)
             await response.write_eof()
         except (ConnectionError, aiohttp.ClientConnectionResetError):
-            call.error = call.error or "client disconnected"
+            LOG.info("call %s: the client left before the answer was sent", call.request_id)
         return response
 
     async def _refuse(
@@ -191,7 +197,11 @@ class Gateway:
         body = _error_body(refusal.status, refusal.kind, refusal.code, refusal.message)
         return await self._send(request, call, refusal.status, body, "application/json")
 
-    async def _finish(self, call: Call) -> None:
+    async def _record(self, call: Call) -> bool:
+        """Write the call's audit record (once) and count it; False when the write failed."""
+        if call.recorded:
+            return True
+        call.recorded = True
         seconds = time.perf_counter() - call.started
         label = call.model if call.model in self.routes else _NO_MODEL
         self.metrics.observe(
@@ -202,15 +212,16 @@ class Gateway:
         except Exception as error:  # logged by the writer; the gateway refuses from now on
             self.metrics.audit_failures += 1
             LOG.error("call %s not audited: %s", call.request_id, error)
-        else:
-            self.metrics.audit_records += 1
+            return False
+        self.metrics.audit_records += 1
+        return True
 
     def _authenticate(self, request: web.Request, call: Call) -> KeyRecord:
         if self.audit.failed is not None:
             raise _Refusal(
                 503,
                 "audit_unavailable",
-                "the audit log cannot be written; calls are refused until the gateway is restarted",
+                _AUDIT_DOWN,
             )
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
@@ -248,7 +259,7 @@ class Gateway:
         except _Refusal as refusal:
             return await self._refuse(request, call, refusal)
         finally:
-            await self._finish(call)
+            await self._record(call)
 
     async def unknown(self, request: web.Request) -> web.StreamResponse:
         call = Call(request)
@@ -262,7 +273,7 @@ class Gateway:
         except _Refusal as refusal:
             return await self._refuse(request, call, refusal)
         finally:
-            await self._finish(call)
+            await self._record(call)
 
     async def api(self, request: web.Request) -> web.StreamResponse:
         call = Call(request)
@@ -271,18 +282,23 @@ class Gateway:
         except _Refusal as refusal:
             return await self._refuse(request, call, refusal)
         finally:
-            await self._finish(call)
+            await self._record(call)
 
     async def _api(self, request: web.Request, call: Call) -> web.StreamResponse:
+        # The key is checked first but refused only once the body is read: a refused call's
+        # record still names the model it asked for. An unknown key gets 401 whatever it sent.
+        try:
+            key: KeyRecord | None = self._authenticate(request, call)
+        except _Refusal as refusal:
+            key, unauthenticated = None, refusal
         limit = self.config.max_body_bytes
+        too_large = _Refusal(413, "request_too_large", f"the request body is over {limit} bytes")
         if request.content_length is not None and request.content_length > limit:
-            raise _Refusal(413, "request_too_large", f"the request body is over {limit} bytes")
+            raise unauthenticated if key is None else too_large
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise _Refusal(
-                413, "request_too_large", f"the request body is over {limit} bytes"
-            ) from None
+            raise (unauthenticated if key is None else too_large) from None
         call.prompt_sha256 = hashlib.sha256(body).hexdigest()
         try:
             document = json.loads(body)
@@ -294,7 +310,8 @@ class Gateway:
             call.stream = document.get("stream") is True
         route = self.routes.get(call.model) if call.model else None
         call.digest = route.digest if route else None
-        key = self._authenticate(request, call)
+        if key is None:
+            raise unauthenticated
         if not isinstance(document, dict):
             raise _Refusal(400, "invalid_json", "the request body must be a JSON object")
         if call.model is None:
@@ -371,7 +388,6 @@ class Gateway:
                 digest.update(chunk)
                 scanner.feed(chunk)
                 await response.write(chunk)
-            await response.write_eof()
         except (ConnectionError, aiohttp.ClientConnectionResetError):
             call.error = "client disconnected"
         except (aiohttp.ClientError, TimeoutError) as error:
@@ -379,6 +395,16 @@ class Gateway:
             call.error = f"backend stream broken: {error!r}"
         call.response_sha256 = digest.hexdigest()
         call.take_usage(scanner.usage)
+        # Recorded before the stream's end is sent: a client that saw the whole answer can
+        # find its record.
+        recorded = await self._record(call)
+        if call.error is None and recorded:
+            try:
+                await response.write_eof()
+            except (ConnectionError, aiohttp.ClientConnectionResetError):
+                LOG.info("call %s: the client left before the stream ended", call.request_id)
+        elif request.transport is not None:
+            request.transport.close()  # no clean end: the client must not take it as whole
         return response
 
     async def health(self, _request: web.Request) -> web.Response:

@@ -36,6 +36,9 @@ API_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 _NO_MODEL = "-"  # metrics label for calls that name no configured model
 _AUDIT_DOWN = "the audit log cannot be written; calls are refused until the gateway is restarted"
 _FORWARD_HEADERS = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+# llama.cpp's server closes the connection after every streamed answer, without saying so; a
+# pooled connection reused right after would fail. Streams get a connection of their own.
+_STREAM_HEADERS = {**_FORWARD_HEADERS, "Connection": "close"}
 
 
 class Call:
@@ -341,11 +344,9 @@ class Gateway:
             changed = True
         if changed:
             body = json.dumps(document).encode()
-        assert self.session is not None
         try:
-            async with self.session.post(
-                route.backend_base + request.path, data=body, headers=_FORWARD_HEADERS
-            ) as upstream:
+            upstream = await self._post(route.backend_base + request.path, body, call.stream)
+            async with upstream:
                 content_type = upstream.headers.get("Content-Type", "application/json")
                 if upstream.status >= 500:
                     self.metrics.backend_errors[route.name] += 1
@@ -363,6 +364,19 @@ class Gateway:
             with contextlib.suppress(ValueError, AttributeError):
                 call.take_usage(json.loads(answer).get("usage"))
         return await self._send(request, call, upstream.status, answer, content_type)
+
+    async def _post(self, url: str, body: bytes, stream: bool) -> aiohttp.ClientResponse:
+        """POST to a backend; once more on a fresh connection when a pooled one turns out to
+        have been closed by the backend before any answer came."""
+        assert self.session is not None
+        headers = _STREAM_HEADERS if stream else _FORWARD_HEADERS
+        try:
+            return await self.session.post(url, data=body, headers=headers)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as error:
+            if isinstance(error, aiohttp.ClientConnectorError):
+                raise  # nothing listens: no point in asking again
+            LOG.info("backend %s dropped a kept-alive connection; asking again", url)
+            return await self.session.post(url, data=body, headers=headers)
 
     async def _stream(
         self,

@@ -79,13 +79,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         config = load_config(args.config)
-        keys = KeyStore(load_keys(config.keys_file))
         if args.check_config:
-            print(
-                f"{args.config}: valid gateway config, {len(config.models)} model(s), "
-                f"{len(keys)} key(s) in {config.keys_file}"
-            )
+            # The config may be written before the first key (an install's order): a missing
+            # keys file is reported, not refused; a broken one is refused.
+            found = "no keys file yet at"
+            if config.keys_file.exists():
+                found = f"{len(KeyStore(load_keys(config.keys_file)))} key(s) in"
+            print(f"{args.config}: valid gateway config, {len(config.models)} model(s), {found} "
+                  f"{config.keys_file}")  # fmt: skip
             return
+        keys = KeyStore(load_keys(config.keys_file))
         log = AuditLog(config.audit.dir, config.audit.max_bytes, config.audit.fsync)
         log.open()
     except ApplianceError as error:

@@ -1,0 +1,186 @@
+"""The runtime_llamacpp role on an air-gapped systemd host: a venv from the bundle's wheels, one
+hardened unit per GGUF model, /health, and the backends published for the gateway.
+
+The "bundle" here is the part of one the role reads: blobs by digest plus the extravars that
+appliance install passes (appliance_models, appliance_wheel_sets). libgomp1 stands in for the
+bundle's package repository (installed with dpkg before the role runs)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.hosts import ROOT, Host, start_host
+
+pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.slow]
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+WHEELS = Path.home() / ".cache" / "appliance" / "test-wheels"
+MODELS = ["tiny", "tiny-chat"]
+
+
+def _blob(bundle: Path, source: Path) -> dict[str, object]:
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    target = bundle / "blobs" / "sha256" / digest
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return {
+        "name": source.name,
+        "path": f"blobs/sha256/{digest}",
+        "sha256": digest,
+        "size": source.stat().st_size,
+    }
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import xllamacpp
+
+    root = tmp_path_factory.mktemp("runtime-llamacpp")
+    WHEELS.mkdir(parents=True, exist_ok=True)
+    wanted = [f"xllamacpp=={xllamacpp.__version__}", "pip==24.2"]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+         "--python-version", "3.11", "-d", str(WHEELS), *wanted],
+        check=True,
+    )  # fmt: skip
+    subprocess.run(["apt-get", "download", "-q", "libgomp1"], cwd=root, check=True)
+    gguf = root / "tiny.gguf"
+    subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "tiny_model.py"), "gguf", str(gguf)],
+        check=True,
+        capture_output=True,
+    )
+    bundle = root / "bundle"
+    wheels = {w.name.split("-")[0]: _blob(bundle, w) for w in sorted(WHEELS.glob("*.whl"))}
+    file = _blob(bundle, gguf)
+    models = [
+        {"name": name, "format": "gguf", "source": "./tiny.gguf",
+         "digest": f"sha256:{file['sha256']}", "files": [file]}
+        for name in MODELS
+    ]  # fmt: skip
+    extravars = {
+        "appliance_bundle_dir": "/srv/bundle",
+        "appliance_models": models,
+        "appliance_wheel_sets": {"installer": [wheels["pip"]], "llamacpp": [wheels["xllamacpp"]]},
+        "runtime_llamacpp_ctx_size": 512,
+        "runtime_llamacpp_threads": 1,
+        "runtime_llamacpp_health_retries": 15,
+        "runtime_llamacpp_health_delay": 1,
+    }
+    (root / "extravars.json").write_text(json.dumps(extravars))
+    (root / "site.yml").write_text(
+        "- name: Serve the bundle's GGUF models\n  hosts: all\n  gather_facts: false\n"
+        "  roles: [runtime_llamacpp]\n  post_tasks:\n"
+        "    - name: Hand the backends to the test\n      ansible.builtin.copy:\n"
+        "        content: '{{ appliance_backends | to_json }}'\n"
+        f"        dest: {root}/backends.json\n        mode: '0644'\n"
+        "      delegate_to: localhost\n      changed_when: false\n"
+    )
+    return root
+
+
+def converge(root: Path, host: str) -> subprocess.CompletedProcess[str]:
+    (root / "inventory.yml").write_text(
+        "all:\n  children:\n    depot:\n      hosts:\n        depot-1:\n"
+        f"          ansible_connection: community.docker.docker\n          ansible_host: {host}\n"
+        "          ansible_python_interpreter: /usr/bin/python3\n"
+    )
+    env = {
+        **os.environ,
+        "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
+        "ANSIBLE_COLLECTIONS_PATH": str(ROOT / ".cache" / "collections"),
+        "ANSIBLE_NOCOLOR": "1",
+    }
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(root / "inventory.yml"),
+         "-e", f"@{root / 'extravars.json'}", str(root / "site.yml")],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def served(bundle: Path, test_image: str) -> Iterator[Host]:
+    host = start_host(test_image, {bundle / "bundle": "/srv/bundle"})
+    subprocess.run(
+        ["docker", "cp", str(next(bundle.glob("libgomp1_*.deb"))), f"{host.name}:/srv/gomp.deb"],
+        check=True,
+    )
+    assert host.run("dpkg", "-i", "/srv/gomp.deb").returncode == 0
+    first = converge(bundle, host.name)
+    assert first.returncode == 0, first.stdout[-4000:]
+    yield host
+    host.remove()
+
+
+def _get(run: Run, url: str) -> dict[str, object]:
+    fetched = run(
+        "python3", "-c", f"import urllib.request as u; print(u.urlopen('{url}').read().decode())"
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    return json.loads(fetched.stdout)  # type: ignore[no-any-return]
+
+
+def test_one_unit_per_model_is_active_and_enabled(served: Host) -> None:
+    run = served.run
+    for name in MODELS:
+        assert (
+            run("systemctl", "is-active", f"appliance-llamacpp@{name}.service").stdout == "active\n"
+        )
+        assert (
+            run("systemctl", "is-enabled", f"appliance-llamacpp@{name}.service").stdout
+            == "enabled\n"
+        )
+
+
+def test_each_model_on_its_own_port_under_its_own_name(served: Host) -> None:
+    run = served.run
+    for index, name in enumerate(MODELS):
+        models = _get(run, f"http://127.0.0.1:{8081 + index}/v1/models")
+        assert [m["id"] for m in models["data"]] == [name]  # type: ignore[index,union-attr]
+
+
+def test_backends_are_published_for_the_gateway(served: Host, bundle: Path) -> None:
+    backends = json.loads((bundle / "backends.json").read_text())
+    digest = json.loads((bundle / "extravars.json").read_text())["appliance_models"][0]["digest"]
+    assert backends == [
+        {"name": name, "digest": digest, "url": f"http://127.0.0.1:{8081 + i}",
+         "backend_model": name, "runtime": "llamacpp"}
+        for i, name in enumerate(MODELS)
+    ]  # fmt: skip
+
+
+def test_servers_run_unprivileged_and_confined(served: Host) -> None:
+    run = served.run
+    pid = run("systemctl", "show", "-p", "MainPID", "--value", "appliance-llamacpp@tiny").stdout
+    status = run("cat", f"/proc/{pid.strip()}/status").stdout
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    assert fields["CapBnd"].strip() == "0000000000000000"
+    assert fields["CapEff"].strip() == "0000000000000000"
+    assert fields["NoNewPrivs"].strip() == "1"
+    assert fields["Seccomp"].strip() == "2"
+    uid = fields["Uid"].split()[0]
+    assert run("id", "-un", uid).stdout.strip() == "appliance-llamacpp"
+    # The root filesystem (and so the model, a hard link to the bundle's blob) is read-only.
+    mounts = run("cat", f"/proc/{pid.strip()}/mountinfo").stdout.splitlines()
+    root = next(line for line in mounts if line.split()[4] == "/")
+    assert root.split()[5].startswith("ro")
+    exposure = run("systemd-analyze", "security", "--no-pager", "appliance-llamacpp@tiny.service")
+    assert "Overall exposure level" in exposure.stdout
+    assert (
+        float(exposure.stdout.split("Overall exposure level for")[1].split(":")[1].split()[0]) < 2
+    )
+
+
+def test_a_second_run_changes_nothing(served: Host, bundle: Path) -> None:
+    again = converge(bundle, served.name)
+    assert again.returncode == 0, again.stdout[-4000:]
+    assert "changed=0" in again.stdout.split("PLAY RECAP")[1], again.stdout[-4000:]

@@ -116,6 +116,7 @@ class Manifest(_Frozen):
                 {
                     "name": component.name,
                     "version": component.version,
+                    "format": _model_format(component, files),
                     "source": component.source,
                     "digest": model_digest(files),
                     "files": [
@@ -131,6 +132,20 @@ class Manifest(_Frozen):
             )
         return found
 
+    def plain_files(self) -> list[dict[str, Any]]:
+        """The spec's ``files:`` entries (runtime releases such as Ollama's), for the roles."""
+        return [
+            {
+                "name": e.component,
+                "file_name": e.name or e.path.rsplit("/", 1)[-1],
+                "path": e.path,
+                "sha256": e.sha256,
+                "size": e.size,
+            }
+            for e in sorted(self.files, key=lambda e: e.component)
+            if e.kind == "file"
+        ]
+
     def wheel_sets(self) -> dict[str, list[dict[str, Any]]]:
         """Wheels by set (``installer`` and the spec's ``wheels[].name``), with file names."""
         sets: dict[str, list[dict[str, Any]]] = {}
@@ -142,6 +157,20 @@ class Manifest(_Frozen):
                 {"name": entry.name, "path": entry.path, "sha256": entry.sha256, "size": entry.size}
             )
         return sets
+
+
+def _model_format(component: Component, files: list[FileEntry]) -> str | None:
+    """gguf, safetensors or ollama: what a runtime needs to know to serve the model."""
+    if (component.source or "").startswith("ollama://"):
+        return "ollama"
+    if component.version in {"gguf", "safetensors"}:
+        return component.version  # a local model records its declared format as its version
+    names = [e.name or e.path for e in files]
+    if any(n.endswith(".gguf") for n in names):
+        return "gguf"
+    if any(n.endswith(".safetensors") for n in names):
+        return "safetensors"
+    return None
 
 
 def model_digest(files: list[FileEntry]) -> str:

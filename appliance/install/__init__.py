@@ -252,6 +252,7 @@ def _extravars(
         # What the runtime and gateway roles lay out from the bundle, each file by digest.
         "appliance_models": manifest.models(),
         "appliance_wheel_sets": manifest.wheel_sets(),
+        "appliance_files": manifest.plain_files(),
     }
     if options.internal_cidrs:
         variables["appliance_internal_cidrs"] = list(options.internal_cidrs)

@@ -58,7 +58,8 @@ except Exception as error:
 
 def _show(unit):
     out = subprocess.run(
-        ["systemctl", "show", "-p", "MainPID", "-p", "User", "-p", "Group", unit],
+        ["systemctl", "show", "-p", "MainPID", "-p", "PrivateNetwork", "-p",
+         "NetworkNamespacePath", unit],
         capture_output=True, text=True, check=True,
     ).stdout
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
@@ -110,14 +111,23 @@ def main():
         if pid <= 0:
             runtimes.append({"unit": unit, "pid": 0, "probes": [], "error": "no main process"})
             continue
+        props = _show(unit)
         uid, gid = _ids(pid)
-        net = os.readlink("/proc/%d/ns/net" % pid)
+        try:
+            net = os.readlink("/proc/%d/ns/net" % pid)
+            shared = net == host_net
+        except PermissionError:
+            # Without CAP_SYS_PTRACE (a container) root cannot read another user's namespace
+            # link; the unit's own settings say whether systemd gave it a namespace of its own.
+            shared = props.get("PrivateNetwork") == "no" and not props.get("NetworkNamespacePath")
+            net = "%s (per the unit: PrivateNetwork=%s)" % (
+                host_net if shared else "unknown", props.get("PrivateNetwork"))
         entry = {"unit": unit, "pid": pid, "uid": uid, "gid": gid, "netns": net,
-                 "shares_host_netns": net == host_net, "probes": []}
+                 "shares_host_netns": shared, "probes": []}
         for target in module.params["targets"]:
             try:
                 entry["probes"].append(
-                    _probe(pid, uid, gid, net == host_net, target, module.params["timeout"]))
+                    _probe(pid, uid, gid, shared, target, module.params["timeout"]))
             except (OSError, subprocess.SubprocessError) as exc:
                 entry["probes"].append({"target": target, "reached": None, "detail": str(exc)})
         runtimes.append(entry)

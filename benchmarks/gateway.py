@@ -154,7 +154,9 @@ def main() -> None:
             processes.append(start(runtime, root / "llama.log", llama + "/health", {200}))
             fixture = "tests.fixtures.openai_backend"
             backend = [sys.executable, "-m", fixture, "--port", str(stand_in_port)]
-            processes.append(start(backend, root / "stand-in.log", stand_in + "/health", {200}))
+            processes.append(
+                start(backend, root / "stand-in.log", stand_in + "/api/version", {200})
+            )
             digest = "sha256:" + hashlib.sha256(model.read_bytes()).hexdigest()
             config = {
                 "listen": {"host": "127.0.0.1", "port": gateway_port},
@@ -162,7 +164,12 @@ def main() -> None:
                 "audit": {"dir": str(root / "audit")},
                 "models": [
                     {"name": "tiny-llama", "digest": digest, "backend": llama},
-                    {"name": "stand-in", "digest": "sha256:" + "5" * 64, "backend": stand_in},
+                    {
+                        "name": "stand-in",
+                        "digest": "sha256:" + "5" * 64,
+                        "backend": stand_in,
+                        "health_path": "/api/version",
+                    },
                 ],
             }
             (root / "config.json").write_text(json.dumps(config))

@@ -21,6 +21,7 @@ from appliance.bundle.manifest import FileEntry, Manifest, parse_manifest
 from appliance.bundle.signing import verify_bytes
 from appliance.errors import BundleCorruptError, BundleLayoutError, BundleSignatureError, Problem
 from appliance.progress import NullProgress, Progress
+from appliance.spec.checks import NAME_RE
 
 READ_CHUNK = 4 << 20  # large reads keep the hash fed; see benchmarks/bundle_verify.py
 
@@ -117,13 +118,37 @@ def check_signature(bundle: Path, pubkey: Path) -> Manifest:
     return manifest
 
 
+# Kinds whose ``name`` becomes a path on the hosts (models: relative inside the model's
+# directory; the others: a file name in a directory of their own).
+_NAMED_ON_HOSTS = {"model": True, "wheel": False, "file": False, "deb": False}
+
+
+def _unsafe_name(kind: str, name: str | None) -> str | None:
+    if name is None or kind not in _NAMED_ON_HOSTS:
+        return None
+    if not _NAMED_ON_HOSTS[kind] and "/" in name:
+        return "a file name with '/'"
+    return layout.unsafe_reason(name)
+
+
 def check_manifest_paths(manifest: Manifest, source: str) -> None:
-    """Even a signed manifest may not name a path outside the bundle."""
+    """Even a signed manifest may not name a path outside the bundle, nor outside the directories
+    the install roles lay its files out in."""
     problems = [
         Problem(entry.path, f"unsafe path in manifest: {reason}")
         for entry in manifest.files
         if (reason := layout.unsafe_reason(entry.path)) is not None
         or entry.path in layout.TRUST_FILES
+    ]
+    problems += [
+        Problem(entry.path, f"unsafe name in manifest: {entry.name!r}: {reason}")
+        for entry in manifest.files
+        if (reason := _unsafe_name(entry.kind, entry.name)) is not None
+    ]
+    problems += [
+        Problem(f"components[{component.name!r}]", "unsafe model name in manifest")
+        for component in manifest.components
+        if component.kind == "model" and not NAME_RE.match(component.name)
     ]
     if problems:
         raise BundleLayoutError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -20,6 +21,7 @@ _DIR = click.option(
     show_default=True,
     help="The gateway's audit directory (audit.dir in its config).",
 )
+HEX = set("0123456789abcdef")
 _JSON = click.option("--json", "json_mode", is_flag=True, help="Same as `appliance --json`.")
 
 
@@ -28,11 +30,32 @@ def audit_group() -> None:
     """Check and read the gateway's audit log (one hash-chained record per call)."""
 
 
+def _anchor(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> Any:
+    anchors = []
+    for value in values:
+        seq, _, digest = value.partition(":")
+        if not seq.isdigit() or len(digest) != 64 or not all(c in HEX for c in digest):
+            raise click.BadParameter(f"{value!r}: expected SEQ:HASH (the hash is 64 hex digits)")
+        anchors.append((int(seq), digest))
+    return tuple(anchors)
+
+
 @audit_group.command("verify")
 @_DIR
+@click.option(
+    "--anchor",
+    "anchors",
+    multiple=True,
+    callback=_anchor,
+    metavar="SEQ:HASH",
+    help="A record's hash kept off the box (from an earlier audit.head or verify --json); "
+    "a rewritten chain cannot match it. Repeat for several.",
+)
 @_JSON
 @click.pass_obj
-def verify_command(output: Output, directory: Path, json_mode: bool) -> None:
+def verify_command(
+    output: Output, directory: Path, anchors: tuple[tuple[int, str], ...], json_mode: bool
+) -> None:
     """Check every record of the audit log, across rotated files.
 
     Recomputes each record's hash and checks that seq counts up and each
@@ -41,11 +64,17 @@ def verify_command(output: Output, directory: Path, json_mode: bool) -> None:
     or cut off, with its file and line (exit code 34).
 
     \b
-    Example:
+    The chain has no secret: someone who can rewrite the whole log can
+    recompute it. Copy audit.head (or last_seq:last_hash from --json) off
+    the box now and then, and pass it back with --anchor to catch that.
+
+    \b
+    Examples:
       appliance audit verify --dir /var/log/appliance/audit
+      appliance audit verify --anchor 1041:3f9c...e2 (from a copy kept elsewhere)
     """
     output.json_mode = output.json_mode or json_mode
-    report = verify_log(directory)
+    report = verify_log(directory, anchors)
     output.result(
         report.as_dict(),
         human=f"{directory}: audit log OK, {report.records} record(s) in {report.files} "

@@ -39,11 +39,22 @@ def gateway_group() -> None:
     required=True,
     help="A model the key may use (repeat); '*' for every model.",
 )
+@click.option(
+    "--key-out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the key to this file (0600) instead of printing it; written before the "
+    "keys file, so no recorded key is ever lost.",
+)
 @_KEYS_FILE
 @_JSON
 @click.pass_obj
 def new_key_command(
-    output: Output, name: str, models: tuple[str, ...], keys_file: Path, json_mode: bool
+    output: Output,
+    name: str,
+    models: tuple[str, ...],
+    key_out: Path | None,
+    keys_file: Path,
+    json_mode: bool,
 ) -> None:
     """Make a key, add its hash to the keys file, print the key once.
 
@@ -53,12 +64,17 @@ def new_key_command(
       appliance gateway new-key --name batch --model tiny-llama --json
     """
     output.json_mode = output.json_mode or json_mode
-    plaintext, record = add_key(keys_file, name, list(models))
+    plaintext, record = add_key(keys_file, name, list(models), key_out)
+    added = f"Key {record.id} ({record.name}) for {', '.join(record.models)} added to {keys_file}."
+    if key_out is not None:
+        output.result(
+            {"id": record.id, "key_file": str(key_out)},
+            human=f"{added}\nThe key is in {key_out} (0600), and nowhere else.",
+        )
+        return
     output.result(
         {"id": record.id, "key": plaintext},
-        human=f"{plaintext}\n"
-        f"Key {record.id} ({record.name}) for {', '.join(record.models)} added to {keys_file}.\n"
-        "It is shown only now: store it where its user can read it.",
+        human=f"{plaintext}\n{added}\nIt is shown only now: store it where its user can read it.",
     )
 
 

@@ -73,6 +73,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # A SIGHUP (keys reload) that arrives before the loop's handler is installed must not kill
+    # the gateway: systemd counts that as a clean exit and would not restart it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     args = _parse(argv)
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"

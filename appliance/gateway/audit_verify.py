@@ -70,7 +70,9 @@ def _where_is(files: list[Path], seq: int) -> str | None:
     return None
 
 
-def verify_log(directory: Path) -> VerifyReport:
+def verify_log(directory: Path, anchors: tuple[tuple[int, str], ...] = ()) -> VerifyReport:
+    """Walk the whole chain. ``anchors`` are (seq, hash) pairs kept off the box (a copy of
+    ``audit.head`` taken earlier): a rewritten chain cannot match them."""
     if not directory.is_dir():
         raise AuditError(
             f"audit directory {directory} does not exist",
@@ -80,6 +82,9 @@ def verify_log(directory: Path) -> VerifyReport:
     files = log_files(directory)
     expected, prev, records = 0, ZERO_HASH, 0
     first_time = last_time = None
+    # The hashes the head file and the anchors name, as found in the log.
+    wanted = {seq for seq, _ in anchors} | ({head["seq"]} if head else set())
+    seen: dict[int, str] = {}
     for path, number, line in _lines(files):
         if not line.endswith(b"\n"):
             raise _fail(directory, "truncated", path, number, "the last line is cut off")
@@ -139,6 +144,8 @@ def verify_log(directory: Path) -> VerifyReport:
                 f"record seq {seq}: prev does not match the hash of the record before it "
                 "(that record was changed and its hash recomputed, or replaced)",
             )
+        if seq in wanted:
+            seen[seq] = stated
         first_time = first_time or record.get("time")
         last_time = record.get("time")
         expected, prev, records = seq + 1, stated, records + 1
@@ -156,14 +163,32 @@ def verify_log(directory: Path) -> VerifyReport:
             f"the head names seq {head['seq']} but the log ends at seq {last_seq}: "
             f"{head['seq'] - last_seq} record(s) cut off the end",
         )
-    if head["seq"] >= 0 and head["seq"] == last_seq and head.get("hash") != prev:
+    if head["seq"] >= 0 and head.get("hash") != seen.get(head["seq"]):
         raise _fail(
             directory,
             "modified",
             HEAD,
             None,
-            f"the head's hash for seq {last_seq} is not the last record's hash",
+            f"the head's hash for seq {head['seq']} is not that record's hash",
         )
+    for seq, digest in anchors:
+        if seq > last_seq:
+            raise _fail(
+                directory,
+                "truncated",
+                HEAD,
+                None,
+                f"the anchor names seq {seq} but the log ends at seq {last_seq}",
+            )
+        if seen.get(seq) != digest:
+            raise _fail(
+                directory,
+                "modified",
+                HEAD,
+                None,
+                f"record seq {seq} has hash {seen.get(seq)}, the anchor kept off the box says "
+                f"{digest}: the chain was rewritten",
+            )
     return VerifyReport(
         directory=directory,
         records=records,

@@ -42,6 +42,8 @@ class ModelRoute(_Strict):
     digest: Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
     backend: AnyHttpUrl
     backend_model: str | None = None
+    # What answers 200 when the runtime is up: llama.cpp and vLLM /health, Ollama /api/version.
+    health_path: Annotated[str, Field(pattern=r"^/[^\s]*$")] = "/health"
 
     @property
     def upstream_name(self) -> str:

@@ -133,8 +133,15 @@ def save_keys(path: Path, keys: KeysFile) -> None:
         raise
 
 
-def add_key(path: Path, name: str, models: list[str]) -> tuple[str, KeyRecord]:
-    """Make a key, add its record to the keys file (created when missing), return both."""
+def add_key(
+    path: Path, name: str, models: list[str], key_out: Path | None = None
+) -> tuple[str, KeyRecord]:
+    """Make a key, add its record to the keys file (created when missing), return both.
+
+    With ``key_out`` the plaintext is written there first (mode 0600, atomically), so a key
+    whose record exists always has its plaintext somewhere: a run cut between the two steps
+    leaves at most a plaintext with no record, and the next run makes a fresh key.
+    """
     keys = load_keys(path) if path.exists() else KeysFile()
     if any(k.name == name for k in keys.keys):
         raise GatewayConfigError(
@@ -142,9 +149,27 @@ def add_key(path: Path, name: str, models: list[str]) -> tuple[str, KeyRecord]:
             hint="pick another --name (names are unique so scripts can test for a key by name)",
         )
     plaintext, record = new_key(name, models)
+    if key_out is not None:
+        _write_secret(key_out, plaintext)
     keys.keys.append(record)
     save_keys(path, keys)
     return plaintext, record
+
+
+def _write_secret(path: Path, plaintext: str) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(handle, 0o600)
+        os.write(handle, f"{plaintext}\n".encode())
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+    try:
+        Path(temporary).replace(path)
+    except OSError:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 class KeyStore:

@@ -428,7 +428,7 @@ class Gateway:
         async def probe(route: ModelRoute) -> dict[str, Any]:
             try:
                 async with session.get(
-                    route.backend_base + "/health", timeout=aiohttp.ClientTimeout(total=3)
+                    route.backend_base + route.health_path, timeout=aiohttp.ClientTimeout(total=3)
                 ) as answer:
                     status = "ok" if answer.status == 200 else "unhealthy"
                     return {"backend": route.backend_base, "status": status, "http": answer.status}

@@ -190,7 +190,7 @@ def _judge_gateway(host: str, gateway: dict[str, Any]) -> list[Check]:
         status = int(backend.get("status", -1))
         item = backend.get("item", {})
         seen = (
-            f"{item.get('backend')}/health answered HTTP {status}"
+            f"{item.get('backend')}{item.get('health_path', '/health')} answered HTTP {status}"
             if status != -1
             else (backend.get("msg", "") or "no answer")
         )
@@ -204,11 +204,13 @@ def _judge_gateway(host: str, gateway: dict[str, Any]) -> list[Check]:
         return checks
     models = gateway.get("models") or [{}]
     model, digest = models[0].get("name"), models[0].get("digest")
+    # A runtime may name the model its own way (Ollama: name:tag); both names are this model.
+    names = {model, models[0].get("backend_model") or model}
     completion = gateway.get("completion", {})
     status = int(completion.get("status", -1))
     body = completion.get("body")
     problem = (
-        _completion_problem(body, model)
+        _completion_problem(body, names)
         if status == 200
         else (f"HTTP {status}: {completion.get('msg') or body}")
     )
@@ -236,7 +238,7 @@ def _judge_gateway(host: str, gateway: dict[str, Any]) -> list[Check]:
     return checks
 
 
-def _completion_problem(body: Any, model: str | None) -> str | None:
+def _completion_problem(body: Any, names: set[Any]) -> str | None:
     if not isinstance(body, dict):
         return f"the answer is not JSON: {str(body)[:200]}"
     choices = body.get("choices") or []
@@ -245,8 +247,8 @@ def _completion_problem(body: Any, model: str | None) -> str | None:
         return f"no choice with a message and a finish_reason: {json.dumps(body)[:200]}"
     if not usage.get("completion_tokens"):
         return f"no completion tokens counted: {json.dumps(usage)}"
-    if body.get("model") != model:
-        return f"answered for model {body.get('model')!r}, asked {model!r}"
+    if body.get("model") not in names:
+        return f"answered for model {body.get('model')!r}, asked {' or '.join(sorted(names))}"
     return None
 
 

@@ -227,6 +227,35 @@ def test_signed_manifest_with_traversal_is_unsafe_layout(
     ]
 
 
+@pytest.mark.parametrize(
+    ("kind", "name", "reason"),
+    [
+        ("model", "../../../etc/cron.d/evil", "'..' in path"),
+        ("model", "/etc/cron.d/evil", "absolute path"),
+        ("wheel", "sub/pip-24.0-py3-none-any.whl", "a file name with '/'"),
+        ("file", "..", "'..' in path"),
+    ],
+)
+def test_signed_manifest_with_an_escaping_name_is_unsafe_layout(
+    tmp_path: Path, keys: tuple[Path, Path, Path], kind: str, name: str, reason: str
+) -> None:
+    # Names become paths on the hosts (a model's files, a wheel's file name): the roles run as
+    # root, so a signed manifest still may not name anything outside their directories.
+    evil = FileEntry(
+        path=f"blobs/sha256/{'0' * 64}",
+        sha256="0" * 64,
+        size=0,
+        kind=kind,
+        component="x",
+        name=name,
+    )
+    bundle = make_bundle(tmp_path, keys[0], extra=[evil])
+    error = expect(BundleLayoutError, verify_dir, bundle, keys[1])
+    assert (evil.path, f"unsafe name in manifest: {name!r}: {reason}") in [
+        (p.path, p.message) for p in error.problems
+    ]
+
+
 def test_escaping_symlink_is_unsafe_layout(tmp_path: Path, keys: tuple[Path, Path, Path]) -> None:
     bundle = make_bundle(tmp_path, keys[0])
     target = path_of(bundle, "file")

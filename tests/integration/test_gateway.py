@@ -196,6 +196,7 @@ def gateway(
                     "digest": STAND_IN_DIGEST,
                     "backend": stand_in,
                     "backend_model": "sb",
+                    "health_path": "/api/version",  # it has no /health, like Ollama
                 },
                 {
                     "name": "down",

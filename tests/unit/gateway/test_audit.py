@@ -214,3 +214,45 @@ def test_find_and_show(tmp_path: Path) -> None:
     assert record is not None and record["seq"] == 3
     assert find_record(tmp_path, "req-missing") is None
     assert [r["seq"] for r in last_records(tmp_path, 3)] == [27, 28, 29]
+
+
+def rewrite_from(directory: Path, seq: int, change: dict[str, object]) -> None:
+    """What someone with write access and no anchor does: edit a record, recompute every hash
+    from there on, and rewrite the head."""
+    path = directory / "audit.jsonl"
+    records = [json.loads(line) for line in lines(path)]
+    prev = records[seq - 1]["hash"] if seq else ZERO_HASH
+    for record in records[seq:]:
+        record.update(change)
+        record["prev"] = prev
+        record.pop("hash")
+        record["hash"] = prev = record_hash(record)
+    path.write_text(
+        "".join(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n" for r in records)
+    )
+    (directory / HEAD).write_text(
+        json.dumps({"seq": records[-1]["seq"], "hash": prev, "file": "audit.jsonl"})
+    )
+
+
+def test_a_head_naming_an_earlier_record_is_checked_too(tmp_path: Path) -> None:
+    write(tmp_path, 5)
+    head = json.loads((tmp_path / HEAD).read_text())
+    head.update(seq=2, hash="f" * 64)  # a head behind the log, with a hash that is not seq 2's
+    (tmp_path / HEAD).write_text(json.dumps(head))
+    assert failure(tmp_path)[0] == "modified"
+    assert failure(tmp_path)[3] == "the head's hash for seq 2 is not that record's hash"
+
+
+def test_a_rewritten_chain_passes_alone_and_fails_against_an_anchor(tmp_path: Path) -> None:
+    write(tmp_path, 6)
+    anchor = (3, json.loads(lines(tmp_path / "audit.jsonl")[3])["hash"])
+    assert verify_log(tmp_path, (anchor,)).records == 6
+    rewrite_from(tmp_path, 2, {"status": 500})
+    assert verify_log(tmp_path).records == 6  # without an anchor the rewrite is consistent
+    with pytest.raises(AuditError) as caught:
+        verify_log(tmp_path, (anchor,))
+    assert "modified" in caught.value.message
+    assert "the anchor kept off the box says" in caught.value.problems[0].message
+    with pytest.raises(AuditError, match="truncated"):
+        verify_log(tmp_path, ((99, "0" * 64),))

@@ -109,3 +109,25 @@ def test_good_config_loads(tmp_path: Path) -> None:
     loaded = load_config(config)
     route = loaded.models[0]
     assert (route.upstream_name, route.backend_base) == ("tiny-llama", "http://127.0.0.1:8081")
+
+
+def test_key_out_writes_the_plaintext_first_and_root_only(tmp_path: Path) -> None:
+    keys_file, secret = tmp_path / "keys.json", tmp_path / "secrets" / "operator.key"
+    plaintext, record = add_key(keys_file, "operator", ["*"], key_out=secret)
+    assert secret.read_text() == plaintext + "\n"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert hashlib.sha256(plaintext.encode()).hexdigest() == record.sha256
+    assert plaintext not in keys_file.read_text()
+    # A keys file that cannot be written leaves the plaintext (a fresh key next run), never a
+    # recorded key whose plaintext is lost. (Root ignores modes: a file where a directory
+    # should be makes the write fail.)
+    (tmp_path / "not-a-dir").write_text("")
+    with pytest.raises((OSError, GatewayConfigError)):
+        add_key(
+            tmp_path / "not-a-dir" / "keys.json",
+            "second",
+            ["*"],
+            key_out=tmp_path / "secrets" / "second.key",
+        )
+    assert (tmp_path / "secrets" / "second.key").is_file()
+    assert [k.name for k in load_keys(keys_file).keys] == ["operator"]

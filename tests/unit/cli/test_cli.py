@@ -74,7 +74,7 @@ def test_validate_prints_summary(capsys: pytest.CaptureFixture[str]) -> None:
         f"{path}: valid spec v1, appliance-demo 2026.11.0\n"
         "  targets: debian-12/amd64\n"
         "  stack:   registry=none object_store=filesystem orchestrator=systemd runtime=llamacpp\n"
-        "  holds:   targets 1, files 1, packages 7, images 0, models 1, wheel sets 1\n"
+        "  holds:   targets 1, files 1, packages 8, images 0, models 1, wheel sets 1\n"
     )
 
 

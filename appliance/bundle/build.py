@@ -450,7 +450,7 @@ def _models(
     for model in spec.models:
         version: str | None
         if isinstance(model, LocalModel):
-            files = add_local_model(model, spec_dir, fetcher.store)
+            files = add_local_model(model, spec_dir, fetcher.store, fetcher.jobs)
             version = model.format
         elif isinstance(model, HuggingFaceModel):
             # Imported here: huggingface_hub is a build-machine dependency, not an installer one.

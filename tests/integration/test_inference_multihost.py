@@ -1,0 +1,299 @@
+"""Inference across hosts: a depot that runs the gateway and two GPU nodes, each serving one
+model, on an internal lab network. install.sh runs on the depot and reaches the nodes over SSH;
+the nodes get their runtime venv and their model only from the depot's repository server.
+
+What this proves: the gateway on the depot routes each model to the node that serves it, a
+node's runtime port answers the gateway host and nobody else (no way around the gateway's keys
+and audit log), and `appliance verify` with the inventory passes on every host. The models are
+random: the tests assert model ids, finish reasons and token counts, never the words.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance.bundle.build import BuildOptions, build_bundle
+from appliance.bundle.signing import keygen
+from tests.fixtures.hosts import Host, authorize_ssh, harness_image, start_host
+from tests.integration.test_inference import CALL, chat
+
+pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+SUBNET = "198.18.47.0/24"
+DEPOT = "198.18.47.10"
+NODES = {"gpu-1": "198.18.47.11", "gpu-2": "198.18.47.12"}
+SERVES = {"gpu-1": "tiny-llama", "gpu-2": "tiny-llama-b"}
+EGRESS_TARGET = "http://198.19.255.10/"  # lab range, off the lab network: leads nowhere
+# Each node serves one model on its first runtime port; gpu-2 moves its port base (the firewall
+# must follow it).
+PORTS = {"gpu-1": 8081, "gpu-2": 8091}
+INVENTORY = "/srv/inventories/lab.yml"
+
+# The nodes need nginx-light only on the depot (its repository server); libgomp1 on the nodes.
+SPEC = """\
+version: 1
+name: inference-multihost
+release: 2026.11.28
+targets: [{os: debian-12, arch: amd64}]
+stack: {registry: none, object_store: filesystem, orchestrator: systemd, runtime: llamacpp}
+packages:
+  sources:
+    - kind: apt
+      url: http://deb.debian.org/debian
+      suites: [bookworm]
+      components: [main]
+      keyring: /usr/share/keyrings/debian-archive-keyring.gpg
+  install: [nftables, python3-apt, libgomp1, nginx-light]
+models:
+  - {name: tiny-llama, source: models/tiny-llama.gguf, format: gguf}
+  - {name: tiny-llama-b, source: models/tiny-llama-b.gguf, format: gguf}
+wheels:
+  - name: llamacpp
+    requirements: [xllamacpp==2026.10.11549]
+"""
+
+# Probes one TCP port from inside a host: "open", "refused" or "dropped" (no answer).
+PORT_PROBE = r"""
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()
+    print("open")
+except ConnectionRefusedError:
+    print("refused")
+except OSError as error:
+    print("dropped", error)
+"""
+
+
+def inventory() -> str:
+    lines = [
+        "all:",
+        "  vars:",
+        "    ansible_user: root",
+        "    ansible_python_interpreter: /usr/bin/python3",
+        "    runtime_llamacpp_ctx_size: 512",
+        "    runtime_llamacpp_threads: 1",
+        "  children:",
+        "    depot:",
+        "      hosts:",
+        "        depot-1:",
+        "          ansible_connection: local",
+        f"          ansible_host: {DEPOT}",
+        "    gpu_nodes:",
+        "      hosts:",
+    ]
+    for name, address in NODES.items():
+        lines += [
+            f"        {name}:",
+            f"          ansible_host: {address}",
+            f"          runtime_llamacpp_models: [{SERVES[name]}]",
+            f"          runtime_llamacpp_port_base: {PORTS[name]}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Lab:
+    depot: Host
+    nodes: dict[str, Host]  # inventory name -> host
+    key: str
+    first: subprocess.CompletedProcess[str]
+    again: subprocess.CompletedProcess[str]
+
+    def call(self, path: str, body: Any = None) -> dict[str, Any]:
+        done = self.depot.run(
+            "python3",
+            "-c",
+            CALL,
+            "POST" if body is not None else "GET",
+            "http://127.0.0.1:8000" + path,
+            self.key,
+            json.dumps(body) if body is not None else "",
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def probe(self, source: Host, address: str, port: int) -> str:
+        return source.run("python3", "-c", PORT_PROBE, address, str(port)).stdout.strip()
+
+
+def _install(depot: Host) -> subprocess.CompletedProcess[str]:
+    return depot.run(
+        "/srv/bundle/install.sh",
+        "--pubkey",
+        "/srv/key.pub",
+        "--inventory",
+        INVENTORY,
+        "--internal-cidr",
+        SUBNET,
+    )
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    image = harness_image()
+    if image is None:
+        pytest.fail("no harness image: run tests/harness/setup.sh")
+    root = tmp_path_factory.mktemp("inference-multihost")
+    for name in ("tiny-llama", "tiny-llama-b"):
+        subprocess.run(
+            [sys.executable, ROOT / "examples" / "tiny_model.py", "gguf",
+             root / "models" / f"{name}.gguf"],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+    (root / "spec.yaml").write_text(SPEC)
+    keygen(root / "key", "inference multihost test")
+    build_bundle(
+        BuildOptions(
+            spec_path=root / "spec.yaml",
+            output=root / "bundle",
+            sign_key=root / "key",
+            cache=Path.home() / ".cache" / "appliance",
+        )
+    )
+    (root / "inventories").mkdir()
+    (root / "inventories" / "lab.yml").write_text(inventory())
+    network = f"appliance-lab-{uuid.uuid4().hex[:8]}"
+    subprocess.run(
+        ["docker", "network", "create", "--internal", "--subnet", SUBNET, network],
+        check=True,
+        capture_output=True,
+    )
+    hosts: list[Host] = []
+    try:
+        mounts = {
+            root / "bundle": "/srv/bundle",
+            root / "key.pub": "/srv/key.pub",
+            root / "inventories": "/srv/inventories",
+        }
+        depot = start_host(image, mounts, network=network, address=DEPOT)
+        hosts.append(depot)
+        nodes = {}
+        for name, address in NODES.items():
+            nodes[name] = start_host(image, network=network, address=address)
+            hosts.append(nodes[name])
+        authorize_ssh(depot, {nodes[n]: a for n, a in NODES.items()})
+        first = _install(depot)
+        assert first.returncode == 0, first.stdout[-5000:] + first.stderr[-3000:]
+        found = re.search(r"\(shown this once, store it now\): (apl_\S+)", first.stdout)
+        assert found, first.stdout[-2000:]
+        again = _install(depot)
+        yield Lab(depot, nodes, found.group(1), first, again)
+    finally:
+        for host in hosts:
+            host.remove()
+        subprocess.run(["docker", "network", "rm", network], capture_output=True, check=False)
+
+
+def test_install_reaches_three_hosts_and_a_rerun_changes_nothing(lab: Lab) -> None:
+    assert "installed inference-multihost 2026.11.28 on 3 hosts in " in lab.first.stdout
+    assert lab.again.returncode == 0, lab.again.stdout[-4000:]
+    summary = r"installed inference-multihost 2026.11.28 on 3 hosts in \d+ s: ok=\d+ changed=0 "
+    assert re.search(summary + "failed=0", lab.again.stdout), lab.again.stdout[-3000:]
+    assert "shown this once" not in lab.again.stdout
+
+
+def test_nodes_got_their_model_and_venv_from_the_depot(lab: Lab) -> None:
+    log = lab.depot.run("cat", "/var/log/nginx/appliance-repo.access.log").stdout.splitlines()
+    for name, node in lab.nodes.items():
+        model = SERVES[name]
+        listing = node.run("ls", "/var/lib/appliance/models").stdout.split()
+        assert listing == [model], listing  # only the model it serves
+        assert node.run("test", "-e", "/opt/appliance/releases").returncode == 1  # no bundle
+        venv = node.run("/opt/appliance/runtimes/llamacpp/bin/python", "-c", "import xllamacpp")
+        assert venv.returncode == 0, venv.stderr
+        # The node fetched its model and the runtime's wheel over HTTP from the depot.
+        fetched = {
+            line.split('"')[1].split()[1]
+            for line in log
+            if line.startswith(NODES[name] + " ") and '" 200 ' in line
+        }
+        gguf = f"/var/lib/appliance/models/{model}/{model}.gguf"
+        wheel = "/var/lib/appliance/wheelhouse/llamacpp/*/xllamacpp-*.whl"
+        for path in (gguf, wheel):
+            digest = node.run("sh", "-c", f"sha256sum {path}").stdout.split()
+            assert digest, path
+            assert f"/blobs/sha256/{digest[0]}" in fetched, (path, sorted(fetched))
+        assert node.run("ls", "/etc/appliance/llamacpp").stdout.split() == [f"{model}.env"]
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-llama-b"])
+def test_the_gateway_routes_each_model_to_its_node(lab: Lab, model: str) -> None:
+    config = json.loads(lab.depot.run("cat", "/etc/appliance/gateway/config.json").stdout)
+    routes = {r["name"]: r["backend"] for r in config["models"]}
+    node = next(n for n, m in SERVES.items() if m == model)
+    assert routes[model] == f"http://{NODES[node]}:{PORTS[node]}"
+
+    reply = lab.call("/v1/chat/completions", chat(model))
+    assert reply["status"] == 200, reply["lines"]
+    body = json.loads("".join(reply["lines"]))
+    assert body["model"] == model
+    (choice,) = body["choices"]
+    assert choice["message"]["role"] == "assistant"
+    assert choice["finish_reason"] in {"length", "stop"}
+    assert 0 < body["usage"]["completion_tokens"] <= 8
+    # The node answered it: its server is on its own address, and it alone serves the model.
+    served = lab.nodes[node].run("systemctl", "is-active", f"appliance-llamacpp@{model}.service")
+    assert served.stdout.strip() == "active"
+    listed = lab.call("/v1/models")
+    assert sorted(m["id"] for m in json.loads("".join(listed["lines"]))["data"]) == sorted(
+        SERVES.values()
+    )
+
+
+def test_a_runtime_answers_the_gateway_host_and_nobody_else(lab: Lab) -> None:
+    one, two = lab.nodes["gpu-1"], lab.nodes["gpu-2"]
+    for node in NODES:
+        assert lab.probe(lab.depot, NODES[node], PORTS[node]) == "open", node
+    # The other node is inside the boundary too, but it is not the gateway: no way around it.
+    for source, target in ((two, "gpu-1"), (one, "gpu-2")):
+        seen = lab.probe(source, NODES[target], PORTS[target])
+        assert seen.split()[0] in {"refused", "dropped"}, seen
+    # The same node can reach the other's SSH (the internal network works): only the runtime
+    # port is closed to it.
+    assert lab.probe(two, NODES["gpu-1"], 22) == "open"
+
+
+def test_verify_passes_on_every_host(lab: Lab) -> None:
+    done = lab.depot.run(
+        "/opt/appliance/venv/bin/appliance",
+        "--json",
+        "verify",
+        "--egress-target",
+        EGRESS_TARGET,
+        "--inventory",
+        INVENTORY,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    checks = {(c["host"], c["name"]): c for c in json.loads(done.stdout)["checks"]}
+    assert all(c["passed"] for c in checks.values())
+    for node, model in SERVES.items():
+        unit = f"appliance-llamacpp@{model}.service"
+        assert checks[(node, "runtime running")]["evidence"] == unit
+        probe = checks[(node, f"runtime {unit}: egress blocked: {EGRESS_TARGET}")]
+        assert "uid" in probe["evidence"]
+        assert (node, f"egress blocked: {EGRESS_TARGET}") in checks
+    for node, model in SERVES.items():
+        backend = checks[("depot-1", f"gateway backend healthy: {model}")]
+        health = f"http://{NODES[node]}:{PORTS[node]}/health answered HTTP 200"
+        assert backend["evidence"] == health, backend
+    for name in (
+        "gateway completion: tiny-llama",
+        "gateway audit log: the call is recorded",
+        "gateway audit log: hash chain intact",
+    ):
+        assert ("depot-1", name) in checks, sorted(checks)
+    # The depot serves no model: it runs no runtime.
+    assert not any(h == "depot-1" and n.startswith("runtime ") for h, n in checks)

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import os
 import queue
 import random
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -25,6 +27,9 @@ from appliance.errors import ChecksumMismatchError, FetchError
 
 # Chunks received but not yet written: 8 MiB at most in flight per download.
 _QUEUED_CHUNKS = 32
+# Transfers running now, in every fetcher thread of this process.
+_active = 0
+_active_lock = threading.Lock()
 
 Advance = Callable[[int], None]
 
@@ -226,8 +231,11 @@ def _transfer(
         else:
             mode = "ab" if offset else "wb"
         try:
-            with partial.open(mode) as out:
-                _pump(response, out, hasher, advance)
+            with partial.open(mode) as out, _transfer_slot() as spare_core:
+                if spare_core:
+                    _pump(response, out, hasher, advance)
+                else:
+                    _copy(response, out, hasher, advance)
         except (OSError, http.client.HTTPException) as exc:
             raise _Retryable(f"transfer interrupted: {type(exc).__name__}: {exc}") from exc
         length = response.headers.get("Content-Length")
@@ -238,6 +246,33 @@ def _transfer(
                     f"connection closed at byte {partial.stat().st_size} of {expected_end}"
                 )
     return hasher
+
+
+@contextmanager
+def _transfer_slot() -> Iterator[bool]:
+    """Count this transfer; say whether a core is free for a second thread. A pipelined
+    transfer keeps two cores busy: worth it for one big download, a loss when several
+    downloads already share the cores (measured: benchmarks/bundle_build.py)."""
+    global _active
+    with _active_lock:
+        _active += 1
+        spare = 2 * _active <= (os.cpu_count() or 1)
+    try:
+        yield spare
+    finally:
+        with _active_lock:
+            _active -= 1
+
+
+def _copy(
+    response: http.client.HTTPResponse, out: IO[bytes], hasher: _Digests, advance: Advance
+) -> None:
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    while count := response.readinto(buffer):
+        out.write(view[:count])
+        hasher.update(view[:count])
+        advance(count)
 
 
 def _pump(

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from appliance.bundle.store import BlobStore
 from appliance.errors import ChecksumMismatchError, FetchError
+from appliance.fetchers import http
 from appliance.fetchers.files import Fetcher, Wanted
 from appliance.fetchers.http import RetryPolicy
 from appliance.progress import NullProgress
@@ -18,6 +21,27 @@ from tests.fixtures.http_server import Route, serve
 FAST = RetryPolicy(attempts=4, backoff=0.01, timeout=5)
 BODY = os.urandom(3 << 20)  # 3 MiB: several reads, so a cut lands mid-transfer
 SHA = hashlib.sha256(BODY).hexdigest()
+
+
+@pytest.fixture(autouse=True, params=["one thread", "pipelined"])
+def transfer_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Every test runs both ways a transfer can go: receive, hash and write on one thread (cores
+    busy), or receive on one and hash and write on another (a core spare)."""
+    cores = 1 if request.param == "one thread" else 64
+    monkeypatch.setattr(http.os, "cpu_count", lambda: cores)
+    chosen: list[bool] = []
+    slot = http._transfer_slot
+
+    @contextmanager
+    def watched() -> Iterator[bool]:
+        with slot() as spare:
+            chosen.append(spare)
+            yield spare
+
+    monkeypatch.setattr(http, "_transfer_slot", watched)
+    yield request.param
+    # The mode under test was the one used (when anything was downloaded at all).
+    assert set(chosen) <= {request.param == "pipelined"}
 
 
 def fetcher(tmp_path: Path, cache: bool = True, jobs: int = 4) -> Fetcher:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,13 +30,15 @@ packages:
 """
 
 
-@pytest.fixture(scope="session")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A bundle with jq, nftables, python3-apt and nginx-light, built once per session."""
-    root = tmp_path_factory.mktemp("install")
-    (root / "spec.yaml").write_text(SPEC)
-    keygen(root / "key", "install test")
-    keygen(root / "other", "someone else")
+# What install prints once, at the end of the first install of a bundle with models.
+_OPERATOR_KEY = re.compile(r"\(shown this once, store it now\): (apl_\S+)")
+
+
+def signed_bundle(root: Path, spec: str, signer: str) -> Path:
+    """``spec`` built into ``root/bundle``, signed with a fresh ``root/key`` (and key.pub),
+    through the shared download cache."""
+    (root / "spec.yaml").write_text(spec)
+    keygen(root / "key", signer)
     build_bundle(
         BuildOptions(
             spec_path=root / "spec.yaml",
@@ -44,6 +47,22 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
             cache=Path.home() / ".cache" / "appliance",
         )
     )
+    return root / "bundle"
+
+
+def operator_key(install_stdout: str) -> str:
+    """The operator's API key from a first install's output."""
+    found = _OPERATOR_KEY.search(install_stdout)
+    assert found, install_stdout[-2000:]
+    return found.group(1)
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle with jq, nftables, python3-apt and nginx-light, built once per session."""
+    root = tmp_path_factory.mktemp("install")
+    keygen(root / "other", "someone else")
+    signed_bundle(root, SPEC, "install test")
     return root
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,9 +20,8 @@ from typing import Any
 
 import pytest
 
-from appliance.bundle.build import BuildOptions, build_bundle
-from appliance.bundle.signing import keygen
 from tests.fixtures.hosts import Host, harness_image, start_host
+from tests.integration.conftest import operator_key, signed_bundle
 
 pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.slow]
 
@@ -141,25 +139,13 @@ def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
         check=True,
         capture_output=True,
     )
-    (root / "spec.yaml").write_text(SPEC)
-    keygen(root / "key", "inference test")
-    build_bundle(
-        BuildOptions(
-            spec_path=root / "spec.yaml",
-            output=root / "bundle",
-            sign_key=root / "key",
-            cache=Path.home() / ".cache" / "appliance",
-        )
-    )
+    signed_bundle(root, SPEC, "inference test")
     host = start_host(image, {root / "bundle": "/srv/bundle", root / "key.pub": "/srv/key.pub"})
     try:
         done = host.run("/srv/bundle/install.sh", "--pubkey", "/srv/key.pub")
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-        found = re.search(r"\(shown this once, store it now\): (apl_\S+)", done.stdout)
-        assert found, done.stdout[-2000:]
-        yield Appliance(
-            host, found.group(1), done.stdout, hashlib.sha256(model.read_bytes()).hexdigest()
-        )
+        key = operator_key(done.stdout)
+        yield Appliance(host, key, done.stdout, hashlib.sha256(model.read_bytes()).hexdigest())
     finally:
         host.remove()
 

@@ -22,9 +22,8 @@ from typing import Any
 
 import pytest
 
-from appliance.bundle.build import BuildOptions, build_bundle
-from appliance.bundle.signing import keygen
 from tests.fixtures.hosts import Host, authorize_ssh, harness_image, start_host
+from tests.integration.conftest import operator_key, signed_bundle
 from tests.integration.test_inference import CALL, chat
 
 pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.slow]
@@ -153,16 +152,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             check=True,
             capture_output=True,
         )  # fmt: skip
-    (root / "spec.yaml").write_text(SPEC)
-    keygen(root / "key", "inference multihost test")
-    build_bundle(
-        BuildOptions(
-            spec_path=root / "spec.yaml",
-            output=root / "bundle",
-            sign_key=root / "key",
-            cache=Path.home() / ".cache" / "appliance",
-        )
-    )
+    signed_bundle(root, SPEC, "inference multihost test")
     (root / "inventories").mkdir()
     (root / "inventories" / "lab.yml").write_text(inventory())
     network = f"appliance-lab-{uuid.uuid4().hex[:8]}"
@@ -187,10 +177,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         authorize_ssh(depot, {nodes[n]: a for n, a in NODES.items()})
         first = _install(depot)
         assert first.returncode == 0, first.stdout[-5000:] + first.stderr[-3000:]
-        found = re.search(r"\(shown this once, store it now\): (apl_\S+)", first.stdout)
-        assert found, first.stdout[-2000:]
+        key = operator_key(first.stdout)
         again = _install(depot)
-        yield Lab(depot, nodes, found.group(1), first, again)
+        yield Lab(depot, nodes, key, first, again)
     finally:
         for host in hosts:
             host.remove()

@@ -19,15 +19,13 @@ import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from appliance.bundle.build import BuildOptions, build_bundle
-from appliance.bundle.signing import keygen
 from tests.fixtures.hosts import ROOT, Host, harness_image, start_host
 from tests.fixtures.ollama import Pushed, push_ollama_model
 from tests.fixtures.registry import registry
+from tests.integration.conftest import operator_key, signed_bundle
 from tests.integration.test_inference import CALL, chat
 
 pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.slow]
@@ -97,31 +95,20 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         tar.add(ROOT / "tests" / "fixtures" / "ollama_standin.py", arcname="bin/ollama")
     with registry(root / "registry") as address:
         pushed = push_ollama_model(address, "library/tiny", "latest", os.urandom(64 << 10))
-        (root / "spec.yaml").write_text(
-            SPEC.format(
-                archive=archive,
-                archive_sha256=hashlib.sha256(archive.read_bytes()).hexdigest(),
-                address=address,
-                digest=pushed.digest,
-            )
+        spec = SPEC.format(
+            archive=archive,
+            archive_sha256=hashlib.sha256(archive.read_bytes()).hexdigest(),
+            address=address,
+            digest=pushed.digest,
         )
-        keygen(root / "key", "ollama gateway test")
-        build_bundle(
-            BuildOptions(
-                spec_path=root / "spec.yaml",
-                output=root / "bundle",
-                sign_key=root / "key",
-                cache=Path.home() / ".cache" / "appliance",
-            )
-        )
+        signed_bundle(root, spec, "ollama gateway test")
     host = start_host(image, {root / "bundle": "/srv/bundle", root / "key.pub": "/srv/key.pub"})
     try:
         done = host.run("/srv/bundle/install.sh", "--pubkey", "/srv/key.pub")
         assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-3000:]
-        found = re.search(r"\(shown this once, store it now\): (apl_\S+)", done.stdout)
-        assert found, done.stdout[-2000:]
+        key = operator_key(done.stdout)
         digest = _digest(pushed, f"manifests/{address}/library/tiny/latest")
-        yield Served(host, found.group(1), f"{address}/library/tiny:latest", digest)
+        yield Served(host, key, f"{address}/library/tiny:latest", digest)
     finally:
         host.remove()
 

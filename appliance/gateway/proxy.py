@@ -133,6 +133,37 @@ class _UsageScanner:
                     self.usage = usage
 
 
+class _Renamer:
+    """Gives a stream's events the model's public name where the runtime used its own (Ollama
+    answers as ``name:tag``). Works on whole lines, so it holds back at most a partial line;
+    SSE events end in a blank line, so nothing waits longer than the event it belongs to."""
+
+    def __init__(self, route: ModelRoute) -> None:
+        self.partial = b""
+        self.pairs = [
+            (
+                f'"model":{sep}{json.dumps(route.upstream_name)}'.encode(),
+                f'"model":{sep}{json.dumps(route.name)}'.encode(),
+            )
+            for sep in ("", " ")
+        ]
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self.partial + chunk
+        cut = data.rfind(b"\n") + 1
+        self.partial = data[cut:]
+        return self._rename(data[:cut])
+
+    def flush(self) -> bytes:
+        rest, self.partial = self.partial, b""
+        return self._rename(rest)
+
+    def _rename(self, data: bytes) -> bytes:
+        for own, public in self.pairs:
+            data = data.replace(own, public)
+        return data
+
+
 class _Refusal(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -352,7 +383,8 @@ class Gateway:
                     self.metrics.backend_errors[route.name] += 1
                     call.error = f"backend answered {upstream.status}"
                 if content_type.startswith("text/event-stream"):
-                    return await self._stream(request, call, upstream, content_type)
+                    renamer = _Renamer(route) if route.upstream_name != route.name else None
+                    return await self._stream(request, call, upstream, content_type, renamer)
                 answer = await upstream.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             self.metrics.backend_errors[route.name] += 1
@@ -362,7 +394,12 @@ class Gateway:
             ) from None
         if upstream.status == 200:
             with contextlib.suppress(ValueError, AttributeError):
-                call.take_usage(json.loads(answer).get("usage"))
+                parsed = json.loads(answer)
+                call.take_usage(parsed.get("usage"))
+                if route.upstream_name != route.name and parsed.get("model") == route.upstream_name:
+                    # Clients see the names /v1/models lists, whatever the runtime calls it.
+                    parsed["model"] = route.name
+                    answer = json.dumps(parsed).encode()
         return await self._send(request, call, upstream.status, answer, content_type)
 
     async def _post(self, url: str, body: bytes, stream: bool) -> aiohttp.ClientResponse:
@@ -384,6 +421,7 @@ class Gateway:
         call: Call,
         upstream: aiohttp.ClientResponse,
         content_type: str,
+        renamer: _Renamer | None = None,
     ) -> web.StreamResponse:
         call.status = upstream.status
         response = web.StreamResponse(
@@ -398,10 +436,17 @@ class Gateway:
         scanner = _UsageScanner()
         await response.prepare(request)
         try:
-            async for chunk in upstream.content.iter_any():
+            async for received in upstream.content.iter_any():
+                chunk = renamer.feed(received) if renamer else received
+                if not chunk:
+                    continue
                 digest.update(chunk)
                 scanner.feed(chunk)
                 await response.write(chunk)
+            if renamer and (rest := renamer.flush()):
+                digest.update(rest)
+                scanner.feed(rest)
+                await response.write(rest)
         except (ConnectionError, aiohttp.ClientConnectionResetError):
             call.error = "client disconnected"
         except (aiohttp.ClientError, TimeoutError) as error:

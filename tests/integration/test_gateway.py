@@ -447,6 +447,11 @@ def test_model_is_renamed_for_the_backend_and_usage_requested_once(gateway: Gate
     answer = gateway.call("POST", "/v1/completions", body=body, key="limited")
     assert answer.status == 200
     assert last_seen() == {**body, "model": "sb", "stream_options": {"include_usage": True}}
+    # The backend answered as "sb"; the client sees the name /v1/models lists, in every event.
+    chunks = [json.loads(e) for e in sse_events(answer.body) if e != "[DONE]"]
+    assert chunks and {c["model"] for c in chunks} == {"stand-in"}
+    plain = gateway.call("POST", "/v1/completions", body={**body, "stream": False}, key="limited")
+    assert json.loads(plain.body)["model"] == "stand-in"
     own = {**body, "stream_options": {"include_usage": False}}
     answer = gateway.call("POST", "/v1/completions", body=own, key="limited")
     assert last_seen() == {**own, "model": "sb"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -88,7 +89,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def converge(root: Path, host: str) -> subprocess.CompletedProcess[str]:
+def converge(root: Path, host: str, *extra: str) -> subprocess.CompletedProcess[str]:
     (root / "inventory.yml").write_text(
         "all:\n  children:\n    depot:\n      hosts:\n        depot-1:\n"
         f"          ansible_connection: community.docker.docker\n          ansible_host: {host}\n"
@@ -102,7 +103,7 @@ def converge(root: Path, host: str) -> subprocess.CompletedProcess[str]:
     }
     return subprocess.run(
         [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(root / "inventory.yml"),
-         "-e", f"@{root / 'extravars.json'}", str(root / "site.yml")],
+         "-e", f"@{root / 'extravars.json'}", *extra, str(root / "site.yml")],
         capture_output=True, text=True, env=env, check=False,
     )  # fmt: skip
 
@@ -184,3 +185,34 @@ def test_a_second_run_changes_nothing(served: Host, bundle: Path) -> None:
     again = converge(bundle, served.name)
     assert again.returncode == 0, again.stdout[-4000:]
     assert "changed=0" in again.stdout.split("PLAY RECAP")[1], again.stdout[-4000:]
+
+
+def test_a_server_that_does_not_come_up_is_reported_with_its_journal(
+    served: Host, bundle: Path
+) -> None:
+    models = json.loads((bundle / "extravars.json").read_text())["appliance_models"]
+    name = models[0]["name"]
+    model = f"/var/lib/appliance/models/{name}/{models[0]['files'][0]['name']}"
+    # The server's user can no longer read its model: it exits at start.
+    assert served.run("systemctl", "stop", f"appliance-llamacpp@{name}.service").returncode == 0
+    assert served.run("chmod", "000", model).returncode == 0
+    try:
+        failed = converge(
+            bundle,
+            served.name,
+            "-e",
+            "runtime_llamacpp_health_retries=2",
+            "-e",
+            "runtime_llamacpp_health_delay=1",
+        )
+        assert failed.returncode != 0
+        said = re.search(
+            rf"appliance-llamacpp@{name} does not answer /health; its last journal lines: (.+?)"
+            r"\. Fix the cause",
+            failed.stdout,
+        )
+        assert said, failed.stdout[-3000:]
+        assert said.group(1).strip(" |"), "the journal lines are missing"
+    finally:
+        served.run("chmod", "644", model)
+        served.run("systemctl", "restart", f"appliance-llamacpp@{name}.service")

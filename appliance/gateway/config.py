@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -18,6 +18,9 @@ from appliance.errors import GatewayConfigError, Problem
 DEFAULT_CONFIG = Path("/etc/appliance/gateway/config.json")
 DEFAULT_KEYS_FILE = Path("/etc/appliance/gateway/keys.json")
 DEFAULT_AUDIT_DIR = Path("/var/log/appliance/audit")
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -88,23 +91,30 @@ def validation_problems(error: ValidationError) -> list[Problem]:
     return problems
 
 
-def load_config(path: Path) -> GatewayConfig:
+def load_document(path: Path, model: type[M], what: str, missing_hint: str) -> M:
+    """One of the gateway's JSON files, read and validated whole; every error names the file
+    and, for a bad field, its JSON path."""
     try:
         document = json.loads(path.read_bytes())
+    except FileNotFoundError as error:
+        raise GatewayConfigError(f"{what} {path} does not exist", hint=missing_hint) from error
     except OSError as error:
-        raise GatewayConfigError(
-            f"cannot read gateway config {path}: {error.strerror}",
-            hint="pass --config with the file the gateway role wrote",
-        ) from error
+        raise GatewayConfigError(f"cannot read {what} {path}: {error.strerror}") from error
     except json.JSONDecodeError as error:
         raise GatewayConfigError(
             f"{path} is not JSON: {error.msg} (line {error.lineno}, column {error.colno})"
         ) from error
     try:
-        return GatewayConfig.model_validate(document)
+        return model.model_validate(document)
     except ValidationError as error:
         raise GatewayConfigError(
-            f"{path}: invalid gateway config",
+            f"{path}: invalid {what}",
             hint="fix the fields listed above",
             problems=validation_problems(error),
         ) from error
+
+
+def load_config(path: Path) -> GatewayConfig:
+    return load_document(
+        path, GatewayConfig, "gateway config", "pass --config with the file the gateway role wrote"
+    )

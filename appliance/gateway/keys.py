@@ -20,10 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from appliance.errors import GatewayConfigError
-from appliance.gateway.config import validation_problems
+from appliance.gateway.config import load_document
 
 KEY_PREFIX = "apl_"
 KEYS_FILE_MODE = 0o640
@@ -84,27 +84,12 @@ def claimed_id(key: str) -> str | None:
 
 
 def load_keys(path: Path) -> KeysFile:
-    try:
-        document = json.loads(path.read_bytes())
-    except FileNotFoundError as error:
-        raise GatewayConfigError(
-            f"keys file {path} does not exist",
-            hint="make the first key with: appliance gateway new-key --name operator --model '*'",
-        ) from error
-    except OSError as error:
-        raise GatewayConfigError(f"cannot read keys file {path}: {error.strerror}") from error
-    except json.JSONDecodeError as error:
-        raise GatewayConfigError(
-            f"{path} is not JSON: {error.msg} (line {error.lineno})"
-        ) from error
-    try:
-        keys = KeysFile.model_validate(document)
-    except ValidationError as error:
-        raise GatewayConfigError(
-            f"{path}: invalid keys file",
-            hint="fix the fields listed above",
-            problems=validation_problems(error),
-        ) from error
+    keys = load_document(
+        path,
+        KeysFile,
+        "keys file",
+        "make the first key with: appliance gateway new-key --name operator --model '*'",
+    )
     ids = [k.id for k in keys.keys]
     if len(set(ids)) != len(ids):
         raise GatewayConfigError(f"{path}: a key id appears twice")
@@ -116,13 +101,20 @@ def save_keys(path: Path, keys: KeysFile) -> None:
     gateway's service group reads it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = (json.dumps(keys.model_dump(mode="json"), indent=2) + "\n").encode()
+    _replace_file(path, data, KEYS_FILE_MODE, keep_owner=True)
+
+
+def _replace_file(path: Path, data: bytes, mode: int, keep_owner: bool = False) -> None:
+    """Write ``data`` beside ``path`` with ``mode``, fsync, then rename it over ``path``: the
+    file is always either the old one or the whole new one."""
     handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     temp = Path(temp_name)
     try:
-        os.fchmod(handle, KEYS_FILE_MODE)
-        with contextlib.suppress(FileNotFoundError, PermissionError):
-            old = path.stat()
-            os.fchown(handle, old.st_uid, old.st_gid)
+        os.fchmod(handle, mode)
+        if keep_owner:
+            with contextlib.suppress(FileNotFoundError, PermissionError):
+                old = path.stat()
+                os.fchown(handle, old.st_uid, old.st_gid)
         with os.fdopen(handle, "wb") as out:
             out.write(data)
             out.flush()
@@ -158,18 +150,7 @@ def add_key(
 
 def _write_secret(path: Path, plaintext: str) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(handle, 0o600)
-        os.write(handle, f"{plaintext}\n".encode())
-        os.fsync(handle)
-    finally:
-        os.close(handle)
-    try:
-        Path(temporary).replace(path)
-    except OSError:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    _replace_file(path, f"{plaintext}\n".encode(), 0o600)
 
 
 class KeyStore:

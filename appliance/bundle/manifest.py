@@ -104,14 +104,15 @@ class Manifest(_Frozen):
 
     def models(self) -> list[dict[str, Any]]:
         """Each model with its files and digest, as the install roles consume them."""
+        by_model: dict[str, list[FileEntry]] = {}
+        for entry in self.files:
+            if entry.kind == "model":
+                by_model.setdefault(entry.component, []).append(entry)
         found = []
         for component in sorted(self.components, key=lambda c: c.name):
             if component.kind != "model":
                 continue
-            files = sorted(
-                (e for e in self.files if e.kind == "model" and e.component == component.name),
-                key=lambda e: e.name or e.path,
-            )
+            files = sorted(by_model.get(component.name, []), key=lambda e: e.name or e.path)
             found.append(
                 {
                     "name": component.name,

@@ -10,8 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.bundle import layout
-from appliance.bundle.manifest import parse_manifest
+from appliance.bundle.inspect import read_manifest
 from appliance.errors import InstallError, Problem, VerifyFailedError
 from appliance.install import new_run_dir, runner_env
 from appliance.install.inventory import load_inventory, single_box
@@ -51,7 +50,8 @@ def verify(
             f"no installed release under {options.root}",
             hint="run appliance install first (verify uses the installed release's playbooks)",
         )
-    expect_inference = _has_models(release)
+    # The installed release serves models: runtimes and the gateway must be there too.
+    expect_inference = any(c.kind == "model" for c in read_manifest(release).components)
     run_dir = new_run_dir(options.root)
     evidence_dir = run_dir / "evidence"
     evidence_dir.mkdir(mode=0o700)
@@ -87,14 +87,6 @@ def verify(
     report = run_dir / "verify-report.json"
     report.write_text(json.dumps([asdict(c) for c in checks], indent=2) + "\n")
     return checks, report
-
-
-def _has_models(release: Path) -> bool:
-    try:
-        manifest = parse_manifest((release / layout.MANIFEST).read_bytes(), str(release))
-    except OSError:
-        return False
-    return bool(manifest.models())
 
 
 def judge(evidence: dict[str, Any], expect_inference: bool = False) -> list[Check]:
@@ -254,13 +246,14 @@ def _completion_problem(body: Any, names: set[Any]) -> str | None:
 
 def _judge_record(host: str, gateway: dict[str, Any], request_id: Any, digest: Any) -> Check:
     name = "gateway audit log: the call is recorded"
-    line = str(gateway.get("audit_record") or "").strip().splitlines()
-    if not request_id or not line:
-        return Check(host, name, False, f"no record for request {request_id or '(no id)'}")
+    shown = str(gateway.get("audit_record") or "")  # appliance --json audit show --request-id
     try:
-        record = json.loads(line[-1])
-    except ValueError:
-        return Check(host, name, False, f"unreadable record: {line[-1][:200]}")
+        records = (json.loads(shown).get("records") or []) if shown.strip() else []
+    except (ValueError, AttributeError):
+        return Check(host, name, False, f"unreadable answer from audit show: {shown[:200]}")
+    if not request_id or not records:
+        return Check(host, name, False, f"no record for request {request_id or '(no id)'}")
+    record = records[0]
     wrong = [
         f"{field} {record.get(field)!r}, expected {want!r}"
         for field, want in (

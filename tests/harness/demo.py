@@ -151,24 +151,11 @@ def main() -> None:
     )
 
     step("its audit record (hash-chained to the one before)")
-    record = in_host(
-        host,
-        "grep",
-        "-hF",
-        f'"request_id":"{reply["request_id"]}"',
-        "/var/log/appliance/audit/audit.jsonl",
-    )
-    print(json.dumps(json.loads(record), indent=2))
-    print(
-        in_host(
-            host,
-            "/opt/appliance/gateway/bin/appliance",
-            "audit",
-            "verify",
-            "--dir",
-            "/var/log/appliance/audit",
-        )
-    )
+    admin = ("/opt/appliance/gateway/bin/appliance", "audit")
+    where = ("--dir", "/var/log/appliance/audit")
+    shown = in_host(host, *admin, "show", *where, "--request-id", reply["request_id"], "--json")
+    print(json.dumps(json.loads(shown)["records"][0], indent=2))
+    print(in_host(host, *admin, "verify", *where))
 
     print(
         f"\nThe appliance runs in the container {HOST_NAME}. Look around with\n"

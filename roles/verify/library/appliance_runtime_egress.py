@@ -107,11 +107,11 @@ def main():
     host_net = os.readlink("/proc/1/ns/net")
     runtimes = []
     for unit in sorted(line.split()[0] for line in listed.splitlines() if line.strip()):
-        pid = int(_show(unit).get("MainPID", "0") or 0)
+        props = _show(unit)
+        pid = int(props.get("MainPID", "0") or 0)
         if pid <= 0:
             runtimes.append({"unit": unit, "pid": 0, "probes": [], "error": "no main process"})
             continue
-        props = _show(unit)
         uid, gid = _ids(pid)
         try:
             net = os.readlink("/proc/%d/ns/net" % pid)

@@ -41,6 +41,7 @@ from appliance.fetchers.images import fetch_images, write_layout
 from appliance.fetchers.local_models import add_local_model, check_local_model
 from appliance.fetchers.wheels import Wheel, build_own_wheel, fetch_pinned_wheel, resolve_wheels
 from appliance.progress import NullProgress, Progress
+from appliance.roles import ANSIBLE_DIR
 from appliance.spec import Spec, load_spec
 from appliance.spec.models import HuggingFaceModel, LocalModel, OllamaModel
 
@@ -476,7 +477,7 @@ def _ansible(store: BlobStore, options: BuildOptions, parts: _Assembly) -> None:
     with tempfile.TemporaryDirectory(prefix="appliance-collections-") as tmp:
         where = options.cache / "collections-wheel" if options.cache else Path(tmp)
         wheel = fetch_pinned_wheel(pins, where) if pins.is_file() else None
-        data = ansible_content_tar(options.source_root, wheel)
+        data = ansible_content_tar(ANSIBLE_DIR, wheel)
     blob = store.add_bytes(data)
     parts.add(
         Component(name="ansible-content", kind="ansible-content", version=__version__),

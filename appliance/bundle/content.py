@@ -28,8 +28,9 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
 
 
 def ansible_content_tar(source_root: Path, collections_wheel: Path | None) -> bytes:
-    """playbooks, roles, inventories and ansible.cfg, plus collections/ from the pinned
-    wheel: sorted, fixed owner and mtime, so equal content gives equal bytes."""
+    """playbooks, roles, inventories and ansible.cfg from ``source_root`` (the package's
+    ``ansible/`` directory), plus collections/ from the pinned wheel: sorted, fixed owner and
+    mtime, so equal content gives equal bytes."""
     files: list[tuple[str, Path]] = []
     for top in ANSIBLE_TREES:
         path = source_root / top
@@ -44,7 +45,7 @@ def ansible_content_tar(source_root: Path, collections_wheel: Path | None) -> by
     if not files:
         raise BuildError(
             f"no Ansible content under {source_root}",
-            hint="run build-bundle from a checkout of appliance",
+            hint="reinstall appliance: its package data (appliance/ansible) is incomplete",
         )
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:

@@ -28,11 +28,12 @@ import pytest
 
 from appliance.gateway.audit import CURRENT
 from appliance.gateway.keys import add_key
+from appliance.roles import ROLES_DIR
 from tests.fixtures.openai_backend import serve_in_thread
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-LAUNCHER = REPO / "roles" / "runtime_llamacpp" / "files" / "appliance-llamacpp"
+LAUNCHER = ROLES_DIR / "runtime_llamacpp" / "files" / "appliance-llamacpp"
 STAND_IN_DIGEST = "sha256:" + "5" * 64
 
 pytestmark = pytest.mark.slow

@@ -19,8 +19,10 @@ from typing import Any
 
 import pytest
 
+from appliance.roles import ROLES_DIR
+
 ROOT = Path(__file__).resolve().parents[2]
-LAUNCHER = ROOT / "roles" / "runtime_llamacpp" / "files" / "appliance-llamacpp"
+LAUNCHER = ROLES_DIR / "runtime_llamacpp" / "files" / "appliance-llamacpp"
 ALIAS = "tiny-llama"
 
 pytest.importorskip("xllamacpp", reason="the xllamacpp wheel (dev extra) serves the model")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.roles import ROLES_DIR
 from tests.fixtures.hosts import ROOT, Host, start_host
 
 pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.slow]
@@ -97,7 +98,7 @@ def converge(root: Path, host: str, *extra: str) -> subprocess.CompletedProcess[
     )
     env = {
         **os.environ,
-        "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
+        "ANSIBLE_ROLES_PATH": str(ROLES_DIR),
         "ANSIBLE_COLLECTIONS_PATH": str(ROOT / ".cache" / "collections"),
         "ANSIBLE_NOCOLOR": "1",
     }

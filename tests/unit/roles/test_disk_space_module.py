@@ -9,7 +9,9 @@ from types import ModuleType
 
 import pytest
 
-MODULE = Path(__file__).resolve().parents[3] / "roles/preflight/library/appliance_disk_space.py"
+from appliance.roles import ROLES_DIR
+
+MODULE = ROLES_DIR / "preflight" / "library" / "appliance_disk_space.py"
 
 
 @pytest.fixture(scope="module")

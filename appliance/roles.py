@@ -1,0 +1,62 @@
+"""The Ansible content that ships inside the package, and what its roles declare.
+
+The playbooks and roles live in ``appliance/ansible/`` so that an installed appliance (a wheel,
+pipx) carries them: build-bundle packs them from there, whether it runs from a checkout or from
+site-packages.
+
+Each role declares the OS packages it installs in one place, its public ``<role>_packages``
+default (a literal list in ``defaults/main.yml``). build-bundle adds them to the package closure
+and install checks, before any host changes, that the bundle holds them, so a spec lists only
+what the site wants on top.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ANSIBLE_DIR = Path(__file__).resolve().parent / "ansible"
+ROLES_DIR = ANSIBLE_DIR / "roles"
+
+# Every host runs these, in this order, before anything else.
+BASE_ROLES = ("preflight", "local_repo", "firewall")
+
+
+@functools.cache
+def role_defaults(role: str) -> dict[str, Any]:
+    """The role's ``defaults/main.yml`` as YAML data (Jinja expressions stay strings)."""
+    path = ROLES_DIR / role / "defaults" / "main.yml"
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return data if isinstance(data, dict) else {}
+
+
+def role_packages(role: str) -> tuple[str, ...]:
+    """The OS packages ``role`` installs from the bundle's repository (``<role>_packages``)."""
+    value = role_defaults(role).get(f"{role}_packages", [])
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError(
+            f"{ROLES_DIR / role / 'defaults/main.yml'}: {role}_packages must be a literal list "
+            "of package names (build-bundle reads it without Ansible)"
+        )
+    return tuple(value)
+
+
+def play_roles(stack: Mapping[str, Any], serves_models: bool) -> tuple[str, ...]:
+    """The roles ``site.yml`` runs somewhere for this stack, including those they include."""
+    roles = list(BASE_ROLES)
+    if serves_models:
+        roles += ["artifacts", f"runtime_{stack.get('runtime', 'llamacpp')}", "gateway"]
+    return tuple(roles)
+
+
+def required_packages(stack: Mapping[str, Any], serves_models: bool) -> dict[str, list[str]]:
+    """Each OS package the play installs, with the roles that need it (in play order)."""
+    needed: dict[str, list[str]] = {}
+    for role in play_roles(stack, serves_models):
+        for package in role_packages(role):
+            needed.setdefault(package, []).append(role)
+    return needed

@@ -18,7 +18,6 @@ from pydantic import (
     Field,
     Tag,
     field_validator,
-    model_validator,
 )
 
 from appliance.spec.checks import (
@@ -58,23 +57,46 @@ class Target(StrictModel):
     arch: Literal["amd64", "arm64"] = Field(description="CPU architecture, Debian naming")
 
 
-class Stack(StrictModel):
-    """Which implementation fills each role of the appliance."""
+# What this release installs for each role of the stack. The other choices are the ones the
+# design names for later releases (a registry, an object store, k3s): the spec's vocabulary
+# knows them, and validation refuses them until a release can install them, instead of letting
+# an install fail halfway.
+INSTALLABLE: dict[str, tuple[str, ...]] = {
+    "registry": ("none",),
+    "object_store": ("filesystem",),
+    "orchestrator": ("systemd",),
+    "runtime": ("llamacpp", "vllm", "ollama"),
+}
 
-    registry: Literal["harbor", "distribution", "none"] = "harbor"
-    object_store: Literal["minio", "filesystem"] = "minio"
-    orchestrator: Literal["k3s", "systemd"] = "k3s"
-    runtime: Literal["vllm", "ollama", "llamacpp"] = "vllm"
 
-    @model_validator(mode="after")
-    def _k3s_needs_registry(self) -> Stack:
-        if self.orchestrator == "k3s" and self.registry == "none":
+def _installable(field: str) -> Any:
+    def check(value: str) -> str:
+        works = INSTALLABLE[field]
+        if value not in works:
             raise err(
-                "k3s_without_registry",
-                "orchestrator 'k3s' pulls every image from the appliance's own registry: "
-                "set registry to 'harbor' or 'distribution', or use orchestrator 'systemd'",
+                "not_installable",
+                "'{value}' cannot be installed by this release of appliance; the choices that "
+                "install are: {works}",
+                value=value,
+                works=", ".join(works),
             )
-        return self
+        return value
+
+    return AfterValidator(check)
+
+
+class Stack(StrictModel):
+    """Which implementation fills each role of the appliance. The defaults install as they are:
+    llama.cpp serving on systemd units, models as files, no registry."""
+
+    registry: Annotated[Literal["harbor", "distribution", "none"], _installable("registry")] = (
+        "none"
+    )
+    object_store: Annotated[Literal["minio", "filesystem"], _installable("object_store")] = (
+        "filesystem"
+    )
+    orchestrator: Annotated[Literal["k3s", "systemd"], _installable("orchestrator")] = "systemd"
+    runtime: Annotated[Literal["vllm", "ollama", "llamacpp"], _installable("runtime")] = "llamacpp"
 
 
 class FileArtifact(StrictModel):
@@ -120,7 +142,9 @@ class Packages(StrictModel):
 
     # One kind today; this becomes a union discriminated on ``kind`` when rpm sources arrive.
     sources: list[AptSource] = Field(min_length=1)
-    install: list[Annotated[str, AfterValidator(check_package)]] = Field(min_length=1)
+    # What the site wants on top of what the roles install (build-bundle adds the roles' own
+    # packages, declared in each role): may be empty.
+    install: list[Annotated[str, AfterValidator(check_package)]] = Field(default_factory=list)
 
     @field_validator("install")
     @classmethod

@@ -74,7 +74,7 @@ def test_validate_prints_summary(capsys: pytest.CaptureFixture[str]) -> None:
         f"{path}: valid spec v1, appliance-demo 2026.11.0\n"
         "  targets: debian-12/amd64\n"
         "  stack:   registry=none object_store=filesystem orchestrator=systemd runtime=llamacpp\n"
-        "  holds:   targets 1, files 1, packages 8, images 0, models 1, wheel sets 1\n"
+        "  holds:   targets 1, files 1, packages 4, images 0, models 1, wheel sets 1\n"
     )
 
 
@@ -88,7 +88,7 @@ def test_invalid_spec_reports_every_problem_on_stderr(capsys: pytest.CaptureFixt
     assert [line.split(" (line")[0].strip() for line in lines[1:-1]] == [
         "name",
         "targets[0].arch",
-        "stack",
+        "stack.orchestrator",
         "files[0].sha256",
         "files[0].sha265",
         "images[0].ref",
@@ -122,9 +122,9 @@ def test_json_mode_for_a_valid_spec(capsys: pytest.CaptureFixture[str]) -> None:
     assert document["ok"] is True
     assert document["name"] == "acme-llm"
     assert document["stack"] == {
-        "registry": "harbor",
-        "object_store": "minio",
-        "orchestrator": "k3s",
+        "registry": "none",
+        "object_store": "filesystem",
+        "orchestrator": "systemd",
         "runtime": "vllm",
     }
     assert document["counts"]["files"] == 10

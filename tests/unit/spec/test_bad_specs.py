@@ -220,12 +220,21 @@ CASES: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
-        "k3s-without-registry",
-        HEAD + "stack: {orchestrator: k3s, registry: none}\n",
+        "stack-choices-this-release-cannot-install",
+        HEAD + "stack:\n  orchestrator: k3s\n  registry: harbor\n  object_store: minio\n",
         [
-            "stack (line 6): orchestrator 'k3s' pulls every image from the appliance's own "
-            "registry: set registry to 'harbor' or 'distribution', or use orchestrator 'systemd'"
+            "stack.orchestrator (line 7): 'k3s' cannot be installed by this release of "
+            "appliance; the choices that install are: systemd",
+            "stack.registry (line 8): 'harbor' cannot be installed by this release of appliance; "
+            "the choices that install are: none",
+            "stack.object_store (line 9): 'minio' cannot be installed by this release of "
+            "appliance; the choices that install are: filesystem",
         ],
+    ),
+    (
+        "stack-choice-unknown",
+        HEAD + "stack: {runtime: tgi}\n",
+        ["stack.runtime (line 6): must be 'vllm', 'ollama' or 'llamacpp' (got 'tgi')"],
     ),
 ]
 

@@ -25,8 +25,10 @@ from appliance.bundle.manifest import Manifest
 from appliance.bundle.pack import unpack
 from appliance.bundle.verify import check_signature, verify_dir
 from appliance.errors import InstallError, PlaybookFailedError
+from appliance.install.checks import check_can_install
 from appliance.install.inventory import Inventory, load_inventory, single_box
 from appliance.install.remote import depot_from_inventory, point_current_remote, stage_remote
+from appliance.install.topology import Topology, plan
 from appliance.progress import NullProgress, Progress
 from appliance.runner import RunResult, TaskEvent, run_playbook
 
@@ -74,11 +76,17 @@ def install(
             hint="install openssh-client on the depot (Debian: from the installation media), "
             "then run install again",
         )
-    if not inventory.depot_is_local and read_manifest(options.bundle).base is not None:
+    named = read_manifest(options.bundle)
+    if not inventory.depot_is_local and named.base is not None:
         raise InstallError(
             "delta bundles install onto a depot that runs appliance install itself",
             hint="run install.sh on the depot, which holds the base release",
         )
+    # Everything the play needs, checked before any host changes: the stack is one this
+    # release installs, the bundle holds every OS package the roles install, and the inventory
+    # gives a workable topology.
+    check_can_install(named)
+    topology = plan_topology(inventory, named)
     # Verified here first, whether the depot is this machine or another; a remote depot then
     # receives this verified copy.
     manifest, local_release = stage(options.bundle, options.pubkey, work)
@@ -95,7 +103,7 @@ def install(
             )
         finally:
             progress.finish(task)
-    extravars = _extravars(options, manifest, depot_release, local_release, inventory)
+    extravars = _extravars(options, manifest, depot_release, local_release, topology)
     result = run_playbook(
         data_dir=run_dir,
         project_dir=project,
@@ -113,6 +121,18 @@ def install(
         _point_current(options.root, local_release)
     return InstallReport(
         manifest, depot_release, result, inventory.hosts, _take_new_key(options.root, "operator")
+    )
+
+
+def plan_topology(inventory: Inventory, manifest: Manifest) -> Topology:
+    """The topology of ``inventory`` for ``manifest``'s stack and models."""
+    return plan(
+        hosts=inventory.hosts,
+        depot=inventory.depot,
+        gpu_nodes=inventory.gpu_nodes,
+        host_vars=inventory.host_vars,
+        stack=manifest.stack,
+        models=manifest.models(),
     )
 
 
@@ -236,7 +256,7 @@ def _extravars(
     manifest: Manifest,
     release_dir: Path,
     local_release: Path,
-    inventory: Inventory,
+    topology: Topology,
 ) -> dict[str, Any]:
     variables: dict[str, Any] = {
         "appliance_root": str(options.root),
@@ -247,8 +267,9 @@ def _extravars(
         # Copied from this machine to every host; the depot's own copy may be remote.
         "appliance_repo_key": str(local_release / manifest.repo.key) if manifest.repo else "",
         "appliance_packages": manifest.packages,
-        "appliance_depot": inventory.depot,
         "appliance_stack": manifest.stack,
+        # Who does what, where: computed once here (topology.py); the roles read it.
+        "appliance_topology": topology.as_vars(),
         # What the runtime and gateway roles lay out from the bundle, each file by digest.
         "appliance_models": manifest.models(),
         "appliance_wheel_sets": manifest.wheel_sets(),

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,9 @@ class Inventory:
     depot_is_local: bool
     local_hosts: frozenset[str]
     depot_vars: dict[str, Any]
+    gpu_nodes: tuple[str, ...] = ()
+    # Each host's variables as the inventory sets them (its groups' and its own, merged).
+    host_vars: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def single_box(path: Path, python: str) -> Path:
@@ -45,14 +49,16 @@ def load_inventory(path: Path) -> Inventory:
     from ansible.errors import AnsibleError
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
+    from ansible.vars.manager import VariableManager
 
     if not path.is_file():
         raise InventoryError(
             f"inventory {path} does not exist",
             hint="pass --inventory FILE, or leave it out to install onto this machine",
         )
+    loader = DataLoader()
     try:
-        manager = InventoryManager(loader=DataLoader(), sources=[str(path)])
+        manager = InventoryManager(loader=loader, sources=[str(path)])
     except AnsibleError as exc:
         raise InventoryError(f"inventory {path} cannot be read: {exc}") from exc
     groups = manager.groups
@@ -82,5 +88,59 @@ def load_inventory(path: Path) -> Inventory:
         or host.name in {"localhost", "127.0.0.1"}
     )
     hosts = sorted(host.name for host in manager.hosts.values())
-    depot_vars = dict(manager.get_host(depots[0]).get_vars())
-    return Inventory(path, depots[0], hosts, depots[0] in local, local, depot_vars)
+    variables = VariableManager(loader=loader, inventory=manager)
+    host_vars = {
+        name: _plain(variables.get_vars(host=manager.get_host(name), include_hostvars=False))
+        for name in hosts
+    }
+    gpu_nodes = (
+        tuple(sorted(host.name for host in groups["gpu_nodes"].get_hosts()))
+        if "gpu_nodes" in groups
+        else ()
+    )
+    return Inventory(
+        path,
+        depots[0],
+        hosts,
+        depots[0] in local,
+        local,
+        dict(manager.get_host(depots[0]).get_vars()),
+        gpu_nodes,
+        host_vars,
+    )
+
+
+def _plain(variables: Mapping[str, Any]) -> dict[str, Any]:
+    """The inventory's own variables, without Ansible's magic ones (groups, hostvars...)."""
+    return {
+        name: value
+        for name, value in variables.items()
+        if name not in _MAGIC and not name.startswith("ansible_play")
+    }
+
+
+_MAGIC = frozenset(
+    {
+        "groups",
+        "group_names",
+        "inventory_hostname",
+        "inventory_hostname_short",
+        "inventory_file",
+        "inventory_dir",
+        "playbook_dir",
+        "omit",
+        "ansible_version",
+        "ansible_config_file",
+        "ansible_check_mode",
+        "ansible_diff_mode",
+        "ansible_forks",
+        "ansible_inventory_sources",
+        "ansible_skip_tags",
+        "ansible_run_tags",
+        "ansible_verbosity",
+        "environment",
+        "role_names",
+        "hostvars",
+        "ansible_collection_name",
+    }
+)

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from appliance.install.topology import plan
 from tests.fixtures.hosts import ROOT, Host, start_host
 from tests.integration.test_runtime_llamacpp_role import _blob, converge
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+RUNTIME = "ollama"
+pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.slow]
 
 
 def _model(bundle: Path, work: Path, name: str, manifest_path: str, layers: list[Path]) -> dict:
@@ -44,6 +47,9 @@ def _model(bundle: Path, work: Path, name: str, manifest_path: str, layers: list
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("runtime-ollama")
     bundle = root / "bundle"
+    # The role's declared OS package (runtime_ollama_packages); stands in for the bundle's
+    # repository, installed with dpkg before the role runs.
+    subprocess.run(["apt-get", "download", "-q", "zstd"], cwd=root, check=True)
     archive = root / "ollama-linux-amd64.tgz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(ROOT / "tests" / "fixtures" / "ollama_standin.py", arcname="bin/ollama")
@@ -60,6 +66,15 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "appliance_bundle_dir": "/srv/bundle",
         "appliance_files": [release],
         "appliance_models": models,
+        # What appliance install computes for this host: a single box serving every model.
+        "appliance_topology": plan(
+            hosts=["depot-1"],
+            depot="depot-1",
+            gpu_nodes=["depot-1"],
+            host_vars={},
+            stack={"runtime": RUNTIME},
+            models=models,
+        ).as_vars(),
         "runtime_ollama_device": "cpu",
         "runtime_ollama_health_retries": 15,
         "runtime_ollama_health_delay": 1,
@@ -79,6 +94,11 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def served(bundle: Path, test_image: str) -> Iterator[Host]:
     host = start_host(test_image, {bundle / "bundle": "/srv/bundle"})
+    subprocess.run(
+        ["docker", "cp", str(next(bundle.glob("zstd_*.deb"))), f"{host.name}:/srv/zstd.deb"],
+        check=True,
+    )
+    assert host.run("dpkg", "-i", "/srv/zstd.deb").returncode == 0
     first = converge(bundle, host.name)
     assert first.returncode == 0, first.stdout[-4000:]
     yield host

@@ -1,0 +1,42 @@
+"""What install checks about a bundle before any host changes, beyond its signature."""
+
+from __future__ import annotations
+
+from appliance.bundle.manifest import Manifest
+from appliance.errors import InstallError
+from appliance.roles import required_packages
+from appliance.spec.models import INSTALLABLE
+
+
+def check_can_install(manifest: Manifest) -> None:
+    """Refuse a bundle this installer cannot take to the end: a stack choice it does not
+    install, or an OS package the play's roles install that the bundle does not carry."""
+    where = f"bundle {manifest.name} {manifest.release}"
+    for part, works in INSTALLABLE.items():
+        chosen = manifest.stack.get(part)
+        if chosen is not None and chosen not in works:
+            raise InstallError(
+                f"{where}: stack.{part} is '{chosen}', which this release cannot install (it "
+                f"installs: {', '.join(works)})",
+                hint="build the bundle from a spec whose stack this release installs; nothing "
+                "was changed",
+            )
+    needed = required_packages(manifest.stack, bool(manifest.models()))
+    if not needed:
+        return
+    held = {c.name.partition(":")[0] for c in manifest.components if c.kind == "deb"}
+    missing = {package: roles for package, roles in needed.items() if package not in held}
+    if not missing:
+        return
+    listing = "; ".join(f"{p} (required by role {', '.join(r)})" for p, r in missing.items())
+    if manifest.repo is None:
+        raise InstallError(
+            f"{where} carries no OS packages, but the roles install {listing}",
+            hint="build the bundle from a spec with a packages section (packages.sources: the "
+            "Debian archive); build-bundle adds the roles' packages itself. Nothing was changed",
+        )
+    raise InstallError(
+        f"{where} lacks OS packages the roles install: {listing}",
+        hint="build the bundle again with this release's build-bundle, which adds every role's "
+        "packages to the closure (or list them in packages.install). Nothing was changed",
+    )

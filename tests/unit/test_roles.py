@@ -1,0 +1,54 @@
+"""What the roles declare, read without Ansible: their OS packages, and which run for a stack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appliance.roles import ROLES_DIR, play_roles, required_packages, role_packages
+
+ROLES = sorted(path.name for path in ROLES_DIR.iterdir() if (path / "tasks").is_dir())
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_role_declares_its_packages_as_a_literal_list(role: str) -> None:
+    packages = role_packages(role)
+    assert all(name and name == name.strip() for name in packages)
+
+
+def test_the_roles_that_install_packages_declare_them() -> None:
+    assert role_packages("firewall") == ("nftables",)
+    assert "python3-apt" in role_packages("local_repo")
+    assert "nginx-light" in role_packages("local_repo")
+    assert role_packages("runtime_llamacpp") == ("libgomp1",)
+
+
+def test_a_bundle_without_models_needs_no_runtime() -> None:
+    assert play_roles({"runtime": "llamacpp"}, serves_models=False) == (
+        "preflight",
+        "local_repo",
+        "firewall",
+    )
+    assert "libgomp1" not in required_packages({"runtime": "llamacpp"}, serves_models=False)
+
+
+def test_packages_name_the_roles_that_need_them() -> None:
+    needed = required_packages({"runtime": "llamacpp"}, serves_models=True)
+    assert needed["libgomp1"] == ["runtime_llamacpp"]
+    assert needed["nftables"] == ["firewall"]
+    assert "zstd" not in needed
+    assert required_packages({"runtime": "ollama"}, serves_models=True)["zstd"] == [
+        "runtime_ollama"
+    ]
+
+
+def test_a_templated_declaration_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    role = tmp_path / "roles" / "odd" / "defaults"
+    role.mkdir(parents=True)
+    (role / "main.yml").write_text('odd_packages: "{{ some_list }}"\n')
+    monkeypatch.setattr("appliance.roles.ROLES_DIR", tmp_path / "roles")
+    with pytest.raises(ValueError, match="odd_packages must be a literal list"):
+        role_packages("odd")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,8 @@ class Inventory:
     local_hosts: frozenset[str]
     depot_vars: dict[str, Any]
     gpu_nodes: tuple[str, ...] = ()
-    # Each host's variables as the inventory sets them (its groups' and its own, merged).
+    # Each host's variables as Ansible will see them from the inventory (its groups', group_vars/
+    # and host_vars/ files', its own), for the topology.
     host_vars: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -90,7 +90,7 @@ def load_inventory(path: Path) -> Inventory:
     hosts = sorted(host.name for host in manager.hosts.values())
     variables = VariableManager(loader=loader, inventory=manager)
     host_vars = {
-        name: _plain(variables.get_vars(host=manager.get_host(name), include_hostvars=False))
+        name: variables.get_vars(host=manager.get_host(name), include_hostvars=False)
         for name in hosts
     }
     gpu_nodes = (
@@ -109,38 +109,3 @@ def load_inventory(path: Path) -> Inventory:
         host_vars,
     )
 
-
-def _plain(variables: Mapping[str, Any]) -> dict[str, Any]:
-    """The inventory's own variables, without Ansible's magic ones (groups, hostvars...)."""
-    return {
-        name: value
-        for name, value in variables.items()
-        if name not in _MAGIC and not name.startswith("ansible_play")
-    }
-
-
-_MAGIC = frozenset(
-    {
-        "groups",
-        "group_names",
-        "inventory_hostname",
-        "inventory_hostname_short",
-        "inventory_file",
-        "inventory_dir",
-        "playbook_dir",
-        "omit",
-        "ansible_version",
-        "ansible_config_file",
-        "ansible_check_mode",
-        "ansible_diff_mode",
-        "ansible_forks",
-        "ansible_inventory_sources",
-        "ansible_skip_tags",
-        "ansible_run_tags",
-        "ansible_verbosity",
-        "environment",
-        "role_names",
-        "hostvars",
-        "ansible_collection_name",
-    }
-)

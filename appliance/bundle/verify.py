@@ -97,7 +97,7 @@ def _verified(
             f"--base was given but {manifest.name} {manifest.release} is not a delta",
             hint="verify it without --base",
         )
-    bundle = VerifiedBundle(source, manifest, trust, (base, installed_base))
+    bundle = VerifiedBundle(source, manifest, trust, base, installed_base)
     source.admit(bundle.expected)
     return bundle
 
@@ -128,14 +128,16 @@ class VerifiedBundle:
         source: Source,
         manifest: Manifest,
         trust: Mapping[str, bytes],
-        base: tuple[Path | None, InstalledBase | None],
+        base: Path | None = None,
+        installed_base: InstalledBase | None = None,
     ) -> None:
         self.label = source.label
         self.manifest = manifest
         self.trust = dict(trust)  # the trust files exactly as verified
         self.expected = manifest.by_path()  # once: every lookup below is by this table
         self._source = source
-        self._base = base
+        self._given_base = base
+        self._installed_base = installed_base
         self._read = False
 
     def check(self, jobs: int = 2, progress: Progress | None = None) -> VerifyReport:
@@ -210,10 +212,14 @@ class VerifiedBundle:
         """The delta's base, proven to be the one it names by its manifest's digest (which the
         delta's signed manifest carries, so the base needs no signature check of its own)."""
         wanted = self.manifest.base
-        given, installed = self._base
-        if wanted is None or (given is None and installed is None):
+        if wanted is None:
             return None
-        directory = given if given is not None else installed(wanted)  # type: ignore[misc]
+        if self._given_base is not None:
+            directory = self._given_base
+        elif self._installed_base is not None:
+            directory = self._installed_base(wanted)
+        else:
+            return None
         with open_file(directory / layout.MANIFEST) as body:
             data = _read_all(body)
         if data is None or hashlib.sha256(data).hexdigest() != wanted.sha256:
@@ -222,7 +228,7 @@ class VerifiedBundle:
                 f"{wanted.release} (manifest sha256 {wanted.sha256})",
                 hint="pass the release directory of that exact bundle with --base",
             )
-        if given is not None:
+        if self._given_base is not None:
             return _Base(directory, frozenset())
         listed = parse_manifest(data, str(directory / layout.MANIFEST)).files
         return _Base(directory, frozenset((e.path, e.sha256, e.size) for e in listed))

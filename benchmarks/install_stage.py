@@ -34,7 +34,7 @@ from appliance.bundle.pack import pack
 from appliance.bundle.signing import keygen
 from appliance.bundle.store import BlobStore
 from appliance.bundle.verify import open_bundle, verify_dir
-from appliance.install.stage import installed_release, stage
+from appliance.install.stage import stage
 from benchmarks.common import rate, timed, write_random
 from tests.fixtures.bundles import new_manifest, sign_bundle
 
@@ -62,7 +62,7 @@ def make_bundle(root: Path, models: int, size: int, small: int) -> Path:
 
 
 def install_stage(bundle: Path, pubkey: Path, root: Path) -> Path:
-    with open_bundle(bundle, pubkey, installed_base=installed_release(root)) as opened:
+    with open_bundle(bundle, pubkey) as opened:
         return stage(opened, root)
 
 

@@ -56,22 +56,14 @@ class VerifyReport:
 
 
 @contextmanager
-def open_bundle(
-    path: Path,
-    pubkey: Path,
-    *,
-    base: Path | None = None,
-    installed_base: InstalledBase | None = None,
-) -> Iterator[VerifiedBundle]:
+def open_bundle(path: Path, pubkey: Path, *, base: Path | None = None) -> Iterator[VerifiedBundle]:
     """Open the bundle at ``path``, checking its signature once, before any payload is read.
 
-    A delta's other files come from ``base`` (a bundle directory, read and hashed like the
-    delta's own files) or from what ``installed_base`` finds (a release directory this installer
-    staged and verified: its files are hard-linked, not read again). Either must be the exact
-    bundle the delta names.
+    A delta's other files are read from ``base`` when given (a bundle directory, read and hashed
+    like the delta's own files), which must be the exact bundle the delta names.
     """
     with open_source(path) as source:
-        yield _verified(source, pubkey, base, installed_base)
+        yield _verified(source, pubkey, base)
 
 
 def verify_dir(
@@ -82,12 +74,10 @@ def verify_dir(
     base: Path | None = None,
 ) -> VerifyReport:
     """Verify a bundle directory: every byte, and a delta's other files in ``base`` if given."""
-    return _verified(DirSource(bundle), pubkey, base, None).check(jobs, progress)
+    return _verified(DirSource(bundle), pubkey, base).check(jobs, progress)
 
 
-def _verified(
-    source: Source, pubkey: Path, base: Path | None, installed_base: InstalledBase | None
-) -> VerifiedBundle:
+def _verified(source: Source, pubkey: Path, base: Path | None) -> VerifiedBundle:
     trust = source.read_trust()
     verify_bytes(pubkey, trust[layout.MANIFEST], trust[layout.MANIFEST_SIG], source.label)
     manifest = parse_manifest(trust[layout.MANIFEST], f"{source.label}/{layout.MANIFEST}")
@@ -97,7 +87,7 @@ def _verified(
             f"--base was given but {manifest.name} {manifest.release} is not a delta",
             hint="verify it without --base",
         )
-    bundle = VerifiedBundle(source, manifest, trust, base, installed_base)
+    bundle = VerifiedBundle(source, manifest, trust, base)
     source.admit(bundle.expected)
     return bundle
 
@@ -129,7 +119,6 @@ class VerifiedBundle:
         manifest: Manifest,
         trust: Mapping[str, bytes],
         base: Path | None = None,
-        installed_base: InstalledBase | None = None,
     ) -> None:
         self.label = source.label
         self.manifest = manifest
@@ -137,19 +126,27 @@ class VerifiedBundle:
         self.expected = manifest.by_path()  # once: every lookup below is by this table
         self._source = source
         self._given_base = base
-        self._installed_base = installed_base
         self._read = False
 
     def check(self, jobs: int = 2, progress: Progress | None = None) -> VerifyReport:
         """Read and hash every file (a delta's other files too, when its base was given)."""
-        return self._transfer(None, jobs, progress or NullProgress())
+        return self._transfer(None, None, jobs, progress or NullProgress())
 
     def extract(
-        self, destination: Path, jobs: int = 2, progress: Progress | None = None
+        self,
+        destination: Path,
+        *,
+        installed_base: InstalledBase | None = None,
+        jobs: int = 2,
+        progress: Progress | None = None,
     ) -> VerifyReport:
-        """Copy the bundle into ``destination`` (new) while hashing every byte; a delta whose
-        base was given comes out complete. ``destination`` appears only when everything matched;
-        on any failure nothing is left behind."""
+        """Copy the bundle into ``destination`` (new) while hashing every byte.
+
+        A delta comes out complete when its base was given to ``open_bundle`` or is found by
+        ``installed_base`` among the releases this installer staged and verified itself: files
+        from there are hard-linked, not read again. ``destination`` appears only when everything
+        matched; on any failure nothing is left behind.
+        """
         if destination.exists():
             raise BundleLayoutError(
                 f"{destination} already exists", hint="unpack into a new directory"
@@ -160,7 +157,7 @@ class VerifiedBundle:
             for name, data in self.trust.items():
                 with _create(partial, name) as out:
                     out.write(data)
-            report = self._transfer(partial, jobs, progress or NullProgress())
+            report = self._transfer(partial, installed_base, jobs, progress or NullProgress())
             partial.chmod(0o755)
             partial.rename(destination)
             return report
@@ -168,12 +165,18 @@ class VerifiedBundle:
             if partial.exists():
                 shutil.rmtree(partial)
 
-    def _transfer(self, into: Path | None, jobs: int, progress: Progress) -> VerifyReport:
+    def _transfer(
+        self,
+        into: Path | None,
+        installed_base: InstalledBase | None,
+        jobs: int,
+        progress: Progress,
+    ) -> VerifyReport:
         if self._read and self._source.sequential:
             raise RuntimeError(f"{self.label} is a stream and was read already")
         self._read = True
         started = time.monotonic()
-        base = self._find_base()
+        base = self._find_base(installed_base)
         wanted = [e for e in self.expected.values() if base is not None or not e.from_base]
         task = progress.task("verify" if into is None else "copy", sum(e.size for e in wanted))
         done: set[str] = set()
@@ -208,7 +211,7 @@ class VerifiedBundle:
             unchecked_from_base=len(self.expected) - len(done),
         )
 
-    def _find_base(self) -> _Base | None:
+    def _find_base(self, installed_base: InstalledBase | None) -> _Base | None:
         """The delta's base, proven to be the one it names by its manifest's digest (which the
         delta's signed manifest carries, so the base needs no signature check of its own)."""
         wanted = self.manifest.base
@@ -216,8 +219,8 @@ class VerifiedBundle:
             return None
         if self._given_base is not None:
             directory = self._given_base
-        elif self._installed_base is not None:
-            directory = self._installed_base(wanted)
+        elif installed_base is not None:
+            directory = installed_base(wanted)
         else:
             return None
         with open_file(directory / layout.MANIFEST) as body:

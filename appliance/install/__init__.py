@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from appliance.bundle.manifest import Manifest
-from appliance.bundle.verify import open_bundle
+from appliance.bundle.verify import VerifiedBundle, open_bundle
 from appliance.errors import InstallError, PlaybookFailedError
 from appliance.install.inventory import Inventory, load_inventory, single_box
 from appliance.install.remote import depot_from_inventory, point_current_remote, stage_remote
-from appliance.install.stage import ansible_content, installed_release, stage
+from appliance.install.stage import ansible_content, stage
 from appliance.progress import NullProgress, Progress
 from appliance.runner import RunResult, TaskEvent, run_playbook
 
@@ -52,6 +52,24 @@ def install(
     options: InstallOptions,
     on_event: Callable[[TaskEvent], None],
     progress: Progress | None = None,
+    on_note: Callable[[str], None] = lambda _note: None,
+) -> InstallReport:
+    """Open the bundle (its signature first, before anything else is read or checked), then
+    stage it, copying while hashing, and run the playbook; ``on_note`` hears each step."""
+    with open_bundle(options.bundle, options.pubkey) as bundle:
+        on_note(
+            f"{bundle.label}: verified {bundle.manifest.name} {bundle.manifest.release}: "
+            "signature good; every file is checked while it is staged"
+        )
+        return _install(options, bundle, on_event, progress or NullProgress(), on_note)
+
+
+def _install(
+    options: InstallOptions,
+    bundle: VerifiedBundle,
+    on_event: Callable[[TaskEvent], None],
+    progress: Progress,
+    on_note: Callable[[str], None],
 ) -> InstallReport:
     if options.inventory is None:
         run_dir = new_run_dir(options.root)
@@ -69,19 +87,16 @@ def install(
             hint="install openssh-client on the depot (Debian: from the installation media), "
             "then run install again",
         )
-    progress = progress or NullProgress()
-    # Opened once, signature first; staged here by copying while hashing, whether the depot is
-    # this machine or another (a remote depot then receives this verified copy).
-    with open_bundle(
-        options.bundle, options.pubkey, installed_base=installed_release(work)
-    ) as bundle:
-        if not inventory.depot_is_local and bundle.manifest.base is not None:
-            raise InstallError(
-                "delta bundles install onto a depot that runs appliance install itself",
-                hint="run install.sh on the depot, which holds the base release",
-            )
-        local_release = stage(bundle, work, progress)
     manifest = bundle.manifest
+    if not inventory.depot_is_local and manifest.base is not None:
+        raise InstallError(
+            "delta bundles install onto a depot that runs appliance install itself",
+            hint="run install.sh on the depot, which holds the base release",
+        )
+    # Staged here by copying while hashing, whether the depot is this machine or another (a
+    # remote depot then receives this verified copy).
+    local_release = stage(bundle, work, progress)
+    on_note(f"staged as {local_release}: every file matched the signed manifest")
     project = ansible_content(local_release, manifest)
     depot_release = local_release
     depot = None

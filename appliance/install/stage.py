@@ -25,7 +25,7 @@ def stage(bundle: VerifiedBundle, root: Path, progress: Progress | None = None) 
 
     The same signed bundle staged before is reused as it is (nothing is read); another bundle
     with the same release label is refused. A delta becomes a complete release: its own files
-    copied, the rest linked from its base release (see ``installed_release``).
+    copied, the rest linked from its base release, which must be on this machine.
     """
     releases = root / "releases"
     release_dir = releases / bundle.manifest.release
@@ -40,7 +40,9 @@ def stage(bundle: VerifiedBundle, root: Path, progress: Progress | None = None) 
     # Copied beside releases/, so that releases/ only ever holds complete releases.
     incoming = Path(tempfile.mkdtemp(prefix=".incoming-", dir=root))
     try:
-        bundle.extract(incoming / "release", progress=progress)
+        bundle.extract(
+            incoming / "release", installed_base=_base_release(releases), progress=progress
+        )
         releases.mkdir(exist_ok=True)
         (incoming / "release").rename(release_dir)
     finally:
@@ -48,9 +50,8 @@ def stage(bundle: VerifiedBundle, root: Path, progress: Progress | None = None) 
     return release_dir
 
 
-def installed_release(root: Path) -> InstalledBase:
+def _base_release(releases: Path) -> InstalledBase:
     """Where a delta's base is on this machine: the release it names, staged here before."""
-    releases = root / "releases"
 
     def find(wanted: BaseRef) -> Path:
         candidate = releases / wanted.release

@@ -16,7 +16,7 @@ from appliance.bundle.manifest import Manifest
 from appliance.bundle.signing import keygen
 from appliance.bundle.verify import open_bundle, verify_dir
 from appliance.errors import BundleCorruptError, InstallError
-from appliance.install.stage import installed_release, stage
+from appliance.install.stage import stage
 
 pytestmark = [pytest.mark.network]  # the installer wheels come from PyPI (cached after once)
 
@@ -68,7 +68,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def staged(bundle: Path, pubkey: Path, root: Path) -> tuple[Manifest, Path]:
     """What install does with a bundle: open it once, verified, and stage it under ``root``."""
-    with open_bundle(bundle, pubkey, installed_base=installed_release(root)) as opened:
+    with open_bundle(bundle, pubkey) as opened:
         return opened.manifest, stage(opened, root)
 
 

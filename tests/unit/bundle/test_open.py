@@ -238,8 +238,8 @@ def test_another_base_is_refused(tmp_path: Path, keys: Keys) -> None:
 def test_an_installed_base_is_linked_and_a_given_one_copied(tmp_path: Path, keys: Keys) -> None:
     base = make_bundle(tmp_path, keys[0])
     delta = make_delta(tmp_path, keys[0], base, PAYLOAD)
-    with open_bundle(delta, keys[1], installed_base=lambda _ref: base) as opened:
-        opened.extract(tmp_path / "linked")
+    with open_bundle(delta, keys[1]) as opened:
+        opened.extract(tmp_path / "linked", installed_base=lambda _ref: base)
     with open_bundle(delta, keys[1], base=base) as opened:
         opened.extract(tmp_path / "copied")
     for entry in read_entries(delta).files:
@@ -268,9 +268,9 @@ def test_an_installed_base_that_lists_a_file_otherwise_is_read_not_linked(
     (delta / layout.SHA256SUMS_SIG).unlink()
     sign_bundle(delta, manifest.model_copy(update={"files": wrong}), keys[0])
     with (
-        open_bundle(delta, keys[1], installed_base=lambda _ref: base) as opened,
+        open_bundle(delta, keys[1]) as opened,
         pytest.raises(BundleCorruptError) as caught,
     ):
-        opened.extract(tmp_path / "out")
+        opened.extract(tmp_path / "out", installed_base=lambda _ref: base)
     assert [p.path for p in caught.value.problems] == [claimed]
     assert not (tmp_path / "out").exists()

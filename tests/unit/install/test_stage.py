@@ -15,7 +15,7 @@ from appliance.bundle.manifest import FileEntry, Manifest
 from appliance.bundle.pack import pack
 from appliance.bundle.verify import open_bundle, verify_dir
 from appliance.errors import BundleCorruptError, InstallError
-from appliance.install.stage import ansible_content, installed_release, stage
+from appliance.install.stage import ansible_content, stage
 from tests.fixtures.bundles import (
     flip_byte,
     make_bundle,
@@ -30,7 +30,7 @@ Keys = tuple[Path, Path, Path]
 
 def staged(bundle: Path, pubkey: Path, root: Path) -> tuple[Manifest, Path]:
     """What install does: open the bundle once, verified, and stage it under ``root``."""
-    with open_bundle(bundle, pubkey, installed_base=installed_release(root)) as opened:
+    with open_bundle(bundle, pubkey) as opened:
         return opened.manifest, stage(opened, root)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import stat
@@ -215,6 +216,24 @@ def test_device_file_is_unsafe_layout(tmp_path: Path, keys: tuple[Path, Path, Pa
 
 
 # --- packed bundles -----------------------------------------------------------------------
+
+
+def test_pack_is_reproducible_and_round_trips(
+    tmp_path: Path, keys: tuple[Path, Path, Path]
+) -> None:
+    bundle = make_bundle(tmp_path, keys[0])
+    data = packed(bundle)
+    assert data == packed(bundle)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = tar.getnames()
+    assert names[:4] == list(layout.PACK_FIRST)
+    archive = tmp_path / "b.tar"
+    archive.write_bytes(data)
+    unpack(archive, tmp_path / "out", keys[1])
+    for path in bundle.rglob("*"):
+        if path.is_file():
+            assert (tmp_path / "out" / path.relative_to(bundle)).read_bytes() == path.read_bytes()
+    verify_dir(tmp_path / "out", keys[1])
 
 
 TAR_CASES = {

@@ -32,7 +32,7 @@ from appliance.bundle.manifest import BaseRef, FileEntry, Manifest, parse_manife
 from appliance.bundle.signing import verify_bytes
 from appliance.bundle.sources import Body, DirSource, OpenBody, Source, open_file, open_source
 from appliance.bundle.store import CHUNK
-from appliance.errors import BundleCorruptError, BundleLayoutError, Problem
+from appliance.errors import ApplianceError, BundleCorruptError, BundleLayoutError, Problem
 from appliance.progress import NullProgress, Progress
 
 READ_CHUNK = 4 << 20  # large reads keep the hash fed; see benchmarks/bundle_verify.py
@@ -161,6 +161,11 @@ class VerifiedBundle:
             partial.chmod(0o755)
             partial.rename(destination)
             return report
+        except OSError as exc:  # a full disk, a failing medium: said plainly, nothing left
+            raise ApplianceError(
+                f"{self.label}: copying into {destination} failed: {exc.strerror} ({exc.filename})",
+                hint="free space there or fix the medium, then run it again",
+            ) from exc
         finally:
             if partial.exists():
                 shutil.rmtree(partial)

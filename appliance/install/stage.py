@@ -37,6 +37,7 @@ def stage(bundle: VerifiedBundle, root: Path, progress: Progress | None = None) 
             hint="releases are immutable: build the new bundle with a new release label",
         )
     root.mkdir(parents=True, exist_ok=True)
+    _check_room(bundle, root)
     # Copied beside releases/, so that releases/ only ever holds complete releases.
     incoming = Path(tempfile.mkdtemp(prefix=".incoming-", dir=root))
     try:
@@ -48,6 +49,20 @@ def stage(bundle: VerifiedBundle, root: Path, progress: Progress | None = None) 
     finally:
         shutil.rmtree(incoming)
     return release_dir
+
+
+def _check_room(bundle: VerifiedBundle, root: Path) -> None:
+    """Staging copies what the bundle carries (a delta's other files are linked): refuse before
+    the first byte rather than fill the disk half way (preflight checks the rest later)."""
+    needed = sum(e.size for e in bundle.manifest.files if not e.from_base)
+    free = shutil.disk_usage(root).free
+    if needed > free:
+        raise InstallError(
+            f"{root} has {free / 2**30:.2f} GiB free; staging release "
+            f"{bundle.manifest.release} needs {needed / 2**30:.2f} GiB",
+            hint="free space there, or install with --root on a larger filesystem; nothing was "
+            "changed",
+        )
 
 
 def _base_release(releases: Path) -> InstalledBase:

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import tarfile
 from pathlib import Path
 from typing import Any
 
 from appliance.bundle import layout
 from appliance.bundle.manifest import Manifest, parse_manifest
-from appliance.bundle.pack import open_archive
+from appliance.bundle.sources import TarSource, open_archive
 from appliance.errors import BundleLayoutError
 
 
 def read_manifest(path: Path) -> Manifest:
-    """The manifest of a bundle directory, packed tar or parts index (not verified: see
-    verify-bundle)."""
+    """The manifest of a bundle directory, packed tar or parts index, NOT verified (inspect
+    without a key; a release this installer staged itself). ``verify.open_bundle`` verifies."""
     if path.is_dir():
         manifest_path = path / layout.MANIFEST
         if not manifest_path.is_file():
@@ -22,17 +21,9 @@ def read_manifest(path: Path) -> Manifest:
                 f"{path} has no {layout.MANIFEST}", hint="is this an appliance bundle?"
             )
         return parse_manifest(manifest_path.read_bytes(), str(manifest_path))
-    with open_archive(path) as source, tarfile.open(fileobj=source, mode="r|*") as tar:
-        for member in tar:
-            if member.name.removeprefix("./") == layout.MANIFEST and member.isreg():
-                handle = tar.extractfile(member)
-                if handle is not None:
-                    return parse_manifest(handle.read(), f"{path}:{layout.MANIFEST}")
-            break
-    raise BundleLayoutError(
-        f"{path}: no manifest at the start of the archive",
-        hint="pack bundles with `appliance pack`",
-    )
+    with open_archive(path) as stream:
+        data = TarSource(stream, str(path)).read_trust(signed=False)[layout.MANIFEST]
+    return parse_manifest(data, f"{path}:{layout.MANIFEST}")
 
 
 def summary(manifest: Manifest) -> dict[str, Any]:

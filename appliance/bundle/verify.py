@@ -1,4 +1,10 @@
-"""Check a bundle offline: layout, then signature, then every byte.
+"""Open a bundle once, verified: the signature is checked when it opens, every byte as it is read.
+
+``open_bundle`` takes a bundle directory, a packed .tar or a parts index, with the publisher's
+key (and, for a delta, where its base is) and returns a ``VerifiedBundle``: the signed manifest,
+and two ways to read the files, both hashing each byte on its way: ``check`` keeps nothing,
+``extract`` writes a new directory that appears only when every file matched. What is written
+is what was hashed, so nothing changed between a check and a copy can slip through.
 
 Layout first (it needs no trust and no hashing), then the signature over the manifest, then
 each file's size and digest. Each kind of failure has its own error class, and so its own exit
@@ -7,21 +13,27 @@ code: a bad signature, corrupt content, and an unsafe layout call for different 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
-import stat
+import shutil
+import tempfile
+import threading
 import time
-from collections.abc import Callable, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from appliance.bundle import layout
-from appliance.bundle.manifest import FileEntry, Manifest, parse_manifest
+from appliance.bundle.manifest import BaseRef, FileEntry, Manifest, parse_manifest
 from appliance.bundle.signing import verify_bytes
-from appliance.errors import BundleCorruptError, BundleLayoutError, BundleSignatureError, Problem
+from appliance.bundle.sources import Body, DirSource, OpenBody, Source, open_file, open_source
+from appliance.bundle.store import CHUNK
+from appliance.errors import ApplianceError, BundleCorruptError, BundleLayoutError, Problem
 from appliance.progress import NullProgress, Progress
-from appliance.spec.checks import NAME_RE
 
 READ_CHUNK = 4 << 20  # large reads keep the hash fed; see benchmarks/bundle_verify.py
 
@@ -29,10 +41,8 @@ _HINT_CORRUPT = (
     "the bundle was damaged in transit or storage: copy it again from the source and verify "
     "before installing"
 )
-_HINT_LAYOUT = (
-    "a bundle holds only the files its signed manifest lists; do not install it, and ask the "
-    "publisher for a fresh copy"
-)
+# Finds a delta's base among the releases this installer staged and verified itself.
+InstalledBase = Callable[[BaseRef], Path]
 
 
 @dataclass(frozen=True)
@@ -45,121 +55,15 @@ class VerifyReport:
     unchecked_from_base: int = 0
 
 
-def sha256_file(path: Path, advance: Callable[[int], None] | None = None) -> tuple[str, int]:
-    hasher = hashlib.sha256()
-    size = 0
-    buffer = bytearray(READ_CHUNK)
-    view = memoryview(buffer)
-    with path.open("rb", buffering=0) as handle:
-        # Ask for aggressive read-ahead: the disk then works while this thread hashes.
-        os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        while count := handle.readinto(buffer):
-            hasher.update(view[:count])
-            size += count
-            if advance is not None:
-                advance(count)
-    return hasher.hexdigest(), size
+@contextmanager
+def open_bundle(path: Path, pubkey: Path, *, base: Path | None = None) -> Iterator[VerifiedBundle]:
+    """Open the bundle at ``path``, checking its signature once, before any payload is read.
 
-
-def scan_layout(bundle: Path) -> set[str]:
-    """Every regular file under ``bundle`` (relative paths); refuses links and special files."""
-    found: set[str] = set()
-    problems: list[Problem] = []
-    stack = [bundle]
-    while stack:
-        directory = stack.pop()
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                path = Path(entry.path)
-                relative = path.relative_to(bundle).as_posix()
-                mode = entry.stat(follow_symlinks=False).st_mode
-                if stat.S_ISLNK(mode):
-                    target = str(path.readlink())
-                    resolved = (path.parent / target).resolve()
-                    escapes = not resolved.is_relative_to(bundle.resolve())
-                    problems.append(
-                        Problem(
-                            relative,
-                            f"symbolic link to {target}"
-                            + (" escapes the bundle" if escapes else "; bundles hold no links"),
-                        )
-                    )
-                elif stat.S_ISDIR(mode):
-                    stack.append(path)
-                elif stat.S_ISREG(mode):
-                    found.add(relative)
-                else:
-                    kind = (
-                        "device file"
-                        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-                        else "special file"
-                    )
-                    problems.append(Problem(relative, f"{kind} (bundles hold regular files only)"))
-    if problems:
-        raise BundleLayoutError(
-            f"{bundle}: unsafe layout: {_count(problems, 'entry')}",
-            hint=_HINT_LAYOUT,
-            problems=sorted(problems, key=lambda p: p.path),
-        )
-    return found
-
-
-def check_signature(bundle: Path, pubkey: Path) -> Manifest:
-    for name in (layout.MANIFEST, layout.MANIFEST_SIG):
-        if not (bundle / name).is_file():
-            raise BundleSignatureError(
-                f"{bundle}: {name} is missing: this is not a signed appliance bundle",
-                hint="build bundles with `appliance build-bundle --sign-key KEY`",
-            )
-    data = (bundle / layout.MANIFEST).read_bytes()
-    verify_bytes(pubkey, data, (bundle / layout.MANIFEST_SIG).read_bytes(), str(bundle))
-    manifest = parse_manifest(data, f"{bundle}/{layout.MANIFEST}")
-    check_manifest_paths(manifest, str(bundle))
-    return manifest
-
-
-# Kinds whose ``name`` becomes a path on the hosts (models: relative inside the model's
-# directory; the others: a file name in a directory of their own).
-_NAMED_ON_HOSTS = {"model": True, "wheel": False, "file": False, "deb": False}
-
-
-def _unsafe_name(kind: str, name: str | None) -> str | None:
-    if name is None or kind not in _NAMED_ON_HOSTS:
-        return None
-    if not _NAMED_ON_HOSTS[kind] and "/" in name:
-        return "a file name with '/'"
-    return layout.unsafe_reason(name)
-
-
-def check_manifest_paths(manifest: Manifest, source: str) -> None:
-    """Even a signed manifest may not name a path outside the bundle, nor outside the directories
-    the install roles lay its files out in."""
-    problems = [
-        Problem(entry.path, f"unsafe path in manifest: {reason}")
-        for entry in manifest.files
-        if (reason := layout.unsafe_reason(entry.path)) is not None
-        or entry.path in layout.TRUST_FILES
-    ]
-    problems += [
-        Problem(entry.path, f"unsafe name in manifest: {entry.name!r}: {reason}")
-        for entry in manifest.files
-        if (reason := _unsafe_name(entry.kind, entry.name)) is not None
-    ]
-    problems += [
-        Problem(f"components[{component.name!r}]", "unsafe model name in manifest")
-        for component in manifest.components
-        if component.kind == "model" and not NAME_RE.match(component.name)
-    ]
-    if problems:
-        raise BundleLayoutError(
-            f"{source}: the manifest names unsafe paths", hint=_HINT_LAYOUT, problems=problems
-        )
-
-
-def expected_sha256sums(manifest: Manifest, manifest_bytes: bytes) -> bytes:
-    lines = {path: entry.sha256 for path, entry in manifest.shipped().items()}
-    lines[layout.MANIFEST] = hashlib.sha256(manifest_bytes).hexdigest()
-    return "".join(f"{digest}  {path}\n" for path, digest in sorted(lines.items())).encode()
+    A delta's other files are read from ``base`` when given (a bundle directory, read and hashed
+    like the delta's own files), which must be the exact bundle the delta names.
+    """
+    with open_source(path) as source:
+        yield _verified(source, pubkey, base)
 
 
 def verify_dir(
@@ -169,90 +73,284 @@ def verify_dir(
     progress: Progress | None = None,
     base: Path | None = None,
 ) -> VerifyReport:
-    """Verify a bundle directory. A delta's files that it does not carry are checked in
-    ``base`` (which must be the release the delta names) when given."""
-    started = time.monotonic()
-    progress = progress or NullProgress()
-    if not bundle.is_dir():
-        raise BundleLayoutError(
-            f"{bundle} is not a directory", hint="pass a bundle directory or a packed .tar"
-        )
-    found = scan_layout(bundle)
-    manifest = check_signature(bundle, pubkey)
-    expected = manifest.by_path()
-    base_dir = _check_base(manifest, base, pubkey) if base is not None else None
-
-    extra = sorted(found - set(expected) - set(layout.TRUST_FILES))
-    if extra:
-        raise BundleLayoutError(
-            f"{bundle}: unsafe layout: {_count(extra, 'file')} not in the signed manifest",
-            hint=_HINT_LAYOUT,
-            problems=[Problem(path, "not in the signed manifest") for path in extra],
-        )
-    # Where each file is checked: here, or (a delta's) in the base; or nowhere yet.
-    located: list[tuple[Path, FileEntry]] = []
-    problems: list[Problem] = []
-    unchecked = 0
-    for path, entry in sorted(expected.items()):
-        if path in found:
-            located.append((bundle, entry))
-        elif entry.from_base and base_dir is not None:
-            located.append((base_dir, entry))
-        elif entry.from_base:
-            unchecked += 1
-        else:
-            problems.append(Problem(path, "missing"))
-    sums = bundle / layout.SHA256SUMS
-    manifest_bytes = (bundle / layout.MANIFEST).read_bytes()
-    if not sums.is_file() or sums.read_bytes() != expected_sha256sums(manifest, manifest_bytes):
-        problems.append(Problem(layout.SHA256SUMS, "missing or does not match the manifest"))
-
-    task = progress.task("verify", sum(entry.size for _, entry in located))
-
-    def check(item: tuple[Path, FileEntry]) -> Problem | None:
-        root, entry = item
-        path = root / entry.path
-        if not path.is_file():
-            return Problem(entry.path, f"missing (the base {root} does not hold it)")
-        if path.stat().st_size != entry.size:
-            return Problem(entry.path, f"size {path.stat().st_size}, manifest says {entry.size}")
-        digest, _ = sha256_file(path, task.advance)
-        if digest != entry.sha256:
-            return Problem(entry.path, f"sha256 {digest}, manifest says {entry.sha256}")
-        return None
-
-    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="verify") as pool:
-        problems += [p for p in pool.map(check, located) if p is not None]
-    progress.finish(task)
-    if problems:
-        raise BundleCorruptError(
-            f"{bundle}: corrupt content: {_count(problems, 'file')}",
-            hint=_HINT_CORRUPT,
-            problems=problems,
-        )
-    total = sum(entry.size for _, entry in located)
-    return VerifyReport(manifest, len(located), total, time.monotonic() - started, unchecked)
+    """Verify a bundle directory: every byte, and a delta's other files in ``base`` if given."""
+    return _verified(DirSource(bundle), pubkey, base).check(jobs, progress)
 
 
-def _check_base(manifest: Manifest, base: Path, pubkey: Path) -> Path:
-    """``base`` must be the very bundle the delta names (its manifest digest), and signed."""
-    if manifest.base is None:
+def _verified(source: Source, pubkey: Path, base: Path | None) -> VerifiedBundle:
+    trust = source.read_trust()
+    verify_bytes(pubkey, trust[layout.MANIFEST], trust[layout.MANIFEST_SIG], source.label)
+    manifest = parse_manifest(trust[layout.MANIFEST], f"{source.label}/{layout.MANIFEST}")
+    layout.check_manifest_paths(manifest, source.label)
+    if base is not None and manifest.base is None:
         raise BundleLayoutError(
             f"--base was given but {manifest.name} {manifest.release} is not a delta",
             hint="verify it without --base",
         )
-    check_signature(base, pubkey)
-    digest = hashlib.sha256((base / layout.MANIFEST).read_bytes()).hexdigest()
-    if digest != manifest.base.sha256:
-        raise BundleCorruptError(
-            f"{base} is not the base this delta needs: it needs {manifest.base.name} "
-            f"{manifest.base.release} (manifest sha256 {manifest.base.sha256})",
-            hint="pass the release directory of that exact bundle with --base",
+    bundle = VerifiedBundle(source, manifest, trust, base)
+    source.admit(bundle.expected)
+    return bundle
+
+
+def expected_sha256sums(manifest: Manifest, manifest_bytes: bytes) -> bytes:
+    lines = {path: entry.sha256 for path, entry in manifest.shipped().items()}
+    lines[layout.MANIFEST] = hashlib.sha256(manifest_bytes).hexdigest()
+    return "".join(f"{digest}  {path}\n" for path, digest in sorted(lines.items())).encode()
+
+
+@dataclass(frozen=True)
+class _Base:
+    directory: Path
+    # (path, sha256, size) of the files that may be hard-linked: the installer's own release
+    # holds them, verified against its manifest, which lists them as the delta does.
+    linkable: frozenset[tuple[str, str, int]]
+
+
+class VerifiedBundle:
+    """A bundle whose signed manifest verified, from which every byte is read hashed.
+
+    Made by ``open_bundle``. A packed bundle is a stream: it can be read (checked or extracted)
+    once; a directory any number of times.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        manifest: Manifest,
+        trust: Mapping[str, bytes],
+        base: Path | None = None,
+    ) -> None:
+        self.label = source.label
+        self.manifest = manifest
+        self.trust = dict(trust)  # the trust files exactly as verified
+        self.expected = manifest.by_path()  # once: every lookup below is by this table
+        self._source = source
+        self._given_base = base
+        self._read = False
+
+    def check(self, jobs: int = 2, progress: Progress | None = None) -> VerifyReport:
+        """Read and hash every file (a delta's other files too, when its base was given)."""
+        return self._transfer(None, None, jobs, progress or NullProgress())
+
+    def extract(
+        self,
+        destination: Path,
+        *,
+        installed_base: InstalledBase | None = None,
+        jobs: int = 2,
+        progress: Progress | None = None,
+    ) -> VerifyReport:
+        """Copy the bundle into ``destination`` (new) while hashing every byte.
+
+        A delta comes out complete when its base was given to ``open_bundle`` or is found by
+        ``installed_base`` among the releases this installer staged and verified itself: files
+        from there are hard-linked, not read again. ``destination`` appears only when everything
+        matched; on any failure nothing is left behind.
+        """
+        if destination.exists():
+            raise BundleLayoutError(
+                f"{destination} already exists", hint="unpack into a new directory"
+            )
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+        try:
+            for name, data in self.trust.items():
+                with _create(partial, name) as out:
+                    out.write(data)
+            report = self._transfer(partial, installed_base, jobs, progress or NullProgress())
+            partial.chmod(0o755)
+            partial.rename(destination)
+            return report
+        except OSError as exc:  # a full disk, a failing medium: said plainly, nothing left
+            raise ApplianceError(
+                f"{self.label}: copying into {destination} failed: {exc.strerror} ({exc.filename})",
+                hint="free space there or fix the medium, then run it again",
+            ) from exc
+        finally:
+            if partial.exists():
+                shutil.rmtree(partial)
+
+    def _transfer(
+        self,
+        into: Path | None,
+        installed_base: InstalledBase | None,
+        jobs: int,
+        progress: Progress,
+    ) -> VerifyReport:
+        if self._read and self._source.sequential:
+            raise RuntimeError(f"{self.label} is a stream and was read already")
+        self._read = True
+        started = time.monotonic()
+        base = self._find_base(installed_base)
+        wanted = [e for e in self.expected.values() if base is not None or not e.from_base]
+        task = progress.task("verify" if into is None else "copy", sum(e.size for e in wanted))
+        done: set[str] = set()
+
+        def take(item: tuple[FileEntry, OpenBody]) -> Problem | None:
+            entry, open_body = item
+            done.add(entry.path)
+            with open_body() as body:
+                return _take(entry, body, into, task.advance)
+
+        problems = _each(take, self._source.bodies(self.expected), self._source.sequential, jobs)
+        rest = [entry for path, entry in sorted(self.expected.items()) if path not in done]
+        problems += [Problem(e.path, "missing") for e in rest if not e.from_base]
+        if base is not None:
+            from_base = [(e, _from(base, e, into)) for e in rest if e.from_base]
+            problems += _each(take, from_base, False, jobs)
+        progress.finish(task)
+        sums = self.trust.get(layout.SHA256SUMS)
+        if sums != expected_sha256sums(self.manifest, self.trust[layout.MANIFEST]):
+            problems.append(Problem(layout.SHA256SUMS, "missing or does not match the manifest"))
+        if problems:
+            raise BundleCorruptError(
+                f"{self.label}: corrupt content: {layout.count(problems, 'file')}",
+                hint=_HINT_CORRUPT,
+                problems=sorted(problems, key=lambda p: p.path),
+            )
+        return VerifyReport(
+            self.manifest,
+            len(done),
+            sum(self.expected[path].size for path in done),
+            time.monotonic() - started,
+            unchecked_from_base=len(self.expected) - len(done),
         )
-    return base
+
+    def _find_base(self, installed_base: InstalledBase | None) -> _Base | None:
+        """The delta's base, proven to be the one it names by its manifest's digest (which the
+        delta's signed manifest carries, so the base needs no signature check of its own)."""
+        wanted = self.manifest.base
+        if wanted is None:
+            return None
+        if self._given_base is not None:
+            directory = self._given_base
+        elif installed_base is not None:
+            directory = installed_base(wanted)
+        else:
+            return None
+        with open_file(directory / layout.MANIFEST) as body:
+            data = _read_all(body)
+        if data is None or hashlib.sha256(data).hexdigest() != wanted.sha256:
+            raise BundleCorruptError(
+                f"{directory} is not the base this delta needs: it needs {wanted.name} "
+                f"{wanted.release} (manifest sha256 {wanted.sha256})",
+                hint="pass the release directory of that exact bundle with --base",
+            )
+        if self._given_base is not None:
+            return _Base(directory, frozenset())
+        listed = parse_manifest(data, str(directory / layout.MANIFEST)).files
+        return _Base(directory, frozenset((e.path, e.sha256, e.size) for e in listed))
 
 
-def _count(items: Sized, noun: str) -> str:
-    if len(items) == 1:
-        return f"1 {noun}"
-    return f"{len(items)} {noun[:-1] + 'ies' if noun.endswith('y') else noun + 's'}"
+def _each(
+    take: Callable[[tuple[FileEntry, OpenBody]], Problem | None],
+    items: Iterable[tuple[FileEntry, OpenBody]],
+    sequential: bool,
+    jobs: int,
+) -> list[Problem]:
+    if sequential or jobs <= 1:
+        return [p for p in map(take, items) if p is not None]
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="bundle") as pool:
+        return [p for p in pool.map(take, items) if p is not None]
+
+
+def _from(base: _Base, entry: FileEntry, into: Path | None) -> OpenBody:
+    source = base.directory / entry.path
+    if into is not None and (entry.path, entry.sha256, entry.size) in base.linkable:
+        return lambda: _linked(source, into / entry.path)
+    return lambda: _open_in_base(source, base.directory)
+
+
+@contextmanager
+def _open_in_base(path: Path, directory: Path) -> Iterator[Body | str]:
+    with open_file(path) as body:
+        yield f"missing (the base {directory} does not hold it)" if body == "missing" else body
+
+
+@contextmanager
+def _linked(source: Path, target: Path) -> Iterator[Body | str]:
+    """A file of the installer's own verified release, shared by a hard link (no second copy,
+    nothing read again); where links cannot be made, copied and hashed like any other file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except FileNotFoundError:
+        yield "missing (the base release does not hold it)"
+        return
+    except OSError as exc:
+        if exc.errno not in {errno.EXDEV, errno.EPERM, errno.EMLINK}:
+            raise
+        with open_file(source) as body:
+            yield body
+        return
+    yield _Linked(target.stat().st_size)
+
+
+class _Linked:
+    """Stands for a file already in place: nothing to read."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        return 0
+
+
+_buffers = threading.local()
+
+
+def _take(
+    entry: FileEntry, body: Body | str, into: Path | None, advance: Callable[[int], None]
+) -> Problem | None:
+    """Read ``body`` once, hashing it, into ``into`` when given: what is written is what was
+    hashed. Returns what is wrong with it, if anything."""
+    if isinstance(body, str):
+        return Problem(entry.path, body)
+    if body.size != entry.size:
+        return Problem(entry.path, f"size {body.size}, manifest says {entry.size}")
+    if isinstance(body, _Linked):
+        advance(entry.size)
+        return None
+    # Writes of 256 KiB, reads of 4 MiB: see store.CHUNK and benchmarks/bundle_verify.py.
+    chunk = CHUNK if into is not None else READ_CHUNK
+    buffer: memoryview | None = getattr(_buffers, "view", None)
+    if buffer is None or len(buffer) != chunk:
+        buffer = _buffers.view = memoryview(bytearray(chunk))
+    hasher = hashlib.sha256()
+    left = entry.size
+    out = _create(into, entry.path) if into is not None else None
+    try:
+        while left:
+            count = body.readinto(buffer[: min(chunk, left)])
+            if not count:
+                return Problem(entry.path, f"size {entry.size - left}, manifest says {entry.size}")
+            hasher.update(buffer[:count])
+            if out is not None:
+                out.write(buffer[:count])
+            left -= count
+            advance(count)
+    finally:
+        if out is not None:
+            out.close()
+    digest = hasher.hexdigest()
+    if digest != entry.sha256:
+        return Problem(entry.path, f"sha256 {digest}, manifest says {entry.sha256}")
+    return None
+
+
+def _create(root: Path, relative: str) -> BinaryIO:
+    """A new file (never follows or replaces anything); names were checked before."""
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    return os.fdopen(os.open(path, flags, layout.file_mode(relative)), "wb")
+
+
+def _read_all(body: Body | str) -> bytes | None:
+    if isinstance(body, str) or body.size > layout.TRUST_FILE_LIMIT:
+        return None
+    buffer = bytearray(body.size)
+    view, got = memoryview(buffer), 0
+    while got < body.size and (count := body.readinto(view[got:])):
+        got += count
+    return bytes(buffer[:got])

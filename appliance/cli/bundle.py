@@ -12,10 +12,10 @@ import click
 
 from appliance.bundle.build import BuildOptions, build_bundle
 from appliance.bundle.inspect import read_manifest, summary
-from appliance.bundle.pack import open_archive, pack, read_tar, unpack
+from appliance.bundle.pack import pack, unpack
 from appliance.bundle.parts import PartWriter, parse_size
 from appliance.bundle.signing import keygen as make_key
-from appliance.bundle.verify import verify_dir
+from appliance.bundle.verify import open_bundle
 from appliance.cli.output import Output, human_bytes
 from appliance.progress import BarProgress, NullProgress, Progress
 
@@ -170,14 +170,8 @@ def verify_bundle(output: Output, bundle: Path, pubkey: Path, jobs: int, base: P
         -I appliance-bundle-signer -n appliance-bundle -s SHA256SUMS.sig < SHA256SUMS \\
         && sha256sum -c SHA256SUMS
     """
-    with progress_for(output) as progress:
-        if bundle.is_dir():
-            report = verify_dir(bundle, pubkey, jobs=jobs, progress=progress, base=base)
-        else:
-            task = progress.task("verify", None)
-            with open_archive(bundle) as source:
-                report = read_tar(source, pubkey, str(bundle), advance=task.advance)
-            progress.finish(task)
+    with progress_for(output) as progress, open_bundle(bundle, pubkey, base=base) as opened:
+        report = opened.check(jobs=jobs, progress=progress)
     rate = report.bytes / report.seconds / 1e6 if report.seconds else 0.0
     output.result(
         {
@@ -204,19 +198,29 @@ def verify_bundle(output: Output, bundle: Path, pubkey: Path, jobs: int, base: P
 
 @click.command("inspect")
 @click.argument("bundle", type=click.Path(path_type=Path, exists=True))
+@click.option(
+    "--pubkey",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Check the manifest's signature with this key first (the files are not read).",
+)
 @click.pass_obj
-def inspect(output: Output, bundle: Path) -> None:
+def inspect(output: Output, bundle: Path, pubkey: Path | None) -> None:
     """Show what BUNDLE holds: components, versions, sizes, counts.
 
-    Reads the manifest without verifying it; run verify-bundle before you
-    trust what it says.
+    Without --pubkey, reads the manifest without verifying it; run
+    verify-bundle before you trust what it says.
     """
-    info = summary(read_manifest(bundle))
+    if pubkey is None:
+        manifest, trust = read_manifest(bundle), "not verified; see verify-bundle"
+    else:
+        with open_bundle(bundle, pubkey) as opened:
+            manifest, trust = opened.manifest, "signed manifest; files not read"
+    info = summary(manifest)
     lines = [
         f"{bundle}: {info['name']} {info['release']} ({info['target']['os']}/"
         f"{info['target']['arch']}), built {info['created']} by appliance "
         f"{info['appliance_version']}",
-        f"  {info['files']} files, {human_bytes(info['bytes'])} (not verified; see verify-bundle)",
+        f"  {info['files']} files, {human_bytes(info['bytes'])} ({trust})",
         "  by kind:",
         *(
             f"    {kind:<16} {v['files']:>5} files {human_bytes(v['bytes']):>10}"
@@ -238,7 +242,9 @@ def inspect(output: Output, bundle: Path) -> None:
         ]
     if info["repo"]:
         lines.append(f"  apt repo: {info['repo']['path']}/, key {info['repo']['fingerprint']}")
-    output.result({"ok": True, **info}, human="\n".join(lines))
+    output.result(
+        {"ok": True, "signature_checked": pubkey is not None, **info}, human="\n".join(lines)
+    )
 
 
 def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:

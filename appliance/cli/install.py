@@ -112,7 +112,7 @@ def install_command(
     )
     view = _LiveView(output) if not output.json_mode else lambda _event: None
     with progress_for(output) as progress:
-        report = install(options, on_event=view, progress=progress)
+        report = install(options, on_event=view, progress=progress, on_note=output.info)
     result = report.result
     output.result(
         {

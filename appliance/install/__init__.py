@@ -7,11 +7,8 @@ completely. Every run keeps its ansible-runner private data dir under ``<root>/r
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
 import sys
-import tarfile
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,15 +16,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from appliance.bundle import layout
-from appliance.bundle.inspect import read_manifest
 from appliance.bundle.manifest import Manifest
-from appliance.bundle.pack import unpack
-from appliance.bundle.verify import check_signature, verify_dir
+from appliance.bundle.verify import VerifiedBundle, open_bundle
 from appliance.errors import InstallError, PlaybookFailedError
 from appliance.install.checks import check_can_install
 from appliance.install.inventory import Inventory, load_inventory, single_box
 from appliance.install.remote import depot_from_inventory, point_current_remote, stage_remote
+from appliance.install.stage import ansible_content, stage
 from appliance.install.topology import Topology, plan
 from appliance.progress import NullProgress, Progress
 from appliance.runner import RunResult, TaskEvent, run_playbook
@@ -59,6 +54,24 @@ def install(
     options: InstallOptions,
     on_event: Callable[[TaskEvent], None],
     progress: Progress | None = None,
+    on_note: Callable[[str], None] = lambda _note: None,
+) -> InstallReport:
+    """Open the bundle (its signature first, before anything else is read or checked), then
+    stage it, copying while hashing, and run the playbook; ``on_note`` hears each step."""
+    with open_bundle(options.bundle, options.pubkey) as bundle:
+        on_note(
+            f"{bundle.label}: verified {bundle.manifest.name} {bundle.manifest.release}: "
+            "signature good; every file is checked while it is staged"
+        )
+        return _install(options, bundle, on_event, progress or NullProgress(), on_note)
+
+
+def _install(
+    options: InstallOptions,
+    bundle: VerifiedBundle,
+    on_event: Callable[[TaskEvent], None],
+    progress: Progress,
+    on_note: Callable[[str], None],
 ) -> InstallReport:
     if options.inventory is None:
         run_dir = new_run_dir(options.root)
@@ -76,26 +89,26 @@ def install(
             hint="install openssh-client on the depot (Debian: from the installation media), "
             "then run install again",
         )
-    named = read_manifest(options.bundle)
-    if not inventory.depot_is_local and named.base is not None:
+    manifest = bundle.manifest
+    if not inventory.depot_is_local and manifest.base is not None:
         raise InstallError(
             "delta bundles install onto a depot that runs appliance install itself",
             hint="run install.sh on the depot, which holds the base release",
         )
-    # Everything the play needs, checked before any host changes: the stack is one this
-    # release installs, the bundle holds every OS package the roles install, and the inventory
-    # gives a workable topology.
-    check_can_install(named)
-    topology = plan_topology(inventory, named)
-    # Verified here first, whether the depot is this machine or another; a remote depot then
-    # receives this verified copy.
-    manifest, local_release = stage(options.bundle, options.pubkey, work)
-    project = _ansible_content(local_release, manifest)
+    # Everything the play needs, checked from the signed manifest before anything is staged
+    # or changed: the stack is one this release installs, the bundle holds every OS package
+    # the roles install, and the inventory gives a workable topology.
+    check_can_install(manifest)
+    topology = plan_topology(inventory, manifest)
+    # Staged here by copying while hashing, whether the depot is this machine or another (a
+    # remote depot then receives this verified copy).
+    local_release = stage(bundle, work, progress)
+    on_note(f"staged as {local_release}: every file matched the signed manifest")
+    project = ansible_content(local_release, manifest)
     depot_release = local_release
     depot = None
     if not inventory.depot_is_local:
         depot = depot_from_inventory(inventory.depot, inventory.depot_vars)
-        progress = progress or NullProgress()
         task = progress.task(f"stage to {depot.name}", manifest.total_size())
         try:
             depot_release = Path(
@@ -149,106 +162,6 @@ def _take_new_key(root: Path, name: str) -> str | None:
         return None
     path.unlink()
     return key or None
-
-
-def stage(bundle: Path, pubkey: Path, root: Path) -> tuple[Manifest, Path]:
-    """Verify ``bundle`` and make it ``<root>/releases/<release>``; reuse a verified copy.
-
-    A delta bundle becomes a complete release here: what it carries, plus the files its base
-    release (which must be on this machine, exactly as the delta names it) holds.
-    """
-    releases = root / "releases"
-    releases.mkdir(parents=True, exist_ok=True)
-    if not bundle.is_dir():
-        with tempfile.TemporaryDirectory(prefix=".incoming-", dir=releases) as tmp:
-            unpack(bundle, Path(tmp) / "bundle", pubkey)
-            return stage(Path(tmp) / "bundle", pubkey, root)
-    # The signed manifest says whether this is a delta; find its base before hashing anything,
-    # so every file is read once, here or in the base.
-    named = check_signature(bundle, pubkey)
-    base = _base_release(named, releases) if named.base else None
-    manifest = verify_dir(bundle, pubkey, base=base).manifest
-    release_dir = releases / manifest.release
-    if bundle.resolve() == release_dir.resolve():
-        return manifest, release_dir
-    if release_dir.exists():
-        existing = verify_dir(release_dir, pubkey).manifest
-        if existing.canonical() == manifest.canonical():
-            return manifest, release_dir
-        raise InstallError(
-            f"{release_dir} holds another bundle of release {manifest.release}",
-            hint="releases are immutable: build the new bundle with a new release label",
-        )
-    _copy_bundle(bundle, manifest, release_dir, base)
-    return manifest, release_dir
-
-
-def _base_release(manifest: Manifest, releases: Path) -> Path:
-    assert manifest.base is not None
-    wanted = manifest.base
-    candidate = releases / wanted.release
-    manifest_file = candidate / layout.MANIFEST
-    if (
-        manifest_file.is_file()
-        and hashlib.sha256(manifest_file.read_bytes()).hexdigest() == wanted.sha256
-    ):
-        return candidate
-    held = sorted(p.name for p in releases.iterdir() if p.is_dir() and not p.name.startswith("."))
-    raise InstallError(
-        f"this delta bundle needs release {wanted.release} of {wanted.name} (manifest sha256 "
-        f"{wanted.sha256[:16]}...) on this depot; it holds: {', '.join(held) or 'no release'}",
-        hint="install that release first, or ask for a full bundle; nothing was changed",
-    )
-
-
-def _copy_bundle(bundle: Path, manifest: Manifest, release_dir: Path, base: Path | None) -> None:
-    """Hard links where the filesystem allows (no extra disk), copies elsewhere; into a
-    temporary directory renamed into place, so a release directory is always complete."""
-    partial = Path(tempfile.mkdtemp(prefix=f".{release_dir.name}.", dir=release_dir.parent))
-    try:
-        sources = dict.fromkeys(layout.TRUST_FILES, bundle)
-        for name, entry in manifest.by_path().items():
-            sources[name] = base if entry.from_base and base is not None else bundle
-        for name, root in sources.items():
-            source, target = root / name, partial / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(source, target)
-            except OSError:
-                shutil.copy2(source, target)
-        partial.chmod(0o755)
-        partial.rename(release_dir)
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial)
-
-
-def _ansible_content(release_dir: Path, manifest: Manifest) -> Path:
-    """Unpack the bundle's Ansible content next to it, once (it is verified content)."""
-    target = release_dir.parent / f"{release_dir.name}.ansible"
-    if target.is_dir():
-        return target
-    (entry,) = [e for e in manifest.files if e.kind == "ansible-content"]
-    partial = Path(tempfile.mkdtemp(prefix=".ansible-", dir=release_dir.parent))
-    try:
-        # By hand, not extractall: Debian 12's Python 3.11.2 predates extraction filters, and
-        # only plain files with safe names may come out of this tar.
-        with tarfile.open(release_dir / entry.path) as tar:
-            for member in tar.getmembers():
-                source = tar.extractfile(member) if member.isfile() else None
-                if source is None or layout.unsafe_reason(member.name):
-                    raise InstallError(f"ansible content member {member.name!r} is not a file")
-                path = partial / member.name
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with source, path.open("wb") as out:
-                    shutil.copyfileobj(source, out)
-                path.chmod(0o755 if member.mode & 0o111 else 0o644)
-        partial.chmod(0o755)
-        partial.rename(target)
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial)
-    return target
 
 
 def _extravars(

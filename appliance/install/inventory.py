@@ -108,4 +108,3 @@ def load_inventory(path: Path) -> Inventory:
         gpu_nodes,
         host_vars,
     )
-

@@ -73,6 +73,42 @@ def _message(result: dict[str, Any]) -> str:
     return ": ".join(dict.fromkeys(parts)) or "failed without a message (see the run's record)"
 
 
+class EventHandler:
+    """ansible-runner's ``event_handler``: turns each event into a ``TaskEvent`` for the view and
+    gathers the per-host stats and the failures a person has to act on."""
+
+    def __init__(self, on_event: Callable[[TaskEvent], None] = lambda _event: None) -> None:
+        self.on_event = on_event
+        self.failures: list[TaskFailure] = []
+        self.stats: dict[str, dict[str, int]] = {}
+
+    def __call__(self, event: dict[str, Any]) -> bool:
+        name = event.get("event", "")
+        data = event.get("event_data", {})
+        if name == "playbook_on_play_start":
+            self.on_event(TaskEvent("play", play=data.get("play", "")))
+        elif name == "playbook_on_task_start":
+            self.on_event(TaskEvent("task", play=data.get("play", ""), task=data.get("task", "")))
+        elif name in _RESULT_KIND:
+            self._result(_RESULT_KIND[name], data)
+        elif name == "playbook_on_stats":
+            for source, target in _STAT_KEYS.items():
+                for host, count in (data.get(source) or {}).items():
+                    self.stats.setdefault(host, {})[target] = count
+        return True  # keep the event in the run's artifacts
+
+    def _result(self, kind: str, data: dict[str, Any]) -> None:
+        result = data.get("res", {}) or {}
+        if kind == "ok" and result.get("changed"):
+            kind = "changed"
+        host, task = data.get("host", ""), data.get("task", "")
+        if kind in {"failed", "unreachable"} and not data.get("ignore_errors"):
+            self.failures.append(
+                TaskFailure(host, task, _message(result), unreachable=kind == "unreachable")
+            )
+        self.on_event(TaskEvent(kind, data.get("play", ""), task, host))
+
+
 def run_playbook(
     *,
     data_dir: Path,
@@ -85,38 +121,7 @@ def run_playbook(
     limit: str | None = None,
 ) -> RunResult:
     """Run ``playbook`` from ``project_dir`` with ansible-runner in ``data_dir``."""
-    failures: list[TaskFailure] = []
-    stats: dict[str, dict[str, int]] = {}
-
-    def handle(event: dict[str, Any]) -> bool:
-        name = event.get("event", "")
-        data = event.get("event_data", {})
-        if name == "playbook_on_play_start":
-            on_event(TaskEvent("play", play=data.get("play", "")))
-        elif name == "playbook_on_task_start":
-            on_event(TaskEvent("task", play=data.get("play", ""), task=data.get("task", "")))
-        elif name in _RESULT_KIND:
-            kind = _RESULT_KIND[name]
-            result = data.get("res", {}) or {}
-            if kind == "ok" and result.get("changed"):
-                kind = "changed"
-            ignored = bool(data.get("ignore_errors"))
-            if kind in {"failed", "unreachable"} and not ignored:
-                failures.append(
-                    TaskFailure(
-                        data.get("host", ""), data.get("task", ""), _message(result),
-                        unreachable=kind == "unreachable",
-                    )
-                )  # fmt: skip
-            on_event(
-                TaskEvent(kind, data.get("play", ""), data.get("task", ""), data.get("host", ""))
-            )
-        elif name == "playbook_on_stats":
-            for source, target in _STAT_KEYS.items():
-                for host, count in (data.get(source) or {}).items():
-                    stats.setdefault(host, {})[target] = count
-        return True
-
+    handler = EventHandler(on_event)
     # The venv appliance runs from holds ansible-playbook; it need not be on PATH (install.sh
     # does not activate the venv).
     bindir = Path(sys.executable).parent
@@ -129,20 +134,17 @@ def run_playbook(
         inventory=str(inventory),
         extravars=extravars,
         envvars=envvars,
-        event_handler=handle,
+        event_handler=handler,
         quiet=True,
         limit=limit,
         rotate_artifacts=0,
     )
-    artifacts = Path(runner.config.artifact_dir)
-    # Failures inside a block with a rescue are part of the plan, not of the outcome.
-    if runner.rc == 0:
-        failures = []
     return RunResult(
         status=runner.status,
         rc=runner.rc,
-        artifacts=artifacts,
+        artifacts=Path(runner.config.artifact_dir),
         seconds=time.monotonic() - started,
-        stats=stats,
-        failures=failures,
+        stats=handler.stats,
+        # Failures inside a block with a rescue are part of the plan, not of the outcome.
+        failures=handler.failures if runner.rc != 0 else [],
     )

@@ -12,10 +12,11 @@ import pytest
 
 from appliance.bundle import layout
 from appliance.bundle.build import BuildOptions, build_bundle
+from appliance.bundle.manifest import Manifest
 from appliance.bundle.signing import keygen
-from appliance.bundle.verify import verify_dir
+from appliance.bundle.verify import open_bundle, verify_dir
 from appliance.errors import BundleCorruptError, InstallError
-from appliance.install import stage
+from appliance.install.stage import stage
 
 pytestmark = [pytest.mark.network]  # the installer wheels come from PyPI (cached after once)
 
@@ -65,6 +66,12 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def staged(bundle: Path, pubkey: Path, root: Path) -> tuple[Manifest, Path]:
+    """What install does with a bundle: open it once, verified, and stage it under ``root``."""
+    with open_bundle(bundle, pubkey) as opened:
+        return opened.manifest, stage(opened, root)
+
+
 def test_delta_holds_exactly_the_changed_blob(bundles: Path) -> None:
     blobs = sorted(p.name for p in (bundles / "d2" / layout.BLOBS).iterdir())
     assert blobs == [(bundles / "new.sha256").read_text()]
@@ -99,15 +106,15 @@ def test_install_refuses_a_delta_without_its_base_and_completes_it_with_one(
     bundles: Path, tmp_path: Path
 ) -> None:
     with pytest.raises(InstallError) as caught:
-        stage(bundles / "d2", bundles / "key.pub", tmp_path)
+        staged(bundles / "d2", bundles / "key.pub", tmp_path)
     assert caught.value.message.startswith(
         "this delta bundle needs release 1 of delta-test (manifest sha256 "
     )
     assert caught.value.message.endswith("on this depot; it holds: no release")
     assert not (tmp_path / "releases" / "2").exists()
 
-    stage(bundles / "b1", bundles / "key.pub", tmp_path)
-    manifest, release = stage(bundles / "d2", bundles / "key.pub", tmp_path)
+    staged(bundles / "b1", bundles / "key.pub", tmp_path)
+    manifest, release = staged(bundles / "d2", bundles / "key.pub", tmp_path)
     assert release == tmp_path / "releases" / "2"
     # The new release is complete on its own: every file, checked, no base needed.
     report = verify_dir(release, bundles / "key.pub")

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 
 from appliance.bundle.inspect import read_manifest
-from appliance.bundle.pack import open_archive, pack, unpack
+from appliance.bundle.pack import pack, unpack
 from appliance.bundle.parts import PartWriter, parse_size
 from appliance.bundle.signing import keygen
+from appliance.bundle.sources import open_archive
 from appliance.bundle.verify import verify_dir
 from appliance.errors import BundleCorruptError
-from tests.integration.test_bundle_trust import make_bundle
+from tests.fixtures.bundles import make_bundle
 
 MIB = 1 << 20
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import shutil
@@ -14,11 +13,9 @@ from pathlib import Path
 import pytest
 
 from appliance.bundle import layout
-from appliance.bundle.build import write_trust_files
-from appliance.bundle.manifest import Component, FileEntry, Manifest, Target
+from appliance.bundle.manifest import FileEntry, Manifest
 from appliance.bundle.pack import pack, read_tar, unpack
 from appliance.bundle.signing import keygen
-from appliance.bundle.store import BlobStore
 from appliance.bundle.verify import verify_dir
 from appliance.errors import (
     ApplianceError,
@@ -26,8 +23,7 @@ from appliance.errors import (
     BundleLayoutError,
     BundleSignatureError,
 )
-
-KINDS = ["file", "deb", "wheel", "model", "ansible-content", "repo-index", "installer", "sbom"]
+from tests.fixtures.bundles import KINDS, make_bundle
 
 
 @pytest.fixture(scope="module")
@@ -36,57 +32,6 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     keygen(root / "key", "test")
     keygen(root / "other", "someone else")
     return root / "key", root / "key.pub", root / "other.pub"
-
-
-def make_bundle(
-    root: Path, key: Path, extra: list[FileEntry] | None = None, payload: bytes = b""
-) -> Path:
-    """A small bundle with one file of every kind (plus ``payload`` as one more model blob),
-    signed like build-bundle signs."""
-    bundle = root / "bundle"
-    store = BlobStore(bundle)
-    entries = []
-    if payload:
-        blob = store.add_bytes(payload)
-        entries.append(
-            FileEntry(
-                path=layout.blob_path(blob.sha256),
-                sha256=blob.sha256,
-                size=blob.size,
-                kind="model",
-                component="payload",
-            )
-        )
-    for index, kind in enumerate(KINDS):
-        data = f"{kind} payload {index}\n".encode() * (1000 + index)
-        if kind in {"repo-index", "installer", "sbom"}:
-            path = {
-                "repo-index": "repo/Packages",
-                "installer": "install.sh",
-                "sbom": "sbom.cdx.json",
-            }[kind]
-            (bundle / path).parent.mkdir(parents=True, exist_ok=True)
-            (bundle / path).write_bytes(data)
-            digest = hashlib.sha256(data).hexdigest()
-        else:
-            digest = store.add_bytes(data).sha256
-            path = layout.blob_path(digest)
-        entries.append(
-            FileEntry(path=path, sha256=digest, size=len(data), kind=kind, component=kind)
-        )  # type: ignore[arg-type]
-    manifest = Manifest(
-        name="t",
-        release="1",
-        created="2026-11-27T00:00:00Z",
-        appliance_version="0",
-        spec_sha256="0" * 64,
-        target=Target(os="debian-12", arch="amd64"),
-        stack={},
-        components=[Component(name=k, kind=k) for k in KINDS],
-        files=sorted(entries + (extra or []), key=lambda e: e.path),
-    )
-    write_trust_files(bundle, manifest, key)
-    return bundle
 
 
 def path_of(bundle: Path, kind: str) -> Path:

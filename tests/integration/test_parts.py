@@ -15,7 +15,7 @@ from appliance.bundle.parts import PartWriter, parse_size
 from appliance.bundle.signing import keygen
 from appliance.bundle.verify import verify_dir
 from appliance.errors import BundleCorruptError
-from tests.integration.test_bundle_trust import make_bundle
+from tests.fixtures.bundles import make_bundle
 
 MIB = 1 << 20
 

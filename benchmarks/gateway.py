@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from appliance.gateway.keys import add_key  # noqa: E402
-from tests.integration.test_gateway import LAUNCHER, free_port, wait_for  # noqa: E402
+from tests.fixtures.servers import LAUNCHER, free_port, wait_for  # noqa: E402
 
 BIN = Path(sys.executable).parent
 

@@ -28,7 +28,7 @@ from tests.fixtures.hosts import (  # noqa: E402
     lab_inventory,
     start_host,
 )
-from tests.integration.conftest import SPEC  # noqa: E402
+from tests.fixtures.specs import SYSTEMD_LLAMACPP, spec_text  # noqa: E402
 
 
 def install(host: Host, *args: str) -> float:
@@ -80,7 +80,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-install-", dir=ROOT) as tmp:
         root = Path(tmp)
         (root / "inventories").mkdir()
-        (root / "spec.yaml").write_text(SPEC)
+        (root / "spec.yaml").write_text(
+            spec_text(
+                "install-test",
+                "2026.11.7",
+                stack=SYSTEMD_LLAMACPP,
+                packages=["jq", "nftables", "python3-apt", "nginx-light"],
+            )
+        )
         keygen(root / "key", "benchmark")
         build_bundle(
             BuildOptions(

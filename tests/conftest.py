@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import subprocess
 import uuid
@@ -10,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.debian_mirror import NoMirrorError, debian_mirror
 from tests.fixtures.hosts import Host, harness_image, start_host
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The specs the tests build read ``${DEBIAN_MIRROR}``: unless the environment sets it, use
+    the mirror this machine's apt sources use. Without one, a test that builds from Debian's
+    archive fails with the spec's own report naming the variable."""
+    with contextlib.suppress(NoMirrorError):
+        os.environ["DEBIAN_MIRROR"] = debian_mirror()
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,13 @@ from appliance.cli.bundle import (
 )
 from appliance.cli.gateway import gateway_group
 from appliance.cli.install import install_command, verify_command
+from appliance.cli.options import (
+    DEBUG_HELP,
+    JSON_HELP,
+    QUIET_HELP,
+    VERBOSE_HELP,
+    add_global_options,
+)
 from appliance.cli.output import Output
 from appliance.cli.spec import spec_group
 from appliance.errors import ApplianceError, exit_codes
@@ -42,7 +49,7 @@ The flow:
 \b
 Examples:
   appliance spec validate examples/demo.yaml
-  appliance --json inspect bundle
+  appliance inspect bundle --json
   appliance verify-bundle bundle.tar --pubkey signing-key.pub
   appliance install --bundle bundle --pubkey signing-key.pub --internal-cidr 198.18.10.0/24
 
@@ -58,10 +65,10 @@ Exit codes:
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.version_option(__version__, prog_name="appliance")
-@click.option("--json", "json_mode", is_flag=True, help="Print one JSON document on stdout.")
-@click.option("-v", "--verbose", count=True, help="Say more (repeat for even more).")
-@click.option("-q", "--quiet", is_flag=True, help="Print only errors and results.")
-@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("--json", "json_mode", is_flag=True, help=JSON_HELP)
+@click.option("-v", "--verbose", count=True, help=VERBOSE_HELP)
+@click.option("-q", "--quiet", is_flag=True, help=QUIET_HELP)
+@click.option("--debug", is_flag=True, help=DEBUG_HELP)
 @click.pass_context
 def cli(ctx: click.Context, json_mode: bool, verbose: int, quiet: bool, debug: bool) -> None:
     """Build and install air-gapped LLM appliances.
@@ -71,10 +78,7 @@ def cli(ctx: click.Context, json_mode: bool, verbose: int, quiet: bool, debug: b
     appliance needs into one bundle; inside the isolated network it verifies
     that bundle and provisions the hosts offline, with egress denied.
     """
-    output = ctx.ensure_object(Output)
-    output.json_mode = json_mode
-    output.verbosity = -1 if quiet else verbose
-    output.debug = debug
+    ctx.ensure_object(Output).apply_flags(json_mode, verbose, quiet, debug)
 
 
 for command in (
@@ -91,6 +95,8 @@ for command in (
     audit_group,
 ):
     cli.add_command(command)
+# After the subcommand too, at any depth: `appliance gateway list-keys --json`.
+add_global_options(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,7 +22,6 @@ _DIR = click.option(
     help="The gateway's audit directory (audit.dir in its config).",
 )
 HEX = set("0123456789abcdef")
-_JSON = click.option("--json", "json_mode", is_flag=True, help="Same as `appliance --json`.")
 
 
 @click.group("audit")
@@ -51,11 +50,8 @@ def _anchor(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...
     help="A record's hash kept off the box (from an earlier audit.head or verify --json); "
     "a rewritten chain cannot match it. Repeat for several.",
 )
-@_JSON
 @click.pass_obj
-def verify_command(
-    output: Output, directory: Path, anchors: tuple[tuple[int, str], ...], json_mode: bool
-) -> None:
+def verify_command(output: Output, directory: Path, anchors: tuple[tuple[int, str], ...]) -> None:
     """Check every record of the audit log, across rotated files.
 
     Recomputes each record's hash and checks that seq counts up and each
@@ -73,7 +69,6 @@ def verify_command(
       appliance audit verify --dir /var/log/appliance/audit
       appliance audit verify --anchor 1041:3f9c...e2 (from a copy kept elsewhere)
     """
-    output.json_mode = output.json_mode or json_mode
     report = verify_log(directory, anchors)
     output.result(
         report.as_dict(),
@@ -87,16 +82,12 @@ def verify_command(
 @_DIR
 @click.option("--last", "count", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--request-id", help="Only the record of this call (its X-Request-Id).")
-@_JSON
 @click.pass_obj
-def show_command(
-    output: Output, directory: Path, count: int, request_id: str | None, json_mode: bool
-) -> None:
+def show_command(output: Output, directory: Path, count: int, request_id: str | None) -> None:
     """Print the newest records, or the one of a request id, as JSON lines.
 
     Does not verify the chain: run `appliance audit verify` for that.
     """
-    output.json_mode = output.json_mode or json_mode
     if request_id is not None:
         record = find_record(directory, request_id)
         if record is None:

@@ -17,7 +17,6 @@ _KEYS_FILE = click.option(
     show_default=True,
     help="The gateway's keys file.",
 )
-_JSON = click.option("--json", "json_mode", is_flag=True, help="Same as `appliance --json`.")
 
 
 @click.group("gateway")
@@ -46,7 +45,6 @@ def gateway_group() -> None:
     "keys file, so no recorded key is ever lost.",
 )
 @_KEYS_FILE
-@_JSON
 @click.pass_obj
 def new_key_command(
     output: Output,
@@ -54,7 +52,6 @@ def new_key_command(
     models: tuple[str, ...],
     key_out: Path | None,
     keys_file: Path,
-    json_mode: bool,
 ) -> None:
     """Make a key, add its hash to the keys file, print the key once.
 
@@ -63,7 +60,6 @@ def new_key_command(
       appliance gateway new-key --name operator --model '*'
       appliance gateway new-key --name batch --model tiny-llama --json
     """
-    output.json_mode = output.json_mode or json_mode
     plaintext, record = add_key(keys_file, name, list(models), key_out)
     added = f"Key {record.id} ({record.name}) for {', '.join(record.models)} added to {keys_file}."
     if key_out is not None:
@@ -80,11 +76,9 @@ def new_key_command(
 
 @gateway_group.command("list-keys")
 @_KEYS_FILE
-@_JSON
 @click.pass_obj
-def list_keys_command(output: Output, keys_file: Path, json_mode: bool) -> None:
+def list_keys_command(output: Output, keys_file: Path) -> None:
     """List the keys in the keys file: ids, names, models, creation times (no hashes)."""
-    output.json_mode = output.json_mode or json_mode
     keys = load_keys(keys_file).keys
     rows = [{"id": k.id, "name": k.name, "models": k.models, "created": k.created} for k in keys]
     lines = [f"{r['id']}  {r['name']}  {','.join(r['models'])}  {r['created']}" for r in rows]

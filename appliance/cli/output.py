@@ -29,6 +29,18 @@ class Output:
         default_factory=lambda: Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
     )
 
+    def apply_flags(
+        self, json_mode: bool = False, verbose: int = 0, quiet: bool = False, debug: bool = False
+    ) -> None:
+        """Take global options from wherever on the command line they stand: each one only
+        adds to what was set before it, and --quiet wins over -v."""
+        self.json_mode = self.json_mode or json_mode
+        self.debug = self.debug or debug
+        if quiet:
+            self.verbosity = -1
+        elif self.verbosity >= 0:
+            self.verbosity += verbose
+
     def info(self, message: str) -> None:
         """A line for people; silent under --json and --quiet."""
         if not self.json_mode and self.verbosity >= 0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,88 +70,125 @@ def _where_is(files: list[Path], seq: int) -> str | None:
     return None
 
 
-def verify_log(directory: Path, anchors: tuple[tuple[int, str], ...] = ()) -> VerifyReport:
-    """Walk the whole chain. ``anchors`` are (seq, hash) pairs kept off the box (a copy of
-    ``audit.head`` taken earlier): a rewritten chain cannot match them."""
-    if not directory.is_dir():
-        raise AuditError(
-            f"audit directory {directory} does not exist",
-            hint="pass --dir with the gateway's audit.dir",
-        )
-    head = read_head(directory)  # before the log: a live gateway only ever moves it forward
-    files = log_files(directory)
-    expected, prev, records = 0, ZERO_HASH, 0
-    first_time = last_time = None
-    # The hashes the head file and the anchors name, as found in the log.
-    wanted = {seq for seq, _ in anchors} | ({head["seq"]} if head else set())
-    seen: dict[int, str] = {}
-    for path, number, line in _lines(files):
-        if not line.endswith(b"\n"):
-            raise _fail(directory, "truncated", path, number, "the last line is cut off")
-        try:
-            record = json.loads(line)
-            stated = record["hash"]
-            seq = record["seq"]
-        except (ValueError, KeyError, TypeError):
-            raise _fail(directory, "modified", path, number, "not a JSON audit record") from None
-        if record_hash(record) != stated:
-            raise _fail(
-                directory,
-                "modified",
-                path,
-                number,
-                f"record seq {seq}: its content does not match its hash",
-            )
-        if number == 1 and path.name != CURRENT and path.name != f"audit-{seq:012d}.jsonl":
-            raise _fail(
-                directory,
-                "removed",
-                path,
-                number,
-                f"the file starts at seq {seq}, not at the seq its name says",
-            )
-        if seq != expected:
-            if isinstance(seq, int) and seq > expected:
-                found = _where_is(files, expected)
-                if found:
-                    raise _fail(
-                        directory,
-                        "reordered",
-                        path,
-                        number,
-                        f"seq {seq} where seq {expected} belongs (seq {expected} is at {found})",
-                    )
-                raise _fail(
-                    directory,
-                    "removed",
-                    path,
-                    number,
-                    f"seq jumps from {expected - 1} to {seq}: {seq - expected} record(s) missing",
-                )
+@dataclass
+class _Chain:
+    """What the walk over the log has established so far."""
+
+    expected: int = 0  # the seq the next record must have
+    prev: str = ZERO_HASH  # the hash the next record must name as prev
+    records: int = 0
+    first_time: str | None = None
+    last_time: str | None = None
+    # The hashes of the records the head file and the anchors name, as found in the log.
+    seen: dict[int, str] = field(default_factory=dict)
+
+
+def _parse(
+    directory: Path, path: Path, number: int, line: bytes
+) -> tuple[dict[str, Any], str, Any]:
+    """The record on one line, the hash it states and its seq (as written: checked later)."""
+    if not line.endswith(b"\n"):
+        raise _fail(directory, "truncated", path, number, "the last line is cut off")
+    try:
+        record = json.loads(line)
+        stated = record["hash"]
+        seq = record["seq"]
+    except (ValueError, KeyError, TypeError):
+        raise _fail(directory, "modified", path, number, "not a JSON audit record") from None
+    return record, stated, seq
+
+
+def _check_sequence(
+    directory: Path, files: list[Path], path: Path, number: int, seq: Any, expected: int
+) -> None:
+    """``seq`` must be ``expected``; else say whether records were removed or reordered."""
+    if seq == expected:
+        return
+    if isinstance(seq, int) and seq > expected:
+        found = _where_is(files, expected)
+        if found:
             raise _fail(
                 directory,
                 "reordered",
                 path,
                 number,
-                f"seq {seq} after seq {expected - 1}: out of order or repeated",
+                f"seq {seq} where seq {expected} belongs (seq {expected} is at {found})",
             )
-        if record.get("prev") != prev:
-            raise _fail(
-                directory,
-                "modified",
-                path,
-                number,
-                f"record seq {seq}: prev does not match the hash of the record before it "
-                "(that record was changed and its hash recomputed, or replaced)",
-            )
+        raise _fail(
+            directory,
+            "removed",
+            path,
+            number,
+            f"seq jumps from {expected - 1} to {seq}: {seq - expected} record(s) missing",
+        )
+    raise _fail(
+        directory,
+        "reordered",
+        path,
+        number,
+        f"seq {seq} after seq {expected - 1}: out of order or repeated",
+    )
+
+
+def _check_record(
+    directory: Path,
+    files: list[Path],
+    chain: _Chain,
+    where: tuple[Path, int],
+    record: dict[str, Any],
+    stated: str,
+    seq: Any,
+) -> None:
+    """One record against its own hash, its file's name and the chain before it."""
+    path, number = where
+    if record_hash(record) != stated:
+        raise _fail(
+            directory,
+            "modified",
+            path,
+            number,
+            f"record seq {seq}: its content does not match its hash",
+        )
+    if number == 1 and path.name != CURRENT and path.name != f"audit-{seq:012d}.jsonl":
+        raise _fail(
+            directory,
+            "removed",
+            path,
+            number,
+            f"the file starts at seq {seq}, not at the seq its name says",
+        )
+    _check_sequence(directory, files, path, number, seq, chain.expected)
+    if record.get("prev") != chain.prev:
+        raise _fail(
+            directory,
+            "modified",
+            path,
+            number,
+            f"record seq {seq}: prev does not match the hash of the record before it "
+            "(that record was changed and its hash recomputed, or replaced)",
+        )
+
+
+def _walk(directory: Path, files: list[Path], wanted: set[int]) -> _Chain:
+    """Every record of every file, oldest first; stops at the first problem."""
+    chain = _Chain()
+    for path, number, line in _lines(files):
+        record, stated, seq = _parse(directory, path, number, line)
+        _check_record(directory, files, chain, (path, number), record, stated, seq)
         if seq in wanted:
-            seen[seq] = stated
-        first_time = first_time or record.get("time")
-        last_time = record.get("time")
-        expected, prev, records = seq + 1, stated, records + 1
-    last_seq = expected - 1
+            chain.seen[seq] = stated
+        chain.first_time = chain.first_time or record.get("time")
+        chain.last_time = record.get("time")
+        chain.expected, chain.prev, chain.records = seq + 1, stated, chain.records + 1
+    return chain
+
+
+def _check_head(
+    directory: Path, head: dict[str, Any] | None, chain: _Chain, last_seq: int
+) -> dict[str, Any]:
+    """The head file must name the log's last record or one before it, by its hash."""
     if head is None:
-        if records:
+        if chain.records:
             raise _fail(directory, "truncated", HEAD, None, "the head file is missing")
         head = {"seq": -1, "hash": ZERO_HASH}
     if head["seq"] > last_seq:
@@ -163,7 +200,7 @@ def verify_log(directory: Path, anchors: tuple[tuple[int, str], ...] = ()) -> Ve
             f"the head names seq {head['seq']} but the log ends at seq {last_seq}: "
             f"{head['seq'] - last_seq} record(s) cut off the end",
         )
-    if head["seq"] >= 0 and head.get("hash") != seen.get(head["seq"]):
+    if head["seq"] >= 0 and head.get("hash") != chain.seen.get(head["seq"]):
         raise _fail(
             directory,
             "modified",
@@ -171,6 +208,13 @@ def verify_log(directory: Path, anchors: tuple[tuple[int, str], ...] = ()) -> Ve
             None,
             f"the head's hash for seq {head['seq']} is not that record's hash",
         )
+    return head
+
+
+def _check_anchors(
+    directory: Path, anchors: tuple[tuple[int, str], ...], chain: _Chain, last_seq: int
+) -> None:
+    """Each anchor kept off the box must name a record of the log, with that record's hash."""
     for seq, digest in anchors:
         if seq > last_seq:
             raise _fail(
@@ -180,23 +224,41 @@ def verify_log(directory: Path, anchors: tuple[tuple[int, str], ...] = ()) -> Ve
                 None,
                 f"the anchor names seq {seq} but the log ends at seq {last_seq}",
             )
-        if seen.get(seq) != digest:
+        if chain.seen.get(seq) != digest:
             raise _fail(
                 directory,
                 "modified",
                 HEAD,
                 None,
-                f"record seq {seq} has hash {seen.get(seq)}, the anchor kept off the box says "
-                f"{digest}: the chain was rewritten",
+                f"record seq {seq} has hash {chain.seen.get(seq)}, the anchor kept off the box "
+                f"says {digest}: the chain was rewritten",
             )
+
+
+def verify_log(directory: Path, anchors: tuple[tuple[int, str], ...] = ()) -> VerifyReport:
+    """Walk the whole chain. ``anchors`` are (seq, hash) pairs kept off the box (a copy of
+    ``audit.head`` taken earlier): a rewritten chain cannot match them."""
+    if not directory.is_dir():
+        raise AuditError(
+            f"audit directory {directory} does not exist",
+            hint="pass --dir with the gateway's audit.dir",
+        )
+    head = read_head(directory)  # before the log: a live gateway only ever moves it forward
+    files = log_files(directory)
+    chain = _walk(
+        directory, files, {seq for seq, _ in anchors} | ({head["seq"]} if head else set())
+    )
+    last_seq = chain.expected - 1
+    head = _check_head(directory, head, chain, last_seq)
+    _check_anchors(directory, anchors, chain, last_seq)
     return VerifyReport(
         directory=directory,
-        records=records,
+        records=chain.records,
         files=len(files),
-        first_time=first_time,
-        last_time=last_time,
+        first_time=chain.first_time,
+        last_time=chain.last_time,
         last_seq=last_seq,
-        last_hash=prev,
+        last_hash=chain.prev,
         beyond_head=last_seq - head["seq"],
     )
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,8 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from appliance.errors import Problem, SpecFileError, SpecInvalidError, SpecVersionError
+from appliance.spec.environment import HINT as _ENVIRONMENT_HINT
+from appliance.spec.environment import expand_environment
 from appliance.spec.models import SPEC_VERSION, UNION_TAGS, Spec, all_field_names
 
 Loc = tuple[str | int, ...]
@@ -111,8 +115,9 @@ def _problems(error: ValidationError, lines: dict[Loc, int]) -> list[Problem]:
     return problems
 
 
-def parse_spec(text: str, source: str = "<spec>") -> Spec:
-    """Validate spec text. Raises a ``Spec*Error`` that lists every problem found."""
+def parse_spec(text: str, source: str = "<spec>", environ: Mapping[str, str] | None = None) -> Spec:
+    """Validate spec text, with ``${NAME}`` in string values taken from ``environ`` (default:
+    this process's environment). Raises a ``Spec*Error`` that lists every problem found."""
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
@@ -136,20 +141,26 @@ def parse_spec(text: str, source: str = "<spec>") -> Spec:
         )
     lines, problems = _line_map(node)
     problems.extend(_version_problems(data, lines, source))
+    expansion = expand_environment(data, os.environ if environ is None else environ)
+    unexpanded = {format_loc(loc) for loc, _ in expansion.problems}
+    problems.extend(
+        Problem(format_loc(loc), message, _line_for(loc, lines))
+        for loc, message in expansion.problems
+    )
 
     try:
-        spec = Spec.model_validate(data)
+        spec = Spec.model_validate(expansion.data)
     except ValidationError as exc:
-        version_done = any(p.path == "version" for p in problems)
-        problems.extend(
-            p for p in _problems(exc, lines) if not (version_done and p.path == "version")
-        )
+        # A value left as written because its variable is missing would only add a second,
+        # misleading problem (``unsupported URL '${DEBIAN_MIRROR}'``) at the same path.
+        done = unexpanded | ({"version"} if any(p.path == "version" for p in problems) else set())
+        problems.extend(p for p in _problems(exc, lines) if p.path not in done)
     if problems:
         problems.sort(key=lambda p: (p.line or 0, p.path))
         count = len(problems)
         raise SpecInvalidError(
             f"{source}: {count} problem{'s' if count != 1 else ''} in the spec",
-            hint=_HINT,
+            hint=f"{_ENVIRONMENT_HINT}; then {_HINT}" if unexpanded else _HINT,
             problems=problems,
         )
     return spec

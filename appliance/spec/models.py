@@ -117,7 +117,10 @@ class AptSource(StrictModel):
     """A Debian-style archive whose signed index pins every package."""
 
     kind: Literal["apt"]
-    url: str
+    url: str = Field(
+        description="http://, https:// or file:// URL of the archive; ${DEBIAN_MIRROR} takes it "
+        "from the environment"
+    )
     suites: list[str] = Field(min_length=1)
     components: list[str] = Field(min_length=1)
     keyring: str = Field(
@@ -277,7 +280,13 @@ class WheelSet(StrictModel):
 
 
 class Spec(StrictModel):
-    """An appliance spec: everything one bundle holds, declared and pinned."""
+    """An appliance spec: everything one bundle holds, declared and pinned.
+
+    Any string value may name environment variables of the machine that reads the spec:
+    ${NAME} is replaced by the variable's value (an unset or empty variable is an error at that
+    value's path), $$ is a literal $. There are no defaults and no nesting. The shipped specs
+    write the Debian mirror as url: ${DEBIAN_MIRROR}.
+    """
 
     version: Literal[1]
     name: Name

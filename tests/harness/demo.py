@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.fixtures.debian_mirror import NoMirrorError, debian_mirror  # noqa: E402
 from tests.fixtures.hosts import Host, harness_image, start_host  # noqa: E402
 
 BUILD = ROOT / "build"
@@ -74,6 +75,11 @@ def main() -> None:
     image = harness_image()
     if image is None:
         sys.exit("demo: no test-host image; run tests/harness/setup.sh first (make demo does)")
+    try:
+        # examples/demo.yaml reads ${DEBIAN_MIRROR}; build-bundle inherits it.
+        os.environ["DEBIAN_MIRROR"] = debian_mirror()
+    except NoMirrorError as error:
+        sys.exit(f"demo: {error}")
     DEMO.mkdir(parents=True, exist_ok=True)
 
     step("generating the tiny model (deterministic GGUF)")

@@ -8,13 +8,13 @@
 #   5. the systemd test-host image (tests/harness/test-host-image.sh)
 #
 # Idempotent: a second run changes nothing and takes seconds. Writes .cache/harness.env, which
-# tests/run and the molecule scenarios read.
+# tests/run and the molecule scenarios read. The Debian mirror is $DEBIAN_MIRROR when set, else
+# the one this machine's apt sources use.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 CACHE="${APPLIANCE_CACHE:-$ROOT/.cache}"
 VENV="${APPLIANCE_VENV:-$ROOT/.venv}"
-MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 PYTHON="${PYTHON:-python3}"
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -23,6 +23,10 @@ die() { printf 'Error: %s\n' "$1" >&2; [ -n "${2:-}" ] && printf 'Hint: %s\n' "$
 [ "$(id -u)" -eq 0 ] || die "the harness needs root (apt, dockerd, debootstrap)" "run: sudo $0"
 [ -r /etc/debian_version ] || die "the harness supports Debian 12 only" "run it on a Debian 12 machine or VM"
 mkdir -p "$CACHE"
+# The Debian mirror the test specs and the test-host image use: $DEBIAN_MIRROR, or this
+# machine's own apt source for Debian bookworm main (tests/fixtures/debian_mirror.py).
+DEBIAN_MIRROR=$("$PYTHON" "$ROOT/tests/fixtures/debian_mirror.py") || exit 1
+export DEBIAN_MIRROR
 
 # --- 1. Debian packages -------------------------------------------------------------------
 PACKAGES=(docker.io skopeo docker-registry debootstrap apt-utils nftables iproute2
@@ -91,5 +95,6 @@ cat >"$CACHE/harness.env" <<ENV
 APPLIANCE_TEST_IMAGE=$image
 ANSIBLE_COLLECTIONS_PATH=$collections
 APPLIANCE_VENV=$VENV
+DEBIAN_MIRROR=$DEBIAN_MIRROR
 ENV
 step "harness ready: $CACHE/harness.env"

@@ -7,7 +7,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 CACHE="${APPLIANCE_CACHE:-$ROOT/.cache}"
-MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# $DEBIAN_MIRROR, or this machine's own apt source for Debian bookworm main.
+MIRROR=$(python3 "$ROOT/tests/fixtures/debian_mirror.py") || exit 1
 PACKAGES="systemd,systemd-sysv,python3,iproute2,openssh-server"
 
 tag=$( { cat "${BASH_SOURCE[0]}"; echo "$MIRROR"; } | sha256sum | cut -c1-12)

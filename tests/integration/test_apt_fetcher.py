@@ -1,7 +1,8 @@
 """The apt fetcher against Debian's real archive, and its repository on an air-gapped host.
 
-Nothing is mocked: ``resolve`` runs apt against deb.debian.org, and the repository that
-``write_repo`` signs is consumed by apt inside a harness container that has no network.
+Nothing is mocked: ``resolve`` runs apt against Debian's archive (``$DEBIAN_MIRROR``, or the
+mirror this machine's apt sources use), and the repository that ``write_repo`` signs is consumed
+by apt inside a harness container that has no network.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import pytest
 from appliance.errors import PackageResolveError
 from appliance.fetchers.apt import DebPackage, RepoIndex, resolve, write_repo
 from appliance.spec.models import AptSource, Packages
+from tests.fixtures.debian_mirror import debian_mirror
 from tests.fixtures.hosts import harness_image
+from tests.fixtures.specs import DEBIAN_KEYRING
 
-DEBIAN = "http://deb.debian.org/debian"
-DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+DEBIAN = debian_mirror()
 ROOT = Path(__file__).resolve().parents[2]
 REPO_FILES = [
     "repo/Packages",

@@ -12,15 +12,10 @@ from pathlib import Path
 import pytest
 
 from appliance.cli import main
+from tests.fixtures.cli import run_cli
+from tests.fixtures.specs import SYSTEMD_LLAMACPP, spec_text
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as done:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return int(done.value.code or 0), out, err
 
 
 @pytest.fixture(scope="module")
@@ -31,29 +26,22 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "models").mkdir()
     (root / "models" / "tiny.gguf").write_bytes(b"GGUF" + os.urandom(4096))
     (root / "spec.yaml").write_text(
-        f"""---
-version: 1
-name: e2e
-release: 2026.11.0
-targets: [{{os: debian-12, arch: amd64}}]
-stack: {{orchestrator: systemd, registry: none, object_store: filesystem, runtime: llamacpp}}
-files:
-  - name: payload
-    url: {(root / "payload.bin").as_uri()}
-    sha256: {hashlib.sha256(payload).hexdigest()}
-packages:
-  sources:
-    - kind: apt
-      url: http://deb.debian.org/debian
-      suites: [bookworm]
-      components: [main]
-      keyring: /usr/share/keyrings/debian-archive-keyring.gpg
-  install: [jq]
-models:
-  - {{name: tiny, source: models/tiny.gguf, format: gguf}}
-wheels:
-  - {{name: extra, requirements: [six==1.16.0]}}
-"""
+        "---\n"
+        + spec_text(
+            "e2e",
+            "2026.11.0",
+            stack=SYSTEMD_LLAMACPP,
+            files=[
+                {
+                    "name": "payload",
+                    "url": (root / "payload.bin").as_uri(),
+                    "sha256": hashlib.sha256(payload).hexdigest(),
+                }
+            ],
+            packages=["jq"],
+            models=[{"name": "tiny", "source": "models/tiny.gguf", "format": "gguf"}],
+            wheels={"extra": ["six==1.16.0"]},
+        )
     )
     return root
 
@@ -109,7 +97,7 @@ def test_manifest_lists_every_file_once_with_digest(workspace: Path) -> None:
 
 
 def test_inspect_json(capsys: pytest.CaptureFixture[str], workspace: Path) -> None:
-    code, out, _ = run(capsys, "--json", "inspect", str(workspace / "out"))
+    code, out, _ = run_cli(capsys, "--json", "inspect", str(workspace / "out"))
     info = json.loads(out)
     assert code == 0
     assert (info["name"], info["release"]) == ("e2e", "2026.11.0")
@@ -118,7 +106,7 @@ def test_inspect_json(capsys: pytest.CaptureFixture[str], workspace: Path) -> No
 
 
 def test_verify_bundle_cli(capsys: pytest.CaptureFixture[str], workspace: Path) -> None:
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "verify-bundle", str(workspace / "out"), "--pubkey", str(workspace / "key.pub")
     )
     assert (code, err) == (0, "")
@@ -128,7 +116,7 @@ def test_verify_bundle_cli(capsys: pytest.CaptureFixture[str], workspace: Path) 
 def test_rebuild_of_unchanged_spec_downloads_nothing(
     capsys: pytest.CaptureFixture[str], workspace: Path
 ) -> None:
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys, "--json", "build-bundle", str(workspace / "spec.yaml"), "-o",
         str(workspace / "again"), "--sign-key", str(workspace / "key"),
         "--cache", str(workspace / "cache"),
@@ -151,7 +139,7 @@ def test_existing_output_is_refused_and_kept(
     capsys: pytest.CaptureFixture[str], workspace: Path
 ) -> None:
     before = (workspace / "out/manifest.json").read_bytes()
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "build-bundle", str(workspace / "spec.yaml"), "-o", str(workspace / "out"),
         "--sign-key", str(workspace / "key"), "--cache", str(workspace / "cache"),
     )  # fmt: skip
@@ -167,7 +155,7 @@ def test_mismatched_file_fails_and_leaves_no_bundle(
     text = (workspace / "spec.yaml").read_text()
     digest = text.split("sha256: ")[1].split()[0]
     spec.write_text(text.replace(digest, "'" + "0" * 64 + "'"))
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "build-bundle", str(spec), "-o", str(workspace / "bad"),
         "--sign-key", str(workspace / "key"), "--cache", str(workspace / "cache2"),
     )  # fmt: skip

@@ -17,23 +17,30 @@ from appliance.bundle.signing import keygen
 from appliance.bundle.verify import open_bundle, verify_dir
 from appliance.errors import BundleCorruptError, InstallError
 from appliance.install.stage import stage
+from tests.fixtures.specs import spec_text
 
 pytestmark = [pytest.mark.network]  # the installer wheels come from PyPI (cached after once)
 
 
 def spec(root: Path, release: str, payloads: dict[str, bytes]) -> Path:
-    files = ""
+    files = []
     for name, data in payloads.items():
         (root / f"{name}-{release}.bin").write_bytes(data)
-        files += (
-            f"  - {{name: {name}, url: '{(root / f'{name}-{release}.bin').as_uri()}', "
-            f"sha256: '{hashlib.sha256(data).hexdigest()}'}}\n"
+        files.append(
+            {
+                "name": name,
+                "url": (root / f"{name}-{release}.bin").as_uri(),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
         )
     path = root / f"spec-{release}.yaml"
     path.write_text(
-        f"version: 1\nname: delta-test\nrelease: '{release}'\n"
-        "targets: [{os: debian-12, arch: amd64}]\nstack: {orchestrator: systemd, registry: none}\n"
-        f"files:\n{files}"
+        spec_text(
+            "delta-test",
+            release,
+            stack={"orchestrator": "systemd", "registry": "none"},
+            files=files,
+        )
     )
     return path
 

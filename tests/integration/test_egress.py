@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.install import mounts
 from tests.fixtures.lab import INTERNET_URL, LAN_URL, lab_around
-from tests.integration.conftest import mounts
 
 pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.slow]
 

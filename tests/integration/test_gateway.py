@@ -13,7 +13,6 @@ import http.client
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,39 +27,14 @@ import pytest
 
 from appliance.gateway.audit import CURRENT
 from appliance.gateway.keys import add_key
-from appliance.roles import ROLES_DIR
 from tests.fixtures.openai_backend import serve_in_thread
+from tests.fixtures.servers import LAUNCHER, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-LAUNCHER = ROLES_DIR / "runtime_llamacpp" / "files" / "appliance-llamacpp"
 STAND_IN_DIGEST = "sha256:" + "5" * 64
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_for(url: str, process: subprocess.Popen[bytes], accept: set[int], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{url} exited {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as answer:  # noqa: S310 - loopback
-                if answer.status in accept:
-                    return
-        except urllib.error.HTTPError as error:
-            if error.code in accept:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} did not come up:\n{log.read_text()}")
 
 
 @dataclass

@@ -30,6 +30,7 @@ from appliance.spec.models import HuggingFaceModel, OllamaModel
 from tests.fixtures.hub import Hub, serve
 from tests.fixtures.ollama import MODEL, Pushed, push_ollama_model, stored_blob
 from tests.fixtures.registry import registry
+from tests.fixtures.specs import spec_text
 
 REPO = "appliance-test/tiny-llama"
 WEIGHTS = os.urandom(3 << 20)
@@ -237,15 +238,25 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, obje
         for name, commit, base in (("b1", first, None), ("d2", second, "b1")):
             spec = root / f"{name}.yaml"
             spec.write_text(
-                f"version: 1\nname: hub-models\nrelease: '{name}'\n"
-                "targets: [{os: debian-12, arch: amd64}]\n"
-                "stack: {orchestrator: systemd, registry: none}\n"
-                "models:\n"
-                f"  - {{name: tiny-hf, source: 'hf://{REPO}', revision: '{commit}',\n"
-                "     exclude: ['original/*']}\n"
-                f"  - {{name: tiny-ollama, source: 'ollama://{address}/library/tiny:1',\n"
-                f"     digest: '{ollama.digest}'}}\n"
-                "  - {name: tiny-local, source: local.gguf, format: gguf}\n"
+                spec_text(
+                    "hub-models",
+                    name,
+                    stack={"orchestrator": "systemd", "registry": "none"},
+                    models=[
+                        {
+                            "name": "tiny-hf",
+                            "source": f"hf://{REPO}",
+                            "revision": commit,
+                            "exclude": ["original/*"],
+                        },
+                        {
+                            "name": "tiny-ollama",
+                            "source": f"ollama://{address}/library/tiny:1",
+                            "digest": ollama.digest,
+                        },
+                        {"name": "tiny-local", "source": "local.gguf", "format": "gguf"},
+                    ],
+                )
             )
             reports[name] = build_bundle(
                 BuildOptions(
@@ -374,10 +385,12 @@ def test_a_tampered_hf_file_fails_the_build_and_leaves_nothing(
         hub.tamper["model.safetensors"] = os.urandom(len(WEIGHTS))
         spec = tmp_path / "spec.yaml"
         spec.write_text(
-            "version: 1\nname: hub-models\nrelease: 'x'\n"
-            "targets: [{os: debian-12, arch: amd64}]\n"
-            "stack: {orchestrator: systemd, registry: none}\n"
-            f"models: [{{name: tiny-hf, source: 'hf://{REPO}', revision: '{commit}'}}]\n"
+            spec_text(
+                "hub-models",
+                "x",
+                stack={"orchestrator": "systemd", "registry": "none"},
+                models=[{"name": "tiny-hf", "source": f"hf://{REPO}", "revision": commit}],
+            )
         )
         cache = Path.home() / ".cache" / "appliance"  # the installer's wheels, cached
         with (

@@ -16,6 +16,7 @@ from appliance.bundle.build import BuildOptions, build_bundle
 from appliance.bundle.signing import keygen
 from appliance.bundle.verify import verify_dir
 from tests.fixtures.registry import layer, push_image, raw_manifest, registry
+from tests.fixtures.specs import spec_text
 
 pytestmark = [pytest.mark.network]  # the installer wheels come from PyPI (cached after once)
 
@@ -35,10 +36,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         }
         refs = {name: f"{address}/appliance/{name}:1@{d}" for name, d in digests.items()}
         (root / "spec.yaml").write_text(
-            "version: 1\nname: images-test\nrelease: '1'\n"
-            "targets: [{os: debian-12, arch: amd64}]\n"
-            "stack: {orchestrator: systemd, registry: none}\n"
-            "images:\n" + "".join(f"  - ref: '{ref}'\n" for ref in refs.values())
+            spec_text(
+                "images-test",
+                "1",
+                stack={"orchestrator": "systemd", "registry": "none"},
+                images=list(refs.values()),
+            )
         )
         keygen(root / "key", "images test")
         build_bundle(

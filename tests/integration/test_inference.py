@@ -20,8 +20,11 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures.bundles import signed_bundle
 from tests.fixtures.hosts import Host, harness_image, start_host
-from tests.integration.conftest import operator_key, signed_bundle
+from tests.fixtures.inference import CALL, chat
+from tests.fixtures.install import operator_key
+from tests.fixtures.specs import SYSTEMD_LLAMACPP, spec_text
 
 pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.slow]
 
@@ -31,51 +34,18 @@ GATEWAY = "http://127.0.0.1:8000"
 AUDIT_DIR = "/var/log/appliance/audit"
 ADMIN = "/opt/appliance/gateway/bin/appliance"
 
-SPEC = """\
-version: 1
-name: inference-test
-release: 2026.11.27
-targets: [{os: debian-12, arch: amd64}]
-stack: {registry: none, object_store: filesystem, orchestrator: systemd, runtime: llamacpp}
-packages:
-  sources:
-    - kind: apt
-      url: http://deb.debian.org/debian
-      suites: [bookworm]
-      components: [main]
-      keyring: /usr/share/keyrings/debian-archive-keyring.gpg
-  install: [nftables, python3-apt, libgomp1]  # libgomp1: OpenMP, which xllamacpp links
-models:
-  - {name: tiny-llama, source: models/tiny-llama.gguf, format: gguf}
-  - {name: tiny-llama-b, source: models/tiny-llama.gguf, format: gguf}
-wheels:
-  - name: llamacpp
-    requirements: [xllamacpp==2026.10.11549]
-"""
-
-# Runs inside the host with its python3: one HTTP call, reported as JSON on stdout.
-CALL = r"""
-import json, sys, time, urllib.request, urllib.error
-method, url, key, body = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
-headers = {"Content-Type": "application/json"}
-if key:
-    headers["Authorization"] = "Bearer " + key
-request = urllib.request.Request(url, data=body.encode() if body else None, headers=headers,
-                                 method=method)
-try:
-    response = urllib.request.urlopen(request, timeout=120)
-except urllib.error.HTTPError as error:
-    response = error
-lines = []
-started = time.monotonic()
-while True:
-    line = response.readline()
-    if not line:
-        break
-    lines.append(line.decode())
-print(json.dumps({"status": response.status, "headers": dict(response.headers),
-                  "lines": lines}))
-"""
+# libgomp1: OpenMP, which xllamacpp links.
+SPEC = spec_text(
+    "inference-test",
+    "2026.11.27",
+    stack=SYSTEMD_LLAMACPP,
+    packages=["nftables", "python3-apt", "libgomp1"],
+    models=[
+        {"name": "tiny-llama", "source": "models/tiny-llama.gguf", "format": "gguf"},
+        {"name": "tiny-llama-b", "source": "models/tiny-llama.gguf", "format": "gguf"},
+    ],
+    wheels={"llamacpp": ["xllamacpp==2026.10.11549"]},
+)
 
 
 @dataclass
@@ -116,15 +86,6 @@ class Appliance:
     def audit(self) -> list[dict[str, Any]]:
         text = self.host.run("sh", "-c", f"cat {AUDIT_DIR}/audit*.jsonl").stdout
         return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def chat(model: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "model": model,
-        "max_tokens": 8,
-        "messages": [{"role": "user", "content": "Hello, appliance."}],
-        **extra,
-    }
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,11 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures.bundles import signed_bundle
 from tests.fixtures.hosts import Host, authorize_ssh, harness_image, start_host
-from tests.integration.conftest import operator_key, signed_bundle
-from tests.integration.test_inference import CALL, chat
+from tests.fixtures.inference import CALL, chat
+from tests.fixtures.install import operator_key
+from tests.fixtures.specs import SYSTEMD_LLAMACPP, spec_text
 
 pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.slow]
 
@@ -40,27 +42,17 @@ PORTS = {"gpu-1": 8081, "gpu-2": 8091}
 INVENTORY = "/srv/inventories/lab.yml"
 
 # The nodes need nginx-light only on the depot (its repository server); libgomp1 on the nodes.
-SPEC = """\
-version: 1
-name: inference-multihost
-release: 2026.11.28
-targets: [{os: debian-12, arch: amd64}]
-stack: {registry: none, object_store: filesystem, orchestrator: systemd, runtime: llamacpp}
-packages:
-  sources:
-    - kind: apt
-      url: http://deb.debian.org/debian
-      suites: [bookworm]
-      components: [main]
-      keyring: /usr/share/keyrings/debian-archive-keyring.gpg
-  install: [nftables, python3-apt, libgomp1, nginx-light]
-models:
-  - {name: tiny-llama, source: models/tiny-llama.gguf, format: gguf}
-  - {name: tiny-llama-b, source: models/tiny-llama-b.gguf, format: gguf}
-wheels:
-  - name: llamacpp
-    requirements: [xllamacpp==2026.10.11549]
-"""
+SPEC = spec_text(
+    "inference-multihost",
+    "2026.11.28",
+    stack=SYSTEMD_LLAMACPP,
+    packages=["nftables", "python3-apt", "libgomp1", "nginx-light"],
+    models=[
+        {"name": "tiny-llama", "source": "models/tiny-llama.gguf", "format": "gguf"},
+        {"name": "tiny-llama-b", "source": "models/tiny-llama-b.gguf", "format": "gguf"},
+    ],
+    wheels={"llamacpp": ["xllamacpp==2026.10.11549"]},
+)
 
 # Probes one TCP port from inside a host: "open", "refused" or "dropped" (no answer).
 PORT_PROBE = r"""

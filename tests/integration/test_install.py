@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import mounts
+from tests.fixtures.install import mounts
 
 pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.slow]
 

@@ -22,36 +22,18 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.fixtures.bundles import signed_bundle
 from tests.fixtures.hosts import ROOT, Host, harness_image, start_host
+from tests.fixtures.inference import CALL, chat
+from tests.fixtures.install import operator_key
 from tests.fixtures.ollama import Pushed, push_ollama_model
 from tests.fixtures.registry import registry
-from tests.integration.conftest import operator_key, signed_bundle
-from tests.integration.test_inference import CALL, chat
+from tests.fixtures.specs import spec_text
 
 pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.slow]
 
 EGRESS_TARGET = "http://198.19.255.10/"  # lab range: leads nowhere, must be dropped
 APPLIANCE = "/opt/appliance/venv/bin/appliance"
-
-SPEC = """\
-version: 1
-name: ollama-gateway
-release: 2026.11.29
-targets: [{{os: debian-12, arch: amd64}}]
-stack: {{registry: none, object_store: filesystem, orchestrator: systemd, runtime: ollama}}
-packages:
-  sources:
-    - kind: apt
-      url: http://deb.debian.org/debian
-      suites: [bookworm]
-      components: [main]
-      keyring: /usr/share/keyrings/debian-archive-keyring.gpg
-  install: [nftables, python3-apt]
-files:
-  - {{name: ollama, url: 'file://{archive}', sha256: '{archive_sha256}'}}
-models:
-  - {{name: tiny-ollama, source: 'ollama://{address}/library/tiny:latest', digest: '{digest}'}}
-"""
 
 
 @dataclass
@@ -95,11 +77,30 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         tar.add(ROOT / "tests" / "fixtures" / "ollama_standin.py", arcname="bin/ollama")
     with registry(root / "registry") as address:
         pushed = push_ollama_model(address, "library/tiny", "latest", os.urandom(64 << 10))
-        spec = SPEC.format(
-            archive=archive,
-            archive_sha256=hashlib.sha256(archive.read_bytes()).hexdigest(),
-            address=address,
-            digest=pushed.digest,
+        spec = spec_text(
+            "ollama-gateway",
+            "2026.11.29",
+            stack={
+                "registry": "none",
+                "object_store": "filesystem",
+                "orchestrator": "systemd",
+                "runtime": "ollama",
+            },
+            packages=["nftables", "python3-apt"],
+            files=[
+                {
+                    "name": "ollama",
+                    "url": f"file://{archive}",
+                    "sha256": hashlib.sha256(archive.read_bytes()).hexdigest(),
+                }
+            ],
+            models=[
+                {
+                    "name": "tiny-ollama",
+                    "source": f"ollama://{address}/library/tiny:latest",
+                    "digest": pushed.digest,
+                }
+            ],
         )
         signed_bundle(root, spec, "ollama gateway test")
     host = start_host(image, {root / "bundle": "/srv/bundle", root / "key.pub": "/srv/key.pub"})

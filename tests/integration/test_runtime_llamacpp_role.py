@@ -7,11 +7,8 @@ bundle's package repository (installed with dpkg before the role runs)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -20,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from appliance.install.topology import plan
-from appliance.roles import ROLES_DIR
 from tests.fixtures.hosts import ROOT, Host, start_host
+from tests.fixtures.roles import blob_file, converge
 
 pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.slow]
 
@@ -29,19 +26,6 @@ RUNTIME = "llamacpp"
 Run = Callable[..., subprocess.CompletedProcess[str]]
 WHEELS = Path.home() / ".cache" / "appliance" / "test-wheels"
 MODELS = ["tiny", "tiny-chat"]
-
-
-def _blob(bundle: Path, source: Path) -> dict[str, object]:
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    target = bundle / "blobs" / "sha256" / digest
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
-    return {
-        "name": source.name,
-        "path": f"blobs/sha256/{digest}",
-        "sha256": digest,
-        "size": source.stat().st_size,
-    }
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +48,8 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True,
     )
     bundle = root / "bundle"
-    wheels = {w.name.split("-")[0]: _blob(bundle, w) for w in sorted(WHEELS.glob("*.whl"))}
-    file = _blob(bundle, gguf)
+    wheels = {w.name.split("-")[0]: blob_file(bundle, w) for w in sorted(WHEELS.glob("*.whl"))}
+    file = blob_file(bundle, gguf)
     models = [
         {"name": name, "format": "gguf", "source": "./tiny.gguf",
          "digest": f"sha256:{file['sha256']}", "files": [file]}
@@ -99,25 +83,6 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "      delegate_to: localhost\n      changed_when: false\n"
     )
     return root
-
-
-def converge(root: Path, host: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    (root / "inventory.yml").write_text(
-        "all:\n  children:\n    depot:\n      hosts:\n        depot-1:\n"
-        f"          ansible_connection: community.docker.docker\n          ansible_host: {host}\n"
-        "          ansible_python_interpreter: /usr/bin/python3\n"
-    )
-    env = {
-        **os.environ,
-        "ANSIBLE_ROLES_PATH": str(ROLES_DIR),
-        "ANSIBLE_COLLECTIONS_PATH": str(ROOT / ".cache" / "collections"),
-        "ANSIBLE_NOCOLOR": "1",
-    }
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(root / "inventory.yml"),
-         "-e", f"@{root / 'extravars.json'}", *extra, str(root / "site.yml")],
-        capture_output=True, text=True, env=env, check=False,
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")

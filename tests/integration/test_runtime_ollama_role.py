@@ -17,7 +17,7 @@ import pytest
 
 from appliance.install.topology import plan
 from tests.fixtures.hosts import ROOT, Host, start_host
-from tests.integration.test_runtime_llamacpp_role import _blob, converge
+from tests.fixtures.roles import blob_file, converge
 
 RUNTIME = "ollama"
 pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.slow]
@@ -37,7 +37,7 @@ def _model(bundle: Path, work: Path, name: str, manifest_path: str, layers: list
         (p, "blobs/" + e["digest"].replace(":", "-"))
         for p, e in zip([config, *layers], entry, strict=True)
     ]:
-        files.append({**_blob(bundle, source), "name": relative})
+        files.append({**blob_file(bundle, source), "name": relative})
     digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
     return {"name": name, "format": "ollama", "source": f"ollama://{name}",
             "digest": f"sha256:{digest}", "files": files}  # fmt: skip
@@ -53,7 +53,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     archive = root / "ollama-linux-amd64.tgz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(ROOT / "tests" / "fixtures" / "ollama_standin.py", arcname="bin/ollama")
-    release = {**_blob(bundle, archive), "name": "ollama", "file_name": archive.name}
+    release = {**blob_file(bundle, archive), "name": "ollama", "file_name": archive.name}
     weights = root / "weights.bin"
     weights.write_bytes(b"shared layer " * 1000)  # both models carry this blob
     models = [

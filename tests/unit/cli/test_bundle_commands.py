@@ -9,7 +9,7 @@ import pytest
 
 from appliance.bundle.pack import pack
 from tests.fixtures.bundles import KINDS, flip_byte, make_bundle, path_of
-from tests.fixtures.cli import run
+from tests.fixtures.cli import run_cli as run
 
 Keys = tuple[Path, Path, Path]
 

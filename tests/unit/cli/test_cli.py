@@ -8,24 +8,22 @@ from pathlib import Path
 import pytest
 
 from appliance import __version__
-from appliance.cli import main
+from tests.fixtures.cli import run_cli
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "examples"
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as done:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    code = done.value.code
-    return (code if isinstance(code, int) else 1), out, err
+@pytest.fixture(autouse=True)
+def mirror(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped specs read ${DEBIAN_MIRROR}; validation fetches nothing, so any URL does."""
+    monkeypatch.setenv("DEBIAN_MIRROR", "http://mirror.invalid/debian")
 
 
 def test_help_teaches_the_flow_and_lists_only_real_commands(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code, out, err = run(capsys, "--help")
+    code, out, err = run_cli(capsys, "--help")
     assert code == 0 and err == ""
     assert "Build and install air-gapped LLM appliances." in out
     assert "appliance spec validate examples/demo.yaml" in out
@@ -56,31 +54,31 @@ def test_help_teaches_the_flow_and_lists_only_real_commands(
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(capsys, "--version") == (0, f"appliance, version {__version__}\n", "")
+    assert run_cli(capsys, "--version") == (0, f"appliance, version {__version__}\n", "")
 
 
 @pytest.mark.parametrize("spec", ["demo.yaml", "production.yaml"])
 def test_shipped_specs_are_valid(capsys: pytest.CaptureFixture[str], spec: str) -> None:
-    code, out, err = run(capsys, "spec", "validate", str(EXAMPLES / spec))
+    code, out, err = run_cli(capsys, "spec", "validate", str(EXAMPLES / spec))
     assert (code, err) == (0, "")
     assert out.startswith(f"{EXAMPLES / spec}: valid spec v1, ")
 
 
 def test_validate_prints_summary(capsys: pytest.CaptureFixture[str]) -> None:
     path = str(EXAMPLES / "demo.yaml")
-    code, out, _ = run(capsys, "spec", "validate", path)
+    code, out, _ = run_cli(capsys, "spec", "validate", path)
     assert code == 0
     assert out == (
         f"{path}: valid spec v1, appliance-demo 2026.11.0\n"
         "  targets: debian-12/amd64\n"
         "  stack:   registry=none object_store=filesystem orchestrator=systemd runtime=llamacpp\n"
-        "  holds:   targets 1, files 1, packages 4, images 0, models 1, wheel sets 1\n"
+        "  holds:   targets 1, files 0, packages 4, images 0, models 1, wheel sets 1\n"
     )
 
 
 def test_invalid_spec_reports_every_problem_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     path = str(EXAMPLES / "bad" / "many-problems.yaml")
-    code, out, err = run(capsys, "spec", "validate", path)
+    code, out, err = run_cli(capsys, "spec", "validate", path)
     assert code == 4
     assert out == ""
     lines = err.splitlines()
@@ -101,7 +99,7 @@ def test_invalid_spec_reports_every_problem_on_stderr(capsys: pytest.CaptureFixt
 
 def test_json_mode_prints_one_document_for_errors(capsys: pytest.CaptureFixture[str]) -> None:
     path = str(EXAMPLES / "bad" / "many-problems.yaml")
-    code, out, _ = run(capsys, "--json", "spec", "validate", path)
+    code, out, _ = run_cli(capsys, "--json", "spec", "validate", path)
     document = json.loads(out)
     assert code == 4
     assert document["ok"] is False
@@ -116,7 +114,9 @@ def test_json_mode_prints_one_document_for_errors(capsys: pytest.CaptureFixture[
 
 
 def test_json_mode_for_a_valid_spec(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "--json", "spec", "validate", str(EXAMPLES / "production.yaml"))
+    code, out, err = run_cli(
+        capsys, "--json", "spec", "validate", str(EXAMPLES / "production.yaml")
+    )
     document = json.loads(out)
     assert (code, err) == (0, "")
     assert document["ok"] is True
@@ -134,7 +134,7 @@ def test_missing_file_is_a_spec_file_error(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     missing = tmp_path / "nope.yaml"
-    code, _, err = run(capsys, "spec", "validate", str(missing))
+    code, _, err = run_cli(capsys, "spec", "validate", str(missing))
     assert code == 3
     assert err == (
         f"Error: spec file '{missing}' does not exist\n"
@@ -145,7 +145,7 @@ def test_missing_file_is_a_spec_file_error(
 def test_unknown_version_exit_code(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     spec = tmp_path / "v9.yaml"
     spec.write_text("version: 9\nname: x\n")
-    code, _, err = run(capsys, "spec", "validate", str(spec))
+    code, _, err = run_cli(capsys, "spec", "validate", str(spec))
     assert code == 5
     assert err.startswith(
         f"Error: {spec}: spec version 9 is not supported; this appliance reads version 1\n"
@@ -153,28 +153,28 @@ def test_unknown_version_exit_code(capsys: pytest.CaptureFixture[str], tmp_path:
 
 
 def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    code, _, err = run(capsys, "--debug", "spec", "validate", str(tmp_path / "nope.yaml"))
+    code, _, err = run_cli(capsys, "--debug", "spec", "validate", str(tmp_path / "nope.yaml"))
     assert code == 3
     assert "Traceback (most recent call last)" in err
     assert "Error: spec file" in err
 
 
 def test_quiet_hides_the_summary_but_not_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(capsys, "-q", "spec", "validate", str(EXAMPLES / "demo.yaml")) == (0, "", "")
-    code, _, err = run(
+    assert run_cli(capsys, "-q", "spec", "validate", str(EXAMPLES / "demo.yaml")) == (0, "", "")
+    code, _, err = run_cli(
         capsys, "-q", "spec", "validate", str(EXAMPLES / "bad" / "many-problems.yaml")
     )
     assert code == 4 and err.startswith("Error: ")
 
 
 def test_usage_error_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "spec", "validate")
+    code, _, err = run_cli(capsys, "spec", "validate")
     assert code == 2
     assert "Missing argument 'SPEC'" in err
 
 
 def test_schema_is_json_schema_of_the_spec(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "spec", "schema")
+    code, out, _ = run_cli(capsys, "spec", "schema")
     schema = json.loads(out)
     assert code == 0
     assert schema["title"] == "Spec"

@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+
 DOCUMENTATION = r"""
 ---
 module: appliance_disk_space
@@ -37,6 +42,24 @@ options:
 author: appliance maintainers
 """
 
+EXAMPLES = r"""
+- name: Measure free space where the bundle and the data will go
+  appliance_disk_space:
+    requirements:
+      - {path: /opt/appliance/releases, bytes: 5368709120, purpose: bundle}
+      - {path: /var/lib/appliance, bytes: 1073741824, purpose: data}
+    reserve_bytes: 1073741824
+  register: __preflight_disk
+
+- name: Every filesystem holds what it must
+  ansible.builtin.assert:
+    that: item.available_bytes >= item.required_bytes
+    fail_msg: >-
+      {{ item.mount }} has {{ item.available_bytes }} bytes free,
+      needs {{ item.required_bytes }}
+  loop: "{{ __preflight_disk.filesystems }}"
+"""
+
 RETURN = r"""
 filesystems:
   description: One entry per filesystem, in the order first named.
@@ -44,15 +67,24 @@ filesystems:
   type: list
   elements: dict
   contains:
-    mount: {description: Mount point, type: str}
-    available_bytes: {description: Bytes available to unprivileged users, type: int}
-    required_bytes: {description: Sum of requirements plus reserve_bytes, type: int}
-    entries: {description: The requirements on this filesystem, type: list}
+    mount:
+      description: Mount point.
+      type: str
+      sample: /
+    available_bytes:
+      description: Bytes available to unprivileged users.
+      type: int
+      sample: 53687091200
+    required_bytes:
+      description: Sum of the requirements on this filesystem plus reserve_bytes.
+      type: int
+      sample: 7516192768
+    entries:
+      description: The requirements on this filesystem (path, bytes, purpose), in order.
+      type: list
+      elements: dict
+      sample: [{path: /opt/appliance/releases, bytes: 5368709120, purpose: bundle}]
 """
-
-import os
-
-from ansible.module_utils.basic import AnsibleModule
 
 
 def nearest_existing(path: str) -> str:
@@ -72,8 +104,8 @@ def mount_point(path: str) -> str:
     return path
 
 
-def filesystems(requirements: list[dict], reserve: int) -> list[dict]:
-    by_device: dict[int, dict] = {}
+def filesystems(requirements: list[dict[str, Any]], reserve: int) -> list[dict[str, Any]]:
+    by_device: dict[int, dict[str, Any]] = {}
     for requirement in requirements:
         existing = nearest_existing(requirement["path"])
         device = os.stat(existing).st_dev
@@ -88,8 +120,11 @@ def filesystems(requirements: list[dict], reserve: int) -> list[dict]:
         entry = by_device[device]
         entry["required_bytes"] += int(requirement["bytes"])
         entry["entries"].append(
-            {"path": requirement["path"], "bytes": int(requirement["bytes"]),
-             "purpose": requirement["purpose"]}
+            {
+                "path": requirement["path"],
+                "bytes": int(requirement["bytes"]),
+                "purpose": requirement["purpose"],
+            }
         )
     return list(by_device.values())
 

@@ -3,6 +3,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+
 DOCUMENTATION = r"""
 ---
 module: appliance_runtime_egress
@@ -27,21 +33,76 @@ options:
     description: Seconds before a probe counts as no answer.
     type: int
     default: 3
+requirements:
+  - systemd (systemctl), and setpriv and nsenter from util-linux, on the host.
+notes:
+  - Must run as root, to take each runtime's user and enter its network namespace.
 author: appliance maintainers
+"""
+
+EXAMPLES = r"""
+- name: Probe egress as each runtime process, from its network namespace
+  appliance_runtime_egress:
+    units: [appliance-llamacpp@*.service, appliance-vllm@*.service]
+    targets: [http://198.19.255.10/]
+    timeout: 3
+  register: __verify_runtimes
+
+- name: No runtime reaches a target
+  ansible.builtin.assert:
+    that: __verify_runtimes.runtimes | map(attribute='probes') | flatten
+      | selectattr('reached', 'ne', false) | list | length == 0
+    fail_msg: a runtime reached a target outside the boundary
 """
 
 RETURN = r"""
 runtimes:
-  description: One entry per running runtime unit.
+  description: One entry per running runtime unit, sorted by unit name.
   returned: always
   type: list
   elements: dict
+  contains:
+    unit:
+      description: The systemd unit.
+      type: str
+      sample: appliance-llamacpp@tiny-llama.service
+    pid:
+      description: Its main process; 0 when it has none (then C(error) says so).
+      type: int
+      sample: 4242
+    error:
+      description: Why the unit could not be probed.
+      returned: when the unit has no main process
+      type: str
+      sample: no main process
+    uid:
+      description: The user id the main process runs as, which the probes take.
+      returned: when the unit has a main process
+      type: int
+      sample: 998
+    gid:
+      description: The group id the main process runs as, which the probes take.
+      returned: when the unit has a main process
+      type: int
+      sample: 998
+    netns:
+      description: The process's network namespace (C(net:[inode])), or what the unit's
+        settings say about it where the namespace link cannot be read.
+      returned: when the unit has a main process
+      type: str
+      sample: "net:[4026532564]"
+    shares_host_netns:
+      description: Whether the process uses the host's network namespace.
+      returned: when the unit has a main process
+      type: bool
+      sample: true
+    probes:
+      description: One per target. C(reached) is true when the target answered, false when
+        it did not, null when the probe itself could not run; C(detail) is its last line.
+      type: list
+      elements: dict
+      sample: [{target: http://198.19.255.10/, reached: false, detail: no answer (timed out)}]
 """
-
-import os
-import subprocess
-
-from ansible.module_utils.basic import AnsibleModule
 
 # Runs as the runtime's user: exit 0 and the status when the target answered, 3 when not.
 PROBE = r"""
@@ -56,18 +117,19 @@ except Exception as error:
 """
 
 
-def _show(unit):
-    out = subprocess.run(
-        ["systemctl", "show", "-p", "MainPID", "-p", "PrivateNetwork", "-p",
+def _show(unit: str) -> dict[str, str]:
+    # systemctl from the host's PATH, as Ansible runs every module; argv only, no shell.
+    out = subprocess.run(  # noqa: S603
+        ["systemctl", "show", "-p", "MainPID", "-p", "PrivateNetwork", "-p",  # noqa: S607
          "NetworkNamespacePath", unit],
         capture_output=True, text=True, check=True,
-    ).stdout
+    ).stdout  # fmt: skip
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def _ids(pid):
+def _ids(pid: int) -> tuple[int | None, int | None]:
     uid = gid = None
-    with open("/proc/%d/status" % pid) as handle:
+    with open(f"/proc/{pid:d}/status") as handle:
         for line in handle:
             if line.startswith("Uid:"):
                 uid = int(line.split()[1])
@@ -76,21 +138,26 @@ def _ids(pid):
     return uid, gid
 
 
-def _probe(pid, uid, gid, shared, target, timeout):
-    command = ["setpriv", "--reuid=%d" % uid, "--regid=%d" % gid, "--clear-groups",
-               "python3", "-c", PROBE, target, str(timeout)]
+def _probe(
+    pid: int, uid: int | None, gid: int | None, shared: bool, target: str, timeout: int
+) -> dict[str, Any]:
+    command = ["setpriv", f"--reuid={uid:d}", f"--regid={gid:d}", "--clear-groups",
+               "python3", "-c", PROBE, target, str(timeout)]  # fmt: skip
     if not shared:
-        command = ["nsenter", "--target", str(pid), "--net", "--"] + command
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 10)
+        command = ["nsenter", "--target", str(pid), "--net", "--", *command]
+    # argv only, no shell; target is one argument of the probe script, never parsed by a shell.
+    done = subprocess.run(  # noqa: S603
+        command, capture_output=True, text=True, timeout=timeout + 10, check=False
+    )
     detail = (done.stdout or done.stderr).strip().splitlines()
     return {
         "target": target,
         "reached": done.returncode == 0,
-        "detail": detail[-1] if detail else "rc %d" % done.returncode,
+        "detail": detail[-1] if detail else f"rc {done.returncode:d}",
     }
 
 
-def main():
+def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "units": {"type": "list", "elements": "str", "required": True},
@@ -99,13 +166,13 @@ def main():
         },
         supports_check_mode=True,
     )
-    listed = subprocess.run(
-        ["systemctl", "list-units", "--type=service", "--state=running", "--plain",
-         "--no-legend"] + module.params["units"],
+    listed = subprocess.run(  # noqa: S603 - argv only; systemctl from the host's PATH
+        ["systemctl", "list-units", "--type=service", "--state=running", "--plain",  # noqa: S607
+         "--no-legend", *module.params["units"]],
         capture_output=True, text=True, check=False,
-    ).stdout
+    ).stdout  # fmt: skip
     host_net = os.readlink("/proc/1/ns/net")
-    runtimes = []
+    runtimes: list[dict[str, Any]] = []
     for unit in sorted(line.split()[0] for line in listed.splitlines() if line.strip()):
         props = _show(unit)
         pid = int(props.get("MainPID", "0") or 0)
@@ -114,20 +181,23 @@ def main():
             continue
         uid, gid = _ids(pid)
         try:
-            net = os.readlink("/proc/%d/ns/net" % pid)
+            net = os.readlink(f"/proc/{pid:d}/ns/net")
             shared = net == host_net
         except PermissionError:
             # Without CAP_SYS_PTRACE (a container) root cannot read another user's namespace
             # link; the unit's own settings say whether systemd gave it a namespace of its own.
             shared = props.get("PrivateNetwork") == "no" and not props.get("NetworkNamespacePath")
-            net = "%s (per the unit: PrivateNetwork=%s)" % (
-                host_net if shared else "unknown", props.get("PrivateNetwork"))
-        entry = {"unit": unit, "pid": pid, "uid": uid, "gid": gid, "netns": net,
-                 "shares_host_netns": shared, "probes": []}
+            net = (
+                f"{host_net if shared else 'unknown'} "
+                f"(per the unit: PrivateNetwork={props.get('PrivateNetwork')})"
+            )
+        entry: dict[str, Any] = {"unit": unit, "pid": pid, "uid": uid, "gid": gid, "netns": net,
+                                 "shares_host_netns": shared, "probes": []}  # fmt: skip
         for target in module.params["targets"]:
             try:
                 entry["probes"].append(
-                    _probe(pid, uid, gid, shared, target, module.params["timeout"]))
+                    _probe(pid, uid, gid, shared, target, module.params["timeout"])
+                )
             except (OSError, subprocess.SubprocessError) as exc:
                 entry["probes"].append({"target": target, "reached": None, "detail": str(exc)})
         runtimes.append(entry)

@@ -116,11 +116,18 @@ class AptSource(StrictModel):
 
 
 class Packages(StrictModel):
-    """OS packages resolved with their dependencies into the bundle's local repository."""
+    """OS packages resolved with their dependencies into the bundle's local repository.
+
+    The packages the appliance's own roles install are always added; ``install`` lists what
+    the site wants on top, and may be left out.
+    """
 
     # One kind today; this becomes a union discriminated on ``kind`` when rpm sources arrive.
     sources: list[AptSource] = Field(min_length=1)
-    install: list[Annotated[str, AfterValidator(check_package)]] = Field(min_length=1)
+    install: list[Annotated[str, AfterValidator(check_package)]] = Field(
+        default_factory=list,
+        description="packages to carry beyond those the roles need, NAME or NAME=VERSION",
+    )
 
     @field_validator("install")
     @classmethod

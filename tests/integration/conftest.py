@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.bundle.build import BuildOptions, build_bundle
+from appliance.build import BuildOptions, build_bundle
 from appliance.bundle.signing import keygen
 
 SPEC = """\

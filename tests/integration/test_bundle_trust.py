@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 
 from appliance.bundle import layout
-from appliance.bundle.build import write_trust_files
 from appliance.bundle.manifest import Component, FileEntry, Manifest, Target
 from appliance.bundle.pack import pack, read_tar, unpack
-from appliance.bundle.signing import keygen
+from appliance.bundle.signing import keygen, write_trust_files
 from appliance.bundle.store import BlobStore
 from appliance.bundle.verify import verify_dir
 from appliance.errors import (

@@ -1,9 +1,9 @@
 """appliance installed from its wheel, outside any checkout, builds a bundle that verifies and
 installs on an air-gapped host: nothing of the build reads the source tree.
 
-The wheel is built the way a user or a package index builds it (pip wheel, setuptools), from a
-copy of the working tree, and installed into a fresh venv in an empty directory; every command
-then runs from that directory with no PYTHONPATH.
+The wheel is built the way ``pip install .`` builds it (pip wheel, setuptools in an isolated
+build environment), from a copy of the working tree, and installed into a fresh venv in an
+empty directory; every command then runs from that directory with no PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -66,8 +66,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if (ROOT / name).is_file():
             (tree / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, tree / name)
-    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-        "--disable-pip-version-check", "--wheel-dir", root / "dist", tree, cwd=root)  # fmt: skip
+    # As `pip install .` builds it: setuptools in an isolated build environment.
+    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--disable-pip-version-check",
+        "--wheel-dir", root / "dist", tree, cwd=root)  # fmt: skip
     (wheel,) = (root / "dist").glob("appliance-*.whl")
     empty = root / "empty"
     empty.mkdir()

@@ -23,6 +23,7 @@ from appliance.fetchers.own_wheel import (
     DIST,
     OwnDistribution,
     cache_key,
+    metadata_headers,
     own_distribution,
     package_files,
     write_wheel,
@@ -79,7 +80,7 @@ def installed_pins(requirements: list[str]) -> list[str]:
             dist = importlib.metadata.distribution(found[1])
         except importlib.metadata.PackageNotFoundError:
             continue
-        headers = _headers(dist.read_text("METADATA") or dist.read_text("PKG-INFO") or "")
+        headers = metadata_headers(dist.read_text("METADATA") or dist.read_text("PKG-INFO") or "")
         name = (headers.get("Name") or [found[1]])[0]
         version = (headers.get("Version") or [dist.version])[0]
         pins[canonical(name)] = f"{name}=={version}"
@@ -88,17 +89,6 @@ def installed_pins(requirements: list[str]) -> list[str]:
             if extra is None or canonical(extra[1]) in extras:
                 pending.append(requirement)
     return [pins[key] for key in sorted(pins)]
-
-
-def _headers(metadata: str) -> dict[str, list[str]]:
-    """The header fields of a METADATA file (all one-line fields in the core metadata); read
-    directly, as the email parser behind ``Distribution.metadata`` costs a millisecond each."""
-    fields: dict[str, list[str]] = {}
-    for line in metadata.split("\n\n", 1)[0].splitlines():
-        name, colon, value = line.partition(":")
-        if colon and not line[:1].isspace():
-            fields.setdefault(name.strip(), []).append(value.strip())
-    return fields
 
 
 def own_wheel(job: Job, dist: OwnDistribution) -> Wheel:

@@ -15,6 +15,7 @@ import csv
 import hashlib
 import importlib.metadata
 import io
+import os
 import re
 import zipfile
 from dataclasses import dataclass
@@ -81,31 +82,39 @@ def own_distribution() -> OwnDistribution:
             f"the installed appliance {dist.version} has no METADATA",
             hint="reinstall appliance: pip install --force-reinstall appliance",
         )
+    headers = metadata_headers(metadata["METADATA"].decode())
     return OwnDistribution(
-        name=dist.metadata["Name"] or DIST,
-        version=dist.version,
+        name=(headers.get("Name") or [DIST])[0],
+        version=(headers.get("Version") or [dist.version])[0],
         metadata=metadata,
         package=Path(appliance.__file__).resolve().parent,
     )
 
 
+def metadata_headers(metadata: str) -> dict[str, list[str]]:
+    """The header fields of a METADATA file (all one-line fields in the core metadata); read
+    directly, as the email parser behind ``Distribution.metadata`` costs a millisecond each."""
+    fields: dict[str, list[str]] = {}
+    for line in metadata.split("\n\n", 1)[0].splitlines():
+        name, colon, value = line.partition(":")
+        if colon and not line[:1].isspace():
+            fields.setdefault(name.strip(), []).append(value.strip())
+    return fields
+
+
 def package_files(package: Path) -> list[WheelFile]:
     """Every file of the package directory, as it goes into the wheel: byte-code caches are
     left out (pip compiles on install); sorted, so the order never depends on the disk."""
-    top = package.name
     files = []
-    for path in sorted(package.rglob("*")):
-        relative = path.relative_to(package)
-        if "__pycache__" in relative.parts or path.suffix in _SKIP_SUFFIXES or not path.is_file():
-            continue
-        files.append(
-            WheelFile(
-                f"{top}/{relative.as_posix()}",
-                path.read_bytes(),
-                bool(path.stat().st_mode & 0o111),
-            )
-        )
-    return files
+    for directory, dirs, names in os.walk(package):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in names:
+            path = Path(directory, name)
+            if path.suffix in _SKIP_SUFFIXES or not path.is_file():
+                continue
+            arcname = f"{package.name}/{path.relative_to(package).as_posix()}"
+            files.append(WheelFile(arcname, path.read_bytes(), bool(path.stat().st_mode & 0o111)))
+    return sorted(files, key=lambda item: item.name)
 
 
 def cache_key(dist: OwnDistribution, files: list[WheelFile]) -> str:

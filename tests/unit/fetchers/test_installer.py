@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import importlib.metadata
 
-from appliance.fetchers.installer import (
-    _headers,
-    canonical,
-    installed_pins,
-    runtime_requirements,
-)
+from appliance.fetchers.installer import canonical, installed_pins, runtime_requirements
+from appliance.fetchers.own_wheel import metadata_headers
 
 
 def pinned(pins: list[str]) -> dict[str, str]:
@@ -44,7 +40,7 @@ def test_metadata_headers_are_read_without_the_email_parser() -> None:
         "Metadata-Version: 2.1\nName: demo\nVersion: 1.0\nRequires-Dist: a>=1\n"
         "Requires-Dist: b; extra == 'x'\n\nRequires-Dist: not a header, the description\n"
     )
-    assert _headers(text) == {
+    assert metadata_headers(text) == {
         "Metadata-Version": ["2.1"],
         "Name": ["demo"],
         "Version": ["1.0"],

@@ -9,18 +9,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.progress import Progress as RichProgress
+if TYPE_CHECKING:  # rich is imported when bars are drawn: quiet runs start faster without it
+    from rich.console import Console
+    from rich.progress import TaskID
 
 
 class Task(Protocol):
@@ -64,6 +57,15 @@ class BarProgress:
     """rich bars: one per artifact in flight, and a total."""
 
     def __init__(self, console: Console) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+        from rich.progress import Progress as RichProgress
+
         self._rich = RichProgress(
             TextColumn("{task.description}", justify="left"),
             BarColumn(),

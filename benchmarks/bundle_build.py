@@ -2,8 +2,11 @@
 
   1. files fetcher alone vs `curl -o` of the same files (hashing while downloading must cost
      almost nothing; goal <= 1.1x curl's wall time);
-  2. full build-bundle, cold (empty cache) vs a rebuild of the unchanged spec (goal <= 5%);
-  3. peak extra disk during the cold build vs the bundle's size (goal <= 1.05x), sampled;
+  2. full build-bundle, cold (empty cache) vs a rebuild of the unchanged spec (goal <= 5%;
+     the median of five rebuilds, as one run on a shared machine can land on a busy moment);
+  3. peak extra disk during the cold build vs the bundle's size (goal <= 1.05x), sampled as
+     the blocks allocated under the benchmark's directory (cache, output, staging and the
+     build's TMPDIR; each inode once), so other work on a shared machine does not count;
   4. peak RSS of build-bundle for two bundle sizes (must stay flat as the bundle grows).
 Prints figures and ratios; asserts nothing. Needs PyPI for the installer wheels.
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import resource
 import shutil
 import socket
@@ -89,15 +93,45 @@ def spec_text(port: int, artifacts: list[tuple[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build(spec: Path, out: Path, key: Path, cache: Path) -> tuple[float, int, int]:
-    """(seconds, peak RSS KiB, peak bytes used on the filesystem during the build)."""
-    start_free = shutil.disk_usage(out.parent).free
+def allocated(root: Path, skip: Path) -> int:
+    """Bytes allocated to the files under ``root`` (not ``skip``), each inode counted once."""
+    seen: set[int] = set()
+    total = 0
+    pending = [root]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:
+            continue  # removed while we looked
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.path != str(skip):
+                        pending.append(Path(entry.path))
+                    continue
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if info.st_ino not in seen:
+                seen.add(info.st_ino)
+                total += info.st_blocks * 512
+    return total
+
+
+def build(
+    spec: Path, out: Path, key: Path, cache: Path, disk: bool = True
+) -> tuple[float, int, int]:
+    """(seconds, peak RSS KiB, peak bytes allocated under the benchmark's directory during the
+    build beyond what was there before, sampled only with ``disk``: the sampler's walks would
+    share the cores with a short build)."""
+    root = out.parent
+    start = allocated(root, root / "upstream")
     peak = [0]
     done = threading.Event()
 
     def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], start_free - shutil.disk_usage(out.parent).free)
+        while disk and not done.is_set():
+            peak[0] = max(peak[0], allocated(root, root / "upstream") - start)
             time.sleep(0.02)
 
     sampler = threading.Thread(target=sample)
@@ -119,6 +153,7 @@ def build(spec: Path, out: Path, key: Path, cache: Path) -> tuple[float, int, in
         ],
         check=True,
         cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(root / "tmp")},
     )
     seconds = time.perf_counter() - started
     done.set()
@@ -168,12 +203,20 @@ def main() -> None:
         subprocess.run([*APPLIANCE, "keygen", "-o", str(root / "key")], check=True, cwd=ROOT)
         spec = root / "spec.yaml"
         spec.write_text(spec_text(port, artifacts))
+        (root / "tmp").mkdir()
         cold, rss_big, disk_peak = build(spec, root / "out", root / "key", root / "cache")
         bundle_bytes = sum(p.stat().st_size for p in (root / "out").rglob("*") if p.is_file())
-        warm, _, _ = build(spec, root / "out", root / "key", root / "cache")
+        # Downloads are not fsynced: flush the cold build's gigabyte now, or the rebuilds would
+        # wait for its writeback (counted in neither figure).
+        os.sync()
+        rebuilds = sorted(
+            build(spec, root / "out", root / "key", root / "cache", disk=False)[0] for _ in range(5)
+        )
+        warm = rebuilds[2]
         print(
             f"  build-bundle cold: {cold:5.2f} s; rebuild of the unchanged spec: {warm:5.2f} s "
-            f"= {warm / cold:.1%} of cold (goal <= 5%)"
+            f"= {warm / cold:.1%} of cold (goal <= 5%; fastest {rebuilds[0]:.2f} s, slowest "
+            f"{rebuilds[-1]:.2f} s)"
         )
         print(
             f"  peak extra disk during the cold build: {disk_peak / 1e9:.2f} GB for a "

@@ -20,9 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from appliance.bundle import layout
-from appliance.bundle.build import write_trust_files
 from appliance.bundle.manifest import FileEntry, Manifest, Target
-from appliance.bundle.signing import keygen
+from appliance.bundle.signing import keygen, write_trust_files
 from appliance.bundle.verify import verify_dir
 from benchmarks.common import drop_caches, rate, run, timed, write_random
 

@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from appliance.bundle.build import BuildOptions, build_bundle  # noqa: E402
+from appliance.build import BuildOptions, build_bundle  # noqa: E402
 from appliance.bundle.signing import keygen  # noqa: E402
 from benchmarks.common import write_random  # noqa: E402
 

@@ -108,7 +108,7 @@ def private_cache(target: Path) -> None:
     target.mkdir()
     if (home / "blobs").is_dir():
         subprocess.run(["cp", "-al", str(home / "blobs"), str(target / "blobs")], check=True)
-    for name in ("wheel-resolutions", "collections-wheel"):
+    for name in ("wheel-resolutions", "own-wheel"):
         if (home / name).is_dir():
             shutil.copytree(home / name, target / name)
 

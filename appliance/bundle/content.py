@@ -1,11 +1,10 @@
-"""The bundle's own content: Ansible tree and collections as one reproducible tar, the SBOM."""
+"""The bundle's own content: the Ansible tree as one reproducible tar, and the SBOM."""
 
 from __future__ import annotations
 
 import io
 import tarfile
 import uuid
-import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,6 @@ from appliance.bundle.manifest import Component, FileEntry
 from appliance.errors import BuildError
 
 ANSIBLE_TREES = ("ansible.cfg", "playbooks", "roles", "inventories")
-COLLECTIONS = ("ansible/posix", "community/docker")
 _EPOCH = 315532800  # 1980-01-01: a fixed mtime makes the tar depend on content only
 
 
@@ -27,10 +25,12 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def ansible_content_tar(source_root: Path, collections_wheel: Path | None) -> bytes:
+def ansible_content_tar(source_root: Path) -> bytes:
     """playbooks, roles, inventories and ansible.cfg from ``source_root`` (the package's
-    ``ansible/`` directory), plus collections/ from the pinned wheel: sorted, fixed owner and
-    mtime, so equal content gives equal bytes."""
+    ``ansible/`` directory): sorted, fixed owner and mtime, so equal content gives equal bytes.
+
+    The roles use ``ansible.builtin`` only, so no collection travels with them.
+    """
     files: list[tuple[str, Path]] = []
     for top in ANSIBLE_TREES:
         path = source_root / top
@@ -52,12 +52,6 @@ def ansible_content_tar(source_root: Path, collections_wheel: Path | None) -> by
         for name, path in sorted(files):
             mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
             _add(tar, name, path.read_bytes(), mode)
-        if collections_wheel is not None:
-            with zipfile.ZipFile(collections_wheel) as wheel:
-                prefixes = tuple(f"ansible_collections/{c}/" for c in COLLECTIONS)
-                for member in sorted(wheel.namelist()):
-                    if member.startswith(prefixes) and not member.endswith("/"):
-                        _add(tar, f"collections/{member}", wheel.read(member), 0o644)
     return buffer.getvalue()
 
 

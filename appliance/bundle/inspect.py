@@ -44,6 +44,14 @@ def summary(manifest: Manifest) -> dict[str, Any]:
         if entry.kind == "model" and entry.component in models:
             models[entry.component]["files"] += 1
             models[entry.component]["bytes"] += entry.size
+    required_by = manifest.required_by()
+    components = []
+    for component in manifest.components:
+        item = {**component.model_dump(), "bytes": sizes.get(component.name, 0)}
+        if component.kind == "deb" and component.name.partition(":")[0] in required_by:
+            item["required_by"] = required_by[component.name.partition(":")[0]]
+        components.append(item)
+    carried = {c.name.partition(":")[0] for c in manifest.components if c.kind == "deb"}
     return {
         "name": manifest.name,
         "release": manifest.release,
@@ -56,9 +64,10 @@ def summary(manifest: Manifest) -> dict[str, Any]:
         "bytes": manifest.total_size(),
         "kinds": kinds,
         "repo": manifest.repo.model_dump() if manifest.repo else None,
-        "components": [
-            {**component.model_dump(), "bytes": sizes.get(component.name, 0)}
-            for component in manifest.components
-        ],
+        "components": components,
+        # {role: [package]}: what the play's roles install, and which of those this bundle
+        # does not carry (its spec had no packages section: the hosts must have them).
+        "role_packages": manifest.role_packages,
+        "not_carried": {p: roles for p, roles in required_by.items() if p not in carried},
         "models": sorted(models.values(), key=lambda m: m["name"]),
     }

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from appliance.errors import BundleLayoutError, Problem
-from appliance.spec.checks import NAME_RE
+from appliance.names import NAME_RE
 
 if TYPE_CHECKING:
     from appliance.bundle.manifest import Manifest

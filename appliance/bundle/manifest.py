@@ -86,6 +86,9 @@ class Manifest(_Frozen):
     repo: RepoInfo | None = None
     # The OS packages the spec asks for (their dependencies are in the repo too).
     packages: list[str] = Field(default_factory=list)
+    # The OS packages the play's roles install, by role ({role: [package]}); build-bundle adds
+    # them to the repository's closure. Absent from manifests written before roles declared them.
+    role_packages: dict[str, list[str]] = Field(default_factory=dict)
     base: BaseRef | None = None
 
     def canonical(self) -> bytes:
@@ -101,6 +104,14 @@ class Manifest(_Frozen):
     def total_size(self) -> int:
         """Bytes on disk: each distinct path once."""
         return sum(entry.size for entry in self.by_path().values())
+
+    def required_by(self) -> dict[str, list[str]]:
+        """Each role-required OS package with the roles that need it."""
+        roles: dict[str, list[str]] = {}
+        for role, packages in sorted(self.role_packages.items()):
+            for package in packages:
+                roles.setdefault(package, []).append(role)
+        return roles
 
     def models(self) -> list[dict[str, Any]]:
         """Each model with its files and digest, as the install roles consume them."""

@@ -14,9 +14,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
+from appliance.bundle import layout
+from appliance.bundle.manifest import Manifest
 from appliance.errors import BundleSignatureError, KeyFileError
 
 NAMESPACE = "appliance-bundle"
@@ -55,17 +54,19 @@ def keygen(private: Path, comment: str) -> Path:
     return public
 
 
-def sign(private: Path, path: Path) -> Path:
-    """Write ``path``.sig, an SSHSIG signature of ``path`` in the appliance namespace."""
+def sign(private: Path, *paths: Path) -> list[Path]:
+    """Write ``path``.sig for each of ``paths``, an SSHSIG signature in the appliance namespace
+    (one ssh-keygen for all of them)."""
     if not private.is_file():
         raise KeyFileError(
             f"signing key {private} does not exist",
             hint="create one with `appliance keygen -o KEY`",
         )
-    signature = path.with_name(path.name + ".sig")
-    signature.unlink(missing_ok=True)
+    signatures = [path.with_name(path.name + ".sig") for path in paths]
+    for signature in signatures:
+        signature.unlink(missing_ok=True)
     result = subprocess.run(  # noqa: S603
-        [_ssh_keygen(), "-Y", "sign", "-f", str(private), "-n", NAMESPACE, str(path)],
+        [_ssh_keygen(), "-Y", "sign", "-f", str(private), "-n", NAMESPACE, *map(str, paths)],
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
@@ -76,7 +77,18 @@ def sign(private: Path, path: Path) -> Path:
             f"cannot sign with {private}: {result.stderr.strip()}",
             hint="the key must be an OpenSSH private key without a passphrase, readable by you",
         )
-    return signature
+    return signatures
+
+
+def write_trust_files(bundle: Path, manifest: Manifest, sign_key: Path) -> None:
+    """manifest.json, SHA256SUMS (every shipped file, manifest included), both signatures."""
+    data = manifest.canonical()
+    (bundle / layout.MANIFEST).write_bytes(data)
+    lines = {path: entry.sha256 for path, entry in manifest.shipped().items()}
+    lines[layout.MANIFEST] = hashlib.sha256(data).hexdigest()
+    sums = "".join(f"{digest}  {path}\n" for path, digest in sorted(lines.items()))
+    (bundle / layout.SHA256SUMS).write_text(sums)
+    sign(sign_key, bundle / layout.MANIFEST, bundle / layout.SHA256SUMS)
 
 
 def read_public_key(public: Path) -> str:
@@ -102,6 +114,10 @@ def verify_bytes(public: Path, data: bytes, signature: bytes, what: str) -> None
     Implemented here (with ``cryptography``) rather than by running ssh-keygen, so an isolated
     host needs no OpenSSH tools; ssh-keygen checks the same signatures (tests prove both agree).
     """
+    # Imported here: signing a bundle does not need it.
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     trusted = read_public_key(public)
     key_type, _, key_b64 = trusted.partition(" ")
     if key_type != "ssh-ed25519":

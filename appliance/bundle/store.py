@@ -105,6 +105,29 @@ class BlobStore:
                 writer.write(view[:count])
             return writer.commit(expected, what)
 
+    def adopt(self, source: Path, expected: str | None = None, what: str = "file") -> Blob:
+        """Move ``source`` in, hashing it by reading: no second copy on disk while it is filed.
+        ``source`` must be on the store's file system (a download into ``self.root``)."""
+        with source.open("rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256")
+            os.fsync(handle.fileno())
+        actual = digest.hexdigest()
+        if expected is not None and actual != expected:
+            source.unlink()
+            raise ChecksumMismatchError(
+                f"{what}: sha256 mismatch: expected {expected}, got {actual}",
+                hint="the upstream file changed or the download was corrupted; if the change "
+                "is intended, pin the new digest in the spec",
+            )
+        final = self.path(actual)
+        size = source.stat().st_size
+        if final.exists():
+            source.unlink()
+        else:
+            source.chmod(0o444)
+            source.replace(final)
+        return Blob(actual, size)
+
     def add_bytes(self, data: bytes) -> Blob:
         with self.writer() as writer:
             writer.write(data)

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 import traceback
 
 import click
 
 from appliance import __version__
-from appliance.cli.audit import audit_group
-from appliance.cli.bundle import (
-    build_bundle_command,
-    inspect,
-    keygen,
-    pack_command,
-    unpack_command,
-    verify_bundle,
-)
-from appliance.cli.gateway import gateway_group
-from appliance.cli.install import install_command, verify_command
 from appliance.cli.options import (
     DEBUG_HELP,
     JSON_HELP,
@@ -27,8 +17,40 @@ from appliance.cli.options import (
     add_global_options,
 )
 from appliance.cli.output import Output
-from appliance.cli.spec import spec_group
 from appliance.errors import ApplianceError, exit_codes
+
+# Each command's module, imported when that command runs (or --help lists them all): a command
+# pays only for its own imports, which keeps short runs such as a cached rebuild short.
+_COMMANDS = {
+    "spec": "appliance.cli.spec:spec_group",
+    "keygen": "appliance.cli.bundle:keygen",
+    "build-bundle": "appliance.cli.bundle:build_bundle_command",
+    "verify-bundle": "appliance.cli.bundle:verify_bundle",
+    "inspect": "appliance.cli.bundle:inspect",
+    "pack": "appliance.cli.bundle:pack_command",
+    "unpack": "appliance.cli.bundle:unpack_command",
+    "install": "appliance.cli.install:install_command",
+    "verify": "appliance.cli.install:verify_command",
+    "gateway": "appliance.cli.gateway:gateway_group",
+    "audit": "appliance.cli.audit:audit_group",
+}
+
+
+class _LazyGroup(click.Group):
+    """A group whose commands are imported on first use (click's documented pattern)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in _COMMANDS:
+            return None
+        module, _, name = _COMMANDS[cmd_name].partition(":")
+        command = getattr(importlib.import_module(module), name)
+        assert isinstance(command, click.Command)
+        # After the subcommand too, at any depth: `appliance gateway list-keys --json`.
+        return add_global_options(command)
+
 
 # Click reports bad options and arguments itself, with exit code 2.
 _EXIT_CODES = {**exit_codes(), "usage (bad option or argument)": 2}
@@ -61,6 +83,7 @@ Exit codes:
 
 
 @click.group(
+    cls=_LazyGroup,
     epilog=_EPILOG,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
@@ -79,24 +102,6 @@ def cli(ctx: click.Context, json_mode: bool, verbose: int, quiet: bool, debug: b
     that bundle and provisions the hosts offline, with egress denied.
     """
     ctx.ensure_object(Output).apply_flags(json_mode, verbose, quiet, debug)
-
-
-for command in (
-    spec_group,
-    keygen,
-    build_bundle_command,
-    verify_bundle,
-    inspect,
-    pack_command,
-    unpack_command,
-    install_command,
-    verify_command,
-    gateway_group,
-    audit_group,
-):
-    cli.add_command(command)
-# After the subcommand too, at any depth: `appliance gateway list-keys --json`.
-add_global_options(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

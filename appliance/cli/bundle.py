@@ -10,14 +10,11 @@ from pathlib import Path
 
 import click
 
-from appliance.bundle.build import BuildOptions, build_bundle
-from appliance.bundle.inspect import read_manifest, summary
-from appliance.bundle.pack import pack, unpack
-from appliance.bundle.parts import PartWriter, parse_size
-from appliance.bundle.signing import keygen as make_key
-from appliance.bundle.verify import open_bundle
 from appliance.cli.output import Output, human_bytes
 from appliance.progress import BarProgress, NullProgress, Progress
+
+# The bundle modules each command needs are imported in that command: build-bundle, run often
+# on an unchanged spec, does not pay for pack's or verify's imports.
 
 _PATH = click.Path(path_type=Path)
 _PUBKEY = click.option(
@@ -53,6 +50,8 @@ def keygen(output: Output, private: Path, comment: str) -> None:
     Example:
       appliance keygen -o ~/.appliance/signing-key
     """
+    from appliance.bundle.signing import keygen as make_key
+
     public = make_key(private, comment)
     output.result(
         {"ok": True, "private_key": str(private), "public_key": str(public)},
@@ -110,6 +109,9 @@ def build_bundle_command(
       appliance keygen -o signing-key
       appliance build-bundle examples/demo.yaml -o build/demo --sign-key signing-key
     """
+    # Imported here: the build's modules are not needed by the other commands.
+    from appliance.build import BuildOptions, build_bundle
+
     options = BuildOptions(
         spec_path=spec,
         output=out,
@@ -122,6 +124,8 @@ def build_bundle_command(
     )
     with progress_for(output) as progress:
         report = build_bundle(options, progress)
+    for warning in report.warnings:
+        output.warning(warning)
     kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(report.by_kind.items()))
     output.result(
         {
@@ -135,6 +139,7 @@ def build_bundle_command(
             "from_cache": {"files": report.cached_count, "bytes": report.cached_bytes},
             "by_kind": report.by_kind,
             "seconds": round(report.seconds, 2),
+            "warnings": report.warnings,
         },
         human=(
             f"built {report.output}: {report.name} {report.release}, {report.files} files, "
@@ -170,6 +175,8 @@ def verify_bundle(output: Output, bundle: Path, pubkey: Path, jobs: int, base: P
         -I appliance-bundle-signer -n appliance-bundle -s SHA256SUMS.sig < SHA256SUMS \\
         && sha256sum -c SHA256SUMS
     """
+    from appliance.bundle.verify import open_bundle
+
     with progress_for(output) as progress, open_bundle(bundle, pubkey, base=base) as opened:
         report = opened.check(jobs=jobs, progress=progress)
     rate = report.bytes / report.seconds / 1e6 if report.seconds else 0.0
@@ -210,6 +217,9 @@ def inspect(output: Output, bundle: Path, pubkey: Path | None) -> None:
     Without --pubkey, reads the manifest without verifying it; run
     verify-bundle before you trust what it says.
     """
+    from appliance.bundle.inspect import read_manifest, summary
+    from appliance.bundle.verify import open_bundle
+
     if pubkey is None:
         manifest, trust = read_manifest(bundle), "not verified; see verify-bundle"
     else:
@@ -229,10 +239,16 @@ def inspect(output: Output, bundle: Path, pubkey: Path | None) -> None:
         "  components:",
         *(
             f"    {c['kind']:<16} {c['name']:<40} {c['version'] or '-':<28} "
-            f"{human_bytes(c['bytes']):>10}"
+            f"{human_bytes(c['bytes']):>10}{_required_by(c.get('required_by', []))}"
             for c in info["components"]
         ),
     ]
+    if info["not_carried"]:
+        lines.append("  not in this bundle, the hosts must already have them:")
+        lines += [
+            f"    {package:<40}{_required_by(roles)}"
+            for package, roles in sorted(info["not_carried"].items())
+        ]
     if info["models"]:
         lines.append("  models:")
         lines += [
@@ -247,7 +263,15 @@ def inspect(output: Output, bundle: Path, pubkey: Path | None) -> None:
     )
 
 
+def _required_by(roles: list[str]) -> str:
+    if not roles:
+        return ""
+    return f"  required by role{'s' if len(roles) > 1 else ''} {', '.join(roles)}"
+
+
 def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    from appliance.bundle.parts import parse_size
+
     try:
         return parse_size(value) if value is not None else None
     except ValueError as exc:
@@ -278,6 +302,9 @@ def pack_command(output: Output, bundle: Path, out: Path, max_part_size: int | N
       appliance pack build/demo -o demo.tar
       appliance pack build/demo -o /media/usb/demo.tar --max-part-size 4G
     """
+    from appliance.bundle.pack import pack
+    from appliance.bundle.parts import PartWriter
+
     if str(out) == "-":
         pack(bundle, sys.stdout.buffer)
         return
@@ -319,6 +346,8 @@ def unpack_command(output: Output, archive: Path, destination: Path, pubkey: Pat
     Every member is checked against the signed manifest while it streams,
     into a staging directory; the destination appears only if all verified.
     """
+    from appliance.bundle.pack import unpack
+
     report = unpack(archive, destination, pubkey)
     output.result(
         {"ok": True, "bundle": str(destination), "files": report.files, "bytes": report.bytes},

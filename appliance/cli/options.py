@@ -47,9 +47,13 @@ def global_options() -> list[click.Option]:
     ]
 
 
-def add_global_options(group: click.Group) -> None:
-    """Give every command below ``group``, at any depth, the global options."""
-    for command in group.commands.values():
+def add_global_options(command: click.Command) -> click.Command:
+    """Give ``command`` and every command below it, at any depth, the global options (once:
+    the lazy root group hands the same command object out again)."""
+    if not getattr(command, "_appliance_global_options", False):
         command.params.extend(global_options())
-        if isinstance(command, click.Group):
-            add_global_options(command)
+        command._appliance_global_options = True  # type: ignore[attr-defined]
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            add_global_options(sub)
+    return command

@@ -7,14 +7,16 @@ parse it without scraping text.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
-from dataclasses import dataclass, field
-from typing import Any
-
-from rich.console import Console
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from appliance.errors import ApplianceError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @dataclass
@@ -22,12 +24,19 @@ class Output:
     json_mode: bool = False
     verbosity: int = 0  # -1 quiet, 0 normal, >0 verbose
     debug: bool = False
-    console: Console = field(
-        default_factory=lambda: Console(highlight=False, soft_wrap=True, markup=False)
-    )
-    err_console: Console = field(
-        default_factory=lambda: Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
-    )
+
+    # Made on first use: a --quiet or --json run that prints nothing never imports rich.
+    @functools.cached_property
+    def console(self) -> Console:
+        from rich.console import Console
+
+        return Console(highlight=False, soft_wrap=True, markup=False)
+
+    @functools.cached_property
+    def err_console(self) -> Console:
+        from rich.console import Console
+
+        return Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
     def apply_flags(
         self, json_mode: bool = False, verbose: int = 0, quiet: bool = False, debug: bool = False
@@ -50,6 +59,11 @@ class Output:
         """A line shown only with -v."""
         if not self.json_mode and self.verbosity > 0:
             self.console.print(message)
+
+    def warning(self, message: str) -> None:
+        """Something people must know though the command succeeded: on stderr, even with
+        --quiet (--json documents carry their warnings too)."""
+        sys.stderr.write(f"Warning: {message}\n")
 
     def result(self, document: dict[str, Any], human: str | None = None) -> None:
         """The outcome of a command: a JSON document under --json, else ``human``."""

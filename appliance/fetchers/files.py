@@ -1,16 +1,24 @@
-"""files: http(s) and file:// artifacts pinned by sha256, fetched in parallel through a cache."""
+"""files: http(s) and file:// artifacts pinned by sha256, fetched in parallel through a cache.
+
+``Fetcher`` is the downloader every kind that fetches by URL shares (files, packages, hub
+models); ``FilesSource`` is the source kind of the spec's ``files:``.
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from appliance.bundle.manifest import Component
 from appliance.bundle.store import BlobStore
 from appliance.fetchers.http import GitBlob, RetryPolicy, content_length, fetch_to_store
+from appliance.fetchers.source import Job, Part, Request, blob_entry
 from appliance.progress import Progress
+from appliance.spec.models import FileArtifact
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,9 @@ class Fetcher:
         self.progress = progress
         self.jobs = max(1, jobs)
         self.policy = policy
+        # What came over the network and what from the cache, for the build's report.
+        self.fetched = Tally()
+        self.cached = Tally()
 
     def fetch_all(self, wanted: Iterable[Wanted]) -> list[Fetched]:
         items = list(wanted)
@@ -62,7 +73,9 @@ class Fetcher:
         known = wanted.sha256 or _git_blob_seen(landing, wanted.git_blob)
         if known is not None and landing.has(known):
             self._take(known)
-            return Fetched(wanted, landing.size(known), from_cache=True, sha256=known)
+            size = landing.size(known)
+            self.cached.add(size)
+            return Fetched(wanted, size, from_cache=True, sha256=known)
         total = wanted.size if wanted.size is not None else content_length(wanted.url)
         task = self.progress.task(wanted.label, total)
         try:
@@ -83,11 +96,26 @@ class Fetcher:
             # Only in a cache: a bundle holds nothing its manifest does not list.
             _remember_git_blob(self.cache, wanted.git_blob, blob.sha256)
         self._take(blob.sha256)
+        self.fetched.add(blob.size)
         return Fetched(wanted, blob.size, from_cache=False, sha256=blob.sha256)
 
     def _take(self, sha256: str) -> None:
         if self.cache is not None:
             self.store.link_from(self.cache, sha256)
+
+
+class Tally:
+    """A count of artifacts and their bytes, added to from the fetcher's threads."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.bytes = 0
+        self._lock = threading.Lock()
+
+    def add(self, size: int) -> None:
+        with self._lock:
+            self.count += 1
+            self.bytes += size
 
 
 # Which sha256 a verified git blob turned out to have, so a rebuild finds it in the cache
@@ -114,3 +142,27 @@ def _remember_git_blob(landing: BlobStore, git_blob: GitBlob, sha256: str) -> No
 
 def url_basename(url: str) -> str:
     return Path(unquote(urlsplit(url).path)).name or "download"
+
+
+class FilesSource:
+    """The spec's ``files:``: each one component, its blob named by the URL's file name."""
+
+    def check(self, request: Request) -> list[FileArtifact] | None:
+        return list(request.spec.files) or None
+
+    def fetch(self, job: Job, plan: list[FileArtifact]) -> list[tuple[FileArtifact, Fetched]]:
+        fetched = job.fetcher.fetch_all(Wanted(f"file {f.name}", f.url, f.sha256) for f in plan)
+        return list(zip(plan, fetched, strict=True))
+
+    def describe(self, job: Job, fetched: list[tuple[FileArtifact, Fetched]]) -> Part:
+        part = Part()
+        for artifact, item in fetched:
+            part.add(
+                Component(
+                    name=artifact.name, kind="file", version=artifact.version, source=artifact.url
+                ),
+                blob_entry(
+                    artifact.sha256, item.size, "file", artifact.name, url_basename(artifact.url)
+                ),
+            )
+        return part

@@ -23,29 +23,25 @@ What each check proves:
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import os
 import re
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import quote
-
-import httpx
-from huggingface_hub import HfApi
-from huggingface_hub.errors import (
-    GatedRepoError,
-    HfHubHTTPError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
-from huggingface_hub.hf_api import BlobLfsInfo
 
 from appliance import __version__
 from appliance.bundle.layout import unsafe_reason
 from appliance.errors import BuildError, ChecksumMismatchError, FetchError
 from appliance.fetchers.files import Fetched, Fetcher, Wanted
 from appliance.fetchers.http import GitBlob, RetryPolicy
-from appliance.fetchers.local_models import ModelFile
+from appliance.fetchers.local_models import ModelFile, ModelsFetched, models_part
+from appliance.fetchers.source import Job, Part, Request
 from appliance.spec.models import HuggingFaceModel
+
+if TYPE_CHECKING:
+    from huggingface_hub.hf_api import BlobLfsInfo
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -76,6 +72,21 @@ def list_files(
     model: HuggingFaceModel, hub: str, token: str | None, policy: RetryPolicy | None = None
 ) -> list[HubFile]:
     """The files of the pinned commit that include/exclude select, with expected digests."""
+    # Imported here: a build-machine dependency (the build extra), and slow to import.
+    import httpx
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    # Without this, huggingface_hub's user agent reports the torch version and first fetches
+    # an "agent harness" list from its default endpoint, a request appliance did not ask for
+    # (and, in tests, one to the real hub). The build asks the hub for the file list alone.
+    constants.HF_HUB_DISABLE_TELEMETRY = True
+
     repo = repo_id(model)
     # token=False: never fall back to a token stored in ~/.cache/huggingface by someone else.
     api = HfApi(
@@ -197,3 +208,27 @@ def fetch_hf_model(
     return [
         ModelFile(f.path, item.sha256, item.size) for f, item in zip(files, fetched, strict=True)
     ], fetched
+
+
+class HfModelsSource:
+    """hf:// models: the pinned commit's files, each checked against the hub's digest."""
+
+    def check(self, request: Request) -> list[HuggingFaceModel] | None:
+        models = [m for m in request.spec.models if isinstance(m, HuggingFaceModel)]
+        if models and importlib.util.find_spec("huggingface_hub") is None:
+            raise BuildError(
+                f"model {models[0].name}: huggingface_hub is not installed; it lists the files "
+                "of hf:// models",
+                hint="install appliance with its build extra: pip install 'appliance[build]'",
+            )
+        return models or None
+
+    def fetch(self, job: Job, plan: list[HuggingFaceModel]) -> ModelsFetched:
+        fetched: ModelsFetched = []
+        for model in plan:
+            files, _ = fetch_hf_model(model, job.fetcher)
+            fetched.append((model, model.revision, files))
+        return fetched
+
+    def describe(self, job: Job, fetched: ModelsFetched) -> Part:
+        return models_part(fetched)

@@ -2,7 +2,10 @@
 whose blobs are the bundle's own blob store, so a layer shared by several images is stored once.
 
 skopeo is the tool regulated teams already trust for mirroring; ``--preserve-digests`` keeps
-every manifest's digest, and the target architecture is picked from multi-arch indexes.
+every manifest's digest, and the target architecture is picked from multi-arch indexes. skopeo
+checks every blob against its digest while copying, so the layout it keeps in the cache is
+trusted by name: a rebuild takes an image whose pinned manifest and blobs are all there without
+asking the registry, and files each blob into the store only once.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.bundle.manifest import Component
 from appliance.bundle.store import BlobStore
 from appliance.errors import BuildError, FetchError
+from appliance.fetchers.source import Job, Part, Request, blob_entry, file_entry
 from appliance.spec.models import Image
 
 OCI_LAYOUT = "oci-layout"
@@ -43,16 +48,22 @@ def _loopback(ref: str) -> bool:
         return False
 
 
-def fetch_images(
-    images: list[Image], arch: str, store: BlobStore, work: Path
-) -> list[FetchedImage]:
-    """Copy every image into ``work`` (an OCI layout, kept as a cache), then file its blobs."""
+def skopeo_path() -> str:
     skopeo = shutil.which("skopeo")
     if skopeo is None:
         raise BuildError(
             "skopeo is not installed on this build machine; it fetches container images",
             hint="install it (Debian: apt-get install skopeo)",
         )
+    return skopeo
+
+
+def fetch_images(
+    images: list[Image], arch: str, store: BlobStore, work: Path, bundle: BlobStore | None = None
+) -> list[FetchedImage]:
+    """Copy every image into ``work`` (an OCI layout, kept as a cache), then file its blobs in
+    ``store``, and link them into ``bundle`` when that is another store."""
+    skopeo = skopeo_path()
     work.mkdir(parents=True, exist_ok=True)
     fetched = []
     for image in images:
@@ -60,32 +71,57 @@ def fetch_images(
         repository, _, _tag = (
             name.rpartition(":") if ":" in name.rsplit("/", 1)[-1] else (name, "", "")
         )
-        # skopeo 1.9 refuses tag and digest together; the digest is what pins it anyway.
-        tag = pinned.replace(":", "-")  # a layout reference per pinned digest
-        command = [
-            skopeo,
-            "copy",
-            "--quiet",
-            "--preserve-digests",
-            "--override-os",
-            "linux",
-            "--override-arch",
-            arch,
-            *(["--src-tls-verify=false"] if _loopback(image.ref) else []),
-            f"docker://{repository}@{pinned}",
-            f"oci:{work}:{tag}",
-        ]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
-        if result.returncode != 0:
-            raise FetchError(
-                f"image {image.ref}: skopeo copy failed: {result.stderr.strip()[-500:]}",
-                hint="check the reference and digest, and that this machine reaches the registry",
-            )
-        fetched.append(_file_image(image.ref, pinned, tag, work, store))
+        # skopeo 1.9 refuses tag and digest together; the digest is what pins it anyway. A
+        # layout reference per pinned digest and architecture (an index names one per arch).
+        tag = f"{pinned.replace(':', '-')}-{arch}"
+        if not _complete(work, tag):
+            _copy(skopeo, image, repository, pinned, arch, work, tag)
+        fetched.append(_file_image(image.ref, pinned, tag, work, store, bundle))
     return fetched
 
 
-def _file_image(ref: str, pinned: str, tag: str, work: Path, store: BlobStore) -> FetchedImage:
+def _copy(
+    skopeo: str, image: Image, repository: str, pinned: str, arch: str, work: Path, tag: str
+) -> None:
+    command = [
+        skopeo,
+        "copy",
+        "--quiet",
+        "--preserve-digests",
+        "--override-os",
+        "linux",
+        "--override-arch",
+        arch,
+        *(["--src-tls-verify=false"] if _loopback(image.ref) else []),
+        f"docker://{repository}@{pinned}",
+        f"oci:{work}:{tag}",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+    if result.returncode != 0:
+        raise FetchError(
+            f"image {image.ref}: skopeo copy failed: {result.stderr.strip()[-500:]}",
+            hint="check the reference and digest, and that this machine reaches the registry",
+        )
+
+
+def _complete(work: Path, tag: str) -> bool:
+    """Whether the layout already holds the image pinned as ``tag``, every blob of it."""
+    try:
+        index = json.loads((work / OCI_INDEX).read_text())
+        (descriptor,) = [
+            d for d in index["manifests"] if d.get("annotations", {}).get(REF_NAME) == tag
+        ]
+        blobs = work / "blobs" / "sha256"
+        manifest = json.loads((blobs / descriptor["digest"].split(":", 1)[1]).read_bytes())
+        digests = [manifest["config"]["digest"], *(x["digest"] for x in manifest["layers"])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return all((blobs / digest.split(":", 1)[1]).is_file() for digest in digests)
+
+
+def _file_image(
+    ref: str, pinned: str, tag: str, work: Path, store: BlobStore, bundle: BlobStore | None
+) -> FetchedImage:
     index = json.loads((work / OCI_INDEX).read_text())
     (descriptor,) = [d for d in index["manifests"] if d.get("annotations", {}).get(REF_NAME) == tag]
     manifest_digest = descriptor["digest"]
@@ -93,8 +129,11 @@ def _file_image(ref: str, pinned: str, tag: str, work: Path, store: BlobStore) -
 
     def add(digest: str) -> tuple[str, int]:
         hexdigest = digest.split(":", 1)[1]
-        blob = store.add_file(blobs_dir / hexdigest, expected=hexdigest, what=f"image {ref}")
-        return blob.sha256, blob.size
+        if not store.has(hexdigest):
+            store.add_file(blobs_dir / hexdigest, expected=hexdigest, what=f"image {ref}")
+        if bundle is not None and bundle is not store:
+            bundle.link_from(store, hexdigest)
+        return hexdigest, store.size(hexdigest)
 
     manifest = json.loads((blobs_dir / manifest_digest.split(":", 1)[1]).read_bytes())
     blobs = [add(manifest_digest), add(manifest["config"]["digest"])]
@@ -116,3 +155,41 @@ def write_layout(bundle: Path, images: list[FetchedImage]) -> list[str]:
     }
     (bundle / OCI_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return [OCI_LAYOUT, OCI_INDEX]
+
+
+class ImagesSource:
+    """The spec's ``images:``: each image a component; the bundle root is their OCI layout."""
+
+    def check(self, request: Request) -> list[Image] | None:
+        if not request.spec.images:
+            return None
+        skopeo_path()
+        return list(request.spec.images)
+
+    def fetch(self, job: Job, plan: list[Image]) -> list[FetchedImage]:
+        job.progress.note("fetching container images")
+        # The cache keeps skopeo's layout: a rebuild finds every image already there.
+        images = fetch_images(plan, job.target.arch, job.landing, job.work_dir("oci"), job.store)
+        write_layout(job.staging, images)
+        return images
+
+    def describe(self, job: Job, fetched: list[FetchedImage]) -> Part:
+        part = Part()
+        for image in fetched:
+            part.add(
+                Component(
+                    name=image.ref, kind="image", version=image.manifest_digest, source=image.ref
+                ),
+                *(
+                    blob_entry(digest, size, "image", image.ref, image.ref)
+                    for digest, size in image.blobs
+                ),
+            )
+        part.add(
+            Component(name="images", kind="image-index", version="oci-1.0.0"),
+            *(
+                file_entry(name, (job.staging / name).read_bytes(), "image-index", "images")
+                for name in (OCI_LAYOUT, OCI_INDEX)
+            ),
+        )
+        return part

@@ -1,15 +1,24 @@
-"""Local models: a file or directory made in-house, hashed while copied into the store."""
+"""Local models: a file or directory made in-house, hashed while copied into the store.
+
+Also what every model kind shares: a model is one component, each of its files a blob named by
+its path inside the model.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from appliance.bundle.manifest import Component
 from appliance.bundle.store import BlobStore
 from appliance.errors import BuildError
-from appliance.spec.models import LocalModel
+from appliance.fetchers.source import Job, Part, Request, blob_entry
+from appliance.spec.models import HuggingFaceModel, LocalModel, OllamaModel
+
+AnyModel = HuggingFaceModel | OllamaModel | LocalModel
 
 
 @dataclass(frozen=True)
@@ -59,3 +68,37 @@ def add_local_model(
 
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="model") as pool:
         return list(pool.map(add, paths))
+
+
+def models_part(fetched: Sequence[tuple[AnyModel, str | None, list[ModelFile]]]) -> Part:
+    """Each model (with its version: format, revision or digest) as one component, each of its
+    files a blob named by its path inside the model (for Ollama, its place in OLLAMA_MODELS)."""
+    part = Part()
+    for model, version, files in fetched:
+        part.add(
+            Component(name=model.name, kind="model", version=version, source=model.source),
+            *(blob_entry(f.sha256, f.size, "model", model.name, f.relative) for f in files),
+        )
+    return part
+
+
+ModelsFetched = list[tuple[AnyModel, str | None, list[ModelFile]]]
+
+
+class LocalModelsSource:
+    """Models the spec names by a path: hashed while copied into the bundle."""
+
+    def check(self, request: Request) -> list[LocalModel] | None:
+        models = [m for m in request.spec.models if isinstance(m, LocalModel)]
+        for model in models:
+            check_local_model(model, request.spec_dir)
+        return models or None
+
+    def fetch(self, job: Job, plan: list[LocalModel]) -> ModelsFetched:
+        return [
+            (model, model.format, add_local_model(model, job.spec_dir, job.store, job.fetcher.jobs))
+            for model in plan
+        ]
+
+    def describe(self, job: Job, fetched: ModelsFetched) -> Part:
+        return models_part(fetched)

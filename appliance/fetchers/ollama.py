@@ -20,7 +20,8 @@ from typing import Any
 from appliance.bundle.layout import unsafe_reason
 from appliance.errors import ChecksumMismatchError, FetchError
 from appliance.fetchers.files import Fetched, Fetcher, Wanted
-from appliance.fetchers.local_models import ModelFile
+from appliance.fetchers.local_models import ModelFile, ModelsFetched, models_part
+from appliance.fetchers.source import Job, Part, Request
 from appliance.spec.models import OllamaModel
 
 DEFAULT_REGISTRY = "registry.ollama.ai"
@@ -158,3 +159,23 @@ def _descriptor(model: OllamaModel, descriptor: Any) -> tuple[str, int]:
             hint="only sha256 blobs can be checked and laid out as OLLAMA_MODELS/blobs",
         )
     return found.group(1), size
+
+
+class OllamaModelsSource:
+    """ollama:// models: the pinned manifest, then every blob it names."""
+
+    def check(self, request: Request) -> list[OllamaModel] | None:
+        models = [m for m in request.spec.models if isinstance(m, OllamaModel)]
+        for model in models:
+            parse_ref(model)
+        return models or None
+
+    def fetch(self, job: Job, plan: list[OllamaModel]) -> ModelsFetched:
+        fetched: ModelsFetched = []
+        for model in plan:
+            files, _ = fetch_ollama_model(model, job.fetcher)
+            fetched.append((model, model.digest, files))
+        return fetched
+
+    def describe(self, job: Job, fetched: ModelsFetched) -> Part:
+        return models_part(fetched)

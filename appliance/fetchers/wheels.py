@@ -2,22 +2,27 @@
 
 pip does the resolving (it is the reference implementation of the rules); this module pins the
 platform, keeps a resolution cache so an unchanged spec resolves once, and files each wheel as
-a blob.
+a blob. ``WheelsSource`` is the source kind of the spec's ``wheels:`` sets.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.bundle.manifest import Component
 from appliance.bundle.store import BlobStore
 from appliance.errors import BuildError, FetchError
+from appliance.fetchers.source import Job, Part, Request, blob_entry
+from appliance.spec.models import WheelSet
 
 # Debian 12 ships glibc 2.36: every manylinux tag up to that is compatible.
 _GLIBC_MAX = {"debian-12": 36}
@@ -47,16 +52,17 @@ def resolve_wheels(
     arch: str,
     store: BlobStore,
     cache_dir: Path | None,
-    constraints: Path | None = None,
+    constraints: Sequence[str] = (),
     what: str,
 ) -> list[Wheel]:
-    """Download wheels for ``requirements`` (and their dependencies) into ``store``."""
+    """Download wheels for ``requirements`` (and their dependencies) into ``store``, each
+    version held to ``constraints`` (``name==version`` lines) where they name it."""
     key_material = json.dumps(
         {
             "requirements": requirements,
             "python": python,
             "platform": platform_tags(os_name, arch),
-            "constraints": constraints.read_text() if constraints else None,
+            "constraints": list(constraints) or None,
         },
         sort_keys=True,
     )
@@ -67,7 +73,12 @@ def resolve_wheels(
         if all(store.has(wheel.sha256) for wheel in wheels):
             return wheels
 
-    with tempfile.TemporaryDirectory(prefix="appliance-wheels-") as tmp:
+    # Downloaded next to the store's blobs, so each wheel is moved in, not copied: no second
+    # copy on disk while the wheelhouse is filed.
+    with tempfile.TemporaryDirectory(prefix=".wheels-", dir=store.root) as tmp:
+        dest = Path(tmp) / "wheels"
+        pins = Path(tmp) / "constraints.txt"
+        pins.write_text("".join(f"{line}\n" for line in constraints))
         command = [
             sys.executable,
             "-m",
@@ -82,9 +93,9 @@ def resolve_wheels(
             "--python-version",
             python,
             "--dest",
-            tmp,
+            str(dest),
             *[arg for tag in platform_tags(os_name, arch) for arg in ("--platform", tag)],
-            *(["--constraint", str(constraints)] if constraints else []),
+            *(["--constraint", str(pins)] if constraints else []),
             *requirements,
         ]
         result = subprocess.run(  # noqa: S603
@@ -99,13 +110,13 @@ def resolve_wheels(
                 "pick a version that publishes one, or drop the requirement",
             )
         wheels = []
-        for path in sorted(Path(tmp).iterdir()):
+        for path in sorted(dest.iterdir()):
             if path.suffix != ".whl":
                 raise BuildError(
                     f"{what}: pip returned {path.name}, which is not a wheel",
                     hint="only wheels can be installed offline without a compiler",
                 )
-            blob = store.add_file(path, what=path.name)
+            blob = store.adopt(path, what=path.name)
             wheels.append(Wheel(path.name, blob.sha256, blob.size))
     if recorded is not None:
         recorded.parent.mkdir(parents=True, exist_ok=True)
@@ -113,87 +124,59 @@ def resolve_wheels(
     return wheels
 
 
-def build_own_wheel(source_root: Path, store: BlobStore) -> Wheel:
-    """Build appliance's own wheel from its source tree, offline and reproducibly."""
-    if not (source_root / "pyproject.toml").is_file():
-        raise BuildError(
-            f"appliance's source tree is not at {source_root}",
-            hint="run build-bundle from a checkout of appliance (the bundle carries the "
-            "installer built from it)",
-        )
-    with tempfile.TemporaryDirectory(prefix="appliance-self-") as tmp:
-        result = subprocess.run(  # noqa: S603
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "wheel",
-                "--no-deps",
-                "--no-build-isolation",
-                "--disable-pip-version-check",
-                "--wheel-dir",
-                tmp,
-                str(source_root),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-            env={**_pip_env(), "SOURCE_DATE_EPOCH": "315532800"},
-        )
-        built = sorted(Path(tmp).glob("appliance-*.whl"))
-        if result.returncode != 0 or not built:
-            raise BuildError(
-                f"building appliance's own wheel failed: {result.stderr.strip()[-500:]}",
-                hint="install the build extra: pip install 'appliance[build]'",
-            )
-        blob = store.add_file(built[0], what=built[0].name)
-        return Wheel(built[0].name, blob.sha256, blob.size)
-
-
-def fetch_pinned_wheel(requirements_file: Path, dest: Path) -> Path:
-    """The single wheel that ``requirements_file`` pins by hash (``--hash=sha256:...``),
-    downloaded once into ``dest`` and checked by pip against that hash."""
-    pinned = [
-        part.split(":", 1)[1]
-        for line in requirements_file.read_text().splitlines()
-        if not line.lstrip().startswith("#")
-        for part in line.split()
-        if part.startswith("--hash=sha256:")
-    ]
-    dest.mkdir(parents=True, exist_ok=True)
-    for path in dest.glob("*.whl"):
-        if hashlib.sha256(path.read_bytes()).hexdigest() in pinned:
-            return path
-    result = subprocess.run(  # noqa: S603
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--require-hashes",
-            "--disable-pip-version-check",
-            "--progress-bar",
-            "off",
-            "--dest",
-            str(dest),
-            "-r",
-            str(requirements_file),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=_pip_env(),
-    )
-    wheels = sorted(dest.glob("*.whl"))
-    if result.returncode != 0 or not wheels:
-        raise FetchError(
-            f"cannot download the wheel pinned in {requirements_file}: "
-            f"{result.stderr.strip()[-500:]}",
-            hint="PyPI must be reachable from the build machine",
-        )
-    return wheels[0]
-
-
 def _pip_env() -> dict[str, str]:
     return {**os.environ, "PIP_NO_INPUT": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def check_pip(what: str) -> None:
+    """pip resolves wheel sets; it must be importable by the Python that runs appliance."""
+    if importlib.util.find_spec("pip") is None:
+        raise BuildError(
+            f"{what}: pip is not installed for {sys.executable}; it resolves wheel sets",
+            hint=f"install it: {sys.executable} -m ensurepip (or your OS's python3-pip)",
+        )
+
+
+def wheel_set_part(part: Part, wheels: Sequence[Wheel], set_name: str) -> None:
+    """Each wheel of a set as the component ``<project>:<set>`` with its blob."""
+    for wheel in wheels:
+        project, version = wheel.filename.split("-")[:2]
+        name = f"{project.lower().replace('_', '-')}:{set_name}"
+        part.add(
+            Component(name=name, kind="wheel", version=version, source="pypi"),
+            blob_entry(wheel.sha256, wheel.size, "wheel", name, wheel.filename),
+        )
+
+
+class WheelsSource:
+    """The spec's ``wheels:`` sets (runtimes and their dependencies), for the target."""
+
+    def check(self, request: Request) -> list[WheelSet] | None:
+        if not request.spec.wheels:
+            return None
+        check_pip("wheels")
+        return list(request.spec.wheels)
+
+    def fetch(self, job: Job, plan: list[WheelSet]) -> list[tuple[str, list[Wheel]]]:
+        job.progress.note("resolving wheels")
+        sets = []
+        for wheel_set in plan:
+            wheels = resolve_wheels(
+                list(wheel_set.requirements),
+                python=wheel_set.python,
+                os_name=job.target.os,
+                arch=job.target.arch,
+                store=job.landing,
+                cache_dir=job.cache_dir,
+                what=f"wheels {wheel_set.name}",
+            )
+            for wheel in wheels:
+                job.take(wheel.sha256)
+            sets.append((wheel_set.name, wheels))
+        return sets
+
+    def describe(self, job: Job, fetched: list[tuple[str, list[Wheel]]]) -> Part:
+        part = Part()
+        for set_name, wheels in fetched:
+            wheel_set_part(part, wheels, set_name)
+        return part

@@ -196,6 +196,8 @@ def _extravars(
 def runner_env(project: Path) -> dict[str, str]:
     return {
         "ANSIBLE_ROLES_PATH": str(project / "roles"),
+        # The bundle carries no collections (the roles use ansible.builtin only): point Ansible
+        # at a directory that does not exist rather than at whatever the host has installed.
         "ANSIBLE_COLLECTIONS_PATH": str(project / "collections"),
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_RETRY_FILES_ENABLED": "false",

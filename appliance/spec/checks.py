@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 
 from pydantic_core import PydanticCustomError
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-RELEASE_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")
+from appliance.names import NAME_RE
+
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 GIT_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 DEB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")

@@ -20,9 +20,9 @@ from pydantic import (
     field_validator,
 )
 
+from appliance.names import RELEASE_RE
 from appliance.spec.checks import (
     GIT_COMMIT_RE,
-    RELEASE_RE,
     check_digest,
     check_image_ref,
     check_name,
@@ -141,13 +141,20 @@ class AptSource(StrictModel):
 
 
 class Packages(StrictModel):
-    """OS packages resolved with their dependencies into the bundle's local repository."""
+    """OS packages resolved with their dependencies into the bundle's local repository.
+
+    The packages the appliance's own roles install are always added; ``install`` lists what
+    the site wants on top, and may be left out.
+    """
 
     # One kind today; this becomes a union discriminated on ``kind`` when rpm sources arrive.
     sources: list[AptSource] = Field(min_length=1)
     # What the site wants on top of what the roles install (build-bundle adds the roles' own
     # packages, declared in each role): may be empty.
-    install: list[Annotated[str, AfterValidator(check_package)]] = Field(default_factory=list)
+    install: list[Annotated[str, AfterValidator(check_package)]] = Field(
+        default_factory=list,
+        description="packages to carry beyond those the roles need, NAME or NAME=VERSION",
+    )
 
     @field_validator("install")
     @classmethod

@@ -67,11 +67,13 @@ def built(workspace: Path) -> dict[str, object]:
 def test_build_reports_what_it_did(built: dict[str, object], workspace: Path) -> None:
     assert built["ok"] is True
     assert isinstance(built["fetched"], dict)
-    assert built["fetched"]["files"] == 4  # the payload and three debs
     kinds = built["by_kind"]
     assert isinstance(kinds, dict)
+    assert built["fetched"]["files"] == 1 + kinds["deb"]  # the payload and the debs
     assert kinds["file"] == 1 and kinds["model"] == 1 and kinds["installer"] == 1
-    assert kinds["deb"] == 3  # jq, libjq1, libonig5: the rest is in a minbase target
+    # jq's closure (jq, libjq1, libonig5) and the roles' packages with theirs (nftables,
+    # python3-apt, nginx-light, libgomp1 for llama.cpp): the rest is in a minbase target.
+    assert kinds["deb"] == 45
     assert kinds["repo-index"] == 6
     assert kinds["wheel"] >= 20  # the installer's closure plus six
     assert not list(workspace.glob(".out.partial-*"))
@@ -90,6 +92,14 @@ def test_manifest_lists_every_file_once_with_digest(workspace: Path) -> None:
     assert "six-1.16.0-py2.py3-none-any.whl" in wheels
     assert any(name.startswith("appliance-0.1.0-") for name in wheels)
     assert any(name.startswith("pip-") for name in wheels)
+    debs = {e["component"].partition(":")[0] for e in manifest["files"] if e["kind"] == "deb"}
+    assert {"jq", "libjq1", "libonig5", "nftables", "python3-apt", "nginx-light"} <= debs
+    assert manifest["packages"] == ["jq"]
+    assert manifest["role_packages"] == {
+        "firewall": ["nftables"],
+        "local_repo": ["nginx-light", "python3-apt"],
+        "runtime_llamacpp": ["libgomp1"],
+    }
     sbom = json.loads((bundle / "sbom.cdx.json").read_bytes())
     assert sbom["bomFormat"] == "CycloneDX" and sbom["specVersion"] == "1.5"
     purls = {c.get("purl") for c in sbom["components"]}
@@ -103,6 +113,22 @@ def test_inspect_json(capsys: pytest.CaptureFixture[str], workspace: Path) -> No
     assert (info["name"], info["release"]) == ("e2e", "2026.11.0")
     assert info["kinds"]["model"] == {"files": 1, "bytes": 4100}
     assert {c["name"] for c in info["components"]} >= {"payload", "tiny", "six:extra"}
+    required = {c["name"]: c.get("required_by") for c in info["components"]}
+    assert required["nftables:amd64"] == ["firewall"]
+    assert required["python3-apt:amd64"] == ["local_repo"]
+    assert required["jq:amd64"] is None  # the spec's own, no role's
+    assert info["not_carried"] == {}
+
+
+def test_inspect_says_which_role_requires_a_package(
+    capsys: pytest.CaptureFixture[str], workspace: Path
+) -> None:
+    code, out, _ = run_cli(capsys, "inspect", str(workspace / "out"))
+    assert code == 0
+    lines = out.splitlines()
+    nftables = next(line for line in lines if " nftables:amd64 " in line)
+    assert nftables.endswith("  required by role firewall")
+    assert not next(line for line in lines if " jq:amd64 " in line).endswith("firewall")
 
 
 def test_verify_bundle_cli(capsys: pytest.CaptureFixture[str], workspace: Path) -> None:
@@ -124,7 +150,7 @@ def test_rebuild_of_unchanged_spec_downloads_nothing(
     report = json.loads(out)
     assert code == 0
     assert report["fetched"] == {"files": 0, "bytes": 0}
-    assert report["from_cache"]["files"] == 4
+    assert report["from_cache"]["files"] == 1 + report["by_kind"]["deb"]
     first = json.loads((workspace / "out/manifest.json").read_bytes())
     second = json.loads((workspace / "again/manifest.json").read_bytes())
 

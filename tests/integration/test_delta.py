@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from appliance.build import BuildOptions, build_bundle
 from appliance.bundle import layout
-from appliance.bundle.build import BuildOptions, build_bundle
 from appliance.bundle.manifest import Manifest
 from appliance.bundle.signing import keygen
 from appliance.bundle.verify import open_bundle, verify_dir

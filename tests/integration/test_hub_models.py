@@ -14,8 +14,8 @@ from unittest import mock
 
 import pytest
 
+from appliance.build import BuildOptions, BuildReport, build_bundle
 from appliance.bundle import layout
-from appliance.bundle.build import BuildOptions, BuildReport, build_bundle
 from appliance.bundle.inspect import read_manifest, summary
 from appliance.bundle.signing import keygen
 from appliance.bundle.store import BlobStore

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from appliance.build import BuildOptions, build_bundle
 from appliance.bundle import layout
-from appliance.bundle.build import BuildOptions, build_bundle
 from appliance.bundle.signing import keygen
 from appliance.bundle.verify import verify_dir
 from tests.fixtures.registry import layer, push_image, raw_manifest, registry

@@ -32,8 +32,12 @@ def mirror(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command path below ``group``, asking it as click does (the root loads lazily)."""
+    context = click.Context(group)
     paths = []
-    for name, command in sorted(group.commands.items()):
+    for name in group.list_commands(context):
+        command = group.get_command(context, name)
+        assert command is not None
         paths.append((*prefix, name))
         if isinstance(command, click.Group):
             paths.extend(command_paths(command, (*prefix, name)))

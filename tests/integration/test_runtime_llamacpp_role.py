@@ -16,13 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from appliance.install.topology import plan
 from tests.fixtures.hosts import ROOT, Host, start_host
-from tests.fixtures.roles import blob_file, converge
+from tests.fixtures.roles import blob_file, converge, single_box_topology
 
 pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.slow]
 
-RUNTIME = "llamacpp"
 Run = Callable[..., subprocess.CompletedProcess[str]]
 WHEELS = Path.home() / ".cache" / "appliance" / "test-wheels"
 MODELS = ["tiny", "tiny-chat"]
@@ -58,15 +56,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     extravars = {
         "appliance_bundle_dir": "/srv/bundle",
         "appliance_models": models,
-        # What appliance install computes for this host: a single box serving every model.
-        "appliance_topology": plan(
-            hosts=["depot-1"],
-            depot="depot-1",
-            gpu_nodes=["depot-1"],
-            host_vars={},
-            stack={"runtime": RUNTIME},
-            models=models,
-        ).as_vars(),
+        "appliance_topology": single_box_topology("llamacpp", models),
         "appliance_wheel_sets": {"installer": [wheels["pip"]], "llamacpp": [wheels["xllamacpp"]]},
         "runtime_llamacpp_ctx_size": 512,
         "runtime_llamacpp_threads": 1,

@@ -15,11 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.install.topology import plan
 from tests.fixtures.hosts import ROOT, Host, start_host
-from tests.fixtures.roles import blob_file, converge
+from tests.fixtures.roles import blob_file, converge, single_box_topology
 
-RUNTIME = "ollama"
 pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.slow]
 
 
@@ -66,15 +64,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "appliance_bundle_dir": "/srv/bundle",
         "appliance_files": [release],
         "appliance_models": models,
-        # What appliance install computes for this host: a single box serving every model.
-        "appliance_topology": plan(
-            hosts=["depot-1"],
-            depot="depot-1",
-            gpu_nodes=["depot-1"],
-            host_vars={},
-            stack={"runtime": RUNTIME},
-            models=models,
-        ).as_vars(),
+        "appliance_topology": single_box_topology("ollama", models),
         "runtime_ollama_device": "cpu",
         "runtime_ollama_health_retries": 15,
         "runtime_ollama_health_delay": 1,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.bundle.manifest import Component, FileEntry, Manifest, RepoInfo, Target
+from appliance.bundle.manifest import Component, FileEntry, Manifest, RepoInfo
 from appliance.errors import InstallError
 from appliance.install.checks import check_can_install
+from tests.fixtures.bundles import new_manifest
 
 SYSTEMD = {"registry": "none", "object_store": "filesystem", "orchestrator": "systemd"}
 MODEL = FileEntry(
@@ -21,16 +22,10 @@ def manifest(
     components = [Component(name=f"{d}:amd64", kind="deb", version="1") for d in debs]
     if models:
         components.append(Component(name="tiny", kind="model", version="gguf"))
-    return Manifest(
-        name="acme",
-        release="1",
-        created="2026-12-01T00:00:00Z",
-        appliance_version="0",
-        spec_sha256="0" * 64,
-        target=Target(os="debian-12", arch="amd64"),
+    return new_manifest(
+        [MODEL] if models else [],
+        components,
         stack={**SYSTEMD, "runtime": runtime},
-        components=components,
-        files=[MODEL] if models else [],
         repo=RepoInfo(path="repo", key="repo/key.gpg", fingerprint="F" * 40) if repo else None,
     )
 

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from appliance.bundle.store import BlobStore  # noqa: E402
-from appliance.fetchers.files import Fetcher, Wanted  # noqa: E402
+from appliance.fetchers.download import Fetcher, Wanted  # noqa: E402
 from appliance.progress import NullProgress  # noqa: E402
 from benchmarks.common import rate, timed, write_random  # noqa: E402
 

@@ -45,7 +45,7 @@ FETCH_ONLY = """
 import sys
 from pathlib import Path
 from appliance.bundle.store import BlobStore
-from appliance.fetchers.files import Fetcher
+from appliance.fetchers.download import Fetcher
 from appliance.fetchers.hf import fetch_hf_model
 from appliance.progress import NullProgress
 from appliance.spec.models import HuggingFaceModel

@@ -36,7 +36,7 @@ from appliance.bundle.manifest import (
 from appliance.bundle.signing import write_trust_files
 from appliance.bundle.store import BlobStore
 from appliance.errors import BuildError, KeyFileError
-from appliance.fetchers.files import Fetcher
+from appliance.fetchers.download import Fetcher
 from appliance.fetchers.source import Job, Part, Request, SourceKind, file_entry
 from appliance.progress import NullProgress, Progress
 from appliance.spec import Spec, load_spec

@@ -34,7 +34,7 @@ from urllib.parse import quote
 from appliance import __version__
 from appliance.bundle.layout import unsafe_reason
 from appliance.errors import BuildError, ChecksumMismatchError, FetchError
-from appliance.fetchers.files import Fetched, Fetcher, Wanted
+from appliance.fetchers.download import Fetched, Fetcher, Wanted
 from appliance.fetchers.http import GitBlob, RetryPolicy
 from appliance.fetchers.local_models import ModelFile, ModelsFetched, models_part
 from appliance.fetchers.source import Job, Part, Request

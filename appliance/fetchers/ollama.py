@@ -19,7 +19,7 @@ from typing import Any
 
 from appliance.bundle.layout import unsafe_reason
 from appliance.errors import ChecksumMismatchError, FetchError
-from appliance.fetchers.files import Fetched, Fetcher, Wanted
+from appliance.fetchers.download import Fetched, Fetcher, Wanted
 from appliance.fetchers.local_models import ModelFile, ModelsFetched, models_part
 from appliance.fetchers.source import Job, Part, Request
 from appliance.spec.models import OllamaModel

@@ -18,7 +18,7 @@ from appliance.bundle import layout
 from appliance.bundle.manifest import Component, RepoInfo
 from appliance.errors import BuildError
 from appliance.fetchers.apt import DebPackage, RepoIndex, resolve, write_repo
-from appliance.fetchers.files import Wanted
+from appliance.fetchers.download import Wanted
 from appliance.fetchers.source import Job, Part, Request, blob_entry, file_entry
 from appliance.roles import required_packages
 from appliance.spec.models import Packages, Spec

@@ -41,8 +41,8 @@ from appliance.bundle import layout
 from appliance.bundle.manifest import Component, FileEntry, FileKind, Target
 from appliance.bundle.store import BlobStore
 
-if TYPE_CHECKING:  # files.py implements a kind, so it imports this module
-    from appliance.fetchers.files import Fetcher
+if TYPE_CHECKING:  # download.py is below the kinds; imported for types only
+    from appliance.fetchers.download import Fetcher
     from appliance.progress import Progress
     from appliance.spec import Spec
 

@@ -13,7 +13,7 @@ import pytest
 from appliance.bundle.store import BlobStore
 from appliance.errors import ChecksumMismatchError, FetchError
 from appliance.fetchers import http
-from appliance.fetchers.files import Fetcher, Wanted
+from appliance.fetchers.download import Fetcher, Wanted
 from appliance.fetchers.http import RetryPolicy
 from appliance.progress import NullProgress
 from tests.fixtures.http_server import Route, serve

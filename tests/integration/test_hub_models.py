@@ -21,7 +21,7 @@ from appliance.bundle.signing import keygen
 from appliance.bundle.store import BlobStore
 from appliance.bundle.verify import verify_dir
 from appliance.errors import BuildError, ChecksumMismatchError, FetchError
-from appliance.fetchers.files import Fetcher
+from appliance.fetchers.download import Fetcher
 from appliance.fetchers.hf import fetch_hf_model
 from appliance.fetchers.http import RetryPolicy
 from appliance.fetchers.ollama import fetch_ollama_model, parse_ref

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.bundle.signing import keygen
 from tests.fixtures.debian_mirror import NoMirrorError, debian_mirror
 from tests.fixtures.hosts import Host, harness_image, start_host
 
@@ -102,3 +103,12 @@ def systemd_host(test_image: str) -> Iterator[Callable[..., tuple[str, Exec]]]:
     yield start
     for host in hosts:
         host.remove()
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(private key, its public key, another signer's public key), for signing test bundles."""
+    root = tmp_path_factory.mktemp("keys")
+    keygen(root / "key", "tests")
+    keygen(root / "other", "someone else")
+    return root / "key", root / "key.pub", root / "other.pub"

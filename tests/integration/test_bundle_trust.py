@@ -35,14 +35,6 @@ from tests.fixtures.bundles import (
 )
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    root = tmp_path_factory.mktemp("keys")
-    keygen(root / "key", "test")
-    keygen(root / "other", "someone else")
-    return root / "key", root / "key.pub", root / "other.pub"
-
-
 def test_intact_bundle_verifies(tmp_path: Path, keys: tuple[Path, Path, Path]) -> None:
     bundle = make_bundle(tmp_path, keys[0])
     report = verify_dir(bundle, keys[1])

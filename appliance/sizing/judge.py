@@ -90,7 +90,11 @@ def _refusal(
     else:
         detail = f"at tensor parallel {best.tensor_parallel_size}, {best.reason}"
     options = [_more_gpus(model, gpus, wanted, minimum)]
-    options.append("a quantised checkpoint (AWQ, GPTQ or FP8 weights)")
+    options.append(
+        "a 4-bit checkpoint (AWQ or GPTQ)"
+        if model.architecture.quantization
+        else "a quantised checkpoint (AWQ, GPTQ or FP8 weights)"
+    )
     if best is not None and best.kv_cache_bytes > 0:
         # The weights fit: the KV cache is what is short.
         if wanted.kv_cache_dtype == "auto":

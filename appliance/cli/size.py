@@ -213,7 +213,12 @@ def _render(output: Output, verdict: Verdict) -> None:
         return
     if not chosen.fits:
         output.console.print(f"  {verdict.summary()}")
-    output.console.print(f"  vllm serve flags: {' '.join(chosen.flags())}")
+    if model.format == "gguf":
+        # GGUF models are served by llama.cpp or Ollama here, which budget much as vLLM does
+        # (weights, KV cache, compute buffers) but take no vLLM flags.
+        output.console.print("  served by llama.cpp or Ollama: vLLM's memory budget as a guide")
+    else:
+        output.console.print(f"  vllm serve flags: {' '.join(chosen.flags())}")
     for warning in chosen.warnings:
         output.console.print(f"  note: {warning}")
 

@@ -167,6 +167,14 @@ class GatewayConfigError(ApplianceError):
     kind = "gateway-config"
 
 
+class SizingError(ApplianceError):
+    """A model's files or the GPU facts cannot be read for sizing (a header too large or not
+    well-formed, a config without the numbers sizing needs, an unknown GPU type)."""
+
+    exit_code = 40
+    kind = "sizing"
+
+
 def exit_codes() -> dict[str, int]:
     """Map each error kind to its exit code (documented in ``appliance --help``)."""
     classes: list[type[ApplianceError]] = [ApplianceError]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import __version__
+from appliance.build.sizing import gpu_warnings
 from appliance.bundle import layout
 from appliance.bundle.content import sbom
 from appliance.bundle.manifest import (
@@ -116,6 +117,8 @@ def build_bundle(
         spec_sha256 = hashlib.sha256(spec_bytes).hexdigest()
         parts.append(_sbom(staging, spec, spec_sha256, parts))
         components = [c for part in parts for c in part.components]
+        # Sized from the fetched files, before a delta drops those its base holds.
+        report.warnings += gpu_warnings(list(spec.gpus), _models(components, parts), staging)
         files, base = _delta(staging, [f for part in parts for f in part.files], options.base)
         manifest = Manifest(
             name=spec.name,
@@ -139,6 +142,17 @@ def build_bundle(
     report.cached_count, report.cached_bytes = fetcher.cached.count, fetcher.cached.bytes
     report.seconds = time.monotonic() - started
     return report
+
+
+def _models(components: list[Component], parts: list[Part]) -> list[dict[str, Any]]:
+    """The models as Manifest.models() lists them, from the parts before the manifest exists."""
+    files = [f for part in parts for f in part.files if f.kind == "model"]
+    models = [c for c in components if c.kind == "model"]
+    if not models:
+        return []
+    # Only the two fields models() reads: the manifest itself is written later.
+    partial: dict[str, Any] = {"components": models, "files": files}
+    return Manifest.model_construct(**partial).models()
 
 
 def _sbom(staging: Path, spec: Spec, spec_sha256: str, parts: list[Part]) -> Part:

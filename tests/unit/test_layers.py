@@ -1,6 +1,7 @@
 """The package's layers, from the imports themselves: bundle/ is a leaf (fetchers, the build
-and the installer use it, never the other way round), and fetchers/ does not reach up into the
-build's orchestration or the installer. A cycle between them cannot come back unnoticed."""
+and the installer use it, never the other way round), fetchers/ does not reach up into the
+build's orchestration or the installer, and sizing/ (used by the CLI, the build, the installer
+and preflight) reaches none of them. A cycle between them cannot come back unnoticed."""
 
 from __future__ import annotations
 
@@ -46,6 +47,12 @@ def imported(package: str) -> dict[str, set[str]]:
                 "appliance.spec",
                 "appliance.roles",
             ),
+        ),
+        (
+            # Sizing reads files and does arithmetic; the spec and a bundle's manifest are the
+            # only things above a leaf it reads.
+            "sizing",
+            ("appliance.sizing", "appliance.errors", "appliance.spec", "appliance.bundle.manifest"),
         ),
     ],
 )

@@ -36,6 +36,7 @@ def test_help_teaches_the_flow_and_lists_only_real_commands(
         "install",
         "keygen",
         "pack",
+        "size",
         "spec",
         "unpack",
         "verify",

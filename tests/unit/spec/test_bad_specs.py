@@ -243,6 +243,18 @@ CASES: list[tuple[str, str, list[str]]] = [
         HEAD + "stack: {runtime: tgi}\n",
         ["stack.runtime (line 6): must be 'vllm', 'ollama' or 'llamacpp' (got 'tgi')"],
     ),
+    (
+        "gpus-unknown-type-both-kinds-and-too-many",
+        HEAD
+        + "gpus:\n  - {type: h300, count: 8}\n  - {type: h200, memory_gib: 80}\n"
+        + "  - {type: l4, count: 65}\n",
+        [
+            "gpus[0].type (line 7): unknown GPU type 'h300': use one of h200, h100, a100-80, "
+            "a100-40, l40s, l4, a10, t4, b200, rtx-pro-6000, or memory_gib",
+            "gpus[1] (line 8): name the GPUs by type or by memory_gib (one of the two)",
+            "gpus[2].count (line 9): Input should be less than or equal to 64",
+        ],
+    ),
 ]
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.install.topology import Topology
+from appliance.roles import role_defaults
 from appliance.sizing.sources import from_manifest_models
 
 # The runtime_vllm variables sizing proposes a value for; set in the inventory, they win.
@@ -37,7 +38,10 @@ def gpu_sizing(
         variables = host_vars.get(host, {})
         if runtime is None or runtime.kind != "vllm" or not runtime.models:
             continue
-        if variables.get("runtime_vllm_device", "gpu") != "gpu":
+        device = variables.get(
+            "runtime_vllm_device", role_defaults("runtime_vllm")["runtime_vllm_device"]
+        )
+        if device != "gpu":
             continue
         facts = []
         for name in runtime.models:

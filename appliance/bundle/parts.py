@@ -162,9 +162,10 @@ def _read_bounded(index: Path) -> bytes:
         raise BundleCorruptError(
             f"{index}: cannot read the parts index: {exc.strerror}", hint=_HINT_INDEX
         ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BundleCorruptError(f"{index}: not a regular file", hint=_HINT_INDEX)
     with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise BundleCorruptError(f"{index}: not a regular file", hint=_HINT_INDEX)
         data = handle.read(INDEX_LIMIT + 1)
     if len(data) > INDEX_LIMIT:
         raise BundleCorruptError(

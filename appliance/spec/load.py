@@ -21,6 +21,7 @@ from appliance.spec.reading import (
     control_problems,
     decode_spec,
     read_spec_file,
+    scrubbed,
     yaml_error,
 )
 
@@ -172,7 +173,7 @@ def parse_spec(text: str, source: str = "<spec>", environ: Mapping[str, str] | N
     refused = unexpanded | {format_loc(loc) for loc, _ in controls}
 
     try:
-        spec = Spec.model_validate(expansion.data)
+        spec = Spec.model_validate(scrubbed(expansion.data) if controls else expansion.data)
     except ValidationError as exc:
         # A value left as written because its variable is missing would only add a second,
         # misleading problem (``unsupported URL '${DEBIAN_MIRROR}'``) at the same path.

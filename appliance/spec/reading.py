@@ -109,7 +109,11 @@ def check_events(text: str, source: str) -> None:
     # what an alias to it adds (so a billion-laughs document is refused by arithmetic).
     open_: list[tuple[str | None, int]] = []
     sizes: dict[str, int] = {}
-    loader = yaml.SafeLoader(text)
+    try:
+        # The reader refuses non-printable characters as it is made: inside the try too.
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:
+        raise yaml_error(exc, source) from exc
     try:
         while loader.check_event():
             event = loader.get_event()  # type: ignore[no-untyped-call]
@@ -202,3 +206,15 @@ def control_problems(data: Any, loc: Loc = ()) -> list[tuple[Loc, str]]:
         elif isinstance(value, str) and (hit := TEXT_CONTROL_RE.search(value)):
             found.append((where, f"control character U+{ord(hit.group()):04X} in the value"))
     return sorted(found, key=str)
+
+
+def scrubbed(data: Any) -> Any:
+    """``data`` with every control or format character replaced by U+FFFD: what validation
+    sees once control_problems has reported them (a lone surrogate would break its reports)."""
+    if isinstance(data, dict):
+        return {scrubbed(key): scrubbed(item) for key, item in data.items()}
+    if isinstance(data, list):
+        return [scrubbed(item) for item in data]
+    if isinstance(data, str):
+        return TEXT_CONTROL_RE.sub("\ufffd", data)
+    return data

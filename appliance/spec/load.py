@@ -199,7 +199,7 @@ def _version_problems(data: dict[Any, Any], lines: dict[Loc, int], source: str) 
         return [
             Problem(
                 "version",
-                f"must be an integer (write `version: {SPEC_VERSION}`), got {version!r}",
+                f"must be an integer (write `version: {SPEC_VERSION}`), got {_shown(version)}",
                 lines.get(("version",)),
             )
         ]

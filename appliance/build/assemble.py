@@ -24,7 +24,7 @@ from typing import Any
 from appliance import __version__
 from appliance.build.sizing import gpu_warnings
 from appliance.bundle import layout
-from appliance.bundle.content import sbom
+from appliance.bundle.content import public_source, sbom
 from appliance.bundle.manifest import (
     BaseRef,
     Component,
@@ -40,7 +40,7 @@ from appliance.errors import BuildError, KeyFileError
 from appliance.fetchers.download import Fetcher
 from appliance.fetchers.source import Job, Part, Request, SourceKind, file_entry
 from appliance.progress import NullProgress, Progress
-from appliance.spec import Spec, load_spec
+from appliance.spec import Spec, load_spec_bytes
 
 
 @dataclass
@@ -85,8 +85,7 @@ def build_bundle(
         sources = SOURCES
     started = time.monotonic()
     progress = progress or NullProgress()
-    spec_bytes = _read(options.spec_path)
-    spec = load_spec(options.spec_path)
+    spec, spec_bytes = load_spec_bytes(options.spec_path)
     target = _pick_target(spec, options.target)
     _check_options(options)
     request = Request(spec, options.spec_path, target, options.cache)
@@ -115,6 +114,8 @@ def build_bundle(
             if plans[name] is not None
         ]
         spec_sha256 = hashlib.sha256(spec_bytes).hexdigest()
+        for part in parts:
+            part.components = [_public(c) for c in part.components]
         parts.append(_sbom(staging, spec, spec_sha256, parts))
         components = [c for part in parts for c in part.components]
         # Sized from the fetched files, before a delta drops those its base holds.
@@ -123,7 +124,7 @@ def build_bundle(
         manifest = Manifest(
             name=spec.name,
             release=spec.release,
-            created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            created=_created(),
             appliance_version=__version__,
             spec_sha256=spec_sha256,
             target=target,
@@ -142,6 +143,22 @@ def build_bundle(
     report.cached_count, report.cached_bytes = fetcher.cached.count, fetcher.cached.bytes
     report.seconds = time.monotonic() - started
     return report
+
+
+def _public(component: Component) -> Component:
+    """The component as a bundle may record it: see ``content.public_source``."""
+    source = public_source(component.kind, component.source)
+    return (
+        component if source == component.source else component.model_copy(update={"source": source})
+    )
+
+
+def _created() -> str:
+    """The build time, or SOURCE_DATE_EPOCH's (reproducible-builds.org) when it is set, so two
+    builds of one spec can be compared byte for byte."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    when = datetime.fromtimestamp(int(epoch), UTC) if epoch.isdigit() else datetime.now(UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _models(components: list[Component], parts: list[Part]) -> list[dict[str, Any]]:
@@ -204,13 +221,6 @@ def _delta(
         sha256=hashlib.sha256(data).hexdigest(), name=base.name, release=base.release
     )
     return marked, reference
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return b""  # load_spec reports the problem with its own message
 
 
 def _pick_target(spec: Spec, wanted: str | None) -> Target:

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from appliance import __version__
 from appliance.bundle.manifest import Component, FileEntry
@@ -111,4 +112,28 @@ def _purl(component: Component) -> str | None:
         return f"pkg:deb/debian/{package}@{component.version}?arch={arch}"
     if component.kind == "wheel" and component.version:
         return f"pkg:pypi/{component.name.partition(':')[0].lower()}@{component.version}"
+    return None
+
+
+def public_source(kind: str, source: str | None) -> str | None:
+    """What a bundle may record of where an artifact came from: nothing of the build machine.
+
+    A download URL keeps its scheme, host and path, never user information, a query or a
+    fragment (a presigned URL's token lives in its query). A local path or file:// URL names
+    the build machine's file system and is not recorded at all: the sha256 names the bytes.
+    Identifiers stay as written: ``hf://``, ``ollama://``, an image reference, ``pypi``.
+    """
+    if source is None:
+        return None
+    parts = urlsplit(source)
+    if parts.scheme in ("http", "https"):
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    if parts.scheme in ("hf", "ollama"):
+        return source
+    if "://" not in source and (kind == "image" or source == "pypi"):
+        return source
     return None

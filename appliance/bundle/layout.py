@@ -1,8 +1,9 @@
 """Names inside a bundle, and the rules for what a bundle may hold.
 
 One rule for which relative paths are safe (``unsafe_reason``), applied to tar headers,
-manifest paths and the names that become paths on the hosts; and the directory scan that
-refuses links and special files before anything is read.
+manifest paths and the names that become paths on the hosts; one check of a manifest beyond its
+signature (``check_manifest_paths``, which ``parse_manifest`` applies to every manifest it
+loads); and the directory scan that refuses links and special files before anything is read.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from appliance.errors import BundleLayoutError, Problem
-from appliance.names import NAME_RE
+from appliance.names import CONTROL_RE, NAME_RE, RELEASE_RE
 
 if TYPE_CHECKING:
     from appliance.bundle.manifest import Manifest
@@ -35,6 +36,12 @@ PACK_FIRST = (MANIFEST, MANIFEST_SIG, SHA256SUMS, SHA256SUMS_SIG)
 # A manifest (or signature, or SHA256SUMS) larger than this is refused before it is read whole.
 TRUST_FILE_LIMIT = 64 << 20
 
+# Bounds for anything that becomes a path: far above what appliance writes, below PATH_MAX and
+# NAME_MAX (bytes), so no host tool meets a name it cannot handle.
+MAX_PATH = 1024
+MAX_PATH_PART = 255
+# Any text in a manifest: versions, URLs, names. Real ones are under 300 characters.
+MAX_TEXT = 4096
 HINT_LAYOUT = (
     "a bundle holds only the files its signed manifest lists; do not install it, and ask the "
     "publisher for a fresh copy"
@@ -58,11 +65,26 @@ def unsafe_reason(path: str) -> str | None:
         return "backslash or NUL in path"
     if path.startswith("/"):
         return "absolute path"
+    if (reason := text_problem(path, MAX_PATH)) is not None:
+        return reason
+    if any(len(part.encode()) > MAX_PATH_PART for part in path.split("/")):
+        return f"a path component longer than {MAX_PATH_PART} bytes"
     parts = PurePosixPath(path).parts
     if ".." in path.split("/"):
         return "'..' in path"
     if str(PurePosixPath(*parts)) != path.removeprefix("./").rstrip("/"):
         return "path is not normalized"
+    return None
+
+
+def text_problem(text: str, limit: int = MAX_TEXT) -> str | None:
+    """Why ``text`` may not stand in a manifest or a tar header: too long, or a control
+    character in it."""
+    if len(text) > limit:
+        return f"longer than {limit} characters"
+    control = CONTROL_RE.search(text)
+    if control is not None:
+        return f"control or format character U+{ord(control.group()):04X}"
     return None
 
 
@@ -125,8 +147,12 @@ def _unsafe_entry_path(path: str) -> str | None:
 
 
 def check_manifest_paths(manifest: Manifest, source: str) -> None:
-    """Even a signed manifest may not name a path outside the bundle, nor outside the directories
-    the install roles lay its files out in."""
+    """A manifest well-formed beyond its signature: every path and every name that becomes a
+    path (here or on the hosts) safe, no path listed twice, no control character anywhere.
+
+    The one check of a manifest's content; ``parse_manifest`` applies it on every load, so no
+    reader sees a manifest that fails it, signed or not.
+    """
     problems = [
         Problem(entry.path, f"unsafe path in manifest: {reason}")
         for entry in manifest.files
@@ -142,10 +168,77 @@ def check_manifest_paths(manifest: Manifest, source: str) -> None:
         for component in manifest.components
         if component.kind == "model" and not NAME_RE.match(component.name)
     ]
+    problems += _duplicates(manifest)
+    problems += _names_on_hosts(manifest)
+    problems += [
+        Problem(where, f"text in manifest: {reason}")
+        for where, text in _texts(manifest.model_dump(mode="json"), "")
+        if (reason := text_problem(text)) is not None
+    ]
     if problems:
         raise BundleLayoutError(
             f"{source}: the manifest names unsafe paths", hint=HINT_LAYOUT, problems=problems
         )
+
+
+def _duplicates(manifest: Manifest) -> list[Problem]:
+    seen: set[str] = set()
+    problems = []
+    for entry in manifest.files:
+        if entry.path in seen:
+            problems.append(Problem(entry.path, "listed twice in manifest"))
+        seen.add(entry.path)
+    names = [c.name for c in manifest.components if c.kind == "model"]
+    problems += [
+        Problem(f"components[{name!r}]", "model listed twice in manifest")
+        for index, name in enumerate(names)
+        if name in names[:index]
+    ]
+    return problems
+
+
+def _names_on_hosts(manifest: Manifest) -> list[Problem]:
+    """The labels and names the installer and the roles turn into directories and files."""
+    problems = []
+    # The appliance's name only labels things (text_problem covers it); its release label names
+    # the release directory, here and on every host.
+    labels = {"release": manifest.release}
+    if manifest.base is not None:
+        labels["base.release"] = manifest.base.release
+    problems += [
+        Problem(where, f"unsafe release label in manifest: {label[:80]!r}")
+        for where, label in labels.items()
+        if not RELEASE_RE.match(label)
+    ]
+    if manifest.repo is not None:
+        for field in ("path", "key"):
+            if (reason := unsafe_reason(getattr(manifest.repo, field))) is not None:
+                problems.append(Problem(f"repo.{field}", f"unsafe path in manifest: {reason}"))
+    for entry in manifest.files:
+        # A model's directory, a plain file's name, a wheel set's directory on the hosts.
+        named = {"model": entry.component, "file": entry.component}.get(entry.kind)
+        if entry.kind == "wheel":
+            named = entry.component.rpartition(":")[2]
+        if named is not None and not NAME_RE.match(named):
+            problems.append(
+                Problem(entry.path, f"unsafe component name in manifest: {entry.component!r}")
+            )
+    return problems
+
+
+def _texts(value: object, where: str) -> list[tuple[str, str]]:
+    """Every string in a manifest document (keys too), with where it is."""
+    if isinstance(value, str):
+        return [(where, value)]
+    found: list[tuple[str, str]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{where}.{key}" if where else str(key)
+            found += _texts(str(key), inner) + _texts(item, inner)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _texts(item, f"{where}[{index}]")
+    return found
 
 
 def count(items: Sized, noun: str) -> str:

@@ -207,8 +207,12 @@ def canonical_json(document: Any) -> bytes:
 
 
 def parse_manifest(data: bytes, source: str) -> Manifest:
+    """The manifest in ``data``, valid by its schema and by ``layout.check_manifest_paths``
+    (safe paths and names, none twice): every reader gets its manifests from here."""
+    from appliance.bundle import layout  # layout names Manifest in its types
+
     try:
-        return Manifest.model_validate_json(data)
+        manifest = Manifest.model_validate_json(data)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -217,3 +221,5 @@ def parse_manifest(data: bytes, source: str) -> Manifest:
             f"{where}: {first['msg']})",
             hint="the manifest is damaged or from an incompatible appliance release",
         ) from exc
+    layout.check_manifest_paths(manifest, source)
+    return manifest

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -98,19 +100,78 @@ class PartWriter:
         return index
 
 
+# An index lists a part in about 150 bytes: 1 MiB is room for thousands of parts, and a bound
+# on what is read before anything is checked.
+INDEX_LIMIT = 1 << 20
+MAX_PARTS = 4096
+_PART_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_HINT_INDEX = f"pass the {INDEX_SUFFIX} file that `appliance pack --max-part-size` wrote"
+
+
 def read_index(index: Path) -> list[Part]:
+    """The parts an index lists, each checked for form. The index is not signed and needs no
+    signature: it only names the parts to join and lets a bad one be named before joining;
+    what the joined archive holds is trusted by the signed manifest inside it, and nothing
+    else."""
+    data = _read_bounded(index)
     try:
-        document = json.loads(index.read_text())
-        parts = [Part(**item) for item in document["parts"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        document = json.loads(data)
+    except (ValueError, RecursionError) as exc:
         raise BundleCorruptError(
-            f"{index}: not a readable parts index ({exc})",
-            hint=f"pass the {INDEX_SUFFIX} file that `appliance pack --max-part-size` wrote",
-        ) from exc
-    for part in parts:
-        if "/" in part.name or part.name.startswith("."):
-            raise BundleLayoutError(f"{index}: part name '{part.name}' is not a plain file name")
+            f"{index}: not a readable parts index ({str(exc)[:200]})", hint=_HINT_INDEX
+        ) from None
+    items = document.get("parts") if isinstance(document, dict) else None
+    if not isinstance(items, list) or not items or len(items) > MAX_PARTS:
+        raise BundleCorruptError(
+            f"{index}: not a readable parts index (no list of 1 to {MAX_PARTS} parts)",
+            hint=_HINT_INDEX,
+        )
+    parts = [_part(item, position, index) for position, item in enumerate(items)]
+    names = [part.name for part in parts]
+    if len(set(names)) != len(names):
+        raise BundleLayoutError(f"{index}: a part is listed twice", hint=_HINT_INDEX)
     return parts
+
+
+def _part(item: object, position: int, index: Path) -> Part:
+    if not isinstance(item, dict) or set(item) != {"name", "size", "sha256"}:
+        raise BundleCorruptError(
+            f"{index}: parts[{position}] is not {{name, size, sha256}}", hint=_HINT_INDEX
+        )
+    name, size, sha256 = item["name"], item["size"], item["sha256"]
+    if not isinstance(name, str) or not _PART_NAME.fullmatch(name):
+        raise BundleLayoutError(
+            f"{index}: part name {str(name)[:80]!r} is not a plain file name", hint=_HINT_INDEX
+        )
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size < 1 << 62:
+        raise BundleCorruptError(f"{index}: parts[{position}].size is not a size", hint=_HINT_INDEX)
+    if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+        raise BundleCorruptError(
+            f"{index}: parts[{position}].sha256 is not a sha256 digest", hint=_HINT_INDEX
+        )
+    return Part(name, size, sha256)
+
+
+def _read_bounded(index: Path) -> bytes:
+    """At most ``INDEX_LIMIT`` bytes of a regular file (never a FIFO or a device that would
+    block or never end)."""
+    try:
+        fd = os.open(index, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
+        raise BundleCorruptError(
+            f"{index}: cannot read the parts index: {exc.strerror}", hint=_HINT_INDEX
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BundleCorruptError(f"{index}: not a regular file", hint=_HINT_INDEX)
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(INDEX_LIMIT + 1)
+    if len(data) > INDEX_LIMIT:
+        raise BundleCorruptError(
+            f"{index}: a parts index larger than {INDEX_LIMIT} bytes", hint=_HINT_INDEX
+        )
+    return data
 
 
 def check_parts(index: Path) -> list[Path]:

@@ -140,7 +140,7 @@ def verify_bytes(public: Path, data: bytes, signature: bytes, what: str) -> None
         )
     try:
         Ed25519PublicKey.from_public_bytes(_ssh_strings(signer_key)[1]).verify(raw, signed)
-    except InvalidSignature as exc:
+    except (InvalidSignature, ValueError, IndexError) as exc:
         raise BundleSignatureError(
             f"{what}: signature does not verify with {public}",
             hint="the bundle was changed after it was signed: do not install it; get it again "
@@ -180,13 +180,16 @@ def _parse_sshsig(armored: bytes, data: bytes) -> tuple[bytes, bytes, bytes]:
     if not blob.startswith(_MAGIC) or int.from_bytes(blob[6:10], "big") != 1:
         raise ValueError("not an SSHSIG version 1 signature")
     public_key, namespace, reserved, hash_name, sig = _ssh_strings(blob[10:])
-    if namespace.decode() != NAMESPACE:
-        raise ValueError(f"namespace {namespace.decode()!r}, expected {NAMESPACE!r}")
-    digest = {"sha512": hashlib.sha512, "sha256": hashlib.sha256}[hash_name.decode()](data)
+    if namespace != NAMESPACE.encode():
+        raise ValueError(f"namespace {namespace[:40]!r}, expected {NAMESPACE!r}")
+    hashes = {b"sha512": hashlib.sha512, b"sha256": hashlib.sha256}
+    if hash_name not in hashes:
+        raise ValueError(f"hash algorithm {hash_name[:20]!r}")
+    digest = hashes[hash_name](data)
     signed = _MAGIC + b"".join(
         _ssh_string(field) for field in (namespace, reserved, hash_name, digest.digest())
     )
     sig_type, raw = _ssh_strings(sig)
     if sig_type != b"ssh-ed25519":
-        raise ValueError(f"signature type {sig_type.decode()!r}")
+        raise ValueError(f"signature type {sig_type[:20]!r}")
     return public_key, signed, raw

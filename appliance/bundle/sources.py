@@ -24,6 +24,11 @@ from appliance.bundle.tarstream import Member, TarReader
 from appliance.errors import BundleLayoutError, BundleSignatureError, Problem
 
 _HINT_PACK = "pack bundles with `appliance pack`, which puts the manifest first"
+# Directory entries a reader passes over: pack writes none, tar tools one per directory. Before
+# the signature is checked a few are allowed; after it, a few per file the manifest lists. Past
+# that an archive is only making the reader spin (a compressed run of headers reads fast).
+_DIRS_BEFORE_TRUST = 16
+_DIRS_PER_FILE = 4
 
 
 class Body(Protocol):
@@ -141,9 +146,12 @@ class TarSource:
 
     def read_trust(self, signed: bool = True) -> dict[str, bytes]:
         trust: dict[str, bytes] = {}
+        dirs = 0
         for member in self._members:
             _refuse(member, self.label, trust)
             if member.kind == "dir":
+                dirs += 1
+                _count_dirs(dirs, _DIRS_BEFORE_TRUST, self.label)
                 continue
             if member.name not in layout.TRUST_FILES:
                 self._pending = member
@@ -152,7 +160,7 @@ class TarSource:
                 raise BundleLayoutError(
                     f"{self.label}: {member.name}: {member.size} bytes is too large for its kind"
                 )
-            trust[member.name] = self._tar.read(member.size)
+            trust[member.name] = b"".join(iter(lambda: self._tar.read(1 << 20), b""))
         if layout.MANIFEST not in trust and not signed:
             raise BundleLayoutError(
                 f"{self.label}: no manifest at the start of the archive", hint=_HINT_PACK
@@ -175,9 +183,12 @@ class TarSource:
         seen: set[str] = set()  # at most the manifest's paths: anything else is refused
         pending, self._pending = self._pending, None
         members = self._members if pending is None else _chain(pending, self._members)
+        dirs, allowed = 0, _DIRS_BEFORE_TRUST + _DIRS_PER_FILE * len(expected)
         for member in members:
             _refuse(member, self.label, seen)
             if member.kind == "dir":
+                dirs += 1
+                _count_dirs(dirs, allowed, self.label)
                 continue
             entry = expected.get(member.name)
             if entry is None:
@@ -202,6 +213,14 @@ class _MemberBody:
 
     def opener(self) -> AbstractContextManager[Body | str]:
         return nullcontext(self)
+
+
+def _count_dirs(count: int, allowed: int, label: str) -> None:
+    if count > allowed:
+        raise BundleLayoutError(
+            f"{label}: unsafe layout: more than {allowed} directory entries",
+            hint=layout.HINT_LAYOUT,
+        )
 
 
 def _chain(first: Member, rest: Iterator[Member]) -> Iterator[Member]:

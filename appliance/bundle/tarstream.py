@@ -6,17 +6,22 @@ time and memory grow with what an archive says about itself. Here nothing outliv
 extension headers are refused above ``EXTENSION_LIMIT``, bodies are read in pieces the caller
 chooses, and headers are checked (checksum, numbers) before anything is believed. It reads
 ustar, pax ('x') and GNU long names ('L', 'K'), as ``appliance pack`` and common tar tools
-write them; gzip, bzip2 and xz streams are unwrapped on the way.
+write them; gzip, bzip2 and xz streams are unwrapped on the way, in bounded pieces, with xz's
+dictionary (which the stream itself declares) held under ``XZ_MEMLIMIT``.
+
+Whatever the bytes say, memory stays bounded by the constants here, and every way the input can
+be wrong ends in a ``BundleCorruptError`` or ``BundleLayoutError``, never another exception.
 """
 
 from __future__ import annotations
 
 import bz2
-import gzip
 import lzma
-from collections.abc import Iterator
+import re
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from appliance.bundle.layout import HINT_LAYOUT
 from appliance.errors import BundleCorruptError, BundleLayoutError
@@ -25,6 +30,14 @@ BLOCK = 512
 # A pax record or long name this large is no bundle's: real ones are well under 1 KiB.
 EXTENSION_LIMIT = 64 << 10
 _SKIP = 256 << 10
+# Extension headers in front of one member: pack writes at most one pax header; GNU tar at most
+# a long name and a long link name. More is no tool's output, only a way to spin the reader.
+MAX_EXTENSIONS = 4
+# xz -9 needs 65 MiB to decode; a stream that declares more is refused, not obeyed.
+XZ_MEMLIMIT = 96 << 20
+_COMPRESSED_READ = 64 << 10
+_OCTAL = re.compile(rb"[0-7]*")
+_DECIMAL = re.compile(r"[0-9]{1,20}")
 _HINT_DAMAGED = "the archive is truncated or damaged: copy it again and verify"
 _TYPES = {
     b"0": "file", b"\0": "file", b"7": "file", b"5": "dir", b"1": "hardlink", b"2": "symlink",
@@ -50,7 +63,7 @@ class TarReader:
     def __init__(self, stream: Readable, label: str) -> None:
         self.label = label
         head = stream.read(BLOCK)
-        self._stream = _unwrap(head, stream)
+        self._stream = _unwrap(head, stream, label)
         self._remaining = 0  # body bytes of the current member not yet read
         self._padding = 0
         self._offset = 0
@@ -83,6 +96,7 @@ class TarReader:
 
     def _next_member(self) -> Member | None:
         overrides: dict[str, str] = {}
+        extensions = 0
         while True:
             header = self._exact(BLOCK, at_end_ok=True)
             if not header or header == bytes(BLOCK):
@@ -91,6 +105,13 @@ class TarReader:
             kind = header[156:157]
             size = self._number(header[124:136])
             if kind in (b"x", b"g", b"L", b"K"):
+                extensions += 1
+                if extensions > MAX_EXTENSIONS:
+                    raise BundleLayoutError(
+                        f"{self.label}: unsafe layout: more than {MAX_EXTENSIONS} extended tar "
+                        f"headers in front of one member, at byte {self._offset - BLOCK}",
+                        hint=HINT_LAYOUT,
+                    )
                 extension = self._extension(size)
                 if kind == b"x":
                     overrides.update(_pax_records(extension, self.label))
@@ -160,10 +181,11 @@ class TarReader:
                 raise self._bad_header("a negative number")
             return int.from_bytes(field[1:], "big")
         digits = field.split(b"\0", 1)[0].strip(b" ")
-        try:
-            return int(digits, 8) if digits else 0
-        except ValueError:
-            raise self._bad_header(f"a number that is not octal: {digits!r}") from None
+        # Strictly octal digits: int() would also take a sign, '_' and spaces, and a negative
+        # size would make "read the rest of the member" read the rest of the stream.
+        if not _OCTAL.fullmatch(digits):
+            raise self._bad_header(f"a number that is not octal: {digits!r}")
+        return int(digits, 8) if digits else 0
 
     def _bad_header(self, what: str) -> BundleCorruptError:
         return BundleCorruptError(
@@ -211,8 +233,12 @@ def _refuse_global(body: bytes, label: str) -> None:
 
 
 def _pax_size(value: str, label: str) -> int:
-    if not value.isdigit():
-        raise BundleCorruptError(f"{label}: pax size {value!r} is not a number", hint=_HINT_DAMAGED)
+    # ASCII digits, at most 20 (past 2**64): str.isdigit() takes other scripts' digits and
+    # superscripts, and int() refuses values past 4300 digits with its own ValueError.
+    if not _DECIMAL.fullmatch(value):
+        raise BundleCorruptError(
+            f"{label}: pax size {value[:40]!r} is not a number", hint=_HINT_DAMAGED
+        )
     return int(value)
 
 
@@ -242,14 +268,93 @@ class _Prefixed:
         return data
 
 
-def _unwrap(head: bytes, stream: Readable) -> Readable:
+class _Gzip:
+    """zlib's gzip decoder with the interface bz2's and lzma's decompressors share."""
+
+    def __init__(self) -> None:
+        self._zlib = zlib.decompressobj(wbits=31)
+
+    @property
+    def eof(self) -> bool:
+        return self._zlib.eof
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._zlib.unused_data
+
+    @property
+    def needs_input(self) -> bool:
+        return not self._zlib.unconsumed_tail
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        return self._zlib.decompress(self._zlib.unconsumed_tail + data, max_length)
+
+
+class _Decompressor(Protocol):
+    @property
+    def eof(self) -> bool: ...
+    @property
+    def unused_data(self) -> bytes: ...
+    @property
+    def needs_input(self) -> bool: ...
+
+    def decompress(self, data: bytes, max_length: int) -> bytes: ...
+
+
+class _Decompressed:
+    """The decompressed bytes of ``raw``, at most ``size`` per read: gzip.GzipFile and friends
+    would do, but lzma.LZMAFile has no memory limit and their errors are not ours."""
+
+    def __init__(self, raw: Readable, make: Callable[[], _Decompressor], label: str) -> None:
+        self._raw = raw
+        self._make = make
+        self._decoder = make()
+        self._label = label
+        self._started = False
+
+    def read(self, size: int = -1, /) -> bytes:
+        wanted = size if 0 <= size <= _SKIP else _SKIP
+        while True:
+            if self._decoder.eof:  # concatenated streams, as `cat a.gz b.gz` makes
+                data = self._decoder.unused_data or self._raw.read(_COMPRESSED_READ)
+                if not data:
+                    return b""
+                self._decoder = self._make()
+            elif self._decoder.needs_input:
+                data = self._raw.read(_COMPRESSED_READ)
+                if not data:
+                    raise BundleCorruptError(
+                        f"{self._label}: the compressed stream is truncated", hint=_HINT_DAMAGED
+                    )
+            else:
+                data = b""
+            try:
+                out = self._decoder.decompress(data, wanted)
+            except (zlib.error, lzma.LZMAError, OSError, EOFError, ValueError) as exc:
+                raise BundleCorruptError(
+                    f"{self._label}: the compressed stream cannot be read: {exc}",
+                    hint=_HINT_DAMAGED,
+                ) from None
+            if out:
+                return out
+
+
+def _gzip() -> _Decompressor:
+    return _Gzip()
+
+
+def _xz() -> _Decompressor:
+    decoder: _Decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=XZ_MEMLIMIT)
+    return decoder
+
+
+def _unwrap(head: bytes, stream: Readable, label: str) -> Readable:
     """The tar stream inside: as read, or decompressed on the way when it is compressed."""
     joined = _Prefixed(head, stream)
-    file: BinaryIO = joined  # type: ignore[assignment]
     if head.startswith(b"\x1f\x8b"):
-        return gzip.GzipFile(fileobj=file, mode="rb")
+        return _Decompressed(joined, _gzip, label)
     if head.startswith(b"BZh"):
-        return bz2.BZ2File(file, "rb")
+        return _Decompressed(joined, bz2.BZ2Decompressor, label)
     if head.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMAFile(file, "rb")
+        return _Decompressed(joined, _xz, label)
     return joined

@@ -17,6 +17,7 @@ import errno
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -27,12 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from appliance.bundle import layout
+from appliance.bundle import layout, signing
 from appliance.bundle.manifest import BaseRef, FileEntry, Manifest, parse_manifest
 from appliance.bundle.signing import verify_bytes
 from appliance.bundle.sources import Body, DirSource, OpenBody, Source, open_file, open_source
 from appliance.bundle.store import CHUNK
-from appliance.errors import ApplianceError, BundleCorruptError, BundleLayoutError, Problem
+from appliance.errors import (
+    ApplianceError,
+    BundleCorruptError,
+    BundleLayoutError,
+    BundleSignatureError,
+    Problem,
+)
 from appliance.progress import NullProgress, Progress
 
 READ_CHUNK = 4 << 20  # large reads keep the hash fed; see benchmarks/bundle_verify.py
@@ -80,8 +87,8 @@ def verify_dir(
 def _verified(source: Source, pubkey: Path, base: Path | None) -> VerifiedBundle:
     trust = source.read_trust()
     verify_bytes(pubkey, trust[layout.MANIFEST], trust[layout.MANIFEST_SIG], source.label)
+    _verify_sums_signature(trust, pubkey, source.label)
     manifest = parse_manifest(trust[layout.MANIFEST], f"{source.label}/{layout.MANIFEST}")
-    layout.check_manifest_paths(manifest, source.label)
     if base is not None and manifest.base is None:
         raise BundleLayoutError(
             f"--base was given but {manifest.name} {manifest.release} is not a delta",
@@ -90,6 +97,22 @@ def _verified(source: Source, pubkey: Path, base: Path | None) -> VerifiedBundle
     bundle = VerifiedBundle(source, manifest, trust, base)
     source.admit(bundle.expected)
     return bundle
+
+
+def _verify_sums_signature(trust: Mapping[str, bytes], pubkey: Path, label: str) -> None:
+    """Every signature a bundle carries is checked: SHA256SUMS.sig is what stock tools trust
+    (README: ssh-keygen -Y verify, then sha256sum -c), so a release must never carry one that
+    does not verify, even though appliance itself trusts the manifest's signature."""
+    signature = trust.get(layout.SHA256SUMS_SIG)
+    if signature is None:
+        if layout.SHA256SUMS in trust:
+            raise BundleSignatureError(
+                f"{label}: {layout.SHA256SUMS} comes without its signature {layout.SHA256SUMS_SIG}",
+                hint="build bundles with `appliance build-bundle --sign-key KEY`, which signs both",
+            )
+        return
+    sums = trust.get(layout.SHA256SUMS, b"")
+    signing.verify_bytes(pubkey, sums, signature, f"{label}/{layout.SHA256SUMS}")
 
 
 def expected_sha256sums(manifest: Manifest, manifest_bytes: bytes) -> bytes:
@@ -256,9 +279,28 @@ def _each(
 
 def _from(base: _Base, entry: FileEntry, into: Path | None) -> OpenBody:
     source = base.directory / entry.path
-    if into is not None and (entry.path, entry.sha256, entry.size) in base.linkable:
+    listed = (entry.path, entry.sha256, entry.size) in base.linkable
+    if into is not None and listed and only_ours(base.directory, entry.path):
         return lambda: _linked(source, into / entry.path)
     return lambda: _open_in_base(source, base.directory)
+
+
+def only_ours(directory: Path, relative: str) -> bool:
+    """Whether ``directory/relative`` and every directory on the way down from ``directory``'s
+    parent belong to this process's user and nobody else may write them: only then may a
+    release share the file's inode. A file someone else can still change is copied and hashed
+    instead, so a release never changes after it was staged."""
+    uid = os.geteuid()
+    path = directory.parent
+    for part in ("", directory.name, *relative.split("/")):
+        path = path / part if part else path
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return False
+        if info.st_uid != uid or info.st_mode & 0o022 or stat.S_ISLNK(info.st_mode):
+            return False
+    return stat.S_ISREG(info.st_mode)
 
 
 @contextmanager

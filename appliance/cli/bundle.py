@@ -61,7 +61,8 @@ def keygen(output: Output, private: Path, comment: str) -> None:
 
 
 @click.command("build-bundle")
-@click.argument("spec", type=click.Path(path_type=Path, dir_okay=False))
+# No dir_okay=False: the loader says what is wrong with a directory, --json included.
+@click.argument("spec", type=click.Path(path_type=Path))
 @click.option(
     "-o", "--output", "out", type=_PATH, required=True, help="Bundle directory to create."
 )

@@ -22,7 +22,8 @@ def spec_group() -> None:
 
 
 @spec_group.command("validate")
-@click.argument("spec_file", metavar="SPEC", type=click.Path(path_type=Path, dir_okay=False))
+# No dir_okay=False: the loader says what is wrong with a directory, --json included.
+@click.argument("spec_file", metavar="SPEC", type=click.Path(path_type=Path))
 @click.pass_obj
 def validate(output: Output, spec_file: Path) -> None:
     """Validate SPEC completely and report every problem at once.

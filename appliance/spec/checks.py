@@ -24,8 +24,18 @@ REPO_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
+# A value quoted in a message: enough to recognise it, never the whole of a hostile one.
+_QUOTED = 80
+
+
 def err(kind: str, message: str, **ctx: Any) -> PydanticCustomError:
-    return PydanticCustomError(kind, message, ctx or None)
+    shown = {
+        key: f"{value[: _QUOTED - 3]}..."
+        if isinstance(value, str) and len(value) > _QUOTED
+        else value
+        for key, value in ctx.items()
+    }
+    return PydanticCustomError(kind, message, shown or None)
 
 
 def check_name(value: str) -> str:

@@ -16,6 +16,14 @@ from appliance.errors import Problem, SpecFileError, SpecInvalidError, SpecVersi
 from appliance.spec.environment import HINT as _ENVIRONMENT_HINT
 from appliance.spec.environment import expand_environment
 from appliance.spec.models import SPEC_VERSION, UNION_TAGS, Spec, all_field_names
+from appliance.spec.reading import (
+    check_events,
+    control_problems,
+    decode_spec,
+    read_spec_file,
+    scrubbed,
+    yaml_error,
+)
 
 Loc = tuple[str | int, ...]
 
@@ -37,7 +45,7 @@ def _line_map(node: yaml.Node, loc: Loc = ()) -> tuple[dict[Loc, int], list[Prob
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)[:60]
             child = (*loc, key)
             if key in seen:
                 line = key_node.start_mark.line + 1
@@ -90,17 +98,23 @@ def _message(error: ErrorDetails) -> str:
         return f"unknown field {field!r}{suggestion}"
     if kind == "literal_error":
         expected = error.get("ctx", {}).get("expected", "")
-        return f"must be {expected} (got {error['input']!r})"
+        return f"must be {expected} (got {_shown(error['input'])})"
     if kind in {"list_type", "model_type", "model_attributes_type", "dict_type"}:
         wanted = "a list" if kind == "list_type" else "a mapping of fields"
         return f"must be {wanted}, got {type(error['input']).__name__}"
     if kind == "string_type":
         got = type(error["input"]).__name__
-        return f"must be text, got {got} {error['input']!r}: put the value in quotes"
+        return f"must be text, got {got} {_shown(error['input'])}: put the value in quotes"
     if kind == "too_short":
         return "must not be empty"
     message = error["msg"]
     return message.removeprefix("Value error, ")
+
+
+def _shown(value: object) -> str:
+    """A value as a message quotes it: never longer than a line, whatever the spec holds."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def _problems(error: ValidationError, lines: dict[Loc, int]) -> list[Problem]:
@@ -118,17 +132,20 @@ def _problems(error: ValidationError, lines: dict[Loc, int]) -> list[Problem]:
 def parse_spec(text: str, source: str = "<spec>", environ: Mapping[str, str] | None = None) -> Spec:
     """Validate spec text, with ``${NAME}`` in string values taken from ``environ`` (default:
     this process's environment). Raises a ``Spec*Error`` that lists every problem found."""
+    check_events(text, source)  # bounded: size, depth, aliases, tags, before any node is built
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+        raise yaml_error(exc, source) from exc
+    except (RecursionError, ValueError, TypeError, OverflowError) as exc:
+        # What PyYAML's constructors raise past its own errors (an int too long for int(), a
+        # value no type takes): the spec's fault, said as such.
+        what = "a number of thousands of digits" if "digits" in str(exc) else str(exc)[:200]
         raise SpecFileError(
-            f"{source}: not valid YAML{where}: {problem}",
-            hint="check indentation and quoting around that line",
+            f"{source}: a value cannot be read: {what}",
+            hint="check the value types; quote text that YAML would read as something else",
         ) from exc
     finally:
         loader.dispose()
@@ -147,13 +164,20 @@ def parse_spec(text: str, source: str = "<spec>", environ: Mapping[str, str] | N
         Problem(format_loc(loc), message, _line_for(loc, lines))
         for loc, message in expansion.problems
     )
+    # After expansion: a variable's value is checked like the text around it.
+    controls = control_problems(expansion.data)
+    problems.extend(
+        Problem(format_loc(loc), message, _line_for(loc, lines)) for loc, message in controls
+    )
+    # A value refused for its characters gets no second problem from validation.
+    refused = unexpanded | {format_loc(loc) for loc, _ in controls}
 
     try:
-        spec = Spec.model_validate(expansion.data)
+        spec = Spec.model_validate(scrubbed(expansion.data) if controls else expansion.data)
     except ValidationError as exc:
         # A value left as written because its variable is missing would only add a second,
         # misleading problem (``unsupported URL '${DEBIAN_MIRROR}'``) at the same path.
-        done = unexpanded | ({"version"} if any(p.path == "version" for p in problems) else set())
+        done = refused | ({"version"} if any(p.path == "version" for p in problems) else set())
         problems.extend(p for p in _problems(exc, lines) if p.path not in done)
     if problems:
         problems.sort(key=lambda p: (p.line or 0, p.path))
@@ -175,7 +199,7 @@ def _version_problems(data: dict[Any, Any], lines: dict[Loc, int], source: str) 
         return [
             Problem(
                 "version",
-                f"must be an integer (write `version: {SPEC_VERSION}`), got {version!r}",
+                f"must be an integer (write `version: {SPEC_VERSION}`), got {_shown(version)}",
                 lines.get(("version",)),
             )
         ]
@@ -191,16 +215,11 @@ def _version_problems(data: dict[Any, Any], lines: dict[Loc, int], source: str) 
 
 def load_spec(path: Path) -> Spec:
     """Read and validate the spec at ``path``."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise SpecFileError(
-            f"spec file {str(path)!r} does not exist",
-            hint="check the path; the shipped examples are in examples/",
-        ) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecFileError(
-            f"cannot read spec file {str(path)!r}: {exc}",
-            hint="the spec must be a readable UTF-8 YAML file",
-        ) from exc
-    return parse_spec(text, str(path))
+    return load_spec_bytes(path)[0]
+
+
+def load_spec_bytes(path: Path) -> tuple[Spec, bytes]:
+    """The spec at ``path`` and the exact bytes it was read from (one read: what is hashed
+    into a bundle's manifest is what was validated)."""
+    data = read_spec_file(path)
+    return parse_spec(decode_spec(data, str(path)), str(path)), data

@@ -15,7 +15,7 @@ import pytest
 from appliance.bundle import layout
 from appliance.bundle.manifest import FileEntry
 from appliance.bundle.pack import unpack
-from appliance.bundle.signing import keygen
+from appliance.bundle.signing import keygen, sign
 from appliance.bundle.verify import open_bundle, verify_dir
 from appliance.errors import (
     ApplianceError,
@@ -23,6 +23,7 @@ from appliance.errors import (
     BundleLayoutError,
     BundleSignatureError,
 )
+from appliance.install.stage import stage
 from tests.fixtures.bundles import (
     KINDS,
     after_trust,
@@ -31,8 +32,11 @@ from tests.fixtures.bundles import (
     member,
     packed,
     path_of,
+    read_entries,
     rewrite,
+    sign_bundle,
 )
+from tests.fixtures.hostile import pax, raw_header
 
 
 def test_intact_bundle_verifies(tmp_path: Path, keys: tuple[Path, Path, Path]) -> None:
@@ -337,3 +341,166 @@ def test_keygen_never_overwrites(tmp_path: Path) -> None:
     assert (tmp_path / "k").read_bytes() == before
     assert stat.S_IMODE((tmp_path / "k").stat().st_mode) == 0o600
     shutil.rmtree(tmp_path)
+
+
+# --- the tamper matrix, extended by the hardening classes ----------------------------------
+# Each row is refused by open_bundle before a byte is staged: install's staging directory
+# (<root>/releases and its .incoming-* scratch) stays exactly as it was, which is all an
+# install changes on a host before the playbook runs.
+
+
+def trust_prefix(data: bytes) -> bytes:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = tar.getmembers()
+    return data[: members[len(layout.PACK_FIRST)].offset]
+
+
+RAW_AFTER_TRUST: dict[str, tuple[bytes, type[ApplianceError], str]] = {
+    "negative-size-reads-the-rest": (
+        raw_header(b"blobs/x", b"-0000000001") + bytes(4096),
+        BundleCorruptError,
+        "not octal",
+    ),
+    "pax-size-of-60000-digits": (
+        pax({b"size": b"9" * 60000}) + raw_header(b"blobs/x"),
+        BundleCorruptError,
+        "is not a number",
+    ),
+    "chain-of-pax-headers": (
+        pax({b"comment": b"x"}) * 100 + raw_header(b"blobs/x"),
+        BundleLayoutError,
+        "extended tar headers",
+    ),
+    "a-fifo": (raw_header(b"blobs/pipe", kind=b"6"), BundleLayoutError, "special file"),
+    "a-sparse-file": (raw_header(b"blobs/s", kind=b"S"), BundleLayoutError, "special file"),
+    "an-escape-sequence-in-a-name": (
+        pax({b"path": b"blobs/\x1b]0;owned\x07"}) + raw_header(b"x"),
+        BundleLayoutError,
+        "control or format character",
+    ),
+    "a-name-component-of-300-bytes": (
+        pax({b"path": b"blobs/" + b"n" * 300}) + raw_header(b"x"),
+        BundleLayoutError,
+        "longer than 255 bytes",
+    ),
+    "a-flood-of-directory-entries": (
+        b"".join(raw_header(f"d{i}/".encode(), kind=b"5") for i in range(2000)),
+        BundleLayoutError,
+        "directory entries",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("hostile", "error", "text"), RAW_AFTER_TRUST.values(), ids=RAW_AFTER_TRUST.keys()
+)
+def test_hostile_headers_after_the_signature_are_refused_before_staging(
+    tmp_path: Path,
+    keys: tuple[Path, Path, Path],
+    hostile: bytes,
+    error: type[ApplianceError],
+    text: str,
+) -> None:
+    archive = tmp_path / "evil.tar"
+    archive.write_bytes(
+        trust_prefix(packed(make_bundle(tmp_path, keys[0]))) + hostile + bytes(1024)
+    )
+    caught = expect(error, stage_archive, archive, keys[1], tmp_path / "root")
+    assert text in caught.message
+    assert_nothing_staged(tmp_path / "root")
+    expect(error, unpack, archive, tmp_path / "dest" / "bundle", keys[1])
+    assert list((tmp_path / "dest").iterdir()) == []
+
+
+def swapped_sums_signature(tmp_path: Path, key: Path) -> Path:
+    bundle = make_bundle(tmp_path, key)
+    (tmp_path / "other").write_bytes(b"something else\n")
+    sign(key, tmp_path / "other")
+    (bundle / layout.SHA256SUMS_SIG).write_bytes((tmp_path / "other.sig").read_bytes())
+    return bundle
+
+
+def signed_with(**change: object) -> object:
+    def make(tmp_path: Path, key: Path) -> Path:
+        bundle = make_bundle(tmp_path, key)
+        manifest = read_entries(bundle).model_copy(update=change)
+        for name in layout.TRUST_FILES:
+            (bundle / name).unlink()
+        sign_bundle(bundle, manifest, key)
+        return bundle
+
+    return make
+
+
+def duplicated_path(tmp_path: Path, key: Path) -> Path:
+    bundle = make_bundle(tmp_path, key)
+    manifest = read_entries(bundle)
+    (first,) = [e for e in manifest.files if e.kind == "model"]
+    twice = first.model_copy(update={"component": "model-again"})
+    return signed_with(files=[*manifest.files, twice])(tmp_path / "again", key)  # type: ignore[operator]
+
+
+SIGNED_BUT_HOSTILE: dict[str, tuple[object, type[ApplianceError], str]] = {
+    "sha256sums-signature-over-other-data": (
+        swapped_sums_signature,
+        BundleSignatureError,
+        "SHA256SUMS: signature does not verify",
+    ),
+    "a-release-label-that-climbs": (signed_with(release=".."), BundleLayoutError, "unsafe paths"),
+    "a-release-label-that-is-absolute": (
+        signed_with(release="/etc/cron.d"),
+        BundleLayoutError,
+        "unsafe paths",
+    ),
+    "a-path-listed-twice": (duplicated_path, BundleLayoutError, "unsafe paths"),
+}
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "text"), SIGNED_BUT_HOSTILE.values(), ids=SIGNED_BUT_HOSTILE.keys()
+)
+def test_a_signed_but_hostile_bundle_is_refused_before_staging(
+    tmp_path: Path,
+    keys: tuple[Path, Path, Path],
+    make: object,
+    error: type[ApplianceError],
+    text: str,
+) -> None:
+    bundle = make(tmp_path / "made", keys[0])  # type: ignore[operator]
+    caught = expect(error, stage_directory, bundle, keys[1], tmp_path / "root")
+    assert text in caught.message
+    assert_nothing_staged(tmp_path / "root")
+    archive = tmp_path / "b.tar"
+    archive.write_bytes(tar_as_is(bundle))
+    expect(error, stage_archive, archive, keys[1], tmp_path / "root")
+    assert_nothing_staged(tmp_path / "root")
+
+
+def tar_as_is(bundle: Path) -> bytes:
+    """The bundle's files in an archive, trust files first, as a publisher's own tool might
+    write it (appliance pack checks the manifest and would refuse these)."""
+    names = [n for n in layout.PACK_FIRST if (bundle / n).is_file()]
+    names += sorted(
+        p.relative_to(bundle).as_posix()
+        for p in bundle.rglob("*")
+        if p.is_file() and p.name not in layout.PACK_FIRST
+    )
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in names:
+            tar.add(bundle / name, arcname=name)
+    return out.getvalue()
+
+
+def stage_archive(archive: Path, pubkey: Path, root: Path) -> None:
+    root.mkdir(exist_ok=True)
+    with open_bundle(archive, pubkey) as bundle:
+        stage(bundle, root)
+
+
+def stage_directory(bundle_dir: Path, pubkey: Path, root: Path) -> None:
+    stage_archive(bundle_dir, pubkey, root)
+
+
+def assert_nothing_staged(root: Path) -> None:
+    assert list(root.iterdir()) == []

@@ -1,0 +1,22 @@
+"""What every part of the spec is built from: strict models, names, digests."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from appliance.spec.checks import check_name, check_sha256
+
+Name = Annotated[
+    str,
+    AfterValidator(check_name),
+    Field(description="lowercase identifier, 1-63 characters"),
+]
+Sha256 = Annotated[
+    str, AfterValidator(check_sha256), Field(description="64 lowercase hex characters")
+]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)

@@ -55,6 +55,11 @@ def make_client(policy: RetryPolicy, connections: int) -> S3Client:
                 read_timeout=policy.timeout,
                 retries={"max_attempts": policy.attempts, "mode": "standard"},
                 max_pool_connections=max(10, connections),
+                # appliance hashes every byte itself (sha256, the digest the manifest records):
+                # no second checksum of the body by the SDK, and no request that makes the
+                # server compute one (measured: benchmarks/s3_fetch.py).
+                response_checksum_validation="when_required",
+                request_checksum_calculation="when_required",
                 user_agent_extra=f"appliance/{__version__}",
             ),
         )

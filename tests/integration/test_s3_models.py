@@ -381,3 +381,39 @@ def test_objects_are_fetched_several_at_once(s3: S3Stub, tmp_path: Path) -> None
     got = fetch_s3_model(model(), job)
     assert [f.relative for f in got] == sorted(shards)
     assert len(seen) > 1
+
+
+def test_a_failed_build_prints_neither_the_endpoint_nor_the_credentials(
+    s3: S3Stub, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    # The SDK's own error names the endpoint URL: --debug prints the traceback, still without it.
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(spec_text("s3-models", models=[{"name": "tiny-s3", "source": SOURCE}]))
+    keygen(tmp_path / "key", "s3 test")
+    monkeypatch.setattr(registry, "SOURCES", {"models-s3": registry.SOURCES["models-s3"]})
+    code, out, err = run_cli(
+        capsys,
+        "--debug",
+        "build-bundle",
+        str(spec),
+        "-o",
+        str(tmp_path / "bundle"),
+        "--sign-key",
+        str(tmp_path / "key"),
+        "--no-cache",
+    )
+    assert code == FetchError.exit_code
+    assert (
+        f"Error: model tiny-s3: cannot reach the S3 endpoint to read s3://{BUCKET}/{PREFIX}/ "
+        "(EndpointConnectionError)" in err
+    )
+    assert "Traceback" in err  # --debug did print one
+    leaked = [s for s in (str(port), s3.access_key, s3.secret_key) if s in out + err]
+    assert leaked == []
+    assert not (tmp_path / "bundle").exists()

@@ -24,6 +24,7 @@ import binascii
 import hashlib
 import importlib.util
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,7 @@ class S3Object:
     size: int
     etag: str
     sha256: str  # what the bytes must hash to
+    pinned: bool  # by the spec (a pin, or a line of the pinned sha256sums), not the bucket alone
 
 
 def split_source(source: str) -> tuple[str, str]:
@@ -124,7 +126,8 @@ def plan_objects(model: S3Model, client: S3Client, jobs: int) -> list[S3Object]:
                 hint="the object in the bucket is not the one that was pinned: find out who "
                 "changed it; if the change is intended, pin the new digest",
             )
-        return S3Object(key, rel, int(entry["Size"]), entry["ETag"], known[0][1])
+        pinned = rel in model.sha256 or rel in sums
+        return S3Object(key, rel, int(entry["Size"]), entry["ETag"], known[0][1], pinned)
 
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="s3-head") as pool:
         return list(pool.map(resolve, sorted(chosen)))
@@ -224,11 +227,23 @@ def model_format(model: S3Model, files: list[ModelFile]) -> str | None:
     return None
 
 
-def fetch_s3_model(model: S3Model, fetcher: Fetcher) -> list[ModelFile]:
-    """Download the model's selected objects into the fetcher's store, each checked."""
+def fetch_s3_model(
+    model: S3Model, fetcher: Fetcher, warn: Callable[[str], None] = lambda _m: None
+) -> list[ModelFile]:
+    """Download the model's selected objects into the fetcher's store, each checked; ``warn``
+    hears which ones only the bucket vouches for."""
     client = make_client(fetcher.policy or RetryPolicy(), fetcher.jobs)
     objects = plan_objects(model, client, fetcher.jobs)
     bucket, _ = split_source(model.source)
+    unpinned = [o.relative for o in objects if not o.pinned]
+    if unpinned:
+        warn(
+            f"model {model.name}: {len(unpinned)} of {len(objects)} files are checked only "
+            f"against the bucket's own SHA-256 checksums ({', '.join(unpinned[:3])}"
+            f"{', ...' if len(unpinned) > 3 else ''}): they prove the transfer, not who wrote "
+            "the objects. Pin them (models[].sha256, or a pinned sha256sums file) to tie the "
+            "bundle to the reviewed weights"
+        )
     wanted = [
         Wanted(
             f"model {model.name} {o.relative}",
@@ -261,7 +276,7 @@ class S3ModelsSource:
     def fetch(self, job: Job, plan: list[S3Model]) -> ModelsFetched:
         fetched: ModelsFetched = []
         for model in plan:
-            files = fetch_s3_model(model, job.fetcher)
+            files = fetch_s3_model(model, job.fetcher, job.warn)
             fetched.append((model, model_format(model, files), files))
         return fetched
 

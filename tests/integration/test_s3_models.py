@@ -169,7 +169,15 @@ def test_a_rebuild_takes_every_object_from_the_cache(s3: S3Stub, tmp_path: Path)
         put(s3, rel, data)
     cache = BlobStore(tmp_path / "cache")
     first = Fetcher(BlobStore(tmp_path / "b1"), cache, NullProgress(), jobs=3, policy=FAST)
-    fetch_s3_model(model(), first)
+    warnings: list[str] = []
+    fetch_s3_model(model(sha256={"config.json": sha(files["config.json"])}), first, warnings.append)
+    # What only the bucket vouches for is said in the build's warnings.
+    assert warnings == [
+        "model tiny-s3: 2 of 3 files are checked only against the bucket's own SHA-256 "
+        "checksums (model.safetensors, tokenizer.json): they prove the transfer, not who wrote "
+        "the objects. Pin them (models[].sha256, or a pinned sha256sums file) to tie the bundle "
+        "to the reviewed weights"
+    ]
     second = Fetcher(BlobStore(tmp_path / "b2"), cache, NullProgress(), jobs=3, policy=FAST)
     got = fetch_s3_model(model(), second)
     assert (second.fetched.count, second.cached.count) == (0, 3)

@@ -22,7 +22,6 @@ from pydantic import (
 
 from appliance.names import RELEASE_RE
 from appliance.sizing.gpus import GPU_TYPES
-from appliance.spec.base import Name, Sha256, StrictModel
 from appliance.spec.checks import (
     GIT_COMMIT_RE,
     check_digest,
@@ -33,6 +32,7 @@ from appliance.spec.checks import (
     check_url,
     err,
 )
+from appliance.spec.common import Name, Sha256, StrictModel
 from appliance.spec.s3_model import S3Model, Sha256Sums
 
 SPEC_VERSION = 1

@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from appliance.spec.base import Name, Sha256, StrictModel
 from appliance.spec.checks import err
+from appliance.spec.common import Name, Sha256, StrictModel
 
 # S3's bucket naming rules (3-63 characters: lowercase letters, digits, '.', '-').
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")

@@ -1,4 +1,4 @@
-"""What every part of the spec is built from: strict models, names, digests."""
+"""The base every spec model shares."""
 
 from __future__ import annotations
 
@@ -8,6 +8,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from appliance.spec.checks import check_name, check_sha256
 
+
+class StrictModel(BaseModel):
+    """Unknown fields are errors (a typo must not pass silently); a parsed spec never changes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 Name = Annotated[
     str,
     AfterValidator(check_name),
@@ -16,7 +23,3 @@ Name = Annotated[
 Sha256 = Annotated[
     str, AfterValidator(check_sha256), Field(description="64 lowercase hex characters")
 ]
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)

@@ -85,9 +85,11 @@ def s3_errors(model: str, where: str) -> Iterator[None]:
     from botocore.exceptions import (
         BotoCoreError,
         ClientError,
-        ConnectionError,
         NoCredentialsError,
         PartialCredentialsError,
+    )
+    from botocore.exceptions import (
+        ConnectionError as SdkConnectionError,
     )
 
     try:
@@ -100,7 +102,7 @@ def s3_errors(model: str, where: str) -> Iterator[None]:
             hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE to a profile "
             "that has them; appliance never stores them",
         ) from None
-    except ConnectionError as exc:
+    except SdkConnectionError as exc:
         raise FetchError(
             f"model {model}: cannot reach the S3 endpoint to read {where} ({type(exc).__name__})",
             hint=f"check the endpoint ({ENDPOINT_SETTINGS}) and that this machine reaches it",
@@ -143,9 +145,11 @@ def object_opener(client: S3Client, model: str, bucket: str, key: str, etag: str
     from botocore.exceptions import (
         BotoCoreError,
         ClientError,
-        ConnectionError,
         IncompleteReadError,
         ResponseStreamingError,
+    )
+    from botocore.exceptions import (
+        ConnectionError as SdkConnectionError,
     )
     from urllib3.exceptions import HTTPError as Urllib3Error
 
@@ -171,7 +175,7 @@ def object_opener(client: S3Client, model: str, bucket: str, key: str, etag: str
             if code in _BUSY:
                 raise TransientError(f"S3 {code}") from None
             raise _client_error(model, where, code) from None
-        except (ConnectionError, BotoCoreError) as exc:
+        except (SdkConnectionError, BotoCoreError) as exc:
             raise TransientError(type(exc).__name__) from None
         body = response["Body"]
         status = response["ResponseMetadata"]["HTTPStatusCode"]

@@ -18,6 +18,7 @@ from appliance.fetchers.installer import InstallerSource
 from appliance.fetchers.local_models import LocalModelsSource
 from appliance.fetchers.ollama import OllamaModelsSource
 from appliance.fetchers.packages import PackagesSource
+from appliance.fetchers.s3 import S3ModelsSource
 from appliance.fetchers.source import SourceKind
 from appliance.fetchers.wheels import WheelsSource
 
@@ -29,6 +30,7 @@ SOURCES: dict[str, SourceKind[Any, Any]] = {
     "models-local": LocalModelsSource(),
     "models-hf": HfModelsSource(),
     "models-ollama": OllamaModelsSource(),
+    "models-s3": S3ModelsSource(),
     "installer": InstallerSource(),
     "ansible-content": AnsibleSource(),
 }

@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from appliance.bundle.store import BlobStore
-from appliance.fetchers.http import GitBlob, RetryPolicy, content_length, fetch_to_store
+from appliance.fetchers.http import GitBlob, Opener, RetryPolicy, content_length, fetch_to_store
 from appliance.progress import Progress
 
 
@@ -27,6 +27,9 @@ class Wanted:
     git_blob: GitBlob | None = None
     # Sent with the request, e.g. a token: never in repr, so never in a log or a traceback.
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    # For a source with its own protocol (s3:// through its SDK): opens the bytes at an offset
+    # instead of an HTTP GET of ``url``, which then only names the artifact.
+    opener: Opener | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,9 @@ class Fetcher:
             size = landing.size(known)
             self.cached.add(size)
             return Fetched(wanted, size, from_cache=True, sha256=known)
-        total = wanted.size if wanted.size is not None else content_length(wanted.url)
+        total = wanted.size
+        if total is None and wanted.opener is None:
+            total = content_length(wanted.url)
         task = self.progress.task(wanted.label, total)
         try:
             blob = fetch_to_store(
@@ -84,6 +89,7 @@ class Fetcher:
                 policy=self.policy,
                 headers=dict(wanted.headers),
                 git_blob=wanted.git_blob,
+                opener=wanted.opener,
             )
         finally:
             self.progress.finish(task)

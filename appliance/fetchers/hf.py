@@ -139,7 +139,7 @@ def list_files(
     if info.siblings is None:
         raise FetchError(f"model {model.name}: the hub sent no file list for {repo}")
     files = [_hub_file(model, s.rfilename, s.size, s.blob_id, s.lfs) for s in info.siblings]
-    selected = [f for f in files if _selected(f.path, model.include, model.exclude)]
+    selected = [f for f in files if selected_by(f.path, model.include, model.exclude)]
     if not selected:
         raise BuildError(
             f"model {model.name}: include/exclude select none of the {len(files)} files of "
@@ -149,7 +149,7 @@ def list_files(
     return sorted(selected, key=lambda f: f.path)
 
 
-def _selected(path: str, include: list[str], exclude: list[str]) -> bool:
+def selected_by(path: str, include: list[str], exclude: list[str]) -> bool:
     """huggingface_hub's rule (snapshot_download's allow/ignore patterns): fnmatch, case
     sensitive, ``*`` crosses '/', and a pattern ending in '/' means everything under it."""
 

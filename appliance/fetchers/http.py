@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 from urllib.parse import unquote, urlsplit
 
 from appliance import __version__
@@ -64,6 +64,7 @@ def fetch_to_store(
     policy: RetryPolicy | None = None,
     headers: Mapping[str, str] | None = None,
     git_blob: GitBlob | None = None,
+    opener: Opener | None = None,
 ) -> Blob:
     """Fetch ``url`` into ``store`` as the blob ``sha256``.
 
@@ -71,10 +72,12 @@ def fetch_to_store(
     build resumes where it stopped (HTTP Range) instead of starting again. Where only a git
     object id is known (``sha256`` None), that is checked instead and the blob is filed under
     the sha256 computed on the way. ``headers`` (e.g. a token) go to ``url``'s origin only.
+    ``opener`` replaces plain HTTP for a source with its own protocol (s3:// through its SDK);
+    ``url`` then only names the artifact in messages.
     """
     if sha256 is not None and store.has(sha256):
         return Blob(sha256, store.size(sha256))
-    if urlsplit(url).scheme == "file":
+    if opener is None and urlsplit(url).scheme == "file":
         return _copy_local(url, sha256, store, what, advance)
     if sha256 is None and git_blob is None:
         raise ValueError("fetch_to_store needs a sha256 or a git blob id to check")
@@ -82,6 +85,7 @@ def fetch_to_store(
     key = sha256 if sha256 is not None else f"git-{git_blob.sha1 if git_blob else ''}"
     partial = partial_dir / f"{key}.part"
     policy = policy or RetryPolicy()
+    opener = opener or _url_opener(url, policy.timeout, headers or {})
     hasher = _resume_hash(partial, git_blob)
     advance(partial.stat().st_size if partial.exists() else 0)
     last_error = ""
@@ -89,9 +93,9 @@ def fetch_to_store(
         if attempt:
             time.sleep(policy.backoff * (2 ** (attempt - 1)) * (1 + random.random() / 2))  # noqa: S311
         try:
-            hasher = _transfer(url, partial, hasher, policy.timeout, advance, headers or {})
+            hasher = _transfer(opener, partial, hasher, advance)
             break
-        except _Retryable as exc:
+        except TransientError as exc:
             last_error = str(exc)
     else:
         raise FetchError(
@@ -122,8 +126,36 @@ def fetch_to_store(
     return Blob(actual, store.size(actual))
 
 
-class _Retryable(Exception):
-    pass
+class TransientError(Exception):
+    """A failure worth another try (the connection dropped, the server is busy). With
+    ``restart`` the partial data is no prefix of the artifact any more: start from byte 0."""
+
+    def __init__(self, message: str, restart: bool = False) -> None:
+        super().__init__(message)
+        self.restart = restart
+
+
+class Body(Protocol):
+    def read(self, amt: int, /) -> bytes: ...
+
+    def readinto(self, buffer: bytearray, /) -> int: ...
+
+
+@dataclass
+class Opened:
+    """A response to read an artifact's bytes from, at the offset the opener was asked for."""
+
+    body: Body
+    close: Callable[[], None]
+    resumed: bool  # the body starts at the offset asked for (else at byte 0)
+    length: int | None  # bytes the body carries, when the server says
+    # What reading the body raises when the connection fails (beyond OSError): retried.
+    read_errors: tuple[type[BaseException], ...] = ()
+
+
+# Opens the artifact at a byte offset. Raises TransientError for a failure worth retrying and
+# an ApplianceError for one that is not (not found, access denied).
+Opener = Callable[[int], Opened]
 
 
 class _Digests:
@@ -131,20 +163,22 @@ class _Digests:
 
     def __init__(self, git_blob: GitBlob | None) -> None:
         self.git_blob = git_blob
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what was hashed, in place: the retry loop keeps this one object, so a
+        transfer that restarts from byte 0 and then fails still leaves it equal to the file."""
         self.sha256 = hashlib.sha256()
         self.git = None
-        if git_blob is not None:
+        if self.git_blob is not None:
             # sha1 is what git names objects with; see appliance/fetchers/hf.py for what this
             # check proves and what it does not.
-            self.git = hashlib.sha1(f"blob {git_blob.size}\0".encode())  # noqa: S324
+            self.git = hashlib.sha1(f"blob {self.git_blob.size}\0".encode())  # noqa: S324
 
     def update(self, data: bytes | memoryview) -> None:
         self.sha256.update(data)
         if self.git is not None:
             self.git.update(data)
-
-    def fresh(self) -> _Digests:
-        return _Digests(self.git_blob)
 
 
 def _resume_hash(partial: Path, git_blob: GitBlob | None = None) -> _Digests:
@@ -185,66 +219,83 @@ def _origin(url: str) -> tuple[str, str]:
 _OPENER = urllib.request.build_opener(_SameOriginCredentials)
 
 
-def _transfer(
-    url: str,
-    partial: Path,
-    hasher: _Digests,
-    timeout: float,
-    advance: Advance,
-    headers: Mapping[str, str],
-) -> _Digests:
-    offset = partial.stat().st_size if partial.exists() else 0
-    # The spec admits only http(s) and file:// URLs, and file:// never reaches this point.
-    agent = {"User-Agent": f"appliance/{__version__}", **headers}
-    request = urllib.request.Request(url, headers=agent)  # noqa: S310
-    if offset:
-        request.add_header("Range", f"bytes={offset}-")
-    try:
-        response = _OPENER.open(request, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and offset:
-            # The partial file is not a prefix of what the server has: start again.
-            partial.unlink()
-            advance(-offset)
-            raise _Retryable(f"HTTP 416 resuming at byte {offset}; restarting") from exc
-        if exc.code in _RETRY_STATUS:
-            raise _Retryable(f"HTTP {exc.code} {exc.reason}") from exc
-        if exc.code in (401, 403):
+def _url_opener(url: str, timeout: float, headers: Mapping[str, str]) -> Opener:
+    def open_at(offset: int) -> Opened:
+        # The spec admits only http(s) and file:// URLs, and file:// never reaches this point.
+        agent = {"User-Agent": f"appliance/{__version__}", **headers}
+        request = urllib.request.Request(url, headers=agent)  # noqa: S310
+        if offset:
+            request.add_header("Range", f"bytes={offset}-")
+        try:
+            response = _OPENER.open(request, timeout=timeout)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416 and offset:
+                # The partial file is not a prefix of what the server has: start again.
+                raise TransientError(
+                    f"HTTP 416 resuming at byte {offset}; restarting", restart=True
+                ) from exc
+            if exc.code in _RETRY_STATUS:
+                raise TransientError(f"HTTP {exc.code} {exc.reason}") from exc
+            if exc.code in (401, 403):
+                raise FetchError(
+                    f"HTTP {exc.code} {exc.reason} for {url}",
+                    hint="the server wants credentials or refuses them: for a gated or private "
+                    "Hugging Face repository set HF_TOKEN to a token that has access",
+                ) from exc
             raise FetchError(
                 f"HTTP {exc.code} {exc.reason} for {url}",
-                hint="the server wants credentials or refuses them: for a gated or private "
-                "Hugging Face repository set HF_TOKEN to a token that has access",
+                hint="the URL in the spec is wrong or the artifact was removed upstream",
             ) from exc
-        raise FetchError(
-            f"HTTP {exc.code} {exc.reason} for {url}",
-            hint="the URL in the spec is wrong or the artifact was removed upstream",
-        ) from exc
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            raise TransientError(f"{type(exc).__name__}: {exc}") from exc
+        length = response.headers.get("Content-Length")
+        return Opened(
+            body=response,
+            close=response.close,
+            resumed=response.status == 206,
+            length=int(length) if length is not None and response.status in (200, 206) else None,
+            read_errors=(http.client.HTTPException,),
+        )
 
-    with response:
-        if offset and response.status != 206:
+    return open_at
+
+
+def _transfer(opener: Opener, partial: Path, hasher: _Digests, advance: Advance) -> _Digests:
+    offset = partial.stat().st_size if partial.exists() else 0
+    if not offset:
+        hasher.reset()  # a restart may have dropped what an earlier attempt hashed
+    try:
+        opened = opener(offset)
+    except TransientError as exc:
+        if exc.restart and offset:
+            partial.unlink()
+            advance(-offset)
+        raise
+    try:
+        if offset and not opened.resumed:
             # The server ignored the Range header: the body is the whole file again.
             advance(-offset)
-            hasher = hasher.fresh()
+            hasher.reset()
             mode = "wb"
         else:
             mode = "ab" if offset else "wb"
+        dropped: tuple[type[BaseException], ...] = (OSError, *opened.read_errors)
         try:
             with partial.open(mode) as out, _transfer_slot() as spare_core:
                 if spare_core:
-                    _pump(response, out, hasher, advance)
+                    _pump(opened.body, out, hasher, advance)
                 else:
-                    _copy(response, out, hasher, advance)
-        except (OSError, http.client.HTTPException) as exc:
-            raise _Retryable(f"transfer interrupted: {type(exc).__name__}: {exc}") from exc
-        length = response.headers.get("Content-Length")
-        if length is not None and response.status in (200, 206):
-            expected_end = int(length) + (offset if response.status == 206 else 0)
+                    _copy(opened.body, out, hasher, advance)
+        except dropped as exc:
+            raise TransientError(f"transfer interrupted: {type(exc).__name__}: {exc}") from exc
+        if opened.length is not None:
+            expected_end = opened.length + (offset if opened.resumed else 0)
             if partial.stat().st_size < expected_end:
-                raise _Retryable(
+                raise TransientError(
                     f"connection closed at byte {partial.stat().st_size} of {expected_end}"
                 )
+    finally:
+        opened.close()
     return hasher
 
 
@@ -264,9 +315,7 @@ def _transfer_slot() -> Iterator[bool]:
             _active -= 1
 
 
-def _copy(
-    response: http.client.HTTPResponse, out: IO[bytes], hasher: _Digests, advance: Advance
-) -> None:
+def _copy(response: Body, out: IO[bytes], hasher: _Digests, advance: Advance) -> None:
     buffer = bytearray(CHUNK)
     view = memoryview(buffer)
     while count := response.readinto(buffer):
@@ -275,9 +324,7 @@ def _copy(
         advance(count)
 
 
-def _pump(
-    response: http.client.HTTPResponse, out: IO[bytes], hasher: _Digests, advance: Advance
-) -> None:
+def _pump(response: Body, out: IO[bytes], hasher: _Digests, advance: Advance) -> None:
     """Receive on this thread; hash and write on another. Both release the GIL, so receiving
     overlaps hashing (the slowest step: ~1 s per GiB on one core) instead of taking turns.
 
@@ -340,4 +387,12 @@ def content_length(url: str, timeout: float = 30.0) -> int | None:
         return None
 
 
-__all__ = ["GitBlob", "RetryPolicy", "content_length", "fetch_to_store"]
+__all__ = [
+    "GitBlob",
+    "Opened",
+    "Opener",
+    "RetryPolicy",
+    "TransientError",
+    "content_length",
+    "fetch_to_store",
+]

@@ -17,8 +17,9 @@ from appliance.bundle.store import BlobStore
 from appliance.errors import BuildError
 from appliance.fetchers.source import Job, Part, Request, blob_entry
 from appliance.spec.models import HuggingFaceModel, LocalModel, OllamaModel
+from appliance.spec.s3_model import S3Model
 
-AnyModel = HuggingFaceModel | OllamaModel | LocalModel
+AnyModel = HuggingFaceModel | OllamaModel | S3Model | LocalModel
 
 
 @dataclass(frozen=True)

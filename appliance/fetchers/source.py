@@ -14,11 +14,12 @@ wheel sets, each kind of model, the installer, the Ansible content. build-bundle
 3. ``describe(job, fetched)``: what the manifest and the SBOM say about them: components, file
    entries, and any manifest field the kind owns (``Part.fields``).
 
-Adding a source kind (s3://, NVIDIA's apt repository, k3s artifacts):
+Adding a source kind (NVIDIA's apt repository, k3s artifacts):
 
 1. Write ``appliance/fetchers/<kind>.py`` with a class that has these three methods (see
    ``files.py``, the smallest). Download through ``job.fetcher`` (hashing, resume, retries,
-   cache and progress come with it) or file bytes with ``job.store``; put offline checks in
+   cache and progress come with it; a protocol other than HTTP gives each ``Wanted`` an
+   ``opener``, as ``s3.py`` does) or file bytes with ``job.store``; put offline checks in
    ``check``, not in ``fetch``. Raise the ``ApplianceError`` class that fits (``BuildError``
    for a spec the kind cannot serve, ``FetchError`` for the network, ``ChecksumMismatchError``
    for a digest), with a hint.

@@ -13,7 +13,6 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -27,29 +26,16 @@ from appliance.spec.checks import (
     GIT_COMMIT_RE,
     check_digest,
     check_image_ref,
-    check_name,
     check_package,
     check_requirement,
-    check_sha256,
     check_unique,
     check_url,
     err,
 )
+from appliance.spec.common import Name, Sha256, StrictModel
+from appliance.spec.s3_model import S3Model, Sha256Sums
 
 SPEC_VERSION = 1
-
-Name = Annotated[
-    str,
-    AfterValidator(check_name),
-    Field(description="lowercase identifier, 1-63 characters"),
-]
-Sha256 = Annotated[
-    str, AfterValidator(check_sha256), Field(description="64 lowercase hex characters")
-]
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Target(StrictModel):
@@ -245,7 +231,7 @@ class LocalModel(StrictModel):
     format: Literal["gguf", "safetensors"] | None = None
 
 
-_MODEL_SCHEMES = {"hf": "hf", "ollama": "ollama", "file": "local", "": "local"}
+_MODEL_SCHEMES = {"hf": "hf", "ollama": "ollama", "s3": "s3", "file": "local", "": "local"}
 
 
 def _model_kind(value: Any) -> str | None:
@@ -259,18 +245,20 @@ def _model_kind(value: Any) -> str | None:
 Model = Annotated[
     Annotated[HuggingFaceModel, Tag("hf")]
     | Annotated[OllamaModel, Tag("ollama")]
+    | Annotated[S3Model, Tag("s3")]
     | Annotated[LocalModel, Tag("local")],
     Discriminator(
         _model_kind,
         custom_error_type="bad_model_source",
         custom_error_message=(
-            "source must be hf://ORG/REPO, ollama://NAMESPACE/MODEL:TAG, or a local path"
+            "source must be hf://ORG/REPO, ollama://NAMESPACE/MODEL:TAG, s3://BUCKET/PREFIX, "
+            "or a local path"
         ),
     ),
 ]
 
 # Tags pydantic inserts into error locations for the model union; not part of the user's path.
-UNION_TAGS = frozenset({"hf", "ollama", "local"})
+UNION_TAGS = frozenset({"hf", "ollama", "s3", "local"})
 
 
 class Gpus(StrictModel):
@@ -404,6 +392,8 @@ def all_field_names() -> frozenset[str]:
         Image,
         HuggingFaceModel,
         OllamaModel,
+        S3Model,
+        Sha256Sums,
         LocalModel,
         WheelSet,
         Gpus,

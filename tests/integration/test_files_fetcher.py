@@ -87,6 +87,21 @@ def test_partial_file_from_an_earlier_run_is_resumed(tmp_path: Path) -> None:
     assert not partial.exists()
 
 
+def test_a_partial_file_that_is_no_prefix_is_dropped_and_the_digest_with_it(
+    tmp_path: Path,
+) -> None:
+    # Longer than the file: the server answers 416, the download starts again from byte 0, and
+    # what was hashed of the old partial file must not count (it once made a false mismatch).
+    partial = tmp_path / "cache/partial" / f"{SHA}.part"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(BODY + b"left over")
+    with serve({"/a": Route(BODY)}) as server:
+        fetcher(tmp_path).fetch_all([Wanted("a", server.url("/a"), SHA, len(BODY))])
+        ranges = [r for m, _, r in server.requests if m == "GET"]
+    assert ranges == [f"bytes={len(BODY) + 9}-", None]
+    assert (tmp_path / "bundle/blobs/sha256" / SHA).read_bytes() == BODY
+
+
 def test_server_that_ignores_range_restarts_cleanly(tmp_path: Path) -> None:
     partial = tmp_path / "cache/partial" / f"{SHA}.part"
     partial.parent.mkdir(parents=True)

@@ -47,6 +47,7 @@ def test_every_kind_is_in_one_table_with_the_same_three_steps() -> None:
         "models-local",
         "models-hf",
         "models-ollama",
+        "models-s3",
         "installer",
         "ansible-content",
     ]

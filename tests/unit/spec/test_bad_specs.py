@@ -174,10 +174,38 @@ CASES: list[tuple[str, str, list[str]]] = [
     ),
     (
         "model-source-scheme",
-        HEAD + "models:\n  - {name: qwen, source: 's3://bucket/qwen'}\n",
+        HEAD + "models:\n  - {name: qwen, source: 'gs://bucket/qwen'}\n",
         [
             "models[0] (line 7): source must be hf://ORG/REPO, ollama://NAMESPACE/MODEL:TAG, "
-            "or a local path"
+            "s3://BUCKET/PREFIX, or a local path"
+        ],
+    ),
+    (
+        "s3-bucket-name-invalid",
+        HEAD + "models:\n  - {name: qwen, source: 's3://Staging_Bucket/qwen'}\n",
+        [
+            "models[0].source (line 7): expected s3://BUCKET/PREFIX with an S3 bucket name "
+            "(3-63 characters: a-z, 0-9, '.', '-'), got 's3://Staging_Bucket/qwen'"
+        ],
+    ),
+    (
+        "s3-prefix-with-dotdot",
+        HEAD + "models:\n  - {name: qwen, source: 's3://staging/models/../qwen'}\n",
+        [
+            "models[0].source (line 7): the prefix of 's3://staging/models/../qwen' has an "
+            "empty, '.' or '..' segment"
+        ],
+    ),
+    (
+        "s3-pins-outside-the-prefix-and-sums-unpinned",
+        HEAD
+        + "models:\n  - name: qwen\n    source: s3://staging/qwen\n"
+        + f"    sha256: {{'../config.json': {SHA}}}\n"
+        + "    sha256sums: {file: SHA256SUMS}\n",
+        [
+            "models[0].sha256 (line 9): '../config.json' is not a path under the prefix "
+            "(relative, no '..')",
+            "models[0].sha256sums.sha256 (line 10): required field missing",
         ],
     ),
     (

@@ -1,0 +1,25 @@
+"""The base every spec model shares."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from appliance.spec.checks import check_name, check_sha256
+
+
+class StrictModel(BaseModel):
+    """Unknown fields are errors (a typo must not pass silently); a parsed spec never changes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Name = Annotated[
+    str,
+    AfterValidator(check_name),
+    Field(description="lowercase identifier, 1-63 characters"),
+]
+Sha256 = Annotated[
+    str, AfterValidator(check_sha256), Field(description="64 lowercase hex characters")
+]

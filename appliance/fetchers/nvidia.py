@@ -120,9 +120,28 @@ def upstream(version: str) -> str:
     return re.sub(r"^[0-9]+:", "", version).rsplit("-", 1)[0]
 
 
+def watch(nvidia: Nvidia, wanted: ComputeSet) -> tuple[list[str], CandidateCheck]:
+    """What ``apt.resolve`` checks before apt solves: the driver roots and the headers."""
+    headers = [f"linux-headers-{abi}" for abi in nvidia.kernel_abis]
+    driver_check = check_candidates(nvidia, wanted.driver)
+
+    def check(candidates: Mapping[str, Candidate]) -> None:
+        for abi, name in zip(nvidia.kernel_abis, headers, strict=True):
+            if candidates[name].version is None:
+                raise BuildError(
+                    f"nvidia: the apt sources carry no {name}, so DKMS cannot build the module "
+                    f"for kernel ABI {abi}",
+                    hint="name the ABI the GPU hosts run (uname -r) and the sources carry: "
+                    "Debian's archive keeps the current point release's kernel, bookworm-security "
+                    "the newest; update the hosts' kernel, or add a source that keeps this one",
+                )
+        driver_check(candidates)
+
+    return [*wanted.driver, *headers], check
+
+
 def check_candidates(nvidia: Nvidia, driver_roots: list[str]) -> CandidateCheck:
-    """A check for ``apt.resolve``'s watch: refuse a driver set apt would mix, before apt
-    reports only one unmet dependency."""
+    """Refuse a driver set apt would mix, before apt reports only one unmet dependency."""
 
     def check(candidates: Mapping[str, Candidate]) -> None:
         missing = [name for name in driver_roots if candidates[name].version is None]

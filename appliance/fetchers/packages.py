@@ -65,6 +65,25 @@ def by_role(needed: dict[str, list[str]]) -> dict[str, list[str]]:
     return {role: sorted(packages) for role, packages in sorted(roles.items())}
 
 
+def resolve_plan(
+    plan: PackagesPlan, spec: Spec, arch: str, workdir: Path
+) -> tuple[list[DebPackage], NvidiaInfo | None]:
+    """The closure of ``plan`` (which has packages), and the NVIDIA driver it carries, checked:
+    one driver version, no X.org."""
+    assert plan.packages is not None
+    if plan.gpu is None or spec.nvidia is None:
+        return resolve(plan.packages, arch, workdir), None
+    debs = resolve(
+        plan.packages,
+        arch,
+        workdir,
+        preferences=nvidia.preferences(spec.nvidia),
+        watch=nvidia.watch(spec.nvidia, plan.gpu),
+    )
+    urls = [source.url for source in plan.packages.sources if source.kind == "nvidia"]
+    return debs, nvidia.describe(spec.nvidia, plan.gpu, debs, urls)
+
+
 class PackagesSource:
     def check(self, request: Request) -> PackagesPlan | None:
         spec = request.spec
@@ -114,20 +133,7 @@ class PackagesSource:
             return PackagesFetched(plan, [], None)
         job.progress.note("resolving OS packages")
         spec = job.spec
-        gpu = None
-        if plan.gpu is not None and spec.nvidia is not None:
-            check = nvidia.check_candidates(spec.nvidia, plan.gpu.driver)
-            debs = resolve(
-                plan.packages,
-                job.target.arch,
-                job.work_dir("apt"),
-                preferences=nvidia.preferences(spec.nvidia),
-                watch=(plan.gpu.driver, check),
-            )
-            urls = [s.url for s in plan.packages.sources if s.kind == "nvidia"]
-            gpu = nvidia.describe(spec.nvidia, plan.gpu, debs, urls)
-        else:
-            debs = resolve(plan.packages, job.target.arch, job.work_dir("apt"))
+        debs, gpu = resolve_plan(plan, spec, job.target.arch, job.work_dir("apt"))
         job.fetcher.fetch_all(Wanted(f"deb {d.name}", d.url, d.sha256, d.size) for d in debs)
         index = write_repo(
             [(deb, layout.blob_path(deb.sha256)) for deb in debs],

@@ -8,6 +8,8 @@ read from the indexes, not written here, so the tests follow the archive as it m
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from appliance.bundle.manifest import NvidiaInfo, Target
+from appliance.bundle.manifest import NvidiaInfo, Target, parse_manifest
 from appliance.errors import BuildError, PackageResolveError
 from appliance.fetchers import nvidia
 from appliance.fetchers.apt import DebPackage
@@ -25,6 +27,7 @@ from appliance.fetchers.apt_root import AptRoot
 from appliance.fetchers.packages import PackagesSource, resolve_plan
 from appliance.fetchers.source import Request
 from appliance.spec import load_spec
+from tests.fixtures.cli import run_cli
 from tests.fixtures.http_server import Route, serve
 from tests.fixtures.nvidia_repo import DRIVER, OLDER_FABRICMANAGER, TOOLKIT, build_repo
 from tests.fixtures.specs import debian_gpu_sources, spec_text
@@ -266,3 +269,58 @@ def test_nvidia_repo_signed_by_another_key_is_refused_by_apt(
             closure(spec, tmp_path / "apt")
     finally:
         served.routes.update(saved)
+
+
+# The bundle, end to end -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_bundle_from_the_debian_driver_source_holds_the_compute_set_and_no_xorg(
+    abi: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = write_spec(tmp_path / "spec", nvidia={"kernel_abis": [abi]})
+    code, _, err = run_cli(capsys, "keygen", "-o", str(tmp_path / "key"))
+    assert code == 0, err
+    started = time.monotonic()
+    code, out, err = run_cli(
+        capsys, "--json", "build-bundle", str(spec), "-o", str(tmp_path / "out"),
+        "--sign-key", str(tmp_path / "key"), "--cache", str(tmp_path / "cache"),
+    )  # fmt: skip
+    seconds = time.monotonic() - started
+    assert code == 0, err
+    report = json.loads(out)
+    bundle = tmp_path / "out"
+    manifest = parse_manifest((bundle / "manifest.json").read_bytes(), "manifest.json")
+    assert manifest.nvidia is not None
+    assert manifest.nvidia.abis() == [abi]
+    assert manifest.nvidia.kernel_abis[0].headers == f"linux-headers-{abi}"
+    # The repository the hosts install from lists the compute set, and nothing of X.org.
+    packages = (bundle / "repo/Packages").read_text()
+    names = set(re.findall(r"^Package: (\S+)$", packages, re.MULTILINE))
+    assert set(manifest.nvidia.install) <= names
+    assert {"nvidia-kernel-dkms", "nvidia-smi", "libcuda1", "nvidia-persistenced",
+            "firmware-nvidia-gsp", "dkms", f"linux-headers-{abi}"} <= names  # fmt: skip
+    assert [name for name in names if nvidia.XORG_RE.match(name)] == []
+    versions = {
+        parse_field(paragraph, "Package"): parse_field(paragraph, "Version")
+        for paragraph in packages.split("\n\n")
+        if paragraph.strip()
+    }
+    for name, version in manifest.nvidia.driver.packages.items():
+        assert versions[name] == version
+    # Every deb is in the bundle, by digest.
+    debs = [entry for entry in manifest.files if entry.kind == "deb"]
+    for entry in debs:
+        assert hashlib.sha256((bundle / entry.path).read_bytes()).hexdigest() == entry.sha256
+    sbom = json.loads((bundle / "sbom.cdx.json").read_bytes())
+    driver = next(c for c in sbom["components"] if c["name"] == "nvidia-driver")
+    assert driver["version"] == manifest.nvidia.driver.version
+    assert {"name": "appliance:nvidia:kernel-abi", "value": abi} in driver["properties"]
+    code, out, err = run_cli(
+        capsys, "verify-bundle", str(bundle), "--pubkey", str(tmp_path / "key.pub")
+    )
+    assert code == 0, err
+    deb_bytes = sum(entry.size for entry in debs)
+    print(f"\nbundle with the debian driver for {abi}: built in {seconds:.0f} s, "
+          f"{report['bytes'] / 1e6:.0f} MB in {report['files']} files, {len(debs)} debs "
+          f"({deb_bytes / 1e6:.0f} MB), driver {manifest.nvidia.driver.version}")  # fmt: skip

@@ -78,7 +78,10 @@ def compute_set(nvidia: Nvidia, named: Iterable[str] = ()) -> ComputeSet:
         dkms = "nvidia-open-kernel-dkms" if driver.modules == "open" else "nvidia-kernel-dkms"
         # Not nvidia-driver: it depends on xserver-xorg-video-nvidia and the GL libraries.
         userspace = ["nvidia-smi", "libcuda1", "libnvidia-ptxjitcompiler1", "libnvidia-nvvm4"]
-        versioned = [dkms, *userspace, "firmware-nvidia-gsp"]
+        # nvidia-detect carries the PCI IDs this driver supports (/usr/share/nvidia/nvidia.ids,
+        # nvidia-open.ids), which the host's preflight checks its GPUs against; the only other
+        # copy is in xserver-xorg-video-nvidia.
+        versioned = [dkms, *userspace, "firmware-nvidia-gsp", "nvidia-detect"]
     else:
         # NVIDIA's names: nvidia-driver-cuda is its compute-only userspace (no X11/GL).
         dkms = "nvidia-kernel-open-dkms" if driver.modules == "open" else "nvidia-kernel-dkms"

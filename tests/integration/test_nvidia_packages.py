@@ -81,8 +81,8 @@ def test_compute_set_from_an_empty_minimal_debian_has_no_xorg(
     names = {deb.name for deb in debs}
     assert {
         "nvidia-kernel-dkms", "nvidia-smi", "libcuda1", "libnvidia-ptxjitcompiler1",
-        "nvidia-persistenced", "firmware-nvidia-gsp", "dkms", f"linux-headers-{abi}",
-        "gcc", "make",
+        "nvidia-persistenced", "firmware-nvidia-gsp", "nvidia-detect", "dkms",
+        f"linux-headers-{abi}", "gcc", "make",
     } <= names  # fmt: skip
     # The headers bring what DKMS builds with: kbuild and the kernel's own compiler.
     assert any(name.startswith("linux-kbuild-") for name in names)

@@ -45,6 +45,7 @@ def test_debian_compute_set_is_headless_and_has_headers_for_every_abi() -> None:
         "libnvidia-ptxjitcompiler1",
         "libnvidia-nvvm4",
         "firmware-nvidia-gsp",
+        "nvidia-detect",
         "nvidia-persistenced",
         "dkms",
         f"linux-headers-{ABI}",

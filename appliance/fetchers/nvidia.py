@@ -164,10 +164,14 @@ def check_candidates(nvidia: Nvidia, driver_roots: list[str]) -> CandidateCheck:
 
 
 def check_one_version(
-    packages: Mapping[str, str], *, common: Iterable[str] = (), modules: str = "proprietary"
+    packages: Mapping[str, str],
+    *,
+    common: Iterable[str] | None = None,
+    modules: str = "proprietary",
 ) -> str:
     """The one driver version ``packages`` ({name: Debian version}) carry; a BuildError that
-    names each package and version when they carry several."""
+    names each package and version when they carry several. ``common``: the versions every one
+    of them is available at (None: a resolved closure, where a pin made the mix)."""
     by_version: dict[str, list[str]] = {}
     for name, version in sorted(packages.items()):
         by_version.setdefault(upstream(version), []).append(f"{name} {version}")
@@ -176,12 +180,16 @@ def check_one_version(
     listing = "; ".join(
         f"{driver}: {', '.join(names)}" for driver, names in sorted(by_version.items())
     )
-    shared = sorted(common)
-    hint = (
-        f"pin nvidia.driver.version to one that every package has ({', '.join(shared)})"
-        if shared
-        else "no version is carried by every one of them: change the sources"
-    )
+    shared = sorted(common or ())
+    if common is None:
+        hint = (
+            "drop the versions the spec pins on driver packages in packages.install, and pin "
+            "nvidia.driver.version instead: it pins the whole set"
+        )
+    elif shared:
+        hint = f"pin nvidia.driver.version to one that every package has ({', '.join(shared)})"
+    else:
+        hint = "no version is carried by every one of them: change the sources"
     if modules == "open":
         hint += (
             ", or use modules: proprietary (Debian 12 carries the open kernel modules only at "

@@ -163,6 +163,8 @@ def test_a_spec_pinning_one_driver_package_elsewhere_is_refused_naming_both_vers
     assert message.startswith("nvidia: the driver packages do not carry one driver version")
     assert f"{nvidia.upstream(older)}: libnvidia-nvvm4 {older}" in message
     assert f"libcuda1 {nvvm.version}" in message
+    assert caught.value.hint is not None
+    assert caught.value.hint.startswith("drop the versions the spec pins on driver packages")
 
 
 def test_a_kernel_abi_the_archive_does_not_carry_is_refused(work: Path, tmp_path: Path) -> None:

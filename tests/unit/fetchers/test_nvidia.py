@@ -136,6 +136,10 @@ def test_mixed_versions_are_refused_naming_each_package_and_version() -> None:
         "pin nvidia.driver.version to one that every package has (535.261.03), or use modules: "
         "proprietary"
     )
+    # In a resolved closure, a pin of the spec's own made the mix.
+    with pytest.raises(BuildError) as caught:
+        nvidia.check_one_version(packages)
+    assert str(caught.value.hint).startswith("drop the versions the spec pins on driver packages")
 
 
 def test_candidate_check_refuses_before_apt_solves() -> None:

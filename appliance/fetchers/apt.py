@@ -54,6 +54,7 @@ def resolve(
     *,
     preferences: str = "",
     watch: tuple[Sequence[str], CandidateCheck] | None = None,
+    siblings: bool = False,
 ) -> list[DebPackage]:
     """Every package a minbase Debian target of ``arch`` lacks to install ``packages.install``.
 
@@ -63,7 +64,10 @@ def resolve(
     or a package is unknown or cannot be installed. A relative keyring path is taken relative to
     the current directory, so callers pass the spec's keyrings made absolute. ``preferences`` is
     an apt_preferences(5) text (pins) that the resolution obeys; ``watch`` names packages whose
-    candidate versions go to a check before apt solves.
+    candidate versions go to a check before apt solves. With ``siblings``, the closure also
+    carries each minbase package built from the same source as a closure package, at the same
+    version: a host installed from an older point release lacks them (perl needs perl-base of
+    its own version, gcc-12 its libgcc-s1), and apt there finds them nowhere else.
     """
     if not _ARCH_RE.match(arch):
         raise PackageResolveError(
@@ -73,7 +77,8 @@ def resolve(
     apt.update()
     # The closure depends only on the signed indexes and the request: when neither changed
     # since the last build, reuse it instead of asking apt again.
-    remembered = workdir / f"closure-{arch}-{apt.fingerprint(packages, preferences)}.json"
+    request = preferences + ("\nsiblings" if siblings else "")
+    remembered = workdir / f"closure-{arch}-{apt.fingerprint(packages, request)}.json"
     if remembered.is_file():
         return [DebPackage(**item) for item in json.loads(remembered.read_text())]
     if watch is not None:
@@ -82,6 +87,9 @@ def resolve(
     baseline = apt.simulate(_minbase_names(index), index)
     apt.write_status([index[key].control for key in baseline])
     closure = apt.simulate(packages.install, index)
+    if siblings:
+        sources = {_source_name(index[key].control) for key in closure}
+        closure += [key for key in baseline if _source_name(index[key].control) in sources]
     result = sorted((_deb_package(index[key]) for key in closure), key=lambda p: p.name)
     for stale in workdir.glob(f"closure-{arch}-*.json"):
         stale.unlink()
@@ -126,6 +134,11 @@ def _minbase_names(index: dict[tuple[str, str, str], Entry]) -> list[str]:
             names.add(_package_name(entry.control))
     known = {name for name, _, _ in index}
     return sorted(names & known)
+
+
+def _source_name(control: str) -> str:
+    """The source package a binary is built from (``Source: NAME (VERSION)``, or its own)."""
+    return (parse_field(control, "Source") or _package_name(control)).split()[0]
 
 
 def _package_name(control: str) -> str:

@@ -79,6 +79,9 @@ def resolve_plan(
         workdir,
         preferences=nvidia.preferences(spec.nvidia),
         watch=nvidia.watch(spec.nvidia, plan.gpu),
+        # DKMS needs perl and gcc on the GPU hosts, which are tied to minbase packages by
+        # exact versions: a host from an older point release must get those from the bundle.
+        siblings=True,
     )
     urls = [source.url for source in plan.packages.sources if source.kind == "nvidia"]
     return debs, nvidia.describe(spec.nvidia, plan.gpu, debs, urls)

@@ -8,9 +8,12 @@ read from the indexes, not written here, so the tests follow the archive as it m
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +22,7 @@ from typing import Any
 import pytest
 
 from appliance.bundle.manifest import NvidiaInfo, Target, parse_manifest
+from appliance.cli import main
 from appliance.errors import BuildError, PackageResolveError
 from appliance.fetchers import nvidia
 from appliance.fetchers.apt import DebPackage
@@ -88,8 +92,13 @@ def test_compute_set_from_an_empty_minimal_debian_has_no_xorg(
     assert any(name.startswith("linux-kbuild-") for name in names)
     assert any(name.startswith("linux-compiler-gcc-") for name in names)
     assert [name for name in names if nvidia.XORG_RE.match(name)] == []
-    assert "libc6" not in names, "libc6 is part of every minbase target"
     assert "nvidia-driver" not in names
+    # Minbase packages built from a closure package's source come along, at its version: a
+    # host from an older point release has perl-base, but perhaps not the one perl needs.
+    by_name = {deb.name: deb for deb in debs}
+    assert by_name["perl-base"].version == by_name["perl"].version
+    assert by_name["libgcc-s1"].version == by_name["gcc-12"].version
+    assert "bash" not in names, "a minbase package of no closure package's source stays out"
     assert info is not None
     assert info.abis() == [abi]
     assert info.driver.source == "debian" and info.driver.modules == "proprietary"
@@ -276,22 +285,32 @@ def test_nvidia_repo_signed_by_another_key_is_refused_by_apt(
 # The bundle, end to end -----------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def gpu_bundle(abi: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A bundle built through the CLI from a spec with the debian driver source, timed."""
+    root = tmp_path_factory.mktemp("gpu-bundle")
+    spec = write_spec(root / "spec", nvidia={"kernel_abis": [abi]})
+    with pytest.raises(SystemExit) as done:
+        main(["keygen", "-o", str(root / "key")])
+    assert done.value.code == 0
+    argv = ["--json", "build-bundle", str(spec), "-o", str(root / "out"),
+            "--sign-key", str(root / "key"), "--cache", str(root / "cache")]  # fmt: skip
+    stdout = io.StringIO()
+    started = time.monotonic()
+    with contextlib.redirect_stdout(stdout), pytest.raises(SystemExit) as done:
+        main(argv)
+    seconds = time.monotonic() - started
+    assert done.value.code == 0, stdout.getvalue()
+    return {"root": root, "bundle": root / "out", "report": json.loads(stdout.getvalue()),
+            "seconds": seconds}  # fmt: skip
+
+
 @pytest.mark.slow
 def test_bundle_from_the_debian_driver_source_holds_the_compute_set_and_no_xorg(
-    abi: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    abi: str, gpu_bundle: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    spec = write_spec(tmp_path / "spec", nvidia={"kernel_abis": [abi]})
-    code, _, err = run_cli(capsys, "keygen", "-o", str(tmp_path / "key"))
-    assert code == 0, err
-    started = time.monotonic()
-    code, out, err = run_cli(
-        capsys, "--json", "build-bundle", str(spec), "-o", str(tmp_path / "out"),
-        "--sign-key", str(tmp_path / "key"), "--cache", str(tmp_path / "cache"),
-    )  # fmt: skip
-    seconds = time.monotonic() - started
-    assert code == 0, err
-    report = json.loads(out)
-    bundle = tmp_path / "out"
+    bundle: Path = gpu_bundle["bundle"]
+    report = gpu_bundle["report"]
     manifest = parse_manifest((bundle / "manifest.json").read_bytes(), "manifest.json")
     assert manifest.nvidia is not None
     assert manifest.nvidia.abis() == [abi]
@@ -318,11 +337,56 @@ def test_bundle_from_the_debian_driver_source_holds_the_compute_set_and_no_xorg(
     driver = next(c for c in sbom["components"] if c["name"] == "nvidia-driver")
     assert driver["version"] == manifest.nvidia.driver.version
     assert {"name": "appliance:nvidia:kernel-abi", "value": abi} in driver["properties"]
-    code, out, err = run_cli(
-        capsys, "verify-bundle", str(bundle), "--pubkey", str(tmp_path / "key.pub")
-    )
+    key = gpu_bundle["root"] / "key.pub"
+    code, _, err = run_cli(capsys, "verify-bundle", str(bundle), "--pubkey", str(key))
     assert code == 0, err
     deb_bytes = sum(entry.size for entry in debs)
-    print(f"\nbundle with the debian driver for {abi}: built in {seconds:.0f} s, "
+    print(f"\nbundle with the debian driver for {abi}: built in {gpu_bundle['seconds']:.0f} s, "
           f"{report['bytes'] / 1e6:.0f} MB in {report['files']} files, {len(debs)} debs "
           f"({deb_bytes / 1e6:.0f} MB), driver {manifest.nvidia.driver.version}")  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_an_air_gapped_minimal_debian_can_install_the_compute_set_from_the_bundle_alone(
+    gpu_bundle: dict[str, Any], test_image: str
+) -> None:
+    """apt on a host with no network plans the whole install from the bundle's repository: the
+    closure holds everything a fresh host lacks (the install itself, with DKMS, is the
+    nvidia_driver role's test)."""
+    bundle: Path = gpu_bundle["bundle"]
+    manifest = parse_manifest((bundle / "manifest.json").read_bytes(), "manifest.json")
+    assert manifest.nvidia is not None
+    for path in [bundle, *bundle.rglob("*")]:  # apt reads as its unprivileged _apt user
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    started = subprocess.run(
+        ["docker", "run", "-d", "--rm", "--network", "none", "-v", f"{bundle}:/srv/bundle:ro",
+         test_image, "sleep", "infinity"],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    container = started.stdout.strip()
+    sources = (
+        "Types: deb\nURIs: file:/srv/bundle\nSuites: repo/\n"
+        "Signed-By: /srv/bundle/repo/archive-key.gpg\n"
+    )
+    script = (
+        "rm -f /etc/apt/sources.list /etc/apt/sources.list.d/* && "
+        f"printf '{sources}' > /etc/apt/sources.list.d/appliance.sources && "
+        "apt-get update --error-on=any && "
+        "apt-get install -s --no-install-recommends " + " ".join(manifest.nvidia.install)
+    )
+    try:
+        done = subprocess.run(
+            ["docker", "exec", container, "sh", "-c", script],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+    finally:
+        subprocess.run(["docker", "rm", "-f", container], capture_output=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    planned = re.findall(r"^Inst (\S+) \((\S+)", done.stdout, re.MULTILINE)
+    names = {name for name, _ in planned}
+    assert set(manifest.nvidia.install) <= names
+    assert [name for name in names if nvidia.XORG_RE.match(name)] == []
+    for name, version in planned:
+        if name in manifest.nvidia.driver.packages:
+            assert version == manifest.nvidia.driver.packages[name]

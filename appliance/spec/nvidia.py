@@ -218,11 +218,11 @@ def check_nvidia(nvidia: Nvidia, packages: Packages | None, targets: Sequence[Ta
     if nvidia.container_toolkit:
         needs.append("container_toolkit (Debian has no NVIDIA Container Toolkit)")
     if needs and not any(source.kind == "nvidia" for source in packages.sources):
+        # Our own words, not the user's value: written into the message, never shortened.
         raise err(
             "nvidia_repo_missing",
-            "{needs} needs NVIDIA's repository in packages.sources: an entry with kind: "
-            "nvidia, its url, keyring and key fingerprint",
-            needs=" and ".join(needs),
+            " and ".join(needs) + " needs NVIDIA's repository in packages.sources: an entry "
+            "with kind: nvidia, its url, keyring and key fingerprint",
         )
     if nvidia.driver.source == "debian":
         components = {c for s in packages.sources if s.kind == "apt" for c in s.components}

@@ -175,7 +175,10 @@ def _models(components: list[Component], parts: list[Part]) -> list[dict[str, An
 def _sbom(staging: Path, spec: Spec, spec_sha256: str, parts: list[Part]) -> Part:
     components = [c for part in parts for c in part.components]
     entries = [f for part in parts for f in part.files]
-    data = canonical_json(sbom(spec.name, spec.release, spec_sha256, components, entries))
+    nvidia = next((part.fields["nvidia"] for part in parts if "nvidia" in part.fields), None)
+    data = canonical_json(
+        sbom(spec.name, spec.release, spec_sha256, components, entries, nvidia=nvidia)
+    )
     (staging / layout.SBOM).write_bytes(data)
     part = Part()
     part.add(

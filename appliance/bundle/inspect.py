@@ -70,4 +70,6 @@ def summary(manifest: Manifest) -> dict[str, Any]:
         "role_packages": manifest.role_packages,
         "not_carried": {p: roles for p, roles in required_by.items() if p not in carried},
         "models": sorted(models.values(), key=lambda m: m["name"]),
+        # The NVIDIA driver the GPU hosts install: version, source, kernel ABIs.
+        "nvidia": manifest.nvidia.model_dump() if manifest.nvidia else None,
     }

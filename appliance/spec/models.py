@@ -16,6 +16,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -26,13 +27,17 @@ from appliance.spec.checks import (
     GIT_COMMIT_RE,
     check_digest,
     check_image_ref,
-    check_package,
     check_requirement,
     check_unique,
     check_url,
     err,
 )
 from appliance.spec.common import Name, Sha256, StrictModel
+from appliance.spec.nvidia import Nvidia, NvidiaAptSource, NvidiaDriver, check_nvidia
+
+# Re-exported: the fetchers and tests import the packages models from here.
+from appliance.spec.packages import AptSource as AptSource
+from appliance.spec.packages import Packages as Packages
 from appliance.spec.s3_model import S3Model, Sha256Sums
 
 SPEC_VERSION = 1
@@ -99,67 +104,6 @@ class FileArtifact(StrictModel):
     @classmethod
     def _url(cls, value: str) -> str:
         return check_url(value, ("https", "http", "file"))
-
-
-class AptSource(StrictModel):
-    """A Debian-style archive whose signed index pins every package."""
-
-    kind: Literal["apt"]
-    url: str = Field(
-        description="http://, https:// or file:// URL of the archive; ${DEBIAN_MIRROR} takes it "
-        "from the environment"
-    )
-    suites: list[str] = Field(min_length=1)
-    components: list[str] = Field(min_length=1)
-    keyring: str = Field(
-        description="OpenPGP keyring that signs the archive's Release file, relative to the spec"
-    )
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        return check_url(value, ("http", "https", "file"))
-
-    @field_validator("keyring")
-    @classmethod
-    def _keyring(cls, value: str) -> str:
-        if not value.strip():
-            raise err("empty_keyring", "name the keyring file that signs this archive")
-        return value
-
-
-class Packages(StrictModel):
-    """OS packages resolved with their dependencies into the bundle's local repository.
-
-    The packages the appliance's own roles install are always added; ``install`` lists what
-    the site wants on top, and may be left out.
-    """
-
-    # One kind today; this becomes a union discriminated on ``kind`` when rpm sources arrive.
-    sources: list[AptSource] = Field(min_length=1)
-    # What the site wants on top of what the roles install (build-bundle adds the roles' own
-    # packages, declared in each role): may be empty.
-    install: list[Annotated[str, AfterValidator(check_package)]] = Field(
-        default_factory=list,
-        description="packages to carry beyond those the roles need, NAME or NAME=VERSION",
-    )
-
-    @field_validator("install")
-    @classmethod
-    def _install(cls, value: list[str]) -> list[str]:
-        first: dict[str, int] = {}
-        for index, item in enumerate(value):
-            name = item.partition("=")[0]
-            if name in first:
-                raise err(
-                    "duplicate",
-                    "package '{name}' is listed twice ([{first}] and [{second}])",
-                    name=name,
-                    first=first[name],
-                    second=index,
-                )
-            first[name] = index
-        return value
 
 
 class Image(StrictModel):
@@ -258,7 +202,7 @@ Model = Annotated[
 ]
 
 # Tags pydantic inserts into error locations for the model union; not part of the user's path.
-UNION_TAGS = frozenset({"hf", "ollama", "s3", "local"})
+UNION_TAGS = frozenset({"hf", "ollama", "s3", "local", "kind=apt", "kind=nvidia"})
 
 
 class Gpus(StrictModel):
@@ -331,6 +275,12 @@ class Spec(StrictModel):
         description="the GPUs of the GPU nodes, for sizing: build-bundle warns when a model "
         "fits none of them",
     )
+    # After packages and targets, which its validator reads.
+    nvidia: Nvidia | None = Field(
+        default=None,
+        description="the NVIDIA driver of the GPU hosts, carried headless in the bundle's "
+        "repository",
+    )
 
     @field_validator("release")
     @classmethod
@@ -373,6 +323,14 @@ class Spec(StrictModel):
         check_unique(value, "name", "model name")
         return value
 
+    @field_validator("nvidia")
+    @classmethod
+    def _nvidia(cls, value: Nvidia | None, info: ValidationInfo) -> Nvidia | None:
+        # A packages or targets section that failed validation has its own report.
+        if value is not None and "packages" in info.data and "targets" in info.data:
+            check_nvidia(value, info.data["packages"], info.data["targets"])
+        return value
+
     @field_validator("wheels")
     @classmethod
     def _wheels(cls, value: list[WheelSet]) -> list[WheelSet]:
@@ -397,5 +355,8 @@ def all_field_names() -> frozenset[str]:
         LocalModel,
         WheelSet,
         Gpus,
+        Nvidia,
+        NvidiaDriver,
+        NvidiaAptSource,
     ]
     return frozenset(name for model in models for name in model.model_fields)

@@ -28,10 +28,12 @@ Backends
                       not match the digest; files over ``part_size`` go up in parts.
   ``DirectoryStore``  the same layout under a directory (``object_store: filesystem``).
 
-Config (``/etc/appliance/object-store/store.json`` on the store host, root 0600; ``load_config``):
+Config (``/etc/appliance/object-store/store.json`` on the store host; ``load_config``):
   {"kind": "s3", "endpoint": "https://198.18.10.2:9000", "region": "us-east-1",
-   "access_key": "...", "secret_key": "...", "ca_file": "/etc/appliance/pki/ca.crt",
-   "buckets": {"models": "appliance-models"}}
+   "credentials_file": "/etc/appliance/object-store/credentials.env",   # root 0600
+   "access_key_var": "MINIO_ROOT_USER", "secret_key_var": "MINIO_ROOT_PASSWORD",
+   "ca_file": "/etc/appliance/pki/ca.crt", "buckets": {"models": "appliance-models"}}
+  ("access_key"/"secret_key" may stand in the file itself instead, e.g. in tests.)
   {"kind": "directory", "root": "/var/lib/appliance/store", "buckets": {"models": "models"}}
 
 Use
@@ -101,11 +103,30 @@ class PublishReport(NamedTuple):
 
 
 def load_config(path: str) -> dict[str, Any]:
+    """The store's client configuration; S3 credentials may come from a root-only environment
+    file (``credentials_file``, with the names of its two variables), so this file holds none."""
     with open(path, encoding="utf-8") as handle:
         config: dict[str, Any] = json.load(handle)
     if config.get("kind") not in ("s3", "directory"):
         raise StoreError(f"{path}: kind must be s3 or directory, not {config.get('kind')!r}")
+    if config["kind"] == "s3" and config.get("credentials_file"):
+        values = _env_file(config["credentials_file"])
+        for field, default in (("access_key", "ACCESS_KEY"), ("secret_key", "SECRET_KEY")):
+            name = config.get(f"{field}_var", default)
+            if name not in values:
+                raise StoreError(f"{config['credentials_file']}: no {name}=")
+            config[field] = values[name]
     return config
+
+
+def _env_file(path: str) -> dict[str, str]:
+    values = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            name, sep, value = line.strip().partition("=")
+            if sep and not name.startswith("#"):
+                values[name.strip()] = value.strip()
+    return values
 
 
 def open_store(config: dict[str, Any]) -> S3Store | DirectoryStore:

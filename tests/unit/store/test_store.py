@@ -86,12 +86,14 @@ def test_publish_names_each_object_by_its_digest_and_reads_it_back(
 
 
 def test_s3_objects_carry_the_digest_in_their_metadata(server: S3Server, tmp_path: Path) -> None:
-    store = S3Store(server.endpoint, server.access_key, server.secret_key, buckets={"models": "m"})
+    store = S3Store(
+        server.endpoint, server.access_key, server.secret_key, buckets={"models": "meta"}
+    )
     store.ensure_bucket("models")
     sha256, path, _ = model_file(tmp_path, 100)
     publish(store, "models", [(sha256, path, 100)])
     client: Any = server.boto3()
-    head = client.head_object(Bucket="m", Key=f"sha256/{sha256}")
+    head = client.head_object(Bucket="meta", Key=f"sha256/{sha256}")
     assert head["Metadata"] == {"sha256": sha256}
 
 

@@ -238,3 +238,66 @@ def test_the_runtime_refuses_a_model_whose_file_changed_after_fetch(
     refused = subprocess.run(command, capture_output=True, text=True, check=False)
     assert refused.returncode == 1
     assert refused.stdout.strip() == f"{args['files'][0]['dest']}: FAILED"
+
+
+def test_the_roles_publish_then_lay_out_a_model_from_the_store(tmp_path: Path) -> None:
+    """The object_store role's publish step and the artifacts role's models step with a store
+    in the topology (object_store tasks_from fetch: presign on the store's host, fetch through
+    the cache), as install runs them, on this machine as the store's host and the GPU node."""
+    with s3_server(tmp_path, auth=False) as server:
+        config_dir = tmp_path / "object-store"
+        config_dir.mkdir()
+        config = store_config(config_dir, server, "roles")
+        assert config == config_dir / "store.json"
+        root, files = release(tmp_path, [5000, 30])
+        model = {"name": "tiny", "format": "gguf", "digest": "sha256:" + "0" * 64,
+                 "files": files}  # fmt: skip
+        extravars = {
+            "ansible_python_interpreter": sys.executable,
+            "appliance_bundle_dir": str(root),
+            "appliance_models": [model],
+            "appliance_topology": {"object_store": {"host": "localhost"}},
+            "object_store_config_dir": str(config_dir),
+            "object_store_cache_dir": str(tmp_path / "cache"),
+            # Above the role's vars: the CA's certificate would go to /etc on this machine.
+            "_object_store_ca_file": str(tmp_path / "ca.crt"),
+        }
+        tasks = [
+            {"ansible.builtin.include_role": {"name": "object_store", "tasks_from": "publish"}},
+            {"ansible.builtin.include_role": {"name": "artifacts", "tasks_from": "models"},
+             "vars": {"artifacts_models_dir": str(tmp_path / "models")}},
+        ]  # fmt: skip
+        (tmp_path / "play.json").write_text(
+            json.dumps(
+                [
+                    {
+                        "hosts": "localhost",
+                        "connection": "local",
+                        "gather_facts": False,
+                        "tasks": tasks,
+                    }
+                ]
+            )
+        )
+        (tmp_path / "vars.json").write_text(json.dumps(extravars))
+
+        def converge() -> str:
+            done = subprocess.run(
+                [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,",
+                 "-e", f"@{tmp_path / 'vars.json'}", str(tmp_path / "play.json")],
+                capture_output=True, text=True, check=False, timeout=300,
+                env={**os.environ, "ANSIBLE_ROLES_PATH": str(ROLES_DIR), "ANSIBLE_NOCOLOR": "1"},
+            )  # fmt: skip
+            assert done.returncode == 0, done.stdout + done.stderr
+            return done.stdout
+
+        first = converge()
+        assert "changed=3" in first, first  # published; the CA certificate; fetched and linked
+        for file in files:
+            placed = tmp_path / "models" / "tiny" / file["name"]
+            assert hashlib.sha256(placed.read_bytes()).hexdigest() == file["sha256"]
+            assert placed.samefile(tmp_path / "cache" / "sha256" / file["sha256"])
+        again = converge()
+        assert "changed=0" in again, again  # nothing uploaded, nothing downloaded
+        # The presigned URLs never reach the run's output.
+        assert "X-Amz-Signature" not in first + again

@@ -120,6 +120,19 @@ def _versions(server: S3Server, store: S3Store | DirectoryStore, sha256: str) ->
     return stat.st_ino, stat.st_mtime_ns
 
 
+def test_an_object_publish_did_not_write_is_replaced(server: S3Server, tmp_path: Path) -> None:
+    store = S3Store(
+        server.endpoint, server.access_key, server.secret_key, buckets={"models": "own"}
+    )
+    store.ensure_bucket("models")
+    sha256, path, size = model_file(tmp_path, 64)
+    client: Any = server.boto3()
+    client.put_object(Bucket="own", Key=f"sha256/{sha256}", Body=b"w" * 64)  # no metadata
+    report = publish(store, "models", [(sha256, path, size)])
+    assert (report.uploaded, report.verified) == ([sha256], [sha256])
+    assert audit(store, "models", [sha256]) == []
+
+
 def test_audit_names_an_object_changed_in_the_store(
     server: S3Server, store: S3Store | DirectoryStore, tmp_path: Path
 ) -> None:

@@ -240,7 +240,9 @@ def publish(
     report = PublishReport([], [], [])
     for sha256, path, size in files:
         info = store.stat(purpose, sha256)
-        if info is not None and info.size == size and info.sha256 in (None, sha256):
+        # Only an object that says it is this digest counts: one without the metadata was not
+        # written by publish, and is replaced.
+        if info is not None and info.size == size and info.sha256 == sha256:
             report.present.append(sha256)
             continue
         report.uploaded.append(sha256)

@@ -1,6 +1,6 @@
 """The object_store role's modules, run by Ansible on this machine against an S3 server (moto,
-the stand-in for MinIO: tests/fixtures/s3.py): publish by digest, presign, fetch through the
-cache, audit; and the check a runtime's unit runs before it starts."""
+the stand-in for MinIO: tests/fixtures/minio_standin.py): publish by digest, presign, fetch
+through the cache, audit; and the check a runtime's unit runs before it starts."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 from appliance.install.verify_models import judge_store
 from appliance.roles import ROLES_DIR
 from tests.fixtures.hosts import ROOT
-from tests.fixtures.s3 import S3Server, s3_server
+from tests.fixtures.minio_standin import S3Server, s3_server
 
 pytestmark = [pytest.mark.slow]
 

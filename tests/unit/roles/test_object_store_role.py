@@ -1,7 +1,7 @@
 """The object_store and site_ca roles' rendered configuration, with Ansible itself on this
 machine: the server's unit and environment, the client configuration, and a real site CA with a
-certificate it issued. The MinIO binary is not reachable here (tests/fixtures/s3.py), so the
-server's own reading of this configuration waits for the real binary."""
+certificate it issued. The MinIO binary is not reachable here (tests/fixtures/minio_standin.py),
+so the server's own reading of this configuration waits for the real binary."""
 
 from __future__ import annotations
 

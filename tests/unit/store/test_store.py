@@ -1,5 +1,5 @@
 """The model store (appliance.store: the object_store role's module_utils) against an S3 server
-(moto, the stand-in for MinIO: tests/fixtures/s3.py) and against a directory."""
+(moto, the stand-in for MinIO: tests/fixtures/minio_standin.py) and against a directory."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from appliance.store import (
     open_store,
     publish,
 )
-from tests.fixtures.s3 import S3Server, s3_server
+from tests.fixtures.minio_standin import S3Server, s3_server
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 This file is the store's interface for every part of appliance. It runs on the hosts as Ansible
 module_utils (the object_store role's modules import it; hosts have python3 and nothing else),
 and the installer imports the very same file through ``appliance.store``. One implementation,
-tested once against an S3 server (tests/fixtures/s3.py).
+tested once against an S3 server (tests/fixtures/minio_standin.py).
 
 Layout (the same on every backend)
   A store has one bucket per purpose; today one purpose, ``models``. Config names the buckets

@@ -128,6 +128,43 @@ def test_a_second_run_changes_nothing(host: Host, bundle: Path) -> None:
     assert "changed=0" in again.stdout.split("PLAY RECAP")[1], again.stdout[-6000:]
 
 
+def audit(host: Host, bundle: Path, tmp_path: Path) -> dict[str, object]:
+    """The object_store role's audit task file on the host (what appliance verify runs), its
+    result handed back."""
+    (tmp_path / "extravars.json").write_text((bundle / "extravars.json").read_text())
+    (tmp_path / "site.yml").write_text(
+        "- name: Audit the store\n  hosts: all\n  gather_facts: false\n  tasks:\n"
+        "    - name: Audit\n      ansible.builtin.include_role:\n        name: object_store\n"
+        "        tasks_from: audit\n"
+        "    - name: Hand the result to the test\n      ansible.builtin.copy:\n"
+        "        content: '{{ object_store_audit | to_json }}'\n"
+        f"        dest: {tmp_path}/audit.json\n        mode: '0644'\n"
+        "      delegate_to: localhost\n"
+    )
+    done = converge(tmp_path, host.name)
+    assert done.returncode == 0, done.stdout[-4000:]
+    result: dict[str, object] = json.loads((tmp_path / "audit.json").read_text())
+    return result
+
+
+def test_audit_reads_the_store_and_names_a_changed_object(
+    host: Host, bundle: Path, tmp_path: Path
+) -> None:
+    file = json.loads((bundle / "extravars.json").read_text())["appliance_models"][0]["files"][0]
+    clean = audit(host, bundle, tmp_path)
+    assert (clean["objects"], clean["problems"], clean["error"]) == (1, [], "")
+    stored = f"/var/lib/appliance/object-store/appliance-models/sha256/{file['sha256']}"
+    saved = host.run("sh", "-c", f"cp -p {stored} /root/saved && printf x >> {stored}")
+    assert saved.returncode == 0
+    try:
+        changed = audit(host, bundle, tmp_path)
+        (problem,) = changed["problems"]  # type: ignore[misc]
+        assert problem["key"] == f"sha256/{file['sha256']}"
+        assert problem["problem"].startswith("bytes have sha256 ")
+    finally:
+        host.run("cp", "-p", "/root/saved", stored)
+
+
 def test_a_changed_model_file_stops_the_server_at_start(host: Host) -> None:
     served = "/var/lib/appliance/models/tiny/tiny.gguf"
     assert (

@@ -50,13 +50,18 @@ class Target(StrictModel):
     arch: Literal["amd64", "arm64"] = Field(description="CPU architecture, Debian naming")
 
 
+# The spec's files: entry that carries the MinIO server binary for object_store: minio (the
+# object_store role's object_store_file). MinIO stopped publishing binaries in 2025 and is
+# AGPL-3.0: the bundle carries the last published release, pinned like any other file.
+MINIO_FILE = "minio"
+
 # What this release installs for each role of the stack. The other choices are the ones the
 # design names for later releases (a registry, an object store, k3s): the spec's vocabulary
 # knows them, and validation refuses them until a release can install them, instead of letting
 # an install fail halfway.
 INSTALLABLE: dict[str, tuple[str, ...]] = {
     "registry": ("none",),
-    "object_store": ("filesystem",),
+    "object_store": ("filesystem", "minio"),
     "orchestrator": ("systemd",),
     "runtime": ("llamacpp", "vllm", "ollama"),
 }
@@ -265,7 +270,8 @@ class Spec(StrictModel):
     description: str | None = None
     targets: list[Target] = Field(min_length=1)
     stack: Stack = Field(default_factory=Stack)
-    files: list[FileArtifact] = Field(default_factory=list)
+    # Checked even when absent: a stack choice may need a file (object_store: minio).
+    files: list[FileArtifact] = Field(default_factory=list, validate_default=True)
     packages: Packages | None = None
     images: list[Image] = Field(default_factory=list)
     models: list[Model] = Field(default_factory=list)
@@ -307,8 +313,18 @@ class Spec(StrictModel):
 
     @field_validator("files")
     @classmethod
-    def _files(cls, value: list[FileArtifact]) -> list[FileArtifact]:
+    def _files(cls, value: list[FileArtifact], info: ValidationInfo) -> list[FileArtifact]:
         check_unique(value, "name", "file name")
+        stack = info.data.get("stack")
+        minio = stack is not None and stack.object_store == "minio"
+        if minio and MINIO_FILE not in {f.name for f in value}:
+            raise err(
+                "minio_binary_missing",
+                "stack.object_store is minio: add the MinIO server binary as a files: entry "
+                "named '{name}' with its URL and sha256 (the last published release, "
+                "RELEASE.2025-09-07T16-13-09Z; see examples/production.yaml)",
+                name=MINIO_FILE,
+            )
         return value
 
     @field_validator("images")

@@ -270,14 +270,24 @@ CASES: list[tuple[str, str, list[str]]] = [
     ),
     (
         "stack-choices-this-release-cannot-install",
-        HEAD + "stack:\n  orchestrator: k3s\n  registry: harbor\n  object_store: minio\n",
+        HEAD + "stack:\n  orchestrator: k3s\n  registry: harbor\n",
         [
             "stack.orchestrator (line 7): 'k3s' cannot be installed by this release of "
             "appliance; the choices that install are: systemd",
             "stack.registry (line 8): 'harbor' cannot be installed by this release of appliance; "
             "the choices that install are: none",
-            "stack.object_store (line 9): 'minio' cannot be installed by this release of "
-            "appliance; the choices that install are: filesystem",
+        ],
+    ),
+    (
+        # minio installs since the object store landed, from the binary the bundle carries.
+        "stack-minio-without-its-binary",
+        HEAD
+        + "stack:\n  object_store: minio\nfiles:\n  - name: mc\n"
+        + f"    url: https://example.invalid/mc\n    sha256: {SHA}\n",
+        [
+            "files (line 8): stack.object_store is minio: add the MinIO server binary as a "
+            "files: entry named 'minio' with its URL and sha256 (the last published release, "
+            "RELEASE.2025-09-07T16-13-09Z; see examples/production.yaml)",
         ],
     ),
     (

@@ -38,6 +38,8 @@ class AuditSettings(_Strict):
     max_bytes: Annotated[int, Field(ge=4096)] = 64 << 20
     # fsync after every batch of records: survives power loss, costs a disk flush per batch.
     fsync: bool = False
+    # Below this many free bytes on the audit filesystem: a warning, /health and /metrics say so.
+    min_free_bytes: Annotated[int, Field(ge=0)] = 256 << 20
 
 
 class ModelRoute(_Strict):
@@ -65,6 +67,12 @@ class GatewayConfig(_Strict):
     max_body_bytes: Annotated[int, Field(ge=1024)] = 4 << 20
     # Seconds a backend may take to answer (the whole answer, streams included).
     backend_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    # Open client connections; more are answered 503 and closed (the unit's LimitNOFILE is
+    # above this plus backend connections and the audit files).
+    max_connections: Annotated[int, Field(ge=1)] = 1024
+    # Seconds a client may take to send a request's headers, and its body: slower ones are cut.
+    header_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    body_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     models: Annotated[list[ModelRoute], Field(min_length=1)]
 
     @field_validator("models")

@@ -2,8 +2,12 @@
 
 Every call to an API path (anything but ``/health`` and ``/metrics``) gets one audit record,
 refused calls included, carrying the digest of the response. A whole answer is recorded
-before it is sent, a stream before its end is sent; after a failed audit write the gateway
-answers nothing but 503 until it is restarted: no answer leaves without its record.
+before it is sent, a stream before its end (``data: [DONE]`` is held back until then): no
+answer leaves without its record. While the audit log cannot be written (see audit_writer) the
+gateway answers 503 and calls no backend; a stream whose record fails ends with an error event.
+
+The backend receives the body the gateway authorised, re-serialised from the parsed object
+(see body.py for what is refused as ambiguous).
 
 Streams (``"stream": true``) are passed through chunk by chunk as they arrive. When the client
 did not set ``stream_options`` the gateway adds ``{"include_usage": true}`` so that the
@@ -18,96 +22,30 @@ import hashlib
 import json
 import logging
 import time
-import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from appliance.gateway.audit import AuditWriter
+from appliance.gateway.audit_writer import AuditWriter
+from appliance.gateway.body import BodyError, canonical, parse
 from appliance.gateway.config import GatewayConfig, ModelRoute
 from appliance.gateway.keys import KeyRecord, KeyStore, claimed_id
 from appliance.gateway.metrics import Metrics
+from appliance.gateway.record import MODEL_LIMIT, Call, clean
+from appliance.gateway.server import ConnectionGuard
 
 LOG = logging.getLogger("appliance.gateway")
 
 API_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 _NO_MODEL = "-"  # metrics label for calls that name no configured model
-_AUDIT_DOWN = "the audit log cannot be written; calls are refused until the gateway is restarted"
+_AUDIT_DOWN = "the audit log cannot be written right now; calls are refused until it can"
+_KNOWN_PATHS = frozenset((*API_PATHS, "/v1/models"))
+_DONE_MARKERS = (b"data: [DONE]", b"data:[DONE]")
 _FORWARD_HEADERS = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
 # llama.cpp's server closes the connection after every streamed answer, without saying so; a
 # pooled connection reused right after would fail. Streams get a connection of their own.
 _STREAM_HEADERS = {**_FORWARD_HEADERS, "Connection": "close"}
-
-
-class Call:
-    """What the audit record of one call will say."""
-
-    __slots__ = (
-        "client",
-        "completion_tokens",
-        "digest",
-        "error",
-        "key_id",
-        "method",
-        "model",
-        "path",
-        "prompt_sha256",
-        "prompt_tokens",
-        "recorded",
-        "request_id",
-        "response_sha256",
-        "started",
-        "status",
-        "stream",
-        "time",
-    )
-
-    def __init__(self, request: web.Request) -> None:
-        self.started = time.perf_counter()
-        self.time = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        self.request_id = str(uuid.uuid4())
-        self.client = request.remote
-        self.method = request.method
-        self.path = request.path
-        self.key_id: str | None = None
-        self.model: str | None = None
-        self.digest: str | None = None
-        self.status = 0
-        self.prompt_sha256: str | None = None
-        self.response_sha256: str | None = None
-        self.prompt_tokens: int | None = None
-        self.completion_tokens: int | None = None
-        self.stream = False
-        self.error: str | None = None
-        self.recorded = False
-
-    def take_usage(self, usage: Any) -> None:
-        if isinstance(usage, dict):
-            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-            self.prompt_tokens = prompt if isinstance(prompt, int) else None
-            self.completion_tokens = completion if isinstance(completion, int) else None
-
-    def fields(self, latency_ms: float) -> dict[str, Any]:
-        return {
-            "time": self.time,
-            "request_id": self.request_id,
-            "key_id": self.key_id,
-            "client": self.client,
-            "method": self.method,
-            "path": self.path,
-            "model": self.model,
-            "model_digest": self.digest,
-            "status": self.status,
-            "prompt_sha256": self.prompt_sha256,
-            "response_sha256": self.response_sha256,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "latency_ms": round(latency_ms, 3),
-            "stream": self.stream,
-            "error": self.error,
-        }
 
 
 class _UsageScanner:
@@ -164,6 +102,37 @@ class _Renamer:
         return data
 
 
+class _DoneHolder:
+    """Holds back a stream's ``data: [DONE]`` (and anything after it) until the call's record
+    is written; whatever cannot be the start of that event passes at once."""
+
+    def __init__(self) -> None:
+        self.held = b""
+        self.done = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self.held + chunk
+        if self.done:
+            self.held = data
+            return b""
+        for marker in _DONE_MARKERS:
+            at = data.find(marker)
+            if at >= 0:
+                self.done, self.held = True, data[at:]
+                return data[:at]
+        keep = max(
+            (
+                n
+                for marker in _DONE_MARKERS
+                for n in range(1, len(marker))
+                if data.endswith(marker[:n])
+            ),
+            default=0,
+        )
+        self.held = data[len(data) - keep :]
+        return data[: len(data) - keep]
+
+
 class _Refusal(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -182,8 +151,11 @@ def _error_body(status: int, kind: str, code: str, message: str) -> bytes:
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, keys: KeyStore, audit: AuditWriter) -> None:
+    def __init__(
+        self, config: GatewayConfig, keys: KeyStore, audit: AuditWriter, guard: ConnectionGuard
+    ) -> None:
         self.config = config
+        self.guard = guard
         self.keys = keys
         self.audit = audit
         self.metrics = Metrics()
@@ -210,6 +182,7 @@ class Gateway:
         call.status = status
         call.response_sha256 = hashlib.sha256(body).hexdigest()
         if not await self._record(call):
+            self.audit.unrecorded()
             status, content_type = 503, "application/json"
             body = _error_body(503, "server_error", "audit_unavailable", _AUDIT_DOWN)
         response = web.Response(
@@ -242,8 +215,8 @@ class Gateway:
             label, call.status, seconds, call.prompt_tokens, call.completion_tokens
         )
         try:
-            await asyncio.shield(self.audit.write(call.fields(seconds * 1000)))
-        except Exception as error:  # logged by the writer; the gateway refuses from now on
+            await asyncio.shield(self.audit.write(call.fields(seconds * 1000, self.routes)))
+        except Exception as error:  # logged by the writer; calls are refused while it lasts
             self.metrics.audit_failures += 1
             LOG.error("call %s not audited: %s", call.request_id, error)
             return False
@@ -274,7 +247,7 @@ class Gateway:
     # -- handlers -------------------------------------------------------------------------------
 
     async def models(self, request: web.Request) -> web.StreamResponse:
-        call = Call(request)
+        call = Call(request, _KNOWN_PATHS)
         try:
             key = self._authenticate(request, call)
             data = [
@@ -296,7 +269,7 @@ class Gateway:
             await self._record(call)
 
     async def unknown(self, request: web.Request) -> web.StreamResponse:
-        call = Call(request)
+        call = Call(request, _KNOWN_PATHS)
         try:
             self._authenticate(request, call)
             if request.path in API_PATHS or request.path == "/v1/models":
@@ -310,7 +283,7 @@ class Gateway:
             await self._record(call)
 
     async def api(self, request: web.Request) -> web.StreamResponse:
-        call = Call(request)
+        call = Call(request, _KNOWN_PATHS)
         try:
             return await self._api(request, call)
         except _Refusal as refusal:
@@ -330,15 +303,23 @@ class Gateway:
         if request.content_length is not None and request.content_length > limit:
             raise unauthenticated if key is None else too_large
         try:
-            body = await request.read()
+            body = await asyncio.wait_for(request.read(), self.config.body_timeout_s)
         except web.HTTPRequestEntityTooLarge:
             raise (unauthenticated if key is None else too_large) from None
+        except TimeoutError:
+            self.metrics.slow_clients += 1
+            if request.transport is not None:
+                request.transport.close()  # the rest of the body is never read
+            raise _Refusal(
+                408, "request_timeout", f"the body took over {self.config.body_timeout_s} s"
+            ) from None
         call.prompt_sha256 = hashlib.sha256(body).hexdigest()
+        document: dict[str, Any] | None = None
         try:
-            document = json.loads(body)
-        except ValueError:
-            document = None
-        if isinstance(document, dict):
+            document = parse(body)
+        except BodyError as error:
+            invalid = _Refusal(400, error.code, error.message)
+        if document is not None:
             model = document.get("model")
             call.model = model if isinstance(model, str) else None
             call.stream = document.get("stream") is True
@@ -346,17 +327,21 @@ class Gateway:
         call.digest = route.digest if route else None
         if key is None:
             raise unauthenticated
-        if not isinstance(document, dict):
-            raise _Refusal(400, "invalid_json", "the request body must be a JSON object")
+        if document is None:
+            raise invalid
         if call.model is None:
             raise _Refusal(400, "missing_model", "the request must name a model")
         if route is None:
-            raise _Refusal(404, "model_not_found", f"the model {call.model!r} does not exist")
+            raise _Refusal(
+                404,
+                "model_not_found",
+                f"the model {clean(call.model, MODEL_LIMIT)!r} does not exist",
+            )
         if not key.allows(route.name):
             raise _Refusal(
                 403, "model_not_allowed", f"this key may not use the model {route.name!r}"
             )
-        return await self._forward(request, call, route, document, body)
+        return await self._forward(request, call, route, document)
 
     async def _forward(
         self,
@@ -364,17 +349,11 @@ class Gateway:
         call: Call,
         route: ModelRoute,
         document: dict[str, Any],
-        body: bytes,
     ) -> web.StreamResponse:
-        changed = False
-        if route.upstream_name != route.name:
-            document["model"] = route.upstream_name
-            changed = True
+        document["model"] = route.upstream_name
         if call.stream and "stream_options" not in document and request.path != API_PATHS[2]:
             document["stream_options"] = {"include_usage": True}
-            changed = True
-        if changed:
-            body = json.dumps(document).encode()
+        body = canonical(document)
         try:
             upstream = await self._post(route.backend_base + request.path, body, call.stream)
             async with upstream:
@@ -434,19 +413,14 @@ class Gateway:
         )
         digest = hashlib.sha256()
         scanner = _UsageScanner()
+        holder = _DoneHolder()
         await response.prepare(request)
         try:
             async for received in upstream.content.iter_any():
                 chunk = renamer.feed(received) if renamer else received
-                if not chunk:
-                    continue
-                digest.update(chunk)
-                scanner.feed(chunk)
-                await response.write(chunk)
-            if renamer and (rest := renamer.flush()):
-                digest.update(rest)
-                scanner.feed(rest)
-                await response.write(rest)
+                await self._pass_on(response, chunk, digest, scanner, holder)
+            if renamer:
+                await self._pass_on(response, renamer.flush(), digest, scanner, holder)
         except (ConnectionError, aiohttp.ClientConnectionResetError):
             call.error = "client disconnected"
         except (aiohttp.ClientError, TimeoutError) as error:
@@ -454,17 +428,41 @@ class Gateway:
             call.error = f"backend stream broken: {error!r}"
         call.response_sha256 = digest.hexdigest()
         call.take_usage(scanner.usage)
-        # Recorded before the stream's end is sent: a client that saw the whole answer can
-        # find its record.
+        # Recorded before the stream's end ([DONE] included) is sent: a client that saw the
+        # whole answer can find its record.
         recorded = await self._record(call)
-        if call.error is None and recorded:
-            try:
+        if not recorded:
+            self.audit.unrecorded()
+        try:
+            if call.error is None and recorded:
+                await response.write(holder.held)
                 await response.write_eof()
-            except (ConnectionError, aiohttp.ClientConnectionResetError):
-                LOG.info("call %s: the client left before the stream ended", call.request_id)
-        elif request.transport is not None:
+                return response
+            if call.error is None:  # the answer came whole, its record did not: no success
+                event = _error_body(503, "server_error", "audit_unavailable", _AUDIT_DOWN)
+                await response.write(b"data: " + event + b"\n\n")
+                await response.write_eof()
+                return response
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            LOG.info("call %s: the client left before the stream ended", call.request_id)
+        if request.transport is not None:
             request.transport.close()  # no clean end: the client must not take it as whole
         return response
+
+    @staticmethod
+    async def _pass_on(
+        response: web.StreamResponse,
+        chunk: bytes,
+        digest: Any,
+        scanner: _UsageScanner,
+        holder: _DoneHolder,
+    ) -> None:
+        if not chunk:
+            return
+        digest.update(chunk)
+        scanner.feed(chunk)
+        if ready := holder.feed(chunk):
+            await response.write(ready)
 
     async def health(self, _request: web.Request) -> web.Response:
         assert self.session is not None
@@ -483,13 +481,38 @@ class Gateway:
         probes = await asyncio.gather(*(probe(m) for m in self.config.models))
         audit_ok = self.audit.failed is None
         healthy = audit_ok and all(p["status"] == "ok" for p in probes)
+        audit = self.audit
         document = {
             "status": "ok" if healthy else "degraded",
-            "audit": "ok" if audit_ok else f"failed: {self.audit.failed}",
+            "audit": "ok" if audit_ok else f"failed since {audit.failed_since}: {audit.failed}",
+            "audit_disk": {
+                "free_bytes": audit.disk_free,
+                "low": audit.disk_low,
+                "alarm_below_bytes": audit.min_free_bytes,
+            },
+            "connections": {"open": self.guard.open, "limit": self.guard.limit},
             "keys": len(self.keys),
             "models": {m.name: p for m, p in zip(self.config.models, probes, strict=True)},
         }
         return web.json_response(document, status=200 if healthy else 503)
 
     async def metrics_page(self, _request: web.Request) -> web.Response:
-        return web.Response(text=self.metrics.render(), content_type="text/plain; version=0.0.4")
+        audit, guard = self.audit, self.guard
+        gauges = [
+            ("audit_up", "1 while the audit log can be written (calls are served).", "gauge",
+             int(audit.failed is None)),
+            ("audit_outages_total", "Times the audit log could not be written.", "counter",
+             audit.outages),
+            ("audit_disk_free_bytes", "Free bytes on the audit filesystem.", "gauge",
+             audit.disk_free if audit.disk_free is not None else -1),
+            ("audit_disk_low", "1 while the audit filesystem is below its free-space alarm.",
+             "gauge", int(audit.disk_low)),
+            ("connections_open", "Client connections open now.", "gauge", guard.open),
+            ("connections_refused_total", "Connections closed at once: over the limit.",
+             "counter", guard.refused),
+            ("slow_clients_total", "Connections cut for sending headers or body too slowly.",
+             "counter", guard.cut + self.metrics.slow_clients),
+        ]  # fmt: skip
+        return web.Response(
+            text=self.metrics.render(gauges), content_type="text/plain; version=0.0.4"
+        )

@@ -74,7 +74,12 @@ def verify_command(output: Output, directory: Path, anchors: tuple[tuple[int, st
         report.as_dict(),
         human=f"{directory}: audit log OK, {report.records} record(s) in {report.files} "
         f"file(s), seq 0..{report.last_seq}"
-        + (f", {report.first_time} .. {report.last_time}" if report.records else ""),
+        + (f", {report.first_time} .. {report.last_time}" if report.records else "")
+        + "".join(
+            f"\nGAP: seq {gap['first_seq']}..{gap['last_seq']} missing ({gap['at']}): "
+            f"{gap['reason']}"
+            for gap in report.gaps
+        ),
     )
 
 

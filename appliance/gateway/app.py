@@ -133,7 +133,10 @@ async def serve(
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=30)
     await runner.setup()
     try:
-        site = GuardedSite(runner, config.listen.host, config.listen.port, guard)
+        gateway = app[GATEWAY]
+        site = GuardedSite(
+            runner, config.listen.host, config.listen.port, guard, gateway.record_malformed
+        )
         await site.start()
         loop = asyncio.get_running_loop()
         if threading.current_thread() is threading.main_thread():

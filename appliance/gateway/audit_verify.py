@@ -4,6 +4,14 @@
 ``seq`` counts up by one and ``prev`` names the record before, across file boundaries; then that
 the head names the last record. It stops at the first problem and says where (file:line) and
 what it looks like: modified, removed, reordered or truncated.
+
+Event records the gateway writes itself pass like any other record: ``audit_repair`` (a torn
+last line sealed at start), ``audit_outage`` (the log could not be written for a while; it
+counts the 503 answers given meanwhile) and ``audit_gap``. A gap record is the one place where
+``seq`` may jump: ``audit.jsonl`` was removed or renamed under the running gateway, and the
+record names exactly the seqs that file held and the hash of its last record (its own
+``prev``). Verify passes over it and lists it in the report (``gaps``); an anchor inside a gap
+still fails, so a gap cannot hide records whose hash was kept off the box.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ class VerifyReport:
     last_seq: int
     last_hash: str
     beyond_head: int  # records written after the head was read (a live gateway)
+    gaps: tuple[dict[str, Any], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -40,6 +49,7 @@ class VerifyReport:
             "last_seq": self.last_seq,
             "last_hash": self.last_hash,
             "beyond_head": self.beyond_head,
+            "gaps": list(self.gaps),
         }
 
 
@@ -81,6 +91,21 @@ class _Chain:
     last_time: str | None = None
     # The hashes of the records the head file and the anchors name, as found in the log.
     seen: dict[int, str] = field(default_factory=dict)
+    gaps: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _is_gap(record: dict[str, Any], expected: int) -> bool:
+    """A well-formed gap record for the seqs from ``expected`` up to the one before it."""
+    first, last, seq = record.get("first_seq"), record.get("last_seq"), record.get("seq")
+    return (
+        record.get("event") == "audit_gap"
+        and first == expected
+        and isinstance(last, int)
+        and isinstance(seq, int)
+        and last >= expected
+        and seq == last + 1
+        and record.get("prev") == record.get("last_hash")
+    )
 
 
 def _parse(
@@ -141,6 +166,10 @@ def _check_record(
 ) -> None:
     """One record against its own hash, its file's name and the chain before it."""
     path, number = where
+    if record_hash(record) == stated and _is_gap(record, chain.expected):
+        gap = {key: record[key] for key in ("first_seq", "last_seq")}
+        chain.gaps.append({**gap, "at": f"{path.name}:{number}", "reason": record.get("reason")})
+        return
     if record_hash(record) != stated:
         raise _fail(
             directory,
@@ -260,6 +289,7 @@ def verify_log(directory: Path, anchors: tuple[tuple[int, str], ...] = ()) -> Ve
         last_seq=last_seq,
         last_hash=chain.prev,
         beyond_head=last_seq - head["seq"],
+        gaps=tuple(chain.gaps),
     )
 
 

@@ -22,10 +22,12 @@ import hashlib
 import json
 import logging
 import time
+from concurrent.futures import Future
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 
 from appliance.gateway.audit_writer import AuditWriter
 from appliance.gateway.body import BodyError, canonical, parse
@@ -190,6 +192,8 @@ class Gateway:
             body=body,
             headers={"Content-Type": content_type, "X-Request-Id": call.request_id},
         )
+        if status == 408:
+            response.force_close()  # the rest of that body is never read
         try:
             await response.prepare(request)
             await response.write_eof()
@@ -222,6 +226,28 @@ class Gateway:
             return False
         self.metrics.audit_records += 1
         return True
+
+    def record_malformed(
+        self, request: BaseRequest, status: int, reason: str
+    ) -> tuple[str, Future[dict[str, Any]]]:
+        """The record of a request aiohttp's parser refused (no handler runs for it): its
+        request id and the write, which the answer waits for (server.AuditedHandler)."""
+        call = Call(request, _KNOWN_PATHS)
+        call.method = call.path = "-"  # the parser did not get that far, or they are invalid
+        call.status = status
+        call.error = f"malformed_request: {reason}"
+        self.metrics.observe(_NO_MODEL, status, time.perf_counter() - call.started, None, None)
+        future = self.audit.submit(call.fields(0.0, self.routes))
+
+        def written(done: Future[dict[str, Any]]) -> None:
+            if done.exception() is None:
+                self.metrics.audit_records += 1
+            else:
+                self.metrics.audit_failures += 1
+                self.audit.unrecorded()
+
+        future.add_done_callback(written)
+        return call.request_id, future
 
     def _authenticate(self, request: web.Request, call: Call) -> KeyRecord:
         if self.audit.failed is not None:
@@ -308,8 +334,6 @@ class Gateway:
             raise (unauthenticated if key is None else too_large) from None
         except TimeoutError:
             self.metrics.slow_clients += 1
-            if request.transport is not None:
-                request.transport.close()  # the rest of the body is never read
             raise _Refusal(
                 408, "request_timeout", f"the body took over {self.config.body_timeout_s} s"
             ) from None

@@ -16,7 +16,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import web
+from aiohttp.web_request import BaseRequest
 
 # Characters kept of a value the config does not know; the rest is summarised by its digest.
 MODEL_LIMIT = 128
@@ -69,7 +69,7 @@ class Call:
         "time",
     )
 
-    def __init__(self, request: web.Request, known_paths: frozenset[str] = frozenset()) -> None:
+    def __init__(self, request: BaseRequest, known_paths: frozenset[str] = frozenset()) -> None:
         self.started = time.perf_counter()
         self.time = now_iso()
         self.request_id = str(uuid.uuid4())

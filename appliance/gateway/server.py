@@ -21,10 +21,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 _BUSY_BODY = (
     b'{"error":{"message":"too many open connections","type":"server_error","code":"overloaded"}}'
@@ -33,6 +36,63 @@ _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
     b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
 )
+
+
+# Records a request the parser refused: its request id, and the record's write in progress.
+ErrorHook = Callable[[BaseRequest, int, str], tuple[str, "Future[Any]"]]
+
+
+class _AfterRecord(web.Response):
+    """An answer that goes out only once its record is written (503 if it cannot be)."""
+
+    def __init__(self, written: Future[Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._written = written
+
+    async def prepare(self, request: BaseRequest) -> Any:
+        try:
+            await asyncio.wrap_future(self._written)
+        except Exception:  # counted by the hook; no answer but 503 without a record
+            self.set_status(503)
+            self.text = "503: the audit log cannot be written right now"
+        return await super().prepare(request)
+
+
+class AuditedHandler(RequestHandler):
+    """aiohttp's protocol, with the requests its parser refuses (bad request line, header
+    bytes HTTP forbids, headers too long) handed to ``on_error`` before the 4xx goes out: the
+    gateway records them like any other refused call."""
+
+    __slots__ = ("on_error",)
+
+    def __init__(self, manager: web.Server, on_error: ErrorHook, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self.on_error = on_error
+
+    def log_exception(self, *args: Any, **kwargs: Any) -> None:
+        """A request the parser refused is the client's doing, and recorded in the audit log:
+        one line, not a traceback per hostile request in the journal."""
+        error = kwargs.get("exc_info")
+        if isinstance(error, HttpProcessingError):
+            self.logger.info("refused a malformed request: %s", error.message)
+        else:
+            super().log_exception(*args, **kwargs)
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        plain = super().handle_error(request, status, exc, message)
+        request_id, written = self.on_error(request, status, str(message or exc))
+        assert isinstance(plain, web.Response)
+        answer = _AfterRecord(written, status=plain.status, body=plain.body)
+        answer.content_type = plain.content_type
+        answer.headers["X-Request-Id"] = request_id
+        answer.force_close()
+        return answer
 
 
 class _Connection(asyncio.Protocol):
@@ -133,9 +193,17 @@ class ConnectionGuard:
 class GuardedSite(web.TCPSite):
     """aiohttp's TCP site with every connection made through ``guard``."""
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard):
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        guard: ConnectionGuard,
+        on_error: ErrorHook,
+    ) -> None:
         super().__init__(runner, host, port)
         self._guard = guard
+        self._on_error = on_error
         self._sweeper: asyncio.Task[Any] | None = None
 
     async def start(self) -> None:
@@ -143,8 +211,14 @@ class GuardedSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
         loop = asyncio.get_running_loop()
+        # The arguments aiohttp's own Server() would give its handler (access log, limits).
+        settings = {"loop": loop, **server._kwargs}
+
+        def handler() -> RequestHandler:
+            return AuditedHandler(server, self._on_error, **settings)
+
         self._server = await loop.create_server(
-            lambda: self._guard.protocol(server),
+            lambda: self._guard.protocol(handler),
             self._host,
             self._port,
             backlog=self._backlog,

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,7 +34,7 @@ def opened(directory: Path, count: int = 0) -> AuditLog:
     return log
 
 
-def records(directory: Path) -> list[dict[str, object]]:
+def records(directory: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (directory / CURRENT).read_bytes().splitlines()]
 
 
@@ -89,7 +90,7 @@ def test_the_log_file_vanishing_under_the_writer_is_recorded_as_a_gap(
     assert report.records == 2 and report.last_seq == 4
     # A gap cannot hide records whose hash was kept off the box.
     with pytest.raises(AuditError, match="modified"):
-        verify_log(tmp_path, (anchor,))  # type: ignore[arg-type]
+        verify_log(tmp_path, (anchor,))
 
 
 def test_a_gap_record_that_does_not_fit_the_jump_is_a_removal(tmp_path: Path) -> None:

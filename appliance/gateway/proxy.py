@@ -199,6 +199,8 @@ class Gateway:
             await response.write_eof()
         except (ConnectionError, aiohttp.ClientConnectionResetError):
             LOG.info("call %s: the client left before the answer was sent", call.request_id)
+        if status == 408 and request.transport is not None:
+            request.transport.close()
         return response
 
     async def _refuse(

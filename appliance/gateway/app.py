@@ -127,7 +127,11 @@ async def serve(
     """Serve until ``stop`` is set or SIGTERM/SIGINT arrives, then finish the calls in flight
     (up to 30 s) and close the audit log."""
     guard = ConnectionGuard(config.max_connections, config.header_timeout_s)
-    writer = AuditWriter(log, min_free_bytes=config.audit.min_free_bytes)
+    writer = AuditWriter(
+        log,
+        min_free_bytes=config.audit.min_free_bytes,
+        keep_rotated_bytes=config.audit.keep_rotated_bytes,
+    )
     app = build_app(config, keys, writer, guard)
     # The audit log is the access log.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=30)

@@ -4,7 +4,8 @@
 Layout in the audit directory:
 
 - ``audit.jsonl``: the current file, one JSON record per line, each line written whole.
-- ``audit-<first seq, 12 digits>.jsonl``: earlier files, renamed at rotation, never deleted.
+- ``audit-<first seq, 12 digits>.jsonl``: earlier files, renamed at rotation; removed only once
+  shipped, and only with ``keep_rotated_bytes`` set (see audit_retention).
 - ``audit.head``: ``{"seq", "hash", "file"}`` of the newest record, replaced atomically after
   every batch, so a cut-off tail (records removed from the end) shows.
 
@@ -126,6 +127,7 @@ class AuditLog:
         self._first_seq = 0
         self._head_file = CURRENT
         self._pending: list[dict[str, Any]] = []  # event records to write before the next batch
+        self.rotations = 0
 
     def open(self) -> None:
         """Resume the chain from what is on disk (see the module text for what is refused)."""
@@ -309,6 +311,7 @@ class AuditLog:
         self._file = None
         self._head_file = target.name
         self._first_seq = self.seq
+        self.rotations += 1
         LOG.info("audit log rotated to %s", target.name)
         with contextlib.suppress(OSError):  # tried again before the next write
             self._open_current()

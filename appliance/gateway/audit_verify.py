@@ -24,6 +24,7 @@ from typing import Any
 
 from appliance.errors import AuditError, Problem
 from appliance.gateway.audit import CURRENT, HEAD, ZERO_HASH, log_files, read_head, record_hash
+from appliance.gateway.audit_retention import PRUNED, read_mark
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class VerifyReport:
     last_hash: str
     beyond_head: int  # records written after the head was read (a live gateway)
     gaps: tuple[dict[str, Any], ...] = ()
+    pruned_through: int | None = None  # records up to this seq were shipped and removed here
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +52,7 @@ class VerifyReport:
             "last_hash": self.last_hash,
             "beyond_head": self.beyond_head,
             "gaps": list(self.gaps),
+            "pruned_through": self.pruned_through,
         }
 
 
@@ -92,6 +95,7 @@ class _Chain:
     # The hashes of the records the head file and the anchors name, as found in the log.
     seen: dict[int, str] = field(default_factory=dict)
     gaps: list[dict[str, Any]] = field(default_factory=list)
+    pruned: int | None = None  # the last seq removed (audit.pruned)
 
 
 def _is_gap(record: dict[str, Any], expected: int) -> bool:
@@ -198,9 +202,15 @@ def _check_record(
         )
 
 
-def _walk(directory: Path, files: list[Path], wanted: set[int]) -> _Chain:
-    """Every record of every file, oldest first; stops at the first problem."""
+def _walk(
+    directory: Path, files: list[Path], wanted: set[int], pruned: dict[str, Any] | None
+) -> _Chain:
+    """Every record of every file, oldest first; stops at the first problem. A pruned log's
+    chain starts after the last record removed, at the hash ``audit.pruned`` names."""
     chain = _Chain()
+    if pruned is not None:
+        chain.expected, chain.prev = pruned["seq"] + 1, pruned["hash"]
+        chain.pruned = pruned["seq"]
     for path, number, line in _lines(files):
         record, stated, seq = _parse(directory, path, number, line)
         _check_record(directory, files, chain, (path, number), record, stated, seq)
@@ -245,6 +255,15 @@ def _check_anchors(
 ) -> None:
     """Each anchor kept off the box must name a record of the log, with that record's hash."""
     for seq, digest in anchors:
+        if chain.pruned is not None and seq < chain.pruned:
+            raise _fail(
+                directory,
+                "pruned",
+                PRUNED,
+                None,
+                f"record seq {seq} was shipped and removed here (the log starts after seq "
+                f"{chain.pruned}): check this anchor against the shipped copy",
+            )
         if seq > last_seq:
             raise _fail(
                 directory,
@@ -273,10 +292,16 @@ def verify_log(directory: Path, anchors: tuple[tuple[int, str], ...] = ()) -> Ve
             hint="pass --dir with the gateway's audit.dir",
         )
     head = read_head(directory)  # before the log: a live gateway only ever moves it forward
+    pruned = read_mark(directory / PRUNED)
     files = log_files(directory)
     chain = _walk(
-        directory, files, {seq for seq, _ in anchors} | ({head["seq"]} if head else set())
+        directory,
+        files,
+        {seq for seq, _ in anchors} | ({head["seq"]} if head else set()),
+        pruned,
     )
+    if pruned is not None:
+        chain.seen.setdefault(pruned["seq"], pruned["hash"])
     last_seq = chain.expected - 1
     head = _check_head(directory, head, chain, last_seq)
     _check_anchors(directory, anchors, chain, last_seq)
@@ -290,6 +315,7 @@ def verify_log(directory: Path, anchors: tuple[tuple[int, str], ...] = ()) -> Ve
         last_hash=chain.prev,
         beyond_head=last_seq - head["seq"],
         gaps=tuple(chain.gaps),
+        pruned_through=None if pruned is None else pruned["seq"],
     )
 
 

@@ -22,7 +22,9 @@ import threading
 import time
 from typing import Any
 
+from appliance.errors import AuditError
 from appliance.gateway.audit import AuditLog
+from appliance.gateway.audit_retention import prune
 from appliance.gateway.record import clean, now_iso
 
 LOG = logging.getLogger("appliance.gateway.audit")
@@ -35,8 +37,16 @@ class AuditWriter:
     """Records that queue up while a write is in progress go out together (one write, one
     head replace)."""
 
-    def __init__(self, log: AuditLog, retry_s: float = 0.5, min_free_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        log: AuditLog,
+        retry_s: float = 0.5,
+        min_free_bytes: int = 0,
+        keep_rotated_bytes: int | None = None,
+    ) -> None:
         self.log = log
+        self.keep_rotated_bytes = keep_rotated_bytes
+        self._rotations = log.rotations
         self.retry_s = retry_s
         self.min_free_bytes = min_free_bytes
         self.failed: BaseException | None = None
@@ -86,6 +96,7 @@ class AuditWriter:
                     break
                 batch.append(more)
             self._write(batch)
+            self._prune()
             self._check_disk()
             if stop:
                 return
@@ -124,6 +135,16 @@ class AuditWriter:
             records = records[1:]
         for (_, future), record in zip(batch, records, strict=True):
             future.set_result(record)
+
+    def _prune(self) -> None:
+        """After a rotation, or while the disk is low: remove what was shipped (if allowed)."""
+        if self.log.rotations == self._rotations and not self.disk_low:
+            return
+        self._rotations = self.log.rotations
+        try:
+            prune(self.log.directory, self.keep_rotated_bytes)
+        except (OSError, AuditError) as error:
+            LOG.error("audit: rotated files not pruned: %s", error)
 
     def _check_disk(self) -> None:
         now = time.monotonic()

@@ -34,12 +34,15 @@ class Listen(_Strict):
 
 class AuditSettings(_Strict):
     dir: Path = DEFAULT_AUDIT_DIR
-    # Rotate once the current file passes this size; old files are renamed, never deleted.
+    # Rotate once the current file passes this size; old files are renamed (see keep_rotated_bytes).
     max_bytes: Annotated[int, Field(ge=4096)] = 64 << 20
     # fsync after every batch of records: survives power loss, costs a disk flush per batch.
     fsync: bool = False
     # Below this many free bytes on the audit filesystem: a warning, /health and /metrics say so.
     min_free_bytes: Annotated[int, Field(ge=0)] = 256 << 20
+    # Rotated files may take this many bytes; older ones are removed once shipped
+    # (appliance audit ship), never before. None: every file is kept.
+    keep_rotated_bytes: Annotated[int, Field(ge=0)] | None = None
 
 
 class ModelRoute(_Strict):

@@ -36,6 +36,8 @@ from appliance.gateway.keys import KeyRecord, KeyStore, claimed_id
 from appliance.gateway.metrics import Metrics
 from appliance.gateway.record import MODEL_LIMIT, Call, clean
 from appliance.gateway.server import ConnectionGuard
+from appliance.gateway.status import health_page, metrics_page
+from appliance.gateway.stream import DoneHolder, Renamer, UsageScanner
 
 LOG = logging.getLogger("appliance.gateway")
 
@@ -43,96 +45,10 @@ API_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 _NO_MODEL = "-"  # metrics label for calls that name no configured model
 _AUDIT_DOWN = "the audit log cannot be written right now; calls are refused until it can"
 _KNOWN_PATHS = frozenset((*API_PATHS, "/v1/models"))
-_DONE_MARKERS = (b"data: [DONE]", b"data:[DONE]")
 _FORWARD_HEADERS = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
 # llama.cpp's server closes the connection after every streamed answer, without saying so; a
 # pooled connection reused right after would fail. Streams get a connection of their own.
 _STREAM_HEADERS = {**_FORWARD_HEADERS, "Connection": "close"}
-
-
-class _UsageScanner:
-    """Picks ``usage`` out of SSE ``data:`` lines as they pass, holding only a partial line."""
-
-    def __init__(self) -> None:
-        self.partial = b""
-        self.usage: Any = None
-
-    def feed(self, chunk: bytes) -> None:
-        if b"\n" not in chunk:
-            self.partial += chunk
-            return
-        lines = (self.partial + chunk).split(b"\n")
-        self.partial = lines.pop()
-        for line in lines:
-            if line.startswith(b"data:") and b'"usage"' in line:
-                try:
-                    usage = json.loads(line[5:]).get("usage")
-                except (ValueError, AttributeError):
-                    continue
-                if usage:
-                    self.usage = usage
-
-
-class _Renamer:
-    """Gives a stream's events the model's public name where the runtime used its own (Ollama
-    answers as ``name:tag``). Works on whole lines, so it holds back at most a partial line;
-    SSE events end in a blank line, so nothing waits longer than the event it belongs to."""
-
-    def __init__(self, route: ModelRoute) -> None:
-        self.partial = b""
-        self.pairs = [
-            (
-                f'"model":{sep}{json.dumps(route.upstream_name)}'.encode(),
-                f'"model":{sep}{json.dumps(route.name)}'.encode(),
-            )
-            for sep in ("", " ")
-        ]
-
-    def feed(self, chunk: bytes) -> bytes:
-        data = self.partial + chunk
-        cut = data.rfind(b"\n") + 1
-        self.partial = data[cut:]
-        return self._rename(data[:cut])
-
-    def flush(self) -> bytes:
-        rest, self.partial = self.partial, b""
-        return self._rename(rest)
-
-    def _rename(self, data: bytes) -> bytes:
-        for own, public in self.pairs:
-            data = data.replace(own, public)
-        return data
-
-
-class _DoneHolder:
-    """Holds back a stream's ``data: [DONE]`` (and anything after it) until the call's record
-    is written; whatever cannot be the start of that event passes at once."""
-
-    def __init__(self) -> None:
-        self.held = b""
-        self.done = False
-
-    def feed(self, chunk: bytes) -> bytes:
-        data = self.held + chunk
-        if self.done:
-            self.held = data
-            return b""
-        for marker in _DONE_MARKERS:
-            at = data.find(marker)
-            if at >= 0:
-                self.done, self.held = True, data[at:]
-                return data[:at]
-        keep = max(
-            (
-                n
-                for marker in _DONE_MARKERS
-                for n in range(1, len(marker))
-                if data.endswith(marker[:n])
-            ),
-            default=0,
-        )
-        self.held = data[len(data) - keep :]
-        return data[: len(data) - keep]
 
 
 class _Refusal(Exception):
@@ -388,7 +304,7 @@ class Gateway:
                     self.metrics.backend_errors[route.name] += 1
                     call.error = f"backend answered {upstream.status}"
                 if content_type.startswith("text/event-stream"):
-                    renamer = _Renamer(route) if route.upstream_name != route.name else None
+                    renamer = Renamer(route) if route.upstream_name != route.name else None
                     return await self._stream(request, call, upstream, content_type, renamer)
                 answer = await upstream.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
@@ -426,7 +342,7 @@ class Gateway:
         call: Call,
         upstream: aiohttp.ClientResponse,
         content_type: str,
-        renamer: _Renamer | None = None,
+        renamer: Renamer | None = None,
     ) -> web.StreamResponse:
         call.status = upstream.status
         response = web.StreamResponse(
@@ -438,8 +354,8 @@ class Gateway:
             },
         )
         digest = hashlib.sha256()
-        scanner = _UsageScanner()
-        holder = _DoneHolder()
+        scanner = UsageScanner()
+        holder = DoneHolder()
         await response.prepare(request)
         try:
             async for received in upstream.content.iter_any():
@@ -480,8 +396,8 @@ class Gateway:
         response: web.StreamResponse,
         chunk: bytes,
         digest: Any,
-        scanner: _UsageScanner,
-        holder: _DoneHolder,
+        scanner: UsageScanner,
+        holder: DoneHolder,
     ) -> None:
         if not chunk:
             return
@@ -491,54 +407,7 @@ class Gateway:
             await response.write(ready)
 
     async def health(self, _request: web.Request) -> web.Response:
-        assert self.session is not None
-        session = self.session
-
-        async def probe(route: ModelRoute) -> dict[str, Any]:
-            try:
-                async with session.get(
-                    route.backend_base + route.health_path, timeout=aiohttp.ClientTimeout(total=3)
-                ) as answer:
-                    status = "ok" if answer.status == 200 else "unhealthy"
-                    return {"backend": route.backend_base, "status": status, "http": answer.status}
-            except (aiohttp.ClientError, TimeoutError, OSError) as error:
-                return {"backend": route.backend_base, "status": "down", "error": repr(error)}
-
-        probes = await asyncio.gather(*(probe(m) for m in self.config.models))
-        audit_ok = self.audit.failed is None
-        healthy = audit_ok and all(p["status"] == "ok" for p in probes)
-        audit = self.audit
-        document = {
-            "status": "ok" if healthy else "degraded",
-            "audit": "ok" if audit_ok else f"failed since {audit.failed_since}: {audit.failed}",
-            "audit_disk": {
-                "free_bytes": audit.disk_free,
-                "low": audit.disk_low,
-                "alarm_below_bytes": audit.min_free_bytes,
-            },
-            "connections": {"open": self.guard.open, "limit": self.guard.limit},
-            "keys": len(self.keys),
-            "models": {m.name: p for m, p in zip(self.config.models, probes, strict=True)},
-        }
-        return web.json_response(document, status=200 if healthy else 503)
+        return await health_page(self)
 
     async def metrics_page(self, _request: web.Request) -> web.Response:
-        audit, guard = self.audit, self.guard
-        gauges = [
-            ("audit_up", "1 while the audit log can be written (calls are served).", "gauge",
-             int(audit.failed is None)),
-            ("audit_outages_total", "Times the audit log could not be written.", "counter",
-             audit.outages),
-            ("audit_disk_free_bytes", "Free bytes on the audit filesystem.", "gauge",
-             audit.disk_free if audit.disk_free is not None else -1),
-            ("audit_disk_low", "1 while the audit filesystem is below its free-space alarm.",
-             "gauge", int(audit.disk_low)),
-            ("connections_open", "Client connections open now.", "gauge", guard.open),
-            ("connections_refused_total", "Connections closed at once: over the limit.",
-             "counter", guard.refused),
-            ("slow_clients_total", "Connections cut for sending headers or body too slowly.",
-             "counter", guard.cut + self.metrics.slow_clients),
-        ]  # fmt: skip
-        return web.Response(
-            text=self.metrics.render(gauges), content_type="text/plain; version=0.0.4"
-        )
+        return metrics_page(self)

@@ -37,11 +37,14 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from appliance.errors import AuditError  # noqa: E402
+from appliance.gateway.audit_retention import ship  # noqa: E402
 from appliance.gateway.keys import add_key  # noqa: E402
 from tests.fixtures.servers import free_port, wait_for  # noqa: E402
 
 BIN = Path(sys.executable).parent
 DISK_MIB = 8
+RNG = random.Random(20261201)  # noqa: S311 - the same mix of clients on every run, not crypto
 
 
 @dataclass
@@ -124,11 +127,11 @@ async def valid_client(port: int, key: str, tally: Tally, stop: float) -> None:
     headers = {"Authorization": f"Bearer {key}"}
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < stop:
-            kind = random.choice(["plain", "stream", "chat", "embed"])
+            kind = RNG.choice(["plain", "stream", "chat", "embed"])
             path = {"embed": "/v1/embeddings", "chat": "/v1/chat/completions"}.get(
                 kind, "/v1/completions"
             )
-            body: dict[str, Any] = {"model": "stand-in", "max_tokens": random.randint(1, 8)}
+            body: dict[str, Any] = {"model": "stand-in", "max_tokens": RNG.randint(1, 8)}
             body.update(
                 {"input": "a b"}
                 if kind == "embed"
@@ -143,19 +146,17 @@ async def valid_client(port: int, key: str, tally: Tally, stop: float) -> None:
                     tally.answer(answer.status, answer.headers, data)
             except (aiohttp.ClientError, TimeoutError) as error:
                 tally.no_answer[type(error).__name__] += 1
-            await asyncio.sleep(random.uniform(0.02, 0.1))
+            await asyncio.sleep(RNG.uniform(0.02, 0.1))
 
 
 async def hostile_client(port: int, key: str, tally: Tally, stop: float) -> None:
     while time.monotonic() < stop:
-        choice = random.random()
+        choice = RNG.random()
         if choice < 0.5:
-            body = random.choice(HOSTILE_BODIES)
-            await raw_call(
-                port, request("/v1/completions", body, random.choice([key, None])), tally
-            )
+            body = RNG.choice(HOSTILE_BODIES)
+            await raw_call(port, request("/v1/completions", body, RNG.choice([key, None])), tally)
         elif choice < 0.8:
-            extra = random.choice(ODD_HEADERS) + b"\r\n"
+            extra = RNG.choice(ODD_HEADERS) + b"\r\n"
             await raw_call(
                 port, request("/v1/completions", b'{"model":"stand-in"}', key, extra), tally
             )
@@ -163,7 +164,7 @@ async def hostile_client(port: int, key: str, tally: Tally, stop: float) -> None
             await raw_call(
                 port, b"GET /\xff%ED%A0%80 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", tally
             )
-        await asyncio.sleep(random.uniform(0.05, 0.2))
+        await asyncio.sleep(RNG.uniform(0.05, 0.2))
 
 
 async def slow_client(port: int, key: str, tally: Tally, stop: float) -> None:
@@ -172,7 +173,7 @@ async def slow_client(port: int, key: str, tally: Tally, stop: float) -> None:
         tally.made += 1
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            if random.random() < 0.5:
+            if RNG.random() < 0.5:
                 for byte in b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaa":
                     writer.write(bytes([byte]))
                     await writer.drain()
@@ -268,26 +269,65 @@ async def faults(
         await asyncio.sleep(5)
 
 
-async def soak(port: int, key: str, audit_dir: Path, minutes: float) -> tuple[Tally, list[Any]]:
-    tally, events = Tally(), []
+async def shipper(audit_dir: Path, shipped: Path, stop: float, counts: Counter[str]) -> None:
+    """The operator's shipping job: rotated files off the small disk every 10 s, so the
+    gateway may remove them (keep_rotated_bytes); it fails while the disk is full."""
+    while time.monotonic() < stop:
+        await asyncio.sleep(10)
+        try:
+            await asyncio.to_thread(ship, audit_dir, shipped)
+            counts["ok"] += 1
+        except (OSError, AuditError) as error:
+            counts[f"failed: {type(error).__name__}"] += 1
+
+
+async def soak(
+    port: int, key: str, audit_dir: Path, shipped: Path, minutes: float
+) -> tuple[Tally, list[Any], Counter[str]]:
+    tally, shipping = Tally(), Counter[str]()
+    events: list[dict[str, Any]] = []
     stop = time.monotonic() + minutes * 60
     await asyncio.gather(
+        shipper(audit_dir, shipped, stop, shipping),
         *(valid_client(port, key, tally, stop) for _ in range(4)),
         *(hostile_client(port, key, tally, stop) for _ in range(2)),
         *(slow_client(port, key, tally, stop) for _ in range(2)),
         prober(port, key, tally, stop),
         faults(audit_dir, port, tally, stop, events),
     )
-    return tally, events
+    return tally, events, shipping
 
 
-def report(tally: Tally, events: list[dict[str, Any]], audit_dir: Path, seconds: float) -> None:
-    records = [
-        json.loads(line)
-        for path in [*sorted(audit_dir.glob("audit-*.jsonl")), audit_dir / "audit.jsonl"]
+def read_records(directory: Path) -> dict[int, dict[str, Any]]:
+    paths = [*sorted(directory.glob("audit-*.jsonl")), directory / "audit.jsonl"]
+    return {
+        record["seq"]: record
+        for path in paths
         if path.exists()
-        for line in path.read_bytes().splitlines()
-    ]
+        for record in map(json.loads, path.read_bytes().splitlines())
+    }
+
+
+def verify(directory: Path) -> str:
+    done = subprocess.run(
+        [str(BIN / "appliance"), "--json", "audit", "verify", "--dir", str(directory)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode:
+        return f"exit {done.returncode}: {(done.stdout or done.stderr).strip()[:400]}"
+    result = json.loads(done.stdout)
+    return (f"exit 0, {result['records']} records in {result['files']} file(s), seq "
+            f"{result['last_seq']}, pruned through {result['pruned_through']}, "
+            f"{len(result['gaps'])} gap(s)")  # fmt: skip
+
+
+def report(
+    tally: Tally, events: list[dict[str, Any]], audit_dir: Path, shipped: Path, seconds: float
+) -> None:
+    # The shipped copy and what is still on the small disk: together, every record.
+    by_seq = {**read_records(shipped), **read_records(audit_dir)}
+    records = [by_seq[seq] for seq in sorted(by_seq)]
+    assert [r["seq"] for r in records] == list(range(len(records))), "seqs missing"
     by_id = {r["request_id"]: r for r in records if r.get("request_id")}
     outages = [r for r in records if r.get("event") == "audit_outage"]
     counted = sum(r["unrecorded_answers"] for r in outages)
@@ -308,12 +348,8 @@ def report(tally: Tally, events: list[dict[str, Any]], audit_dir: Path, seconds:
     print(f"  records in the log    {len(records)} ({len(outages)} outage, "
           f"{sum(1 for r in records if r.get('event') == 'audit_repair')} repair, "
           f"{sum(1 for r in records if r.get('event') == 'audit_gap')} gap)")  # fmt: skip
-    verify = subprocess.run(
-        [str(BIN / "appliance"), "--json", "audit", "verify", "--dir", str(audit_dir)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    result = verify.stdout.strip() or verify.stderr.strip()
-    print(f"  appliance audit verify: exit {verify.returncode} {result[:300]}")
+    print(f"  appliance audit verify (the small disk):   {verify(audit_dir)}")
+    print(f"  appliance audit verify (the shipped copy): {verify(shipped)}")
     for event in events:
         print(f"  fault {event['fault']:16} lasted {event['lasted_s']:5.1f} s; served again "
               f"{event['served_again_after_s']} s after its end")  # fmt: skip
@@ -333,7 +369,7 @@ def main() -> None:
                        check=True)  # fmt: skip
         processes: list[subprocess.Popen[bytes]] = []
         try:
-            audit_dir = disk / "audit"
+            audit_dir, shipped = disk / "audit", root / "shipped"
             backend_port, port = free_port(), free_port()
             backend = f"http://127.0.0.1:{backend_port}"
             command = [sys.executable, "-m", "tests.fixtures.openai_backend", "--port",
@@ -345,7 +381,7 @@ def main() -> None:
                 "listen": {"host": "127.0.0.1", "port": port},
                 "keys_file": str(root / "keys.json"),
                 "audit": {"dir": str(audit_dir), "max_bytes": 512 << 10,
-                          "min_free_bytes": 2 << 20},
+                          "min_free_bytes": 2 << 20, "keep_rotated_bytes": 1 << 20},
                 "max_connections": 200, "header_timeout_s": 3, "body_timeout_s": 3,
                 "models": [{"name": "stand-in", "digest": "sha256:" + "5" * 64,
                             "backend": backend, "health_path": "/api/version"}],
@@ -360,15 +396,21 @@ def main() -> None:
             processes.append(gateway)
             wait_for(f"http://127.0.0.1:{port}/health", gateway, {200}, root / "gateway.log")
             started = time.monotonic()
-            tally, events = asyncio.run(soak(port, key, audit_dir, args.minutes))
+            tally, events, shipping = asyncio.run(soak(port, key, audit_dir, shipped, args.minutes))
             seconds = time.monotonic() - started
+            descriptors = sum(1 for _ in Path(f"/proc/{gateway.pid}/fd").iterdir())
             gateway.terminate()
             gateway.wait(timeout=60)
-            report(tally, events, audit_dir, seconds)
+            ship(audit_dir, shipped)  # what rotated since the last run of the job
+            report(tally, events, audit_dir, shipped, seconds)
+            print(f"  shipping job runs: {dict(shipping)}; gateway's open descriptors at the "
+                  f"end: {descriptors}")  # fmt: skip
             log_text = (root / "gateway.log").read_text(errors="replace")
-            print(f"  gateway log: {log_text.count('audit write failed')} outage(s) logged, "
-                  f"{log_text.count('audit disk low')} disk-low alarm(s), "
-                  f"{log_text.count('Traceback')} traceback(s); exit {gateway.returncode}")  # fmt: skip
+            counts = [
+                log_text.count(word) for word in ("audit write failed", "disk low", "Traceback")
+            ]
+            print(f"  gateway log: {counts[0]} outage(s) logged, {counts[1]} disk-low alarm(s), "
+                  f"{counts[2]} traceback(s); exit {gateway.returncode}")  # fmt: skip
         finally:
             for process in processes:
                 if process.poll() is None:

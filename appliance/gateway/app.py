@@ -21,7 +21,7 @@ from pathlib import Path
 from aiohttp import web
 
 from appliance import __version__
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, AuditError
 from appliance.gateway.audit import AuditLog
 from appliance.gateway.audit_writer import AuditWriter
 from appliance.gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
@@ -100,7 +100,13 @@ def main(argv: list[str] | None = None) -> None:
             return
         keys = KeyStore(load_keys(config.keys_file))
         log = AuditLog(config.audit.dir, config.audit.max_bytes, config.audit.fsync)
-        log.open()
+        try:
+            log.open()
+        except OSError as error:  # systemd starts it again; the journal says why
+            raise AuditError(
+                f"cannot open the audit log in {config.audit.dir}: {error}",
+                hint="free space or file descriptors, or fix the directory's permissions",
+            ) from error
     except ApplianceError as error:
         from appliance.cli.output import Output  # the one place errors are rendered
 

@@ -370,14 +370,19 @@ def seal_torn_tail(directory: Path) -> dict[str, Any] | None:
         keep = size - len(tail) + cut + 1
         torn = tail[cut + 1 :]
         digest = hashlib.sha256(torn).hexdigest()
-        saved = directory / f"torn-{digest[:16]}.bin"
-        saved.write_bytes(torn)
+        evidence = directory / f"torn-{digest[:16]}.bin"
+        saved_as: str | None = evidence.name
+        try:
+            evidence.write_bytes(torn)
+        except OSError as error:  # a full disk: the record keeps the length and digest
+            LOG.error("audit: torn bytes not saved: %s", error)
+            saved_as = None
         handle.truncate(keep)
-    LOG.warning("audit: sealed a torn last line (%d bytes) of %s into %s", len(torn), path, saved)
+    LOG.warning("audit: sealed a torn last line (%d bytes) of %s", len(torn), path)
     return {
         "event": "audit_repair",
         "reason": "the last line was cut off mid-record (a crash or a full disk)",
         "torn_bytes": len(torn),
         "torn_sha256": digest,
-        "saved_as": saved.name,
+        "saved_as": saved_as,
     }

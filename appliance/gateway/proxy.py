@@ -232,6 +232,13 @@ class Gateway:
             return await self._api(request, call)
         except _Refusal as refusal:
             return await self._refuse(request, call, refusal)
+        except Exception:
+            # A bug of ours still gets an answer and its record, never a bare 500 without one.
+            LOG.exception("call %s failed in the gateway", call.request_id)
+            if call.recorded or call.status:
+                raise
+            failure = _Refusal(500, "internal_error", "the gateway failed on this call")
+            return await self._refuse(request, call, failure)
         finally:
             await self._record(call)
 

@@ -62,11 +62,14 @@ class Tally:
         if status == 503 and b"overloaded" in body:
             self.overloaded += 1
             return
-        if status == 503 and b"audit_unavailable" in body:
-            self.audit_503 += 1
         request_id = headers.get("X-Request-Id") or headers.get("x-request-id")
+        # Answered while the log could not be written: a 503, or a stream that ends with the
+        # audit error event instead of [DONE] (its 200 was sent before).
+        unrecorded = b"audit_unavailable" in body or (status == 503 and b"audit log" in body)
+        if unrecorded:
+            self.audit_503 += 1
         if request_id:
-            self.request_ids[request_id] = status
+            self.request_ids[request_id] = -status if unrecorded else status
 
 
 HOSTILE_BODIES = [
@@ -333,18 +336,21 @@ def report(
     counted = sum(r["unrecorded_answers"] for r in outages)
     answered = sum(tally.answered.values())
     with_record = sum(1 for rid in tally.request_ids if rid in by_id)
-    unrecorded_503 = sum(
-        1 for rid, status in tally.request_ids.items() if rid not in by_id and status == 503
+    unrecorded = sum(1 for rid, status in tally.request_ids.items() if status < 0)
+    missing = sum(1 for rid, status in tally.request_ids.items() if status > 0 and rid not in by_id)
+    recorded_anyway = sum(
+        1 for rid, status in tally.request_ids.items() if status < 0 and rid in by_id
     )
-    missing = len(tally.request_ids) - with_record - unrecorded_503
     print(f"soak: {seconds / 60:.1f} min, audit dir on a {DISK_MIB} MiB tmpfs")
     print(f"  calls made            {tally.made}")
     print(f"  answered              {answered}  by status {dict(sorted(tally.answered.items()))}")
     print(f"  no answer             {sum(tally.no_answer.values())}  {dict(tally.no_answer)}")
     print(f"  refused at the connection limit (no call reached the app): {tally.overloaded}")
-    print(f"  answers with a request id {len(tally.request_ids)}: record found {with_record}, "
-          f"503 without record {unrecorded_503} (outage records count {counted}), "
-          f"missing {missing} (goal 0)")  # fmt: skip
+    print(f"  answers with a request id {len(tally.request_ids)}: record found {with_record}; "
+          f"answered while the log could not be written (503, or a stream ending in the audit "
+          f"error event) {unrecorded}, of which recorded anyway {recorded_anyway}; the outage "
+          f"records count {counted} (goal: {unrecorded - recorded_anyway}); other answers "
+          f"without a record {missing} (goal 0)")  # fmt: skip
     print(f"  records in the log    {len(records)} ({len(outages)} outage, "
           f"{sum(1 for r in records if r.get('event') == 'audit_repair')} repair, "
           f"{sum(1 for r in records if r.get('event') == 'audit_gap')} gap)")  # fmt: skip

@@ -42,18 +42,26 @@ def reload_keys(gateway: Gateway) -> None:
         LOG.info("reloaded %d keys from %s", len(gateway.keys), gateway.config.keys_file)
 
 
+async def expect_continue(request: web.Request) -> None:
+    """``Expect: 100-continue`` is answered as aiohttp would; any other expectation is ignored
+    (RFC 9110 allows it), where aiohttp would answer 417 before the handler, unaudited."""
+    if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper has not begun
+
+
 def build_app(
     config: GatewayConfig, keys: KeyStore, audit: AuditWriter, guard: ConnectionGuard
 ) -> web.Application:
     gateway = Gateway(config, keys, audit, guard)
     # A larger body makes request.read() raise, which the gateway answers with 413.
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[guard.middleware])
-    app.router.add_get("/health", gateway.health)
-    app.router.add_get("/metrics", gateway.metrics_page)
-    app.router.add_get("/v1/models", gateway.models)
+    app.router.add_get("/health", gateway.health, expect_handler=expect_continue)
+    app.router.add_get("/metrics", gateway.metrics_page, expect_handler=expect_continue)
+    app.router.add_get("/v1/models", gateway.models, expect_handler=expect_continue)
     for path in API_PATHS:
-        app.router.add_post(path, gateway.api)
-    app.router.add_route("*", "/{tail:.*}", gateway.unknown)
+        app.router.add_post(path, gateway.api, expect_handler=expect_continue)
+    app.router.add_route("*", "/{tail:.*}", gateway.unknown, expect_handler=expect_continue)
     app.on_startup.append(gateway.start_session)
     app.on_cleanup.append(gateway.close_session)
 
@@ -139,8 +147,9 @@ async def serve(
         keep_rotated_bytes=config.audit.keep_rotated_bytes,
     )
     app = build_app(config, keys, writer, guard)
-    # The audit log is the access log.
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=30)
+    # The audit log is the access log. Request bodies are taken as sent: a compressed one is
+    # not JSON (400), and no decompression bomb is inflated.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=30, auto_decompress=False)
     await runner.setup()
     try:
         gateway = app[GATEWAY]

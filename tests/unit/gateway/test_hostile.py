@@ -4,6 +4,7 @@ serves the next caller (the property tests in test_properties.py try hundreds of
 
 from __future__ import annotations
 
+import gzip
 import json
 import urllib.request
 from collections.abc import Iterator
@@ -111,6 +112,9 @@ def test_huge_values_are_bounded_in_the_record(gateway: RunningGateway) -> None:
         b"Authorization: Bearer a\x00b",
         b"X-Long: " + b"h" * 20_000,
         b"Bad Header Name: x",
+        b"Expect: something-else",  # aiohttp itself would answer 417, unaudited
+        b"Expect: 100-continue",
+        b"Content-Encoding: gzip",  # not inflated: the body is not JSON then
     ],
 )
 def test_odd_header_bytes_are_refused_and_audited(gateway: RunningGateway, header: bytes) -> None:
@@ -122,3 +126,17 @@ def test_odd_header_bytes_are_refused_and_audited(gateway: RunningGateway, heade
     assert record["status"] == reply.status and record["key_id"] is None
     still_serves(gateway)
     gateway.verify()
+
+
+def test_headers_aiohttp_would_act_on_reach_the_gateway_and_its_log(
+    gateway: RunningGateway,
+) -> None:
+    body = gzip.compress(b'{"model": "stand-in", "prompt": "x", "max_tokens": 1}')
+    reply = gateway.post(
+        "/v1/completions", body, key=gateway.key, headers=[(b"Content-Encoding", b"gzip")]
+    )
+    refused_and_audited(gateway, reply, 400, "invalid_json")
+    plain = b'{"model": "stand-in", "prompt": "x", "max_tokens": 1}'
+    reply = gateway.post("/v1/completions", plain, key=gateway.key, headers=[(b"Expect", b"x")])
+    assert reply is not None and reply.status == 200
+    assert gateway.record_of(reply)["status"] == 200

@@ -417,6 +417,9 @@ def main() -> None:
             ]
             print(f"  gateway log: {counts[0]} outage(s) logged, {counts[1]} disk-low alarm(s), "
                   f"{counts[2]} traceback(s); exit {gateway.returncode}")  # fmt: skip
+            lines = log_text.splitlines()
+            for at in [n for n, line in enumerate(lines) if line.startswith("Traceback")][:3]:
+                print("  ---", *lines[max(0, at - 2) : at + 30], sep="\n    ")
         finally:
             for process in processes:
                 if process.poll() is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import queue
@@ -31,6 +32,21 @@ LOG = logging.getLogger("appliance.gateway.audit")
 
 _Item = tuple[dict[str, Any], "concurrent.futures.Future[dict[str, Any]]"]
 _DISK_CHECK_S = 2.0
+
+
+def _settle(
+    future: concurrent.futures.Future[dict[str, Any]],
+    record: dict[str, Any] | None = None,
+    error: BaseException | None = None,
+) -> None:
+    """Complete a caller's future; one the caller gave up on (cancelled) is left alone."""
+    if future.done():
+        return
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(record or {})
 
 
 class AuditWriter:
@@ -95,9 +111,14 @@ class AuditWriter:
                     stop = True
                     break
                 batch.append(more)
-            self._write(batch)
-            self._prune()
-            self._check_disk()
+            try:
+                self._write(batch)
+                self._prune()
+                self._check_disk()
+            except Exception:  # the thread must live on: every call waits for it
+                LOG.exception("audit writer: unexpected failure; the batch is failed")
+                for _, future in batch:
+                    _settle(future, error=AuditError("the audit writer failed on this batch"))
             if stop:
                 return
 
@@ -125,7 +146,7 @@ class AuditWriter:
                 LOG.error("audit write failed, refusing calls until it works again: %s", error)
             self.failed = error
             for _, future in batch:
-                future.set_exception(error)
+                _settle(future, error=error)
             return
         if self.failed is not None:
             LOG.warning("audit log writable again after a fault since %s", self.failed_since)
@@ -134,7 +155,7 @@ class AuditWriter:
             self.failed = self.failed_since = None
             records = records[1:]
         for (_, future), record in zip(batch, records, strict=True):
-            future.set_result(record)
+            _settle(future, record=record)
 
     def _prune(self) -> None:
         """After a rotation, or while the disk is low: remove what was shipped (if allowed)."""

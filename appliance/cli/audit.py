@@ -10,6 +10,7 @@ import click
 
 from appliance.cli.output import Output
 from appliance.errors import AuditError
+from appliance.gateway.audit_retention import ship
 from appliance.gateway.audit_verify import find_record, last_records, verify_log
 from appliance.gateway.config import DEFAULT_AUDIT_DIR
 
@@ -74,7 +75,47 @@ def verify_command(output: Output, directory: Path, anchors: tuple[tuple[int, st
         report.as_dict(),
         human=f"{directory}: audit log OK, {report.records} record(s) in {report.files} "
         f"file(s), seq 0..{report.last_seq}"
-        + (f", {report.first_time} .. {report.last_time}" if report.records else ""),
+        + (f", {report.first_time} .. {report.last_time}" if report.records else "")
+        + (
+            f"\nrecords through seq {report.pruned_through} were shipped and removed here"
+            if report.pruned_through is not None
+            else ""
+        )
+        + "".join(
+            f"\nGAP: seq {gap['first_seq']}..{gap['last_seq']} missing ({gap['at']}): "
+            f"{gap['reason']}"
+            for gap in report.gaps
+        ),
+    )
+
+
+@audit_group.command("ship")
+@_DIR
+@click.option(
+    "--to",
+    "target",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Where the copies go (a mount of the log host, removable media).",
+)
+@click.pass_obj
+def ship_command(output: Output, directory: Path, target: Path) -> None:
+    """Copy the rotated audit files off the box and mark them shipped.
+
+    The copy gets its own audit.head and verifies on its own; only then is
+    audit.shipped written. With audit.keep_rotated_bytes set in the gateway's
+    config, the gateway removes shipped files (never others) to keep its disk
+    free, and audit verify starts the chain where they end.
+
+    \b
+    Example:
+      appliance audit ship --dir /var/log/appliance/audit --to /mnt/loghost/appliance
+    """
+    result = ship(directory, target)
+    output.result(
+        {"ok": True, **result},
+        human=f"{directory}: {result['shipped']} file(s) copied to {target}"
+        + (f", shipped through seq {result['seq']}" if result["seq"] is not None else ""),
     )
 
 

@@ -14,16 +14,20 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
 
 from appliance import __version__
-from appliance.errors import ApplianceError
-from appliance.gateway.audit import AuditLog, AuditWriter
+from appliance.errors import ApplianceError, AuditError
+from appliance.gateway.audit import AuditLog
+from appliance.gateway.audit_writer import AuditWriter
 from appliance.gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
 from appliance.gateway.keys import KeyStore, load_keys
 from appliance.gateway.proxy import API_PATHS, Gateway
+from appliance.gateway.server import ConnectionGuard, GuardedSite
 
 LOG = logging.getLogger("appliance.gateway")
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -38,21 +42,32 @@ def reload_keys(gateway: Gateway) -> None:
         LOG.info("reloaded %d keys from %s", len(gateway.keys), gateway.config.keys_file)
 
 
-def build_app(config: GatewayConfig, keys: KeyStore, audit: AuditWriter) -> web.Application:
-    gateway = Gateway(config, keys, audit)
+async def expect_continue(request: web.Request) -> None:
+    """``Expect: 100-continue`` is answered as aiohttp would; any other expectation is ignored
+    (RFC 9110 allows it), where aiohttp would answer 417 before the handler, unaudited."""
+    if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper has not begun
+
+
+def build_app(
+    config: GatewayConfig, keys: KeyStore, audit: AuditWriter, guard: ConnectionGuard
+) -> web.Application:
+    gateway = Gateway(config, keys, audit, guard)
     # A larger body makes request.read() raise, which the gateway answers with 413.
-    app = web.Application(client_max_size=config.max_body_bytes)
-    app.router.add_get("/health", gateway.health)
-    app.router.add_get("/metrics", gateway.metrics_page)
-    app.router.add_get("/v1/models", gateway.models)
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[guard.middleware])
+    app.router.add_get("/health", gateway.health, expect_handler=expect_continue)
+    app.router.add_get("/metrics", gateway.metrics_page, expect_handler=expect_continue)
+    app.router.add_get("/v1/models", gateway.models, expect_handler=expect_continue)
     for path in API_PATHS:
-        app.router.add_post(path, gateway.api)
-    app.router.add_route("*", "/{tail:.*}", gateway.unknown)
+        app.router.add_post(path, gateway.api, expect_handler=expect_continue)
+    app.router.add_route("*", "/{tail:.*}", gateway.unknown, expect_handler=expect_continue)
     app.on_startup.append(gateway.start_session)
     app.on_cleanup.append(gateway.close_session)
 
     async def on_sighup(_app: web.Application) -> None:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_keys, gateway)
+        if threading.current_thread() is threading.main_thread():
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_keys, gateway)
 
     app.on_startup.append(on_sighup)
     app[GATEWAY] = gateway
@@ -93,7 +108,13 @@ def main(argv: list[str] | None = None) -> None:
             return
         keys = KeyStore(load_keys(config.keys_file))
         log = AuditLog(config.audit.dir, config.audit.max_bytes, config.audit.fsync)
-        log.open()
+        try:
+            log.open()
+        except OSError as error:  # systemd starts it again; the journal says why
+            raise AuditError(
+                f"cannot open the audit log in {config.audit.dir}: {error}",
+                hint="free space or file descriptors, or fix the directory's permissions",
+            ) from error
     except ApplianceError as error:
         from appliance.cli.output import Output  # the one place errors are rendered
 
@@ -107,12 +128,41 @@ def main(argv: list[str] | None = None) -> None:
         config.listen.host,
         config.listen.port,
     )
-    app = build_app(config, keys, AuditWriter(log))
-    web.run_app(
-        app,
-        host=config.listen.host,
-        port=config.listen.port,
-        print=None,
-        access_log=None,  # the audit log is the access log
-        shutdown_timeout=30,
+    asyncio.run(serve(config, keys, log, asyncio.Event()))
+
+
+async def serve(
+    config: GatewayConfig,
+    keys: KeyStore,
+    log: AuditLog,
+    stop: asyncio.Event,
+    ready: Callable[[], object] | None = None,
+) -> None:
+    """Serve until ``stop`` is set or SIGTERM/SIGINT arrives, then finish the calls in flight
+    (up to 30 s) and close the audit log."""
+    guard = ConnectionGuard(config.max_connections, config.header_timeout_s)
+    writer = AuditWriter(
+        log,
+        min_free_bytes=config.audit.min_free_bytes,
+        keep_rotated_bytes=config.audit.keep_rotated_bytes,
     )
+    app = build_app(config, keys, writer, guard)
+    # The audit log is the access log. Request bodies are taken as sent: a compressed one is
+    # not JSON (400), and no decompression bomb is inflated.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=30, auto_decompress=False)
+    await runner.setup()
+    try:
+        gateway = app[GATEWAY]
+        site = GuardedSite(
+            runner, config.listen.host, config.listen.port, guard, gateway.record_malformed
+        )
+        await site.start()
+        loop = asyncio.get_running_loop()
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+        if ready is not None:
+            ready()
+        await stop.wait()
+    finally:
+        await runner.cleanup()

@@ -4,7 +4,8 @@
 Layout in the audit directory:
 
 - ``audit.jsonl``: the current file, one JSON record per line, each line written whole.
-- ``audit-<first seq, 12 digits>.jsonl``: earlier files, renamed at rotation, never deleted.
+- ``audit-<first seq, 12 digits>.jsonl``: earlier files, renamed at rotation; removed only once
+  shipped, and only with ``keep_rotated_bytes`` set (see audit_retention).
 - ``audit.head``: ``{"seq", "hash", "file"}`` of the newest record, replaced atomically after
   every batch, so a cut-off tail (records removed from the end) shows.
 
@@ -16,26 +17,31 @@ head: sha256 is keyless, so against someone with write access and intent it only
 clumsy edits; ship the head hash off the box for more.
 
 Resuming after a restart the gateway continues ``seq``/``prev`` from the last record and
-refuses to start (AuditError) when that tail is visibly broken: its last line cut off, its
-hash wrong, or the head naming a record the log no longer holds. Records after the head (the
-gateway stopped between writing records and replacing the head) are accepted and the head is
-brought forward.
+refuses to start (AuditError) when that tail is visibly broken: its hash wrong, or the head
+naming a record the log no longer holds. Records after the head (the gateway stopped between
+writing records and replacing the head) are accepted and the head is brought forward. A last
+line cut off mid-record (a crash during a write) is moved to ``torn-<digest>.bin`` and sealed by
+an ``audit_repair`` record that says so; the chain continues, never restarts at seq 0.
+
+Faults while running heal (``AuditWriter`` retries): a batch that fails (full disk, no file
+descriptors) leaves nothing on disk and the chain where it was. ``audit.jsonl`` removed or
+renamed under the gateway is noticed before the next write: a new file starts with an
+``audit_gap`` record naming the seqs that file held, which verify reports.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
+import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
-import queue
-import threading
 from pathlib import Path
 from typing import Any
 
 from appliance.errors import AuditError
+from appliance.gateway.record import clean, now_iso
 
 LOG = logging.getLogger("appliance.gateway.audit")
 
@@ -116,21 +122,27 @@ class AuditLog:
         self.seq = 0
         self.prev = ZERO_HASH
         self._file: Any = None
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self._size = 0
         self._first_seq = 0
         self._head_file = CURRENT
+        self._pending: list[dict[str, Any]] = []  # event records to write before the next batch
+        self.rotations = 0
 
     def open(self) -> None:
         """Resume the chain from what is on disk (see the module text for what is refused)."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
         head = read_head(self.directory)
+        torn = seal_torn_tail(self.directory)
         last, where = self._last_record()
         if last is None:
-            if head is not None and head["seq"] >= 0:
+            if head is not None and head["seq"] >= (0 if torn is None else 1):
                 raise self._refusal(f"the head names seq {head['seq']} but the log is empty")
         else:
             self.seq, self.prev = last["seq"] + 1, last["hash"]
-            if head is not None and head["seq"] > last["seq"]:
+            # A torn line is the record after the last whole one: the head may name it.
+            allowed = last["seq"] + (0 if torn is None else 1)
+            if head is not None and head["seq"] > allowed:
                 raise self._refusal(
                     f"the head names seq {head['seq']} but the log ends at seq {last['seq']} "
                     f"({where}): records were cut off"
@@ -139,13 +151,56 @@ class AuditLog:
                 raise self._refusal(f"the last record ({where}) is not the one the head names")
             if head is None or head["seq"] < last["seq"]:
                 LOG.warning("audit head behind the log (seq %s); bringing it forward", where)
+        if torn is not None:
+            lost = head if head is not None and head["seq"] == self.seq else None
+            self._pending.append({**torn, "time": now_iso(), "lost_head": lost})
+        self._open_current()
+        self._head_file = where.split(":")[0] if last is not None else CURRENT
+        self._write_head()
+        if self._pending:
+            try:
+                self.append_many([])
+            except OSError as error:  # a full disk at start: written with the first batch
+                LOG.warning("audit: repair record not written yet: %s", error)
+
+    def _open_current(self) -> None:
         current = self.directory / CURRENT
         self._file = current.open("ab", buffering=0)
+        stat = os.fstat(self._file.fileno())
+        self._identity = (stat.st_dev, stat.st_ino)
         self._size = self._file.tell()
         first = _first_seq(current) if self._size else None
         self._first_seq = self.seq if first is None else first
-        self._head_file = where.split(":")[0] if last is not None else CURRENT
-        self._write_head()
+
+    def _check_current(self) -> None:
+        """Never write into a file that is no longer the directory's ``audit.jsonl``: when it
+        was removed or renamed under the gateway, open a new one and record the gap."""
+        if self._file is not None:
+            try:
+                stat = (self.directory / CURRENT).stat()
+                same = (stat.st_dev, stat.st_ino) == self._identity
+            except FileNotFoundError:
+                same = False
+            if same:
+                return
+            gone = _fd_path(self._file.fileno())
+            self._file.close()
+            self._file = None
+            if self._first_seq < self.seq:
+                self._pending.append(
+                    {
+                        "event": "audit_gap",
+                        "time": now_iso(),
+                        "first_seq": self._first_seq,
+                        "last_seq": self.seq - 1,
+                        "last_hash": self.prev,
+                        "reason": f"{CURRENT} was removed or renamed under the gateway "
+                        f"(now {clean(gone, 512)})",
+                    }
+                )
+                LOG.error("audit: %s vanished under the gateway; recording the gap", CURRENT)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self._open_current()
 
     def _last_record(self) -> tuple[dict[str, Any] | None, str]:
         for path in reversed(log_files(self.directory)):
@@ -176,45 +231,99 @@ class AuditLog:
         return self.append_many([fields])[0]
 
     def append_many(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        records, lines = [], []
-        for fields in batch:
-            record = {**fields, "seq": self.seq, "prev": self.prev}
-            record["hash"] = hashlib.sha256(canonical(record)).hexdigest()
-            lines.append(canonical(record) + b"\n")
-            records.append(record)
-            self.seq, self.prev = self.seq + 1, record["hash"]
-        data = b"".join(lines)
-        # One unbuffered write per batch: a reader never sees half a line in practice.
-        written = self._file.write(data)
-        if written != len(data):
-            raise AuditError(f"short write to {self.directory / CURRENT}")
-        if self.fsync:
-            os.fsync(self._file.fileno())
-        self._size += len(data)
-        self._head_file = CURRENT
+        """Write ``batch`` (after any pending event records) as one write, then the head; the
+        records of ``batch`` are returned. On an OSError nothing of the batch stays on disk
+        and the chain is where it was, so the next batch can try again."""
+        seq, prev, size = self.seq, self.prev, self._size
+        try:
+            self._check_current()
+            events = list(self._pending)
+            records, lines = [], []
+            for fields in [*events, *batch]:
+                record, line = self._chain(fields)
+                records.append(record)
+                lines.append(line)
+            data = b"".join(lines)
+            # One unbuffered write per batch: a reader never sees half a line in practice.
+            written = self._file.write(data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, f"short write to {self.directory / CURRENT}")
+            if self.fsync:
+                os.fsync(self._file.fileno())
+            self._size += len(data)
+            self._head_file = CURRENT
+            self._write_head()
+        except BaseException:
+            self.seq, self.prev, self._size = seq, prev, size
+            self._roll_back(size)
+            raise
+        self._pending.clear()
         if self._size >= self.max_bytes:
-            self._rotate()
-        self._write_head()
-        return records
+            try:
+                self._rotate()
+            except OSError as error:  # the records are safe; rotation is tried after the next
+                LOG.warning("audit log not rotated yet: %s", error)
+        return records[len(events) :]
+
+    def _chain(self, fields: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+        """One record and its line. A record that cannot be serialised (the caller's bug, or
+        input that escaped ``record.clean``) is replaced by one saying so: it never takes the
+        batch, or the log, down with it."""
+        record = {**fields, "seq": self.seq, "prev": self.prev}
+        try:
+            record["hash"] = hashlib.sha256(canonical(record)).hexdigest()
+            line = canonical(record) + b"\n"
+        except (TypeError, ValueError, RecursionError) as error:
+            request_id = fields.get("request_id")
+            record = {
+                "event": "unrecordable",
+                "time": now_iso(),
+                "request_id": request_id if isinstance(request_id, str) else None,
+                "error": clean(f"{type(error).__name__}: {error}", 512),
+                "seq": self.seq,
+                "prev": self.prev,
+            }
+            record["hash"] = hashlib.sha256(canonical(record)).hexdigest()
+            line = canonical(record) + b"\n"
+        self.seq, self.prev = self.seq + 1, record["hash"]
+        return record, line
+
+    def _roll_back(self, size: int) -> None:
+        """Cut what a failed batch left at the end of the file (a full disk takes part of a
+        write); a file that cannot even be cut is reopened before the next batch."""
+        if self._file is None:
+            return
+        try:
+            os.ftruncate(self._file.fileno(), size)
+        except OSError as error:
+            LOG.error("audit: cannot cut a failed write back: %s", error)
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+            self._identity = None
 
     def _rotate(self) -> None:
-        self._file.close()
         target = self.directory / rotated_name(self._first_seq)
         if target.exists():
-            raise AuditError(f"cannot rotate the audit log: {target} already exists")
+            raise OSError(errno.EEXIST, f"cannot rotate the audit log: {target} already exists")
         (self.directory / CURRENT).rename(target)
+        self._file.close()
+        self._file = None
         self._head_file = target.name
-        self._file = (self.directory / CURRENT).open("ab", buffering=0)
-        self._size = 0
         self._first_seq = self.seq
+        self.rotations += 1
         LOG.info("audit log rotated to %s", target.name)
+        with contextlib.suppress(OSError):  # tried again before the next write
+            self._open_current()
+            self._write_head()
 
     def _write_head(self) -> None:
         data = json.dumps({"seq": self.seq - 1, "hash": self.prev, "file": self._head_file})
         temp = self.directory / f".{HEAD}.tmp"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
         try:
-            os.write(fd, data.encode() + b"\n")
+            if os.write(fd, data.encode() + b"\n") != len(data) + 1:
+                raise OSError(errno.ENOSPC, f"short write to {temp}")
             if self.fsync:
                 os.fsync(fd)
         finally:
@@ -233,58 +342,47 @@ class AuditLog:
             self._file = None
 
 
-_Item = tuple[dict[str, Any], "concurrent.futures.Future[dict[str, Any]]"]
+def _fd_path(fd: int) -> str:
+    try:
+        return str(Path(f"/proc/self/fd/{fd}").readlink())
+    except OSError:
+        return "unknown"
 
 
-class AuditWriter:
-    """Serializes appends on one thread, off the event loop; records that queue up while a
-    write is in progress go out together (one write, one head replace)."""
-
-    def __init__(self, log: AuditLog) -> None:
-        self.log = log
-        self.failed: BaseException | None = None
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
-        self._thread.start()
-
-    def submit(self, fields: dict[str, Any]) -> concurrent.futures.Future[dict[str, Any]]:
-        future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
-        self._queue.put((fields, future))
-        return future
-
-    async def write(self, fields: dict[str, Any]) -> dict[str, Any]:
-        return await asyncio.wrap_future(self.submit(fields))
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            stop = False
-            while True:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                batch.append(more)
-            try:
-                records = self.log.append_many([fields for fields, _ in batch])
-            except BaseException as error:  # the gateway refuses calls from now on
-                self.failed = error
-                LOG.error("audit write failed: %s", error)
-                for _, future in batch:
-                    future.set_exception(error)
-            else:
-                for (_, future), record in zip(batch, records, strict=True):
-                    future.set_result(record)
-            if stop:
-                return
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        self.log.close()
+def seal_torn_tail(directory: Path) -> dict[str, Any] | None:
+    """Cut a last line that a crash or a full disk left half-written off ``audit.jsonl``; the
+    bytes go to ``torn-<sha256>.bin`` beside it (kept as evidence) and the returned fields
+    become a repair record, so the chain stays verifiable and says what happened."""
+    path = directory / CURRENT
+    if not path.exists():
+        return None
+    with path.open("r+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return None
+        handle.seek(max(0, size - _TAIL_READ))
+        tail = handle.read()
+        if tail.endswith(b"\n"):
+            return None
+        cut = tail.rfind(b"\n")
+        if cut < 0 and size > _TAIL_READ:
+            raise AuditError(f"the last line of {path} is longer than any record: not repaired")
+        keep = size - len(tail) + cut + 1
+        torn = tail[cut + 1 :]
+        digest = hashlib.sha256(torn).hexdigest()
+        evidence = directory / f"torn-{digest[:16]}.bin"
+        saved_as: str | None = evidence.name
+        try:
+            evidence.write_bytes(torn)
+        except OSError as error:  # a full disk: the record keeps the length and digest
+            LOG.error("audit: torn bytes not saved: %s", error)
+            saved_as = None
+        handle.truncate(keep)
+    LOG.warning("audit: sealed a torn last line (%d bytes) of %s", len(torn), path)
+    return {
+        "event": "audit_repair",
+        "reason": "the last line was cut off mid-record (a crash or a full disk)",
+        "torn_bytes": len(torn),
+        "torn_sha256": digest,
+        "saved_as": saved_as,
+    }

@@ -4,6 +4,14 @@
 ``seq`` counts up by one and ``prev`` names the record before, across file boundaries; then that
 the head names the last record. It stops at the first problem and says where (file:line) and
 what it looks like: modified, removed, reordered or truncated.
+
+Event records the gateway writes itself pass like any other record: ``audit_repair`` (a torn
+last line sealed at start), ``audit_outage`` (the log could not be written for a while; it
+counts the 503 answers given meanwhile) and ``audit_gap``. A gap record is the one place where
+``seq`` may jump: ``audit.jsonl`` was removed or renamed under the running gateway, and the
+record names exactly the seqs that file held and the hash of its last record (its own
+``prev``). Verify passes over it and lists it in the report (``gaps``); an anchor inside a gap
+still fails, so a gap cannot hide records whose hash was kept off the box.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from typing import Any
 
 from appliance.errors import AuditError, Problem
 from appliance.gateway.audit import CURRENT, HEAD, ZERO_HASH, log_files, read_head, record_hash
+from appliance.gateway.audit_retention import PRUNED, read_mark
 
 
 @dataclass(frozen=True)
@@ -28,6 +37,8 @@ class VerifyReport:
     last_seq: int
     last_hash: str
     beyond_head: int  # records written after the head was read (a live gateway)
+    gaps: tuple[dict[str, Any], ...] = ()
+    pruned_through: int | None = None  # records up to this seq were shipped and removed here
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -40,6 +51,8 @@ class VerifyReport:
             "last_seq": self.last_seq,
             "last_hash": self.last_hash,
             "beyond_head": self.beyond_head,
+            "gaps": list(self.gaps),
+            "pruned_through": self.pruned_through,
         }
 
 
@@ -81,6 +94,22 @@ class _Chain:
     last_time: str | None = None
     # The hashes of the records the head file and the anchors name, as found in the log.
     seen: dict[int, str] = field(default_factory=dict)
+    gaps: list[dict[str, Any]] = field(default_factory=list)
+    pruned: int | None = None  # the last seq removed (audit.pruned)
+
+
+def _is_gap(record: dict[str, Any], expected: int) -> bool:
+    """A well-formed gap record for the seqs from ``expected`` up to the one before it."""
+    first, last, seq = record.get("first_seq"), record.get("last_seq"), record.get("seq")
+    return (
+        record.get("event") == "audit_gap"
+        and first == expected
+        and isinstance(last, int)
+        and isinstance(seq, int)
+        and last >= expected
+        and seq == last + 1
+        and record.get("prev") == record.get("last_hash")
+    )
 
 
 def _parse(
@@ -141,6 +170,10 @@ def _check_record(
 ) -> None:
     """One record against its own hash, its file's name and the chain before it."""
     path, number = where
+    if record_hash(record) == stated and _is_gap(record, chain.expected):
+        gap = {key: record[key] for key in ("first_seq", "last_seq")}
+        chain.gaps.append({**gap, "at": f"{path.name}:{number}", "reason": record.get("reason")})
+        return
     if record_hash(record) != stated:
         raise _fail(
             directory,
@@ -169,9 +202,15 @@ def _check_record(
         )
 
 
-def _walk(directory: Path, files: list[Path], wanted: set[int]) -> _Chain:
-    """Every record of every file, oldest first; stops at the first problem."""
+def _walk(
+    directory: Path, files: list[Path], wanted: set[int], pruned: dict[str, Any] | None
+) -> _Chain:
+    """Every record of every file, oldest first; stops at the first problem. A pruned log's
+    chain starts after the last record removed, at the hash ``audit.pruned`` names."""
     chain = _Chain()
+    if pruned is not None:
+        chain.expected, chain.prev = pruned["seq"] + 1, pruned["hash"]
+        chain.pruned = pruned["seq"]
     for path, number, line in _lines(files):
         record, stated, seq = _parse(directory, path, number, line)
         _check_record(directory, files, chain, (path, number), record, stated, seq)
@@ -216,6 +255,15 @@ def _check_anchors(
 ) -> None:
     """Each anchor kept off the box must name a record of the log, with that record's hash."""
     for seq, digest in anchors:
+        if chain.pruned is not None and seq < chain.pruned:
+            raise _fail(
+                directory,
+                "pruned",
+                PRUNED,
+                None,
+                f"record seq {seq} was shipped and removed here (the log starts after seq "
+                f"{chain.pruned}): check this anchor against the shipped copy",
+            )
         if seq > last_seq:
             raise _fail(
                 directory,
@@ -244,10 +292,16 @@ def verify_log(directory: Path, anchors: tuple[tuple[int, str], ...] = ()) -> Ve
             hint="pass --dir with the gateway's audit.dir",
         )
     head = read_head(directory)  # before the log: a live gateway only ever moves it forward
+    pruned = read_mark(directory / PRUNED)
     files = log_files(directory)
     chain = _walk(
-        directory, files, {seq for seq, _ in anchors} | ({head["seq"]} if head else set())
+        directory,
+        files,
+        {seq for seq, _ in anchors} | ({head["seq"]} if head else set()),
+        pruned,
     )
+    if pruned is not None:
+        chain.seen.setdefault(pruned["seq"], pruned["hash"])
     last_seq = chain.expected - 1
     head = _check_head(directory, head, chain, last_seq)
     _check_anchors(directory, anchors, chain, last_seq)
@@ -260,6 +314,8 @@ def verify_log(directory: Path, anchors: tuple[tuple[int, str], ...] = ()) -> Ve
         last_seq=last_seq,
         last_hash=chain.prev,
         beyond_head=last_seq - head["seq"],
+        gaps=tuple(chain.gaps),
+        pruned_through=None if pruned is None else pruned["seq"],
     )
 
 

@@ -34,10 +34,15 @@ class Listen(_Strict):
 
 class AuditSettings(_Strict):
     dir: Path = DEFAULT_AUDIT_DIR
-    # Rotate once the current file passes this size; old files are renamed, never deleted.
+    # Rotate once the current file passes this size; old files are renamed (see keep_rotated_bytes).
     max_bytes: Annotated[int, Field(ge=4096)] = 64 << 20
     # fsync after every batch of records: survives power loss, costs a disk flush per batch.
     fsync: bool = False
+    # Below this many free bytes on the audit filesystem: a warning, /health and /metrics say so.
+    min_free_bytes: Annotated[int, Field(ge=0)] = 256 << 20
+    # Rotated files may take this many bytes; older ones are removed once shipped
+    # (appliance audit ship), never before. None: every file is kept.
+    keep_rotated_bytes: Annotated[int, Field(ge=0)] | None = None
 
 
 class ModelRoute(_Strict):
@@ -65,6 +70,12 @@ class GatewayConfig(_Strict):
     max_body_bytes: Annotated[int, Field(ge=1024)] = 4 << 20
     # Seconds a backend may take to answer (the whole answer, streams included).
     backend_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    # Open client connections; more are answered 503 and closed (the unit's LimitNOFILE is
+    # above this plus backend connections and the audit files).
+    max_connections: Annotated[int, Field(ge=1)] = 1024
+    # Seconds a client may take to send a request's headers, and its body: slower ones are cut.
+    header_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    body_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     models: Annotated[list[ModelRoute], Field(min_length=1)]
 
     @field_validator("models")

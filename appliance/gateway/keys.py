@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import tempfile
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from appliance.gateway.config import load_document
 KEY_PREFIX = "apl_"
 KEYS_FILE_MODE = 0o640
 ALL_MODELS = "*"
+_KEY_ID = re.compile(r"[0-9a-fA-F]{8}")
 
 
 class KeyRecord(BaseModel):
@@ -74,11 +76,8 @@ def claimed_id(key: str) -> str | None:
     if not key.startswith(KEY_PREFIX):
         return None
     parts = key.split("_", 2)  # the urlsafe secret may itself hold "_"
-    if len(parts) != 3 or len(parts[1]) != 8 or not parts[2]:
-        return None
-    try:
-        int(parts[1], 16)
-    except ValueError:
+    # ASCII hex only: int(..., 16) would also take other scripts' digits and spaces.
+    if len(parts) != 3 or not _KEY_ID.fullmatch(parts[1]) or not parts[2]:
         return None
     return f"k-{parts[1].lower()}"
 
@@ -163,6 +162,8 @@ class KeyStore:
         return len(self._by_id)
 
     def authenticate(self, key: str) -> KeyRecord | None:
+        if not key.isascii():  # keys are ASCII; a header's odd bytes arrive as surrogates
+            return None
         key_id = claimed_id(key)
         record = self._by_id.get(key_id) if key_id else None
         if record is None or not hmac.compare_digest(record.sha256, _hash(key)):

@@ -23,6 +23,7 @@ class Metrics:
         self.backend_errors: defaultdict[str, int] = defaultdict(int)
         self.audit_records = 0
         self.audit_failures = 0
+        self.slow_clients = 0
         self._buckets: defaultdict[str, list[int]] = defaultdict(lambda: [0] * len(BUCKETS))
         self._sum: defaultdict[str, float] = defaultdict(float)
         self._count: defaultdict[str, int] = defaultdict(int)
@@ -41,7 +42,8 @@ class Metrics:
         if completion:
             self.tokens[(model, "completion")] += completion
 
-    def render(self) -> str:
+    def render(self, gauges: list[tuple[str, str, str, int]] = ()) -> str:  # type: ignore[assignment]
+        """The page; ``gauges`` are (name, help, type, value) the caller reads off live parts."""
         p = _PREFIX
         out = [
             f"# HELP {p}_requests_total Calls answered, by model and HTTP status.",
@@ -80,8 +82,10 @@ class Metrics:
             f"# HELP {p}_audit_records_total Audit records written.",
             f"# TYPE {p}_audit_records_total counter",
             f"{p}_audit_records_total {self.audit_records}",
-            f"# HELP {p}_audit_failures_total Audit writes that failed (calls are refused after).",
+            f"# HELP {p}_audit_failures_total Audit writes that failed (503 while it lasts).",
             f"# TYPE {p}_audit_failures_total counter",
             f"{p}_audit_failures_total {self.audit_failures}",
         ]
+        for name, text, kind, value in gauges:
+            out += [f"# HELP {p}_{name} {text}", f"# TYPE {p}_{name} {kind}", f"{p}_{name} {value}"]
         return "\n".join(out) + "\n"

@@ -2,8 +2,12 @@
 
 Every call to an API path (anything but ``/health`` and ``/metrics``) gets one audit record,
 refused calls included, carrying the digest of the response. A whole answer is recorded
-before it is sent, a stream before its end is sent; after a failed audit write the gateway
-answers nothing but 503 until it is restarted: no answer leaves without its record.
+before it is sent, a stream before its end (``data: [DONE]`` is held back until then): no
+answer leaves without its record. While the audit log cannot be written (see audit_writer) the
+gateway answers 503 and calls no backend; a stream whose record fails ends with an error event.
+
+The backend receives the body the gateway authorised, re-serialised from the parsed object
+(see body.py for what is refused as ambiguous).
 
 Streams (``"stream": true``) are passed through chunk by chunk as they arrive. When the client
 did not set ``stream_options`` the gateway adds ``{"include_usage": true}`` so that the
@@ -18,150 +22,33 @@ import hashlib
 import json
 import logging
 import time
-import uuid
-from datetime import UTC, datetime
+from concurrent.futures import Future
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 
-from appliance.gateway.audit import AuditWriter
+from appliance.gateway.audit_writer import AuditWriter
+from appliance.gateway.body import BodyError, canonical, parse
 from appliance.gateway.config import GatewayConfig, ModelRoute
 from appliance.gateway.keys import KeyRecord, KeyStore, claimed_id
 from appliance.gateway.metrics import Metrics
+from appliance.gateway.record import MODEL_LIMIT, Call, clean
+from appliance.gateway.server import ConnectionGuard
+from appliance.gateway.status import health_page, metrics_page
+from appliance.gateway.stream import DoneHolder, Renamer, UsageScanner
 
 LOG = logging.getLogger("appliance.gateway")
 
 API_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 _NO_MODEL = "-"  # metrics label for calls that name no configured model
-_AUDIT_DOWN = "the audit log cannot be written; calls are refused until the gateway is restarted"
+_AUDIT_DOWN = "the audit log cannot be written right now; calls are refused until it can"
+_KNOWN_PATHS = frozenset((*API_PATHS, "/v1/models"))
 _FORWARD_HEADERS = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
 # llama.cpp's server closes the connection after every streamed answer, without saying so; a
 # pooled connection reused right after would fail. Streams get a connection of their own.
 _STREAM_HEADERS = {**_FORWARD_HEADERS, "Connection": "close"}
-
-
-class Call:
-    """What the audit record of one call will say."""
-
-    __slots__ = (
-        "client",
-        "completion_tokens",
-        "digest",
-        "error",
-        "key_id",
-        "method",
-        "model",
-        "path",
-        "prompt_sha256",
-        "prompt_tokens",
-        "recorded",
-        "request_id",
-        "response_sha256",
-        "started",
-        "status",
-        "stream",
-        "time",
-    )
-
-    def __init__(self, request: web.Request) -> None:
-        self.started = time.perf_counter()
-        self.time = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        self.request_id = str(uuid.uuid4())
-        self.client = request.remote
-        self.method = request.method
-        self.path = request.path
-        self.key_id: str | None = None
-        self.model: str | None = None
-        self.digest: str | None = None
-        self.status = 0
-        self.prompt_sha256: str | None = None
-        self.response_sha256: str | None = None
-        self.prompt_tokens: int | None = None
-        self.completion_tokens: int | None = None
-        self.stream = False
-        self.error: str | None = None
-        self.recorded = False
-
-    def take_usage(self, usage: Any) -> None:
-        if isinstance(usage, dict):
-            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-            self.prompt_tokens = prompt if isinstance(prompt, int) else None
-            self.completion_tokens = completion if isinstance(completion, int) else None
-
-    def fields(self, latency_ms: float) -> dict[str, Any]:
-        return {
-            "time": self.time,
-            "request_id": self.request_id,
-            "key_id": self.key_id,
-            "client": self.client,
-            "method": self.method,
-            "path": self.path,
-            "model": self.model,
-            "model_digest": self.digest,
-            "status": self.status,
-            "prompt_sha256": self.prompt_sha256,
-            "response_sha256": self.response_sha256,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "latency_ms": round(latency_ms, 3),
-            "stream": self.stream,
-            "error": self.error,
-        }
-
-
-class _UsageScanner:
-    """Picks ``usage`` out of SSE ``data:`` lines as they pass, holding only a partial line."""
-
-    def __init__(self) -> None:
-        self.partial = b""
-        self.usage: Any = None
-
-    def feed(self, chunk: bytes) -> None:
-        if b"\n" not in chunk:
-            self.partial += chunk
-            return
-        lines = (self.partial + chunk).split(b"\n")
-        self.partial = lines.pop()
-        for line in lines:
-            if line.startswith(b"data:") and b'"usage"' in line:
-                try:
-                    usage = json.loads(line[5:]).get("usage")
-                except (ValueError, AttributeError):
-                    continue
-                if usage:
-                    self.usage = usage
-
-
-class _Renamer:
-    """Gives a stream's events the model's public name where the runtime used its own (Ollama
-    answers as ``name:tag``). Works on whole lines, so it holds back at most a partial line;
-    SSE events end in a blank line, so nothing waits longer than the event it belongs to."""
-
-    def __init__(self, route: ModelRoute) -> None:
-        self.partial = b""
-        self.pairs = [
-            (
-                f'"model":{sep}{json.dumps(route.upstream_name)}'.encode(),
-                f'"model":{sep}{json.dumps(route.name)}'.encode(),
-            )
-            for sep in ("", " ")
-        ]
-
-    def feed(self, chunk: bytes) -> bytes:
-        data = self.partial + chunk
-        cut = data.rfind(b"\n") + 1
-        self.partial = data[cut:]
-        return self._rename(data[:cut])
-
-    def flush(self) -> bytes:
-        rest, self.partial = self.partial, b""
-        return self._rename(rest)
-
-    def _rename(self, data: bytes) -> bytes:
-        for own, public in self.pairs:
-            data = data.replace(own, public)
-        return data
 
 
 class _Refusal(Exception):
@@ -182,8 +69,11 @@ def _error_body(status: int, kind: str, code: str, message: str) -> bytes:
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, keys: KeyStore, audit: AuditWriter) -> None:
+    def __init__(
+        self, config: GatewayConfig, keys: KeyStore, audit: AuditWriter, guard: ConnectionGuard
+    ) -> None:
         self.config = config
+        self.guard = guard
         self.keys = keys
         self.audit = audit
         self.metrics = Metrics()
@@ -210,6 +100,7 @@ class Gateway:
         call.status = status
         call.response_sha256 = hashlib.sha256(body).hexdigest()
         if not await self._record(call):
+            self.audit.unrecorded()
             status, content_type = 503, "application/json"
             body = _error_body(503, "server_error", "audit_unavailable", _AUDIT_DOWN)
         response = web.Response(
@@ -217,11 +108,15 @@ class Gateway:
             body=body,
             headers={"Content-Type": content_type, "X-Request-Id": call.request_id},
         )
+        if status == 408:
+            response.force_close()  # the rest of that body is never read
         try:
             await response.prepare(request)
             await response.write_eof()
         except (ConnectionError, aiohttp.ClientConnectionResetError):
             LOG.info("call %s: the client left before the answer was sent", call.request_id)
+        if status == 408 and request.transport is not None:
+            request.transport.close()
         return response
 
     async def _refuse(
@@ -242,13 +137,35 @@ class Gateway:
             label, call.status, seconds, call.prompt_tokens, call.completion_tokens
         )
         try:
-            await asyncio.shield(self.audit.write(call.fields(seconds * 1000)))
-        except Exception as error:  # logged by the writer; the gateway refuses from now on
+            await asyncio.shield(self.audit.write(call.fields(seconds * 1000, self.routes)))
+        except Exception as error:  # logged by the writer; calls are refused while it lasts
             self.metrics.audit_failures += 1
             LOG.error("call %s not audited: %s", call.request_id, error)
             return False
         self.metrics.audit_records += 1
         return True
+
+    def record_malformed(
+        self, request: BaseRequest, status: int, reason: str
+    ) -> tuple[str, Future[dict[str, Any]]]:
+        """The record of a request aiohttp's parser refused (no handler runs for it): its
+        request id and the write, which the answer waits for (server.AuditedHandler)."""
+        call = Call(request, _KNOWN_PATHS)
+        call.method = call.path = "-"  # the parser did not get that far, or they are invalid
+        call.status = status
+        call.error = f"malformed_request: {reason}"
+        self.metrics.observe(_NO_MODEL, status, time.perf_counter() - call.started, None, None)
+        future = self.audit.submit(call.fields(0.0, self.routes))
+
+        def written(done: Future[dict[str, Any]]) -> None:
+            if done.exception() is None:
+                self.metrics.audit_records += 1
+            else:
+                self.metrics.audit_failures += 1
+                self.audit.unrecorded()
+
+        future.add_done_callback(written)
+        return call.request_id, future
 
     def _authenticate(self, request: web.Request, call: Call) -> KeyRecord:
         if self.audit.failed is not None:
@@ -274,7 +191,7 @@ class Gateway:
     # -- handlers -------------------------------------------------------------------------------
 
     async def models(self, request: web.Request) -> web.StreamResponse:
-        call = Call(request)
+        call = Call(request, _KNOWN_PATHS)
         try:
             key = self._authenticate(request, call)
             data = [
@@ -296,7 +213,7 @@ class Gateway:
             await self._record(call)
 
     async def unknown(self, request: web.Request) -> web.StreamResponse:
-        call = Call(request)
+        call = Call(request, _KNOWN_PATHS)
         try:
             self._authenticate(request, call)
             if request.path in API_PATHS or request.path == "/v1/models":
@@ -310,11 +227,18 @@ class Gateway:
             await self._record(call)
 
     async def api(self, request: web.Request) -> web.StreamResponse:
-        call = Call(request)
+        call = Call(request, _KNOWN_PATHS)
         try:
             return await self._api(request, call)
         except _Refusal as refusal:
             return await self._refuse(request, call, refusal)
+        except Exception:
+            # A bug of ours still gets an answer and its record, never a bare 500 without one.
+            LOG.exception("call %s failed in the gateway", call.request_id)
+            if call.recorded or call.status:
+                raise
+            failure = _Refusal(500, "internal_error", "the gateway failed on this call")
+            return await self._refuse(request, call, failure)
         finally:
             await self._record(call)
 
@@ -330,15 +254,21 @@ class Gateway:
         if request.content_length is not None and request.content_length > limit:
             raise unauthenticated if key is None else too_large
         try:
-            body = await request.read()
+            body = await asyncio.wait_for(request.read(), self.config.body_timeout_s)
         except web.HTTPRequestEntityTooLarge:
             raise (unauthenticated if key is None else too_large) from None
+        except TimeoutError:
+            self.metrics.slow_clients += 1
+            raise _Refusal(
+                408, "request_timeout", f"the body took over {self.config.body_timeout_s} s"
+            ) from None
         call.prompt_sha256 = hashlib.sha256(body).hexdigest()
+        document: dict[str, Any] | None = None
         try:
-            document = json.loads(body)
-        except ValueError:
-            document = None
-        if isinstance(document, dict):
+            document = parse(body)
+        except BodyError as error:
+            invalid = _Refusal(400, error.code, error.message)
+        if document is not None:
             model = document.get("model")
             call.model = model if isinstance(model, str) else None
             call.stream = document.get("stream") is True
@@ -346,17 +276,21 @@ class Gateway:
         call.digest = route.digest if route else None
         if key is None:
             raise unauthenticated
-        if not isinstance(document, dict):
-            raise _Refusal(400, "invalid_json", "the request body must be a JSON object")
+        if document is None:
+            raise invalid
         if call.model is None:
             raise _Refusal(400, "missing_model", "the request must name a model")
         if route is None:
-            raise _Refusal(404, "model_not_found", f"the model {call.model!r} does not exist")
+            raise _Refusal(
+                404,
+                "model_not_found",
+                f"the model {clean(call.model, MODEL_LIMIT)!r} does not exist",
+            )
         if not key.allows(route.name):
             raise _Refusal(
                 403, "model_not_allowed", f"this key may not use the model {route.name!r}"
             )
-        return await self._forward(request, call, route, document, body)
+        return await self._forward(request, call, route, document)
 
     async def _forward(
         self,
@@ -364,17 +298,11 @@ class Gateway:
         call: Call,
         route: ModelRoute,
         document: dict[str, Any],
-        body: bytes,
     ) -> web.StreamResponse:
-        changed = False
-        if route.upstream_name != route.name:
-            document["model"] = route.upstream_name
-            changed = True
+        document["model"] = route.upstream_name
         if call.stream and "stream_options" not in document and request.path != API_PATHS[2]:
             document["stream_options"] = {"include_usage": True}
-            changed = True
-        if changed:
-            body = json.dumps(document).encode()
+        body = canonical(document)
         try:
             upstream = await self._post(route.backend_base + request.path, body, call.stream)
             async with upstream:
@@ -383,7 +311,7 @@ class Gateway:
                     self.metrics.backend_errors[route.name] += 1
                     call.error = f"backend answered {upstream.status}"
                 if content_type.startswith("text/event-stream"):
-                    renamer = _Renamer(route) if route.upstream_name != route.name else None
+                    renamer = Renamer(route) if route.upstream_name != route.name else None
                     return await self._stream(request, call, upstream, content_type, renamer)
                 answer = await upstream.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
@@ -421,7 +349,7 @@ class Gateway:
         call: Call,
         upstream: aiohttp.ClientResponse,
         content_type: str,
-        renamer: _Renamer | None = None,
+        renamer: Renamer | None = None,
     ) -> web.StreamResponse:
         call.status = upstream.status
         response = web.StreamResponse(
@@ -433,20 +361,15 @@ class Gateway:
             },
         )
         digest = hashlib.sha256()
-        scanner = _UsageScanner()
+        scanner = UsageScanner()
+        holder = DoneHolder()
         await response.prepare(request)
         try:
             async for received in upstream.content.iter_any():
                 chunk = renamer.feed(received) if renamer else received
-                if not chunk:
-                    continue
-                digest.update(chunk)
-                scanner.feed(chunk)
-                await response.write(chunk)
-            if renamer and (rest := renamer.flush()):
-                digest.update(rest)
-                scanner.feed(rest)
-                await response.write(rest)
+                await self._pass_on(response, chunk, digest, scanner, holder)
+            if renamer:
+                await self._pass_on(response, renamer.flush(), digest, scanner, holder)
         except (ConnectionError, aiohttp.ClientConnectionResetError):
             call.error = "client disconnected"
         except (aiohttp.ClientError, TimeoutError) as error:
@@ -454,42 +377,44 @@ class Gateway:
             call.error = f"backend stream broken: {error!r}"
         call.response_sha256 = digest.hexdigest()
         call.take_usage(scanner.usage)
-        # Recorded before the stream's end is sent: a client that saw the whole answer can
-        # find its record.
+        # Recorded before the stream's end ([DONE] included) is sent: a client that saw the
+        # whole answer can find its record.
         recorded = await self._record(call)
-        if call.error is None and recorded:
-            try:
+        if not recorded:
+            self.audit.unrecorded()
+        try:
+            if call.error is None and recorded:
+                await response.write(holder.held)
                 await response.write_eof()
-            except (ConnectionError, aiohttp.ClientConnectionResetError):
-                LOG.info("call %s: the client left before the stream ended", call.request_id)
-        elif request.transport is not None:
+                return response
+            if call.error is None:  # the answer came whole, its record did not: no success
+                event = _error_body(503, "server_error", "audit_unavailable", _AUDIT_DOWN)
+                await response.write(b"data: " + event + b"\n\n")
+                await response.write_eof()
+                return response
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            LOG.info("call %s: the client left before the stream ended", call.request_id)
+        if request.transport is not None:
             request.transport.close()  # no clean end: the client must not take it as whole
         return response
 
+    @staticmethod
+    async def _pass_on(
+        response: web.StreamResponse,
+        chunk: bytes,
+        digest: Any,
+        scanner: UsageScanner,
+        holder: DoneHolder,
+    ) -> None:
+        if not chunk:
+            return
+        digest.update(chunk)
+        scanner.feed(chunk)
+        if ready := holder.feed(chunk):
+            await response.write(ready)
+
     async def health(self, _request: web.Request) -> web.Response:
-        assert self.session is not None
-        session = self.session
-
-        async def probe(route: ModelRoute) -> dict[str, Any]:
-            try:
-                async with session.get(
-                    route.backend_base + route.health_path, timeout=aiohttp.ClientTimeout(total=3)
-                ) as answer:
-                    status = "ok" if answer.status == 200 else "unhealthy"
-                    return {"backend": route.backend_base, "status": status, "http": answer.status}
-            except (aiohttp.ClientError, TimeoutError, OSError) as error:
-                return {"backend": route.backend_base, "status": "down", "error": repr(error)}
-
-        probes = await asyncio.gather(*(probe(m) for m in self.config.models))
-        audit_ok = self.audit.failed is None
-        healthy = audit_ok and all(p["status"] == "ok" for p in probes)
-        document = {
-            "status": "ok" if healthy else "degraded",
-            "audit": "ok" if audit_ok else f"failed: {self.audit.failed}",
-            "keys": len(self.keys),
-            "models": {m.name: p for m, p in zip(self.config.models, probes, strict=True)},
-        }
-        return web.json_response(document, status=200 if healthy else 503)
+        return await health_page(self)
 
     async def metrics_page(self, _request: web.Request) -> web.Response:
-        return web.Response(text=self.metrics.render(), content_type="text/plain; version=0.0.4")
+        return metrics_page(self)

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import AuditError
-from appliance.gateway.audit import HEAD, ZERO_HASH, AuditLog, AuditWriter, record_hash
+from appliance.gateway.audit import HEAD, ZERO_HASH, AuditLog, record_hash
 from appliance.gateway.audit_verify import find_record, last_records, verify_log
+from appliance.gateway.audit_writer import AuditWriter
 
 
 def fields(number: int) -> dict[str, object]:

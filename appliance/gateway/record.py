@@ -1,0 +1,117 @@
+"""What the audit record of one call says, bounded and always serialisable.
+
+Everything a client chooses (the model it names, the path, the key it claims, text quoted in
+an error) reaches the record only through ``clean``: text that is not valid Unicode (a lone
+surrogate from a JSON escape, an undecodable header byte) is kept as its backslash escape, and
+a value longer than its limit is cut, with its length and sha256 so it can still be matched.
+Values the config knows (a configured model, an API path) are stored whole. A record is
+therefore at most a few KiB whatever the request, and its canonical JSON always encodes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp.web_request import BaseRequest
+
+# Characters kept of a value the config does not know; the rest is summarised by its digest.
+MODEL_LIMIT = 128
+PATH_LIMIT = 256
+ERROR_LIMIT = 512
+# Backend-reported token counts above this are not believed (no context is this long).
+MAX_TOKENS = 1 << 32
+
+
+def clean(value: str, limit: int) -> str:
+    """``value`` as text that encodes as UTF-8, at most ``limit`` characters plus a summary."""
+    text = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{text[:limit]}...[{len(value)} chars, sha256:{digest}]"
+
+
+def token_count(value: Any) -> int | None:
+    """A backend's token count as recorded: a plain int within bounds, else None."""
+    if type(value) is not int or not 0 <= value <= MAX_TOKENS:
+        return None
+    return value
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Call:
+    """What the audit record of one call will say."""
+
+    __slots__ = (
+        "client",
+        "completion_tokens",
+        "digest",
+        "error",
+        "key_id",
+        "method",
+        "model",
+        "path",
+        "prompt_sha256",
+        "prompt_tokens",
+        "recorded",
+        "request_id",
+        "response_sha256",
+        "started",
+        "status",
+        "stream",
+        "time",
+    )
+
+    def __init__(self, request: BaseRequest, known_paths: frozenset[str] = frozenset()) -> None:
+        self.started = time.perf_counter()
+        self.time = now_iso()
+        self.request_id = str(uuid.uuid4())
+        self.client = clean(request.remote or "", PATH_LIMIT) or None
+        self.method = clean(request.method, 32)
+        self.path = request.path if request.path in known_paths else clean(request.path, PATH_LIMIT)
+        self.key_id: str | None = None
+        self.model: str | None = None
+        self.digest: str | None = None
+        self.status = 0
+        self.prompt_sha256: str | None = None
+        self.response_sha256: str | None = None
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+        self.stream = False
+        self.error: str | None = None
+        self.recorded = False
+
+    def take_usage(self, usage: Any) -> None:
+        if isinstance(usage, dict):
+            self.prompt_tokens = token_count(usage.get("prompt_tokens"))
+            self.completion_tokens = token_count(usage.get("completion_tokens"))
+
+    def fields(self, latency_ms: float, known_models: dict[str, Any]) -> dict[str, Any]:
+        model = self.model
+        if model is not None and model not in known_models:
+            model = clean(model, MODEL_LIMIT)
+        return {
+            "time": self.time,
+            "request_id": self.request_id,
+            "key_id": self.key_id,
+            "client": self.client,
+            "method": self.method,
+            "path": self.path,
+            "model": model,
+            "model_digest": self.digest,
+            "status": self.status,
+            "prompt_sha256": self.prompt_sha256,
+            "response_sha256": self.response_sha256,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "latency_ms": round(latency_ms, 3),
+            "stream": self.stream,
+            "error": None if self.error is None else clean(self.error, ERROR_LIMIT),
+        }

@@ -1,0 +1,68 @@
+"""``/health`` and ``/metrics``: what the gateway, its backends, its audit log and its
+connections are doing now. Neither is audited (they carry no call)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+
+from appliance.gateway.config import ModelRoute
+
+if TYPE_CHECKING:
+    from appliance.gateway.proxy import Gateway
+
+
+async def health_page(self: Gateway) -> web.Response:
+    assert self.session is not None
+    session = self.session
+
+    async def probe(route: ModelRoute) -> dict[str, Any]:
+        try:
+            async with session.get(
+                route.backend_base + route.health_path, timeout=aiohttp.ClientTimeout(total=3)
+            ) as answer:
+                status = "ok" if answer.status == 200 else "unhealthy"
+                return {"backend": route.backend_base, "status": status, "http": answer.status}
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            return {"backend": route.backend_base, "status": "down", "error": repr(error)}
+
+    probes = await asyncio.gather(*(probe(m) for m in self.config.models))
+    audit_ok = self.audit.failed is None
+    healthy = audit_ok and all(p["status"] == "ok" for p in probes)
+    audit = self.audit
+    document = {
+        "status": "ok" if healthy else "degraded",
+        "audit": "ok" if audit_ok else f"failed since {audit.failed_since}: {audit.failed}",
+        "audit_disk": {
+            "free_bytes": audit.disk_free,
+            "low": audit.disk_low,
+            "alarm_below_bytes": audit.min_free_bytes,
+        },
+        "connections": {"open": self.guard.open, "limit": self.guard.limit},
+        "keys": len(self.keys),
+        "models": {m.name: p for m, p in zip(self.config.models, probes, strict=True)},
+    }
+    return web.json_response(document, status=200 if healthy else 503)
+
+
+def metrics_page(self: Gateway) -> web.Response:
+    audit, guard = self.audit, self.guard
+    gauges = [
+        ("audit_up", "1 while the audit log can be written (calls are served).", "gauge",
+         int(audit.failed is None)),
+        ("audit_outages_total", "Times the audit log could not be written.", "counter",
+         audit.outages),
+        ("audit_disk_free_bytes", "Free bytes on the audit filesystem.", "gauge",
+         audit.disk_free if audit.disk_free is not None else -1),
+        ("audit_disk_low", "1 while the audit filesystem is below its free-space alarm.",
+         "gauge", int(audit.disk_low)),
+        ("connections_open", "Client connections open now.", "gauge", guard.open),
+        ("connections_refused_total", "Connections closed at once: over the limit.",
+         "counter", guard.refused),
+        ("slow_clients_total", "Connections cut for sending headers or body too slowly.",
+         "counter", guard.cut + self.metrics.slow_clients),
+    ]  # fmt: skip
+    return web.Response(text=self.metrics.render(gauges), content_type="text/plain; version=0.0.4")

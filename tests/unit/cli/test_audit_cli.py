@@ -1,0 +1,53 @@
+"""``appliance audit ship`` and ``audit verify`` on a shipped and pruned log: exact output and
+exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from appliance.gateway.audit import AuditLog
+from appliance.gateway.audit_retention import prune, rotated
+from tests.fixtures.cli import run_cli
+
+
+def fill(directory: Path, start: int, count: int) -> None:
+    log = AuditLog(directory, max_bytes=4096)
+    log.open()
+    for number in range(start, start + count):
+        log.append({"request_id": f"req-{number}", "status": 200, "pad": "x" * 100})
+    log.close()
+
+
+def test_ship_then_verify_the_pruned_log(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    audit, target = tmp_path / "audit", tmp_path / "shipped"
+    fill(audit, 0, 60)
+    files = len(rotated(audit))
+    code, out, err = run_cli(capsys, "audit", "ship", "--dir", str(audit), "--to", str(target))
+    last = json.loads((audit / "audit.shipped").read_text())["seq"]
+    assert (code, err) == (0, "")
+    assert out == f"{audit}: {files} file(s) copied to {target}, shipped through seq {last}\n"
+    # Nothing new: nothing copied, the mark stays.
+    code, out, _ = run_cli(
+        capsys, "--json", "audit", "ship", "--dir", str(audit), "--to", str(target)
+    )
+    assert (code, json.loads(out)["shipped"], json.loads(out)["seq"]) == (0, 0, last)
+    fill(audit, 60, 10)
+    assert prune(audit, keep_rotated_bytes=0) == files
+    code, out, err = run_cli(capsys, "audit", "verify", "--dir", str(audit))
+    assert (code, err) == (0, "")
+    assert out.splitlines()[-1] == f"records through seq {last} were shipped and removed here"
+    code, out, _ = run_cli(capsys, "--json", "audit", "verify", "--dir", str(target))
+    assert (code, json.loads(out)["last_seq"], json.loads(out)["pruned_through"]) == (0, last, None)
+
+
+def test_ship_with_nothing_rotated(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    fill(tmp_path / "audit", 0, 2)
+    code, out, _ = run_cli(
+        capsys, "audit", "ship", "--dir", str(tmp_path / "audit"), "--to", str(tmp_path / "t")
+    )
+    assert (code, out) == (0, f"{tmp_path / 'audit'}: 0 file(s) copied to {tmp_path / 't'}\n")

@@ -97,7 +97,9 @@ def play(
 def vllm_args(host: Host, model: str) -> str:
     env = host.run("cat", f"/etc/appliance/vllm/{model}.env")
     assert env.returncode == 0, env.stderr
-    return next(line for line in env.stdout.splitlines() if line.startswith("VLLM_ARGS="))
+    # The role names its own variables APPLIANCE_VLLM_* (VLLM_* is vLLM's namespace).
+    line = next(ln for ln in env.stdout.splitlines() if ln.startswith("APPLIANCE_VLLM_ARGS="))
+    return line.removeprefix("APPLIANCE_")
 
 
 def test_a_model_too_big_for_one_h200_is_refused_before_anything_changes(

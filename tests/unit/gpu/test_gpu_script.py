@@ -8,28 +8,33 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
+from tests.fixtures.gpu_nodes import h200_node_xml
 from tests.fixtures.hosts import ROOT
 
 STANDIN = ROOT / "tests" / "fixtures" / "gpu" / "nvidia-smi"
 
 
-@pytest.fixture(scope="module")
-def report() -> tuple[int, dict[str, tuple[str, str]]]:
-    python = shutil.which("python3", path="/usr/bin:/bin")
-    if python is None:
+def run_script(**env: str) -> tuple[int, dict[str, tuple[str, str]]]:
+    """run.sh --json with only /usr/bin:/bin on the path: its exit status and checks by name."""
+    if shutil.which("python3", path="/usr/bin:/bin") is None:
         pytest.skip("no system python3")
     done = subprocess.run(
         [str(ROOT / "tests" / "gpu" / "run.sh"), "--json"],
-        env={"PATH": "/usr/bin:/bin", "NVIDIA_SMI": str(STANDIN)},
+        env={"PATH": "/usr/bin:/bin", "NVIDIA_SMI": str(STANDIN), **env},
         capture_output=True, text=True, check=False, cwd="/",
     )  # fmt: skip
     assert done.stdout, done.stderr
-    return done.returncode, {
-        c["check"]: (c["state"], c["evidence"]) for c in json.loads(done.stdout)
-    }
+    checks = json.loads(done.stdout)
+    return done.returncode, {c["check"]: (c["state"], c["evidence"]) for c in checks}
+
+
+@pytest.fixture(scope="module")
+def report() -> tuple[int, dict[str, tuple[str, str]]]:
+    return run_script()
 
 
 def test_the_facts_are_read_through_the_gpu_facts_parser(report: tuple[int, dict]) -> None:
@@ -73,3 +78,20 @@ def test_no_gpu_here_fails_the_device_and_cuda_checks_and_the_exit_status(
     ]
     assert cuda[0] == "FAIL"
     assert "libcuda.so.1" in cuda[1]
+
+
+def test_on_a_doctored_8_gpu_node_two_models_get_disjoint_gpus(tmp_path: Path) -> None:
+    xml = tmp_path / "nvidia-smi-q.xml"
+    xml.write_text(h200_node_xml([7, 6, 5, 4, 3, 2, 1, 0]))
+    _, checks = run_script(NVIDIA_SMI_GPUS="8", NVIDIA_SMI_XML=str(xml))
+    assert checks["facts: the XML agrees with the --query-gpu answer preflight reads"][0] == "PASS"
+    two = "vllm: llama-8b + qwen-7b on 8x NVIDIA H200 (139.8 GiB each as CUDA counts): "
+    assert checks[two + "llama-8b settings"][1].endswith(
+        "CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=0; "
+        "DeviceAllow=/dev/nvidiactl,/dev/nvidia-uvm,/dev/nvidia-uvm-tools,/dev/nvidia7"
+    )
+    assert checks[two + "qwen-7b settings"][1].endswith(
+        "CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=1; "
+        "DeviceAllow=/dev/nvidiactl,/dev/nvidia-uvm,/dev/nvidia-uvm-tools,/dev/nvidia6"
+    )
+    assert "--gpu-memory-utilization 0.9 " in checks[two + "qwen-7b settings"][1]

@@ -22,7 +22,13 @@ from typing import Any
 import pytest
 
 from tests.fixtures.gpu_bundles import DRIVER_VERSION, KERNEL_ABI, driver_bundle
-from tests.fixtures.gpu_hosts import h200_pci_devices, write_sysfs
+from tests.fixtures.gpu_hosts import (
+    GPU_FIXTURES,
+    H200,
+    h200_pci_devices,
+    h200_proc_version,
+    write_sysfs,
+)
 from tests.fixtures.hosts import Host, start_host
 from tests.fixtures.roles import converge
 
@@ -127,6 +133,35 @@ def test_an_h200_is_refused_by_debians_535_branch(
         assert host.run("dpkg-query", "-W", "nvidia-kernel-dkms").returncode != 0
     finally:
         host.remove()
+
+
+def test_a_host_running_another_driver_gets_a_plan_not_a_replacement(
+    host: Host, bundle: Path, tmp_path: Path
+) -> None:
+    """The host answers as the captured machine does (driver 580.159.04 loaded, nvidia-smi's
+    report): the bundle's 535.261.03 is refused with what replacing would do."""
+    (tmp_path / "version").write_text(h200_proc_version())
+    for source, target in (
+        (GPU_FIXTURES / "nvidia-smi", "/usr/local/bin/nvidia-smi"),
+        (H200 / "nvidia-smi-q.xml", "/srv/nvidia-smi-q.xml"),
+        (tmp_path / "version", "/srv/nvidia-version"),
+    ):
+        subprocess.run(["docker", "cp", str(source), f"{host.name}:{target}"], check=True)
+    host.run("sh", "-c", "echo XML=/srv/nvidia-smi-q.xml > /etc/nvidia-smi-standin")
+    done = play(
+        tmp_path / "play", host, bundle, gpu_facts_driver_version_file="/srv/nvidia-version"
+    )
+    text = " ".join(done.stdout.split())
+    assert done.returncode != 0
+    assert (
+        f"depot-1 runs NVIDIA driver 580.159.04. The bundle carries {DRIVER_VERSION}. Replacing it "
+        "would: stop the runtimes; install "
+    ) in text, done.stdout[-3000:]
+    assert (
+        "To do it, run the install again with nvidia_driver_replace set to true "
+        "(appliance install --replace-driver)."
+    ) in text
+    assert host.run("test", "-e", "/etc/apt/preferences.d/appliance-nvidia.pref").returncode != 0
 
 
 def test_missing_headers_for_the_running_kernel_are_named(

@@ -13,6 +13,8 @@ report:
   Qwen 2.5 7B beside it, sized from their published tensor lists): tensor parallel size, memory
   share, ``CUDA_VISIBLE_DEVICES`` and the device nodes of the unit's ``DeviceAllow=``, each node
   checked against the driver's minor number;
+- verify: ``appliance verify``'s own GPU checks (appliance.gpu.checks) on these facts, the
+  driver's daemons and the rendered units' device settings;
 - cuda: with exactly that environment, the CUDA driver (libcuda, through ctypes) sees the GPUs
   placed, at the PCI bus ids the facts name; and where systemd runs, the same inside a transient
   unit confined to the rendered ``DeviceAllow=`` list.
@@ -41,6 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from appliance.gpu.checks import judge_gpus  # noqa: E402
 from appliance.sizing.judge import judge_host  # noqa: E402
 from appliance.sizing.model import model_facts, model_files  # noqa: E402
 from appliance.sizing.placement import unit_access  # noqa: E402
@@ -226,6 +229,32 @@ def check_vllm(report: Report, facts: dict[str, Any], smi: str) -> list[dict[str
     return accesses
 
 
+def check_verify(report: Report, facts: dict[str, Any], accesses: list[dict[str, Any]]) -> None:
+    """verify's GPU checks, judged on this machine's facts and the units runtime_vllm renders."""
+
+    def state(unit: str) -> str:
+        rc, out, _ = run(["systemctl", "is-active", unit])
+        return out.strip() or ("unknown" if rc == 127 else "inactive")
+
+    units = [
+        {
+            "unit": f"appliance-vllm@{a['model']}.service (rendered for {' + '.join(a['models'])})",
+            "device_policy": "closed",
+            "device_allow": [f"{d} rw" for d in a["devices"]],
+            "environment": a["environment"],
+        }
+        for a in accesses
+    ]
+    evidence = {
+        "facts": facts,
+        "persistenced": state("nvidia-persistenced.service"),
+        "fabricmanager": state("nvidia-fabricmanager.service"),
+        "units": units,
+    }
+    for name, passed, seen in judge_gpus(evidence, None):
+        report.add(passed, f"verify: {name}", seen)
+
+
 def _probe(rc: int, out: str, err: str, bus_id: Any) -> dict[str, Any]:
     try:
         seen: dict[str, Any] = json.loads(out) if rc == 0 else {"error": (err or out).strip()}
@@ -281,6 +310,7 @@ def main(argv: list[str]) -> int:
     if facts is not None:
         check_host(report, facts)
         accesses = check_vllm(report, facts, smi)
+        check_verify(report, facts, accesses)
         check_cuda(report, facts, accesses)
     if args.json:
         print(json.dumps([{"state": s, "check": n, "evidence": e} for s, n, e in report.lines]))

@@ -95,3 +95,19 @@ def test_on_a_doctored_8_gpu_node_two_models_get_disjoint_gpus(tmp_path: Path) -
         "DeviceAllow=/dev/nvidiactl,/dev/nvidia-uvm,/dev/nvidia-uvm-tools,/dev/nvidia6"
     )
     assert "--gpu-memory-utilization 0.9 " in checks[two + "qwen-7b settings"][1]
+
+
+def test_verifys_gpu_checks_accept_the_units_runtime_vllm_renders(tmp_path: Path) -> None:
+    xml = tmp_path / "nvidia-smi-q.xml"
+    xml.write_text(h200_node_xml([7, 6, 5, 4, 3, 2, 1, 0]))
+    _, checks = run_script(NVIDIA_SMI_GPUS="8", NVIDIA_SMI_XML=str(xml))
+    units = {name: result for name, result in checks.items() if name.startswith("verify: runtime")}
+    assert len(units) == 3  # llama-8b alone, then llama-8b and qwen-7b side by side
+    assert {state for state, _ in units.values()} == {"PASS"}
+    qwen = "verify: runtime appliance-vllm@qwen-7b.service (rendered for llama-8b + qwen-7b): "
+    assert checks[qwen + "sees its GPUs and only those"][1] == (
+        "CUDA_VISIBLE_DEVICES=1, DevicePolicy=closed, "
+        "DeviceAllow=/dev/nvidiactl /dev/nvidia-uvm /dev/nvidia-uvm-tools /dev/nvidia6"
+    )
+    # No driver module here: verify's driver check fails, as it must.
+    assert checks["verify: GPU driver loaded at the bundle version"][0] == "FAIL"

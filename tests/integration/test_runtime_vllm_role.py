@@ -228,9 +228,11 @@ def test_vllm_runs_unprivileged_confined_and_without_devices(served: Host) -> No
 
     cap = open_files("1")[1]
     assert open_files(pid.strip()) == [min(65536, cap), min(65536, cap)]
-    # PrivateDevices on CPU: only the pseudo devices, no GPU or disk (its /dev, seen through
-    # /proc/<pid>/root).
-    devices = run("ls", f"/proc/{pid.strip()}/root/dev").stdout.split()
+    # PrivateDevices on CPU: only the pseudo devices, no GPU or disk. Its /dev, seen through
+    # /proc/<pid>/root: as its own user (root here lacks CAP_SYS_PTRACE to look inside).
+    seen = run("runuser", "-u", "appliance-vllm", "--", "ls", f"/proc/{pid.strip()}/root/dev")
+    assert seen.returncode == 0, seen.stderr
+    devices = seen.stdout.split()
     assert "null" in devices
     assert not [d for d in devices if d.startswith(("nvidia", "sd", "vd"))]
 

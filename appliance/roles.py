@@ -45,21 +45,36 @@ def role_packages(role: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def play_roles(stack: Mapping[str, Any], serves_models: bool) -> tuple[str, ...]:
-    """The roles ``site.yml`` runs somewhere for this stack, including those they include."""
+# On GPU nodes, when the bundle carries an NVIDIA driver (the spec's nvidia section), before
+# the runtimes; the container toolkit only when the bundle carries it too.
+GPU_ROLES = ("gpu_facts", "nvidia_driver")
+TOOLKIT_ROLE = "nvidia_container_toolkit"
+
+
+def play_roles(
+    stack: Mapping[str, Any], serves_models: bool, gpu: bool = False, toolkit: bool = False
+) -> tuple[str, ...]:
+    """The roles ``site.yml`` runs somewhere for this stack, including those they include.
+
+    ``gpu``: the bundle carries an NVIDIA driver; ``toolkit``: and NVIDIA's container toolkit.
+    """
     roles = list(BASE_ROLES)
     if stack.get("object_store", "filesystem") != "filesystem":
         # The store's TLS comes from the site CA, which the object_store role includes.
         roles += ["site_ca", "object_store"]
+    if gpu:
+        roles += [*GPU_ROLES, *([TOOLKIT_ROLE] if toolkit else [])]
     if serves_models:
         roles += ["artifacts", f"runtime_{stack.get('runtime', 'llamacpp')}", "gateway"]
     return tuple(roles)
 
 
-def required_packages(stack: Mapping[str, Any], serves_models: bool) -> dict[str, list[str]]:
+def required_packages(
+    stack: Mapping[str, Any], serves_models: bool, gpu: bool = False, toolkit: bool = False
+) -> dict[str, list[str]]:
     """Each OS package the play installs, with the roles that need it (in play order)."""
     needed: dict[str, list[str]] = {}
-    for role in play_roles(stack, serves_models):
+    for role in play_roles(stack, serves_models, gpu, toolkit):
         for package in role_packages(role):
             needed.setdefault(package, []).append(role)
     return needed

@@ -75,6 +75,18 @@ class _LiveView:
     multiple=True,
     help="An IPv4 network inside the boundary (repeat); all other egress is dropped.",
 )
+@click.option(
+    "--allow-reboot",
+    is_flag=True,
+    help="Let the install reboot GPU nodes (never this machine) when the NVIDIA driver needs it; "
+    "without it the install stops and says which hosts to reboot.",
+)
+@click.option(
+    "--replace-driver",
+    is_flag=True,
+    help="Replace another NVIDIA driver version found on a GPU node (otherwise refused with the "
+    "plan of what would change).",
+)
 @click.pass_obj
 def install_command(
     output: Output,
@@ -84,6 +96,8 @@ def install_command(
     root: Path,
     work_dir: Path | None,
     internal_cidrs: tuple[str, ...],
+    allow_reboot: bool,
+    replace_driver: bool,
 ) -> None:
     """Install a verified bundle onto the hosts of an isolated network.
 
@@ -93,7 +107,8 @@ def install_command(
     when it is another), then runs the bundle's own
     playbooks through ansible-runner: preflight, the bundle's repository as
     the only package source, an nftables firewall that drops egress, the OS
-    packages, the models with the stack's runtime, and the audited gateway.
+    packages, the NVIDIA driver on GPU nodes when the bundle carries one, the
+    models with the stack's runtime, and the audited gateway.
     The first install creates the gateway's 'operator' API key and prints it
     once. Each run is kept under ROOT/runs/. Safe to re-run.
 
@@ -109,6 +124,8 @@ def install_command(
         root=root,
         internal_cidrs=internal_cidrs,
         work_dir=work_dir,
+        allow_reboot=allow_reboot,
+        replace_driver=replace_driver,
     )
     view = _LiveView(output) if not output.json_mode else lambda _event: None
     with progress_for(output) as progress:

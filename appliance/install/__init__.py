@@ -39,6 +39,10 @@ class InstallOptions:
     # This machine's own state when the depot is another machine: the verified copy, the
     # Ansible content and run records. A local depot keeps them under ``root``.
     work_dir: Path | None = None
+    # GPU nodes: reboot them when the driver needs it (never the controller); replace another
+    # installed driver version instead of refusing with a plan.
+    allow_reboot: bool = False
+    replace_driver: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,7 +156,14 @@ def plan_topology(inventory: Inventory, manifest: Manifest) -> Topology:
         host_vars=inventory.host_vars,
         stack=manifest.stack,
         models=manifest.models(),
+        nvidia=_nvidia(manifest),
     )
+
+
+def _nvidia(manifest: Manifest) -> dict[str, Any] | None:
+    """The manifest's NVIDIA section as plain data (None: the bundle carries no driver)."""
+    section = getattr(manifest, "nvidia", None)  # manifests before issue 11 have none
+    return None if section is None else dict(section.model_dump(mode="json"))
 
 
 def _take_new_key(root: Path, name: str) -> str | None:
@@ -196,6 +207,11 @@ def _extravars(
     }
     if options.internal_cidrs:
         variables["appliance_internal_cidrs"] = list(options.internal_cidrs)
+    nvidia = _nvidia(manifest)
+    if nvidia is not None:
+        variables["appliance_nvidia"] = nvidia
+        variables["appliance_allow_reboot"] = options.allow_reboot
+        variables["nvidia_driver_replace"] = options.replace_driver
     return variables
 
 

@@ -29,7 +29,13 @@ def check_can_install(manifest: Manifest) -> None:
             hint="build the bundle from a spec with the MinIO server under files: (see "
             "examples/production.yaml); nothing was changed",
         )
-    needed = required_packages(manifest.stack, bool(manifest.models()))
+    nvidia = getattr(manifest, "nvidia", None)  # the NVIDIA section (issue 11's manifests)
+    needed = required_packages(
+        manifest.stack,
+        bool(manifest.models()),
+        gpu=nvidia is not None,
+        toolkit=bool(nvidia is not None and nvidia.container_toolkit),
+    )
     if not needed:
         return
     held = {c.name.partition(":")[0] for c in manifest.components if c.kind == "deb"}

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from appliance.errors import InventoryError
-from appliance.roles import BASE_ROLES, role_defaults
+from appliance.roles import BASE_ROLES, GPU_ROLES, TOOLKIT_ROLE, role_defaults
 
 # The model formats each runtime serves, as Manifest.models() reports them. vLLM serves a
 # Hugging Face checkpoint directory: any model that is neither a GGUF file nor an Ollama layout
@@ -110,8 +110,13 @@ def plan(
     host_vars: Mapping[str, Mapping[str, Any]],
     stack: Mapping[str, Any],
     models: Sequence[Mapping[str, Any]],
+    nvidia: Mapping[str, Any] | None = None,
 ) -> Topology:
     """The topology for ``hosts`` (the inventory's), ``stack`` and ``models`` (the manifest's).
+
+    ``nvidia`` is the manifest's NVIDIA section (None: the bundle carries no driver, and no host
+    gets the GPU roles): every GPU node then installs the driver, and NVIDIA's container toolkit
+    when the bundle carries it, before its runtime.
 
     Raises ``InventoryError`` naming the host and variable when the inventory asks for
     something that cannot work (a model no node can serve, a port clash, a gateway that the
@@ -180,6 +185,8 @@ def plan(
         roles = list(BASE_ROLES)
         if store is not None and host == store.host:
             roles += ["object_store"]
+        if nvidia is not None and host in gpu_nodes:
+            roles += [*GPU_ROLES, *([TOOLKIT_ROLE] if nvidia.get("container_toolkit") else [])]
         if runtime is not None:
             roles += [f"runtime_{runtime.kind}"]
         if host == gateway_host:

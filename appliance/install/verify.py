@@ -12,6 +12,7 @@ from typing import Any
 
 from appliance.bundle.inspect import read_manifest
 from appliance.errors import InstallError, Problem, VerifyFailedError
+from appliance.gpu.checks import judge_gpus, unit_from_show
 from appliance.install import new_run_dir, runner_env
 from appliance.install.inventory import load_inventory, single_box
 from appliance.install.verify_models import (
@@ -53,6 +54,7 @@ def verify(
     # The installed release serves models: runtimes and the gateway must be there too.
     expect_inference = any(c.kind == "model" for c in manifest.components)
     allowed = Allowed.of(manifest.models())
+    driver_version = _driver_version(manifest)
     run_dir = new_run_dir(options.root)
     evidence_dir = run_dir / "evidence"
     evidence_dir.mkdir(mode=0o700)
@@ -81,7 +83,9 @@ def verify(
             failure = next((f.message for f in result.failures if f.host == host), "no evidence")
             checks.append(Check(host, "evidence gathered", False, failure))
             continue
-        checks.extend(judge(json.loads(path.read_text()), expect_inference, allowed))
+        checks.extend(
+            judge(json.loads(path.read_text()), expect_inference, allowed, driver_version)
+        )
     if expect_inference and not any(c.name.startswith("gateway ") for c in checks):
         checks.append(
             Check("all", "gateway running", False, "no host has the gateway's configuration")
@@ -91,11 +95,20 @@ def verify(
     return checks, report
 
 
+def _driver_version(manifest: Any) -> str | None:
+    """The NVIDIA driver version the bundle carries (its manifest's nvidia section), if any."""
+    nvidia = getattr(manifest, "nvidia", None)
+    return str(nvidia.driver.version) if nvidia is not None else None
+
+
 def judge(
-    evidence: dict[str, Any], expect_inference: bool = False, allowed: Allowed | None = None
+    evidence: dict[str, Any],
+    expect_inference: bool = False,
+    allowed: Allowed | None = None,
+    driver_version: str | None = None,
 ) -> list[Check]:
     """Every check of one host's evidence; ``allowed``: the models the manifests name (None:
-    the model checks are not judged)."""
+    the model checks are not judged); ``driver_version``: the NVIDIA driver the bundle carries."""
     host = evidence["host"]
     checks = []
     for probe in evidence["egress"]:
@@ -143,6 +156,14 @@ def judge(
     checks.extend(judge_store(host, evidence.get("store")))
     if allowed is not None:
         checks.extend(judge_served(host, evidence.get("served_models") or [], allowed))
+    gpu = evidence.get("gpu")
+    # A GPU node of a bundle that carries a driver, or one whose driver is loaded anyway.
+    if gpu and (
+        driver_version or ((gpu.get("facts") or {}).get("kernel_module") or {}).get("loaded")
+    ):
+        units = [unit_from_show(str(name), str(text)) for name, text in gpu.get("units") or []]
+        for name, passed, seen in judge_gpus({**gpu, "units": units}, driver_version):
+            checks.append(Check(host, name, passed, seen))
     if evidence.get("gateway"):
         checks.extend(_judge_gateway(host, evidence["gateway"]))
         if allowed is not None:

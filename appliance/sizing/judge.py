@@ -4,8 +4,10 @@ GPUs nvidia-smi reports there, and with which vLLM settings.
 The installer sizes each model from the staged bundle (``host_sizing``, built by
 ``appliance.install.sizing``); preflight reads the GPUs on the host and passes nvidia-smi's
 answer here (through the role's ``appliance_gpu_fit`` filter). Settings the inventory gives
-(``explicit``) are kept as given and judged as such. Models that share a node share its GPUs:
-each gets an equal part of the memory unless the inventory sets the utilisation.
+(``explicit``) are kept as given and judged as such. Models on one node run side by side, each
+on GPUs of its own (``appliance.sizing.placement``), when their tensor-parallel sizes add up to
+no more than the node has; else they share its first GPUs, each with an equal part of the
+memory unless the inventory sets the utilisation.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from appliance.sizing.gpus import GIB, GpuSet, parse_nvidia_smi, size_text
 from appliance.sizing.model import ModelFacts
+from appliance.sizing.placement import disjoint, shared
 from appliance.sizing.vllm import (
     DEFAULT_UTILIZATION,
     MIN_CONTEXT,
@@ -27,16 +30,40 @@ from appliance.sizing.vllm import (
 
 
 def judge_host(host_sizing: dict[str, Any], nvidia_smi: str) -> dict[str, Any]:
-    """``{"ok", "message", "gpus", "settings": {model: vLLM settings}}`` for one host."""
+    """``{"ok", "message", "gpus", "settings": {model: vLLM settings}, "placement": {model:
+    {"gpus": [nvidia-smi indices]}}}`` for one host."""
     sets = parse_nvidia_smi(nvidia_smi)
     # Tensor parallelism spans every GPU of the node; the smallest one bounds each share.
     smallest = min(sets, key=lambda s: s.gpu.cuda_bytes).gpu
     gpus = GpuSet(smallest, sum(s.count for s in sets))
     models = [ModelFacts.from_dict(m) for m in host_sizing.get("models", [])]
     explicit: dict[str, Any] = host_sizing.get("explicit", {})
-    share = float(
-        explicit.get("gpu_memory_utilization") or DEFAULT_UTILIZATION / max(len(models), 1)
-    )
+    # Side by side first: each model sized as if alone, on GPUs of its own when they add up.
+    alone = float(explicit.get("gpu_memory_utilization") or DEFAULT_UTILIZATION)
+    settings, refusals = _size(models, gpus, explicit, alone)
+    placed = None
+    if not refusals:
+        placed = disjoint({n: s["tensor_parallel_size"] for n, s in settings.items()}, gpus.count)
+    if placed is None:
+        share = float(
+            explicit.get("gpu_memory_utilization") or DEFAULT_UTILIZATION / max(len(models), 1)
+        )
+        settings, refusals = _size(models, gpus, explicit, share)
+        placed = shared({n: s["tensor_parallel_size"] for n, s in settings.items()})
+    label = f"{gpus.label} ({gpus.gpu.cuda_bytes / GIB:.1f} GiB each as CUDA counts)"
+    return {
+        "ok": not refusals,
+        "message": " ".join(refusals) or f"every model fits {label}",
+        "gpus": label,
+        "settings": settings,
+        "placement": {name: {"gpus": indices} for name, indices in placed.items()},
+    }
+
+
+def _size(
+    models: list[ModelFacts], gpus: GpuSet, explicit: dict[str, Any], share: float
+) -> tuple[dict[str, Any], list[str]]:
+    """Each model's vLLM settings at ``share`` of each GPU's memory, and the refusals."""
     settings: dict[str, Any] = {}
     refusals = []
     for model in models:
@@ -55,13 +82,7 @@ def judge_host(host_sizing: dict[str, Any], nvidia_smi: str) -> dict[str, Any]:
             refusals.append(_refusal(model, gpus, wanted, estimates, minimum, explicit))
         else:
             settings[model.name] = chosen.settings()
-    label = f"{gpus.label} ({gpus.gpu.cuda_bytes / GIB:.1f} GiB each as CUDA counts)"
-    return {
-        "ok": not refusals,
-        "message": " ".join(refusals) or f"every model fits {label}",
-        "gpus": label,
-        "settings": settings,
-    }
+    return settings, refusals
 
 
 def _refusal(

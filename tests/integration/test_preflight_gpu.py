@@ -19,6 +19,7 @@ import pytest
 
 from appliance.sizing.model import model_facts, model_files
 from tests.fixtures import model_configs as published
+from tests.fixtures.gpu_nodes import h200_node_xml
 from tests.fixtures.hosts import Host, start_host
 from tests.fixtures.model_files import compressed_fp8, dense, write_checkpoint
 from tests.fixtures.roles import converge, single_box_topology
@@ -42,6 +43,18 @@ SITE = """\
         name: runtime_vllm
         tasks_from: configure
 """
+
+
+# runtime_vllm's own preflight (which reads the GPU facts again, after the driver role) before
+# its configure step.
+GPU_SITE = SITE.replace(
+    "    - name: Write the unit and each model's settings\n",
+    "    - name: Choose the models and read the GPUs\n"
+    "      ansible.builtin.include_role:\n"
+    "        name: runtime_vllm\n"
+    "        tasks_from: preflight\n\n"
+    "    - name: Write the unit and each model's settings\n",
+)
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +84,13 @@ def host(test_image: str) -> Iterator[Host]:
 
 
 def play(
-    root: Path, host: Host, sizing: dict[str, Any], **extra: Any
+    root: Path, host: Host, sizing: dict[str, Any], site: str = SITE, **extra: Any
 ) -> subprocess.CompletedProcess[str]:
-    """preflight then runtime_vllm's configure step, with what install would pass."""
+    """preflight then runtime_vllm's configure step (or ``site``), with what install would pass."""
     root.mkdir(parents=True, exist_ok=True)
+    # Only the names of the files matter here (runtime_vllm's preflight looks for config.json).
     served = [{"name": m["name"], "format": "safetensors", "digest": "sha256:" + "0" * 64,
-               "files": []} for m in sizing["models"]]  # fmt: skip
+               "files": [{"name": "config.json"}]} for m in sizing["models"]]  # fmt: skip
     topology = single_box_topology("vllm", served)
     extravars = {
         "appliance_topology": topology,
@@ -90,14 +104,16 @@ def play(
         **extra,
     }
     (root / "extravars.json").write_text(json.dumps(extravars))
-    (root / "site.yml").write_text(SITE)
+    (root / "site.yml").write_text(site)
     return converge(root, host.name)
 
 
 def vllm_args(host: Host, model: str) -> str:
     env = host.run("cat", f"/etc/appliance/vllm/{model}.env")
     assert env.returncode == 0, env.stderr
-    return next(line for line in env.stdout.splitlines() if line.startswith("VLLM_ARGS="))
+    # The role names its own variables APPLIANCE_VLLM_* (VLLM_* is vLLM's namespace).
+    line = next(ln for ln in env.stdout.splitlines() if ln.startswith("APPLIANCE_VLLM_ARGS="))
+    return line.removeprefix("APPLIANCE_")
 
 
 def test_a_model_too_big_for_one_h200_is_refused_before_anything_changes(
@@ -172,3 +188,57 @@ def test_the_inventorys_settings_win_and_older_drivers_are_read_too(
         "VLLM_ARGS=--tensor-parallel-size 1 --dtype auto --gpu-memory-utilization 0.9 "
         "--max-model-len 2048 --kv-cache-dtype fp8"
     )
+
+
+def test_two_models_on_an_8_gpu_node_each_open_only_their_own_gpus(
+    tmp_path: Path, host: Host, models: dict[str, dict[str, Any]]
+) -> None:
+    # The stand-in answers as 8 H200s (-q -x: the real report, doctored to 8 GPUs whose minor
+    # numbers run backwards); the nvidia_driver role's drop-in on the template unit is there,
+    # and a drop-in of a model no longer served.
+    xml = tmp_path / "nvidia-smi-q.xml"
+    xml.write_text(h200_node_xml([7, 6, 5, 4, 3, 2, 1, 0]))
+    subprocess.run(["docker", "cp", str(xml), f"{host.name}:/srv/nvidia-smi-q.xml"], check=True)
+    template_drop_in = "/etc/systemd/system/appliance-vllm@.service.d/10-nvidia.conf"
+    stale = "/etc/systemd/system/appliance-vllm@gone.service.d"
+    setup = (
+        "printf 'GPUS=8\\nXML=/srv/nvidia-smi-q.xml\\n' > /etc/nvidia-smi-standin && "
+        f"mkdir -p {stale} $(dirname {template_drop_in}) && touch {stale}/gpus.conf "
+        f"{template_drop_in}"
+    )
+    assert host.run("sh", "-c", setup).returncode == 0
+    try:
+        sizing = {"models": [models["llama-70b"], models["llama-8b"]], "explicit": {}}
+        run = play(tmp_path / "play", host, sizing, site=GPU_SITE)
+    finally:
+        host.run("rm", "-f", "/etc/nvidia-smi-standin")
+    assert run.returncode == 0, run.stdout[-4000:]
+    assert "every model fits 8x NVIDIA H200" in run.stdout
+
+    def drop_in(model: str) -> list[str]:
+        path = f"/etc/systemd/system/appliance-vllm@{model}.service.d/gpus.conf"
+        text = host.run("cat", path).stdout
+        return [ln for ln in text.splitlines() if ln.startswith(("Environment=", "DeviceAllow="))]
+
+    control = ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"]
+    assert drop_in("llama-70b") == [
+        "Environment=CUDA_DEVICE_ORDER=PCI_BUS_ID",
+        "Environment=CUDA_VISIBLE_DEVICES=0,1",
+        *(f"DeviceAllow={d} rw" for d in [*control, "/dev/nvidia7", "/dev/nvidia6"]),
+    ]
+    assert drop_in("llama-8b") == [
+        "Environment=CUDA_DEVICE_ORDER=PCI_BUS_ID",
+        "Environment=CUDA_VISIBLE_DEVICES=2",
+        *(f"DeviceAllow={d} rw" for d in [*control, "/dev/nvidia5"]),
+    ]
+    assert "--tensor-parallel-size 2 " in vllm_args(host, "llama-70b")
+    # systemd reads the drop-ins into the instances' settings (the service step reloads it).
+    assert host.run("systemctl", "daemon-reload").returncode == 0
+    shown = host.run(
+        "systemctl", "show", "-p", "DevicePolicy", "-p", "Environment",
+        "appliance-vllm@llama-8b.service",
+    ).stdout  # fmt: skip
+    assert "DevicePolicy=closed" in shown
+    assert "CUDA_VISIBLE_DEVICES=2" in shown
+    assert host.run("test", "-e", stale).returncode != 0
+    assert host.run("test", "-e", template_drop_in).returncode == 0

@@ -65,3 +65,15 @@ def test_a_templated_declaration_is_refused(
     monkeypatch.setattr("appliance.roles.ROLES_DIR", tmp_path / "roles")
     with pytest.raises(ValueError, match="odd_packages must be a literal list"):
         role_packages("odd")
+
+
+def test_gpu_nodes_add_the_driver_roles_and_their_packages() -> None:
+    roles = play_roles({"runtime": "vllm"}, serves_models=True, gpu=True)
+    assert roles[:5] == ("preflight", "local_repo", "firewall", "gpu_facts", "nvidia_driver")
+    assert "nvidia_container_toolkit" not in roles
+    needed = required_packages({"runtime": "vllm"}, serves_models=True, gpu=True)
+    assert needed["initramfs-tools"] == ["nvidia_driver"]
+    assert needed["mokutil"] == ["nvidia_driver"]
+    assert "initramfs-tools" not in required_packages({"runtime": "vllm"}, serves_models=True)
+    toolkit = play_roles({"runtime": "vllm"}, serves_models=True, gpu=True, toolkit=True)
+    assert toolkit.index("nvidia_container_toolkit") == toolkit.index("nvidia_driver") + 1

@@ -278,3 +278,28 @@ def test_store_for_other_hosts_needs_the_depot_ipv4_address() -> None:
         "host depot-1 runs the object store for the other hosts, but its address 'depot.lab' "
         "is not an IPv4 address"
     )
+
+
+def test_gpu_nodes_install_the_driver_only_when_the_bundle_carries_one() -> None:
+    base: dict[str, dict[str, Any]] = {
+        "depot-1": {"ansible_host": "198.18.10.2"},
+        "gpu-1": {"ansible_host": "198.18.10.11", "runtime_llamacpp_models": ["alpha"]},
+        "gpu-2": {"ansible_host": "198.18.10.12", "runtime_llamacpp_models": ["beta"]},
+    }
+    common: dict[str, Any] = {
+        "hosts": sorted(base),
+        "depot": "depot-1",
+        "gpu_nodes": ["gpu-1", "gpu-2"],
+        "host_vars": base,
+        "stack": LLAMACPP,
+        "models": GGUF,
+    }
+    without = plan(**common)
+    assert all("nvidia_driver" not in p.roles for p in without.hosts.values())
+    driver = plan(**common, nvidia={"driver": {"version": "535.261.03"}, "container_toolkit": {}})
+    assert driver.hosts["gpu-1"].roles == (
+        "preflight", "local_repo", "firewall", "gpu_facts", "nvidia_driver", "runtime_llamacpp",
+    )  # fmt: skip
+    assert "nvidia_driver" not in driver.hosts["depot-1"].roles  # the depot is no GPU node here
+    toolkit = plan(**common, nvidia={"container_toolkit": {"nvidia-container-toolkit": "1.20.1-1"}})
+    assert toolkit.groups()["appliance_nvidia_container_toolkit"] == ["gpu-1", "gpu-2"]

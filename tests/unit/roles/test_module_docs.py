@@ -16,7 +16,7 @@ import yaml
 
 from appliance.roles import ROLES_DIR
 
-MODULES = sorted(ROLES_DIR.glob("*/library/*.py"))
+MODULES = sorted(ROLES_DIR.glob("*/library/*.py"), key=lambda p: p.stem)
 DOC_BLOCKS = ("DOCUMENTATION", "EXAMPLES", "RETURN")
 
 
@@ -37,12 +37,13 @@ def blocks(path: Path) -> dict[str, Any]:
 def test_the_roles_ship_modules() -> None:
     assert [p.stem for p in MODULES] == [
         "appliance_artifacts",
+        "appliance_disk_space",
+        "appliance_gpu_facts",
+        "appliance_runtime_egress",
         "appliance_store_audit",
         "appliance_store_fetch",
         "appliance_store_publish",
         "appliance_store_urls",
-        "appliance_disk_space",
-        "appliance_runtime_egress",
     ]
 
 

@@ -20,7 +20,13 @@ def appliance_gpu_fit(host_sizing: dict[str, Any], nvidia_smi: str) -> dict[str,
         return judge_host(host_sizing, nvidia_smi)
     except ApplianceError as error:
         # Unreadable GPU facts: refuse with the reason rather than guess.
-        return {"ok": False, "message": error.message, "gpus": "", "settings": {}}
+        return {
+            "ok": False,
+            "message": error.message,
+            "gpus": "",
+            "settings": {},
+            "placement": {},
+        }
 
 
 class FilterModule:

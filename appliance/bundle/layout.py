@@ -182,12 +182,18 @@ def check_manifest_paths(manifest: Manifest, source: str) -> None:
 
 
 def _duplicates(manifest: Manifest) -> list[Problem]:
-    seen: set[str] = set()
+    # Two models built from one file share its blob: the store holds it once and each model lists
+    # it. That is the one repeat allowed: a content-addressed blob path, every entry naming the
+    # same bytes. Any other repeat (a second sha256 for one path, a repo file twice) is ambiguous.
+    seen: dict[str, tuple[str, int, bool]] = {}
     problems = []
     for entry in manifest.files:
-        if entry.path in seen:
+        same = (entry.sha256, entry.size, entry.from_base)
+        if entry.path in seen and (
+            seen[entry.path] != same or entry.path != blob_path(entry.sha256)
+        ):
             problems.append(Problem(entry.path, "listed twice in manifest"))
-        seen.add(entry.path)
+        seen.setdefault(entry.path, same)
     names = [c.name for c in manifest.components if c.kind == "model"]
     problems += [
         Problem(f"components[{name!r}]", "model listed twice in manifest")

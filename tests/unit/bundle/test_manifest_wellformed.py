@@ -45,8 +45,18 @@ def manifest(files: list[FileEntry] | None = None, **fields: Any) -> Manifest:
 
 CASES: dict[str, tuple[Manifest, str, str]] = {
     "a path listed twice": (
-        manifest([file_entry(), file_entry(component="b")]),
+        manifest([file_entry(), file_entry(component="b", size=7)]),
         f"blobs/sha256/{ZERO}",
+        "listed twice in manifest",
+    ),
+    "a blob path listed twice with another digest": (
+        manifest([file_entry(), file_entry(component="b", sha256="1" * 64)]),
+        f"blobs/sha256/{ZERO}",
+        "listed twice in manifest",
+    ),
+    "a file outside the blob store listed twice": (
+        manifest([file_entry("repo/a.deb"), file_entry("repo/a.deb", component="b")]),
+        "repo/a.deb",
         "listed twice in manifest",
     ),
     "a model listed twice": (
@@ -132,6 +142,16 @@ def test_each_field_that_becomes_a_path_is_checked_on_load(
     assert any(p.path == where and text in p.message for p in caught.value.problems), (
         caught.value.problems
     )
+
+
+def test_two_models_may_share_one_blob() -> None:
+    # Two models served from one file (tests/integration/test_inference.py does): the build
+    # stores the blob once and each model lists it; the entries agree on every byte.
+    shared = manifest(
+        [file_entry(), file_entry(component="b")],
+        components=[Component(name="a", kind="model"), Component(name="b", kind="model")],
+    )
+    layout.check_manifest_paths(shared, "manifest.json")
 
 
 def test_a_well_formed_manifest_loads() -> None:

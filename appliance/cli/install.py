@@ -75,6 +75,11 @@ class _LiveView:
     multiple=True,
     help="An IPv4 network inside the boundary (repeat); all other egress is dropped.",
 )
+@click.option(
+    "--allow-downgrade",
+    is_flag=True,
+    help="Install a release older than the current one (its build sequence is lower).",
+)
 @click.pass_obj
 def install_command(
     output: Output,
@@ -84,6 +89,7 @@ def install_command(
     root: Path,
     work_dir: Path | None,
     internal_cidrs: tuple[str, ...],
+    allow_downgrade: bool,
 ) -> None:
     """Install a verified bundle onto the hosts of an isolated network.
 
@@ -95,7 +101,11 @@ def install_command(
     the only package source, an nftables firewall that drops egress, the OS
     packages, the models with the stack's runtime, and the audited gateway.
     The first install creates the gateway's 'operator' API key and prints it
-    once. Each run is kept under ROOT/runs/. Safe to re-run.
+    once. Each run is kept under ROOT/runs/. Safe to re-run: the current
+    release's own bundle again stages nothing and re-checks the hosts. A
+    release older than the current one (by the build sequence in its signed
+    manifest) is refused unless --allow-downgrade, and so is an upgrade from
+    a release the bundle's upgrades_from does not list.
 
     \b
     Examples:
@@ -109,6 +119,7 @@ def install_command(
         root=root,
         internal_cidrs=internal_cidrs,
         work_dir=work_dir,
+        allow_downgrade=allow_downgrade,
     )
     view = _LiveView(output) if not output.json_mode else lambda _event: None
     with progress_for(output) as progress:

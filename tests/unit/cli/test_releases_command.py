@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.cli import run_cli
-from tests.unit.install.test_release_state import install, stage
+from tests.fixtures.releases import install, stage
 
 
 def test_list_and_prune(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

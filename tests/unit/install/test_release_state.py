@@ -7,36 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from appliance.bundle import layout
 from appliance.install.release_state import (
     STATE_FILE,
     StateRecord,
     list_releases,
     prune,
     record_failed,
-    record_installed,
-    record_staged,
 )
-from tests.fixtures.bundles import new_manifest
-
-
-def stage(root: Path, label: str, sequence: int) -> None:
-    """What stage leaves behind: the release directory and its unpacked Ansible content."""
-    directory = root / "releases" / label
-    directory.mkdir(parents=True)
-    manifest = new_manifest([], [], label, sequence=sequence)
-    (directory / layout.MANIFEST).write_bytes(manifest.canonical())
-    (root / "releases" / f"{label}.ansible").mkdir()
-    record_staged(root, label, sequence, "0" * 64)
-
-
-def install(root: Path, label: str) -> None:
-    """What a complete install run does: move ``current``, then record it."""
-    link = root / "current"
-    replaced = link.readlink().name if link.is_symlink() else None
-    (root / ".current.new").symlink_to(f"releases/{label}")
-    (root / ".current.new").replace(link)
-    record_installed(root, label, replaced)
+from tests.fixtures.releases import install, stage
 
 
 def states(root: Path) -> list[tuple[str, str]]:

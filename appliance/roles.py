@@ -48,6 +48,9 @@ def role_packages(role: str) -> tuple[str, ...]:
 def play_roles(stack: Mapping[str, Any], serves_models: bool) -> tuple[str, ...]:
     """The roles ``site.yml`` runs somewhere for this stack, including those they include."""
     roles = list(BASE_ROLES)
+    if stack.get("object_store", "filesystem") != "filesystem":
+        # The store's TLS comes from the site CA, which the object_store role includes.
+        roles += ["site_ca", "object_store"]
     if serves_models:
         roles += ["artifacts", f"runtime_{stack.get('runtime', 'llamacpp')}", "gateway"]
     return tuple(roles)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from appliance.bundle.signing import keygen
-from tests.fixtures.debian_mirror import NoMirrorError, debian_mirror
+from tests.fixtures.debian_mirror import NoMirrorError, debian_mirror, debian_security_mirror
 from tests.fixtures.hosts import Host, harness_image, start_host
 
 
@@ -23,6 +23,9 @@ def pytest_configure(config: pytest.Config) -> None:
     archive fails with the spec's own report naming the variable."""
     with contextlib.suppress(NoMirrorError):
         os.environ["DEBIAN_MIRROR"] = debian_mirror()
+    # The NVIDIA driver's security updates come from Debian's security archive.
+    with contextlib.suppress(NoMirrorError):
+        os.environ["DEBIAN_SECURITY_MIRROR"] = debian_security_mirror()
 
 
 @pytest.fixture(scope="session")

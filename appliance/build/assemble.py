@@ -25,6 +25,7 @@ from appliance import __version__
 from appliance.build.sizing import gpu_warnings
 from appliance.bundle import layout
 from appliance.bundle.content import public_source, sbom
+from appliance.bundle.inspect import stack_notes
 from appliance.bundle.manifest import (
     BaseRef,
     Component,
@@ -120,6 +121,9 @@ def build_bundle(
         components = [c for part in parts for c in part.components]
         # Sized from the fetched files, before a delta drops those its base holds.
         report.warnings += gpu_warnings(list(spec.gpus), _models(components, parts), staging)
+        report.warnings += stack_notes(
+            spec.stack.model_dump(), {f.name: f.version for f in spec.files}
+        )
         files, base = _delta(staging, [f for part in parts for f in part.files], options.base)
         manifest = Manifest(
             name=spec.name,
@@ -177,7 +181,10 @@ def _models(components: list[Component], parts: list[Part]) -> list[dict[str, An
 def _sbom(staging: Path, spec: Spec, spec_sha256: str, parts: list[Part]) -> Part:
     components = [c for part in parts for c in part.components]
     entries = [f for part in parts for f in part.files]
-    data = canonical_json(sbom(spec.name, spec.release, spec_sha256, components, entries))
+    nvidia = next((part.fields["nvidia"] for part in parts if "nvidia" in part.fields), None)
+    data = canonical_json(
+        sbom(spec.name, spec.release, spec_sha256, components, entries, nvidia=nvidia)
+    )
     (staging / layout.SBOM).write_bytes(data)
     part = Part()
     part.add(

@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from appliance import __version__
-from appliance.bundle.manifest import Component, FileEntry
+from appliance.bundle.manifest import Component, FileEntry, NvidiaInfo
 from appliance.errors import BuildError
 
 ANSIBLE_TREES = ("ansible.cfg", "playbooks", "roles", "inventories")
@@ -62,8 +62,10 @@ def sbom(
     spec_sha256: str,
     components: Iterable[Component],
     files: Iterable[FileEntry],
+    nvidia: NvidiaInfo | None = None,
 ) -> dict[str, Any]:
-    """A CycloneDX 1.5 document: one component per artifact, with its sha256."""
+    """A CycloneDX 1.5 document: one component per artifact, with its sha256, and the NVIDIA
+    driver the repository carries as a device-driver component."""
     by_component: dict[str, list[FileEntry]] = {}
     for entry in files:
         by_component.setdefault(entry.component, []).append(entry)
@@ -85,6 +87,8 @@ def sbom(
         if component.source:
             item["externalReferences"] = [{"type": "distribution", "url": component.source}]
         items.append(item)
+    if nvidia is not None:
+        items.append(_driver_component(nvidia))
     return {
         "bomFormat": "CycloneDX",
         "specVersion": "1.5",
@@ -97,6 +101,31 @@ def sbom(
             "component": {"type": "application", "name": name, "version": release},
         },
         "components": items,
+    }
+
+
+def _driver_component(nvidia: NvidiaInfo) -> dict[str, Any]:
+    """The driver as one component: its version, where it comes from, its kernel modules and
+    the kernel ABIs the bundle carries headers for (one property each), and the packages that
+    make it up (their own components carry the hashes)."""
+    driver = nvidia.driver
+    properties = [
+        {"name": "appliance:nvidia:source", "value": driver.source},
+        {"name": "appliance:nvidia:modules", "value": driver.modules},
+        {"name": "appliance:nvidia:dkms-package", "value": driver.dkms_package},
+        *({"name": "appliance:nvidia:kernel-abi", "value": k.abi} for k in nvidia.kernel_abis),
+    ]
+    return {
+        "type": "device-driver",
+        "bom-ref": "nvidia-driver",
+        "name": "nvidia-driver",
+        "version": driver.version,
+        "supplier": {"name": "Debian" if driver.source == "debian" else "NVIDIA"},
+        "properties": properties,
+        "components": [
+            {"type": "library", "name": name, "version": version, "bom-ref": f"nvidia:{name}"}
+            for name, version in sorted(driver.packages.items())
+        ],
     }
 
 

@@ -26,6 +26,23 @@ def read_manifest(path: Path) -> Manifest:
     return parse_manifest(data, f"{path}:{layout.MANIFEST}")
 
 
+# What an operator must know about a stack choice, said by inspect and by build-bundle.
+_MINIO = (
+    "object_store minio: MinIO stopped publishing binaries in 2025 and is licensed AGPL-3.0; "
+    "this bundle carries the last published server release ({version}, the spec's files: "
+    "entry 'minio'). The store is used through plain S3 only, so SeaweedFS, Garage or Ceph "
+    "RGW can replace it."
+)
+
+
+def stack_notes(stack: dict[str, Any], versions: dict[str, str | None]) -> list[str]:
+    """Notes on ``stack``'s choices; ``versions``: the bundle's files by name."""
+    notes = []
+    if stack.get("object_store") == "minio":
+        notes.append(_MINIO.format(version=versions.get("minio") or "version not recorded"))
+    return notes
+
+
 def summary(manifest: Manifest) -> dict[str, Any]:
     kinds: dict[str, dict[str, int]] = {}
     for entry in manifest.by_path().values():
@@ -60,6 +77,9 @@ def summary(manifest: Manifest) -> dict[str, Any]:
         "spec_sha256": manifest.spec_sha256,
         "target": manifest.target.model_dump(),
         "stack": manifest.stack,
+        "notes": stack_notes(
+            manifest.stack, {c.name: c.version for c in manifest.components if c.kind == "file"}
+        ),
         "files": len(manifest.by_path()),
         "bytes": manifest.total_size(),
         "kinds": kinds,
@@ -70,4 +90,6 @@ def summary(manifest: Manifest) -> dict[str, Any]:
         "role_packages": manifest.role_packages,
         "not_carried": {p: roles for p, roles in required_by.items() if p not in carried},
         "models": sorted(models.values(), key=lambda m: m["name"]),
+        # The NVIDIA driver the GPU hosts install: version, source, kernel ABIs.
+        "nvidia": manifest.nvidia.model_dump() if manifest.nvidia else None,
     }

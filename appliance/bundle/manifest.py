@@ -64,6 +64,44 @@ class RepoInfo(_Frozen):
     fingerprint: str
 
 
+class NvidiaDriver(_Frozen):
+    """The NVIDIA driver the bundle's repository carries: one version for every package of it."""
+
+    source: Literal["debian", "nvidia-repo"]
+    version: str  # the upstream driver version, e.g. 535.309.01 (no Debian revision)
+    branch: str  # its first component, e.g. 535
+    modules: Literal["proprietary", "open"]
+    # The DKMS source package the host builds the kernel module from.
+    dkms_package: str
+    # Every package of the driver set in the repository with its exact Debian version: what the
+    # host pins (apt preferences) and holds so that a later apt run cannot drift them apart.
+    packages: dict[str, str]
+
+
+class KernelAbi(_Frozen):
+    """A kernel ABI the bundle can build the NVIDIA module for: its headers are in the repo."""
+
+    abi: str  # as `uname -r` prints it, e.g. 6.1.0-57-amd64
+    headers: str  # the package name, linux-headers-<abi>
+    version: str  # the headers package's Debian version (the kernel's source version)
+
+
+class NvidiaInfo(_Frozen):
+    """What the GPU hosts install from the bundle's repository for ``nvidia:`` in the spec."""
+
+    driver: NvidiaDriver
+    kernel_abis: list[KernelAbi]
+    # The packages the nvidia_driver role installs (their dependencies are in the repo too).
+    install: list[str]
+    # Fabric manager and NSCQ packages ({name: version}); empty when the bundle carries none.
+    fabricmanager: dict[str, str] = Field(default_factory=dict)
+    # The NVIDIA Container Toolkit's packages ({name: version}); empty when not carried.
+    container_toolkit: dict[str, str] = Field(default_factory=dict)
+
+    def abis(self) -> list[str]:
+        return [kernel.abi for kernel in self.kernel_abis]
+
+
 class BaseRef(_Frozen):
     """The bundle a delta builds on, pinned by the sha256 of its manifest."""
 
@@ -95,6 +133,8 @@ class Manifest(_Frozen):
     # Absent from manifests written before releases were ordered: such a release is unordered.
     sequence: int | None = Field(default=None, ge=1)
     upgrades_from: list[str] = Field(default_factory=list)
+    # The NVIDIA driver set for the spec's ``nvidia:`` section; None when the bundle has none.
+    nvidia: NvidiaInfo | None = None
 
     def canonical(self) -> bytes:
         return canonical_json(self.model_dump(mode="json"))

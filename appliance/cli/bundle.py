@@ -259,6 +259,7 @@ def inspect(output: Output, bundle: Path, pubkey: Path | None) -> None:
         ]
     if info["repo"]:
         lines.append(f"  apt repo: {info['repo']['path']}/, key {info['repo']['fingerprint']}")
+    lines += [f"  note: {note}" for note in info["notes"]]
     output.result(
         {"ok": True, "signature_checked": pubkey is not None, **info}, human="\n".join(lines)
     )

@@ -48,6 +48,14 @@ def validate(output: Output, spec_file: Path) -> None:
     targets = ", ".join(f"{t.os}/{t.arch}" for t in spec.targets)
     stack = spec.stack
     summary = ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in counts.items())
+    gpu = ""
+    if spec.nvidia is not None:
+        driver = spec.nvidia.driver
+        pinned = driver.version or (f"branch {driver.branch}" if driver.branch else "newest")
+        gpu = (
+            f"\n  nvidia:  driver from {driver.source} ({pinned}), {driver.modules} modules, "
+            f"kernel ABIs {', '.join(spec.nvidia.kernel_abis)}"
+        )
     output.result(
         {
             "ok": True,
@@ -58,13 +66,14 @@ def validate(output: Output, spec_file: Path) -> None:
             "targets": [t.model_dump() for t in spec.targets],
             "stack": stack.model_dump(),
             "counts": counts,
+            "nvidia": spec.nvidia.model_dump() if spec.nvidia else None,
         },
         human=(
             f"{spec_file}: valid spec v{spec.version}, {spec.name} {spec.release}\n"
             f"  targets: {targets}\n"
             f"  stack:   registry={stack.registry} object_store={stack.object_store} "
             f"orchestrator={stack.orchestrator} runtime={stack.runtime}\n"
-            f"  holds:   {summary}"
+            f"  holds:   {summary}{gpu}"
         ),
     )
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.bundle import layout
-from appliance.bundle.manifest import Component, RepoInfo
+from appliance.bundle.manifest import Component, NvidiaInfo, RepoInfo
 from appliance.errors import BuildError
+from appliance.fetchers import nvidia
 from appliance.fetchers.apt import DebPackage, RepoIndex, resolve, write_repo
 from appliance.fetchers.download import Wanted
 from appliance.fetchers.source import Job, Part, Request, blob_entry, file_entry
@@ -32,6 +33,7 @@ class PackagesPlan:
     packages: Packages | None  # None: the spec has no packages section, nothing is fetched
     requested: list[str]  # the names the spec lists
     role_packages: dict[str, list[str]]  # {role: [package]} for the roles the play runs
+    gpu: nvidia.ComputeSet | None = None  # what the spec's nvidia section adds
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class PackagesFetched:
     plan: PackagesPlan
     debs: list[DebPackage]
     index: RepoIndex | None  # None: nothing was fetched
+    nvidia: NvidiaInfo | None = None
 
 
 def role_packages(spec: Spec) -> dict[str, list[str]]:
@@ -60,6 +63,28 @@ def by_role(needed: dict[str, list[str]]) -> dict[str, list[str]]:
         for role in names:
             roles.setdefault(role, []).append(package)
     return {role: sorted(packages) for role, packages in sorted(roles.items())}
+
+
+def resolve_plan(
+    plan: PackagesPlan, spec: Spec, arch: str, workdir: Path
+) -> tuple[list[DebPackage], NvidiaInfo | None]:
+    """The closure of ``plan`` (which has packages), and the NVIDIA driver it carries, checked:
+    one driver version, no X.org."""
+    assert plan.packages is not None
+    if plan.gpu is None or spec.nvidia is None:
+        return resolve(plan.packages, arch, workdir), None
+    debs = resolve(
+        plan.packages,
+        arch,
+        workdir,
+        preferences=nvidia.preferences(spec.nvidia),
+        watch=nvidia.watch(spec.nvidia, plan.gpu),
+        # DKMS needs perl and gcc on the GPU hosts, which are tied to minbase packages by
+        # exact versions: a host from an older point release must get those from the bundle.
+        siblings=True,
+    )
+    urls = [source.url for source in plan.packages.sources if source.kind == "nvidia"]
+    return debs, nvidia.describe(spec.nvidia, plan.gpu, debs, urls)
 
 
 class PackagesSource:
@@ -92,8 +117,11 @@ class PackagesSource:
                     f"packages.sources[{index}].keyring: {keyring} does not exist",
                     hint="on Debian the archive keyring comes with debian-archive-keyring",
                 )
+            if source.kind == "nvidia":
+                nvidia.check_keyring(keyring, source.fingerprint, f"packages.sources[{index}]")
             sources.append(source.model_copy(update={"keyring": str(keyring)}))
-        roots = closure_roots(list(spec.packages.install), needed)
+        gpu = nvidia.compute_set(spec.nvidia, spec.packages.install) if spec.nvidia else None
+        roots = closure_roots([*spec.packages.install, *(gpu.roots if gpu else [])], needed)
         if not roots:
             raise BuildError(
                 "packages: the spec lists no packages to install and the play's roles need none",
@@ -101,22 +129,22 @@ class PackagesSource:
             )
         packages = spec.packages.model_copy(update={"sources": sources, "install": roots})
         requested = [item.partition("=")[0] for item in spec.packages.install]
-        return PackagesPlan(packages, requested, by_role(needed))
+        return PackagesPlan(packages, requested, by_role(needed), gpu)
 
     def fetch(self, job: Job, plan: PackagesPlan) -> PackagesFetched:
         if plan.packages is None:
             return PackagesFetched(plan, [], None)
         job.progress.note("resolving OS packages")
-        debs = resolve(plan.packages, job.target.arch, job.work_dir("apt"))
-        job.fetcher.fetch_all(Wanted(f"deb {d.name}", d.url, d.sha256, d.size) for d in debs)
         spec = job.spec
+        debs, gpu = resolve_plan(plan, spec, job.target.arch, job.work_dir("apt"))
+        job.fetcher.fetch_all(Wanted(f"deb {d.name}", d.url, d.sha256, d.size) for d in debs)
         index = write_repo(
             [(deb, layout.blob_path(deb.sha256)) for deb in debs],
             job.staging / layout.REPO,
             label=f"appliance {spec.name} {spec.release}",
             workdir=job.scratch / "repo",
         )
-        return PackagesFetched(plan, debs, index)
+        return PackagesFetched(plan, debs, index, gpu)
 
     def describe(self, job: Job, fetched: PackagesFetched) -> Part:
         part = Part(fields={"role_packages": fetched.plan.role_packages})
@@ -146,4 +174,6 @@ class PackagesSource:
             path=layout.REPO, key=fetched.index.key_path, fingerprint=fetched.index.fingerprint
         )
         part.fields["packages"] = fetched.plan.requested
+        if fetched.nvidia is not None:
+            part.fields["nvidia"] = fetched.nvidia
         return part

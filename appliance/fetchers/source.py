@@ -14,7 +14,8 @@ wheel sets, each kind of model, the installer, the Ansible content. build-bundle
 3. ``describe(job, fetched)``: what the manifest and the SBOM say about them: components, file
    entries, and any manifest field the kind owns (``Part.fields``).
 
-Adding a source kind (NVIDIA's apt repository, k3s artifacts):
+Adding a source kind (k3s artifacts; an apt repository such as NVIDIA's is instead a kind of
+apt source, resolved with the others into one repository: see ``appliance/spec/nvidia.py``):
 
 1. Write ``appliance/fetchers/<kind>.py`` with a class that has these three methods (see
    ``files.py``, the smallest). Download through ``job.fetcher`` (hashing, resume, retries,

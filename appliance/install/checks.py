@@ -5,7 +5,7 @@ from __future__ import annotations
 from appliance.bundle.manifest import Manifest
 from appliance.errors import InstallError
 from appliance.roles import required_packages
-from appliance.spec.models import INSTALLABLE
+from appliance.spec.models import INSTALLABLE, MINIO_FILE
 
 
 def check_can_install(manifest: Manifest) -> None:
@@ -21,6 +21,14 @@ def check_can_install(manifest: Manifest) -> None:
                 hint="build the bundle from a spec whose stack this release installs; nothing "
                 "was changed",
             )
+    files = {e["name"] for e in manifest.plain_files()}
+    if manifest.stack.get("object_store") == "minio" and MINIO_FILE not in files:
+        raise InstallError(
+            f"{where}: stack.object_store is minio but the bundle carries no file named "
+            f"'{MINIO_FILE}' (the server binary the object_store role installs)",
+            hint="build the bundle from a spec with the MinIO server under files: (see "
+            "examples/production.yaml); nothing was changed",
+        )
     needed = required_packages(manifest.stack, bool(manifest.models()))
     if not needed:
         return

@@ -45,6 +45,18 @@ class Runtime:
 
 
 @dataclass(frozen=True)
+class ObjectStore:
+    """The S3 store on the depot (``object_store: minio``): where it listens, the URL every
+    host reaches it at (TLS from the site CA), and who fetches from it."""
+
+    kind: str
+    host: str
+    listen_address: str
+    port: int
+    url: str
+
+
+@dataclass(frozen=True)
 class Firewall:
     # Open to the internal networks.
     service_ports: tuple[int, ...] = ()
@@ -73,6 +85,8 @@ class Topology:
     gateway_url: str | None
     require_default_route: bool
     hosts: dict[str, HostPlan] = field(default_factory=dict)
+    # None: models are files from the release (object_store: filesystem).
+    object_store: ObjectStore | None = None
 
     def groups(self) -> dict[str, list[str]]:
         """``appliance_<role>`` -> the hosts that run it, for the generated inventory."""
@@ -144,6 +158,7 @@ def plan(
         if gateway_host is not None
         else None
     )
+    store = _object_store(stack, depot, multi, var, address)
     remote_runtimes = [h for h, r in runtimes.items() if h != gateway_host and r.ports]
     sources: tuple[str, ...] = ()
     if remote_runtimes:
@@ -163,12 +178,17 @@ def plan(
     for host in hosts:
         runtime = runtimes.get(host)
         roles = list(BASE_ROLES)
+        if store is not None and host == store.host:
+            roles += ["object_store"]
         if runtime is not None:
             roles += [f"runtime_{runtime.kind}"]
         if host == gateway_host:
             roles += ["gateway"]
-        service = ([repo_port] if host == depot and multi else []) + (
-            [gateway_port] if host == gateway_host and gateway_port is not None else []
+        service = (
+            ([repo_port] if host == depot and multi else [])
+            # The nodes fetch their models from it (presigned, over TLS): the internal networks.
+            + ([store.port] if store is not None and host == store.host and multi else [])
+            + ([gateway_port] if host == gateway_host and gateway_port is not None else [])
         )
         private = (
             tuple(sorted(set(runtime.ports.values())))
@@ -195,7 +215,27 @@ def plan(
         ),
         require_default_route=stack.get("orchestrator") == "k3s",
         hosts=plans,
+        object_store=store,
     )
+
+
+def _object_store(
+    stack: Mapping[str, Any], depot: str, multi: bool, var: Any, address: Any
+) -> ObjectStore | None:
+    kind = str(stack.get("object_store", "filesystem"))
+    if kind == "filesystem":
+        return None
+    port = _port(var(depot, "object_store_port", "object_store"), depot, "object_store_port")
+    # A single box keeps the store on loopback; with other hosts it listens on the depot's
+    # internal address, which the nodes' certificates check (the site CA names it).
+    listen = address(depot) if multi else "127.0.0.1"
+    if multi and not _is_ipv4(listen):
+        raise InventoryError(
+            f"host {depot} runs the object store for the other hosts, but its address "
+            f"{listen!r} is not an IPv4 address",
+            hint=f"set ansible_host of {depot} to its IPv4 address on the internal network",
+        )
+    return ObjectStore(kind, depot, listen, port, f"https://{listen}:{port}")
 
 
 def _runtimes(

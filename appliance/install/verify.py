@@ -14,15 +14,14 @@ from appliance.bundle.inspect import read_manifest
 from appliance.errors import InstallError, Problem, VerifyFailedError
 from appliance.install import new_run_dir, runner_env
 from appliance.install.inventory import load_inventory, single_box
+from appliance.install.verify_models import (
+    Allowed,
+    Check,
+    judge_routes,
+    judge_served,
+    judge_store,
+)
 from appliance.runner import TaskEvent, run_playbook
-
-
-@dataclass(frozen=True)
-class Check:
-    host: str
-    name: str
-    passed: bool
-    evidence: str
 
 
 @dataclass(frozen=True)
@@ -50,8 +49,10 @@ def verify(
             f"no installed release under {options.root}",
             hint="run appliance install first (verify uses the installed release's playbooks)",
         )
+    manifest = read_manifest(release)
     # The installed release serves models: runtimes and the gateway must be there too.
-    expect_inference = any(c.kind == "model" for c in read_manifest(release).components)
+    expect_inference = any(c.kind == "model" for c in manifest.components)
+    allowed = Allowed.of(manifest.models())
     run_dir = new_run_dir(options.root)
     evidence_dir = run_dir / "evidence"
     evidence_dir.mkdir(mode=0o700)
@@ -67,6 +68,7 @@ def verify(
             "appliance_verify_egress_targets": list(options.egress_targets),
             "appliance_verify_internal_targets": list(options.internal_targets),
             "appliance_report_dir": str(evidence_dir),
+            "appliance_verify_model_file_digests": sorted(allowed.files),
             "appliance_root": str(options.root),
         },
         envvars=runner_env(project),
@@ -79,7 +81,7 @@ def verify(
             failure = next((f.message for f in result.failures if f.host == host), "no evidence")
             checks.append(Check(host, "evidence gathered", False, failure))
             continue
-        checks.extend(judge(json.loads(path.read_text()), expect_inference))
+        checks.extend(judge(json.loads(path.read_text()), expect_inference, allowed))
     if expect_inference and not any(c.name.startswith("gateway ") for c in checks):
         checks.append(
             Check("all", "gateway running", False, "no host has the gateway's configuration")
@@ -89,7 +91,11 @@ def verify(
     return checks, report
 
 
-def judge(evidence: dict[str, Any], expect_inference: bool = False) -> list[Check]:
+def judge(
+    evidence: dict[str, Any], expect_inference: bool = False, allowed: Allowed | None = None
+) -> list[Check]:
+    """Every check of one host's evidence; ``allowed``: the models the manifests name (None:
+    the model checks are not judged)."""
     host = evidence["host"]
     checks = []
     for probe in evidence["egress"]:
@@ -134,8 +140,13 @@ def judge(evidence: dict[str, Any], expect_inference: bool = False) -> list[Chec
         )
     )
     checks.extend(_judge_runtimes(host, evidence, expect_inference))
+    checks.extend(judge_store(host, evidence.get("store")))
+    if allowed is not None:
+        checks.extend(judge_served(host, evidence.get("served_models") or [], allowed))
     if evidence.get("gateway"):
         checks.extend(_judge_gateway(host, evidence["gateway"]))
+        if allowed is not None:
+            checks.extend(judge_routes(host, evidence["gateway"], allowed))
     return checks
 
 

@@ -27,13 +27,17 @@ from appliance.spec.checks import (
     GIT_COMMIT_RE,
     check_digest,
     check_image_ref,
-    check_package,
     check_requirement,
     check_unique,
     check_url,
     err,
 )
 from appliance.spec.common import Name, Sha256, StrictModel
+from appliance.spec.nvidia import Nvidia, NvidiaAptSource, NvidiaDriver, check_nvidia
+
+# Re-exported: the fetchers and tests import the packages models from here.
+from appliance.spec.packages import AptSource as AptSource
+from appliance.spec.packages import Packages as Packages
 from appliance.spec.s3_model import S3Model, Sha256Sums
 
 SPEC_VERSION = 1
@@ -46,13 +50,18 @@ class Target(StrictModel):
     arch: Literal["amd64", "arm64"] = Field(description="CPU architecture, Debian naming")
 
 
+# The spec's files: entry that carries the MinIO server binary for object_store: minio (the
+# object_store role's object_store_file). MinIO stopped publishing binaries in 2025 and is
+# AGPL-3.0: the bundle carries the last published release, pinned like any other file.
+MINIO_FILE = "minio"
+
 # What this release installs for each role of the stack. The other choices are the ones the
 # design names for later releases (a registry, an object store, k3s): the spec's vocabulary
 # knows them, and validation refuses them until a release can install them, instead of letting
 # an install fail halfway.
 INSTALLABLE: dict[str, tuple[str, ...]] = {
     "registry": ("none",),
-    "object_store": ("filesystem",),
+    "object_store": ("filesystem", "minio"),
     "orchestrator": ("systemd",),
     "runtime": ("llamacpp", "vllm", "ollama"),
 }
@@ -100,67 +109,6 @@ class FileArtifact(StrictModel):
     @classmethod
     def _url(cls, value: str) -> str:
         return check_url(value, ("https", "http", "file"))
-
-
-class AptSource(StrictModel):
-    """A Debian-style archive whose signed index pins every package."""
-
-    kind: Literal["apt"]
-    url: str = Field(
-        description="http://, https:// or file:// URL of the archive; ${DEBIAN_MIRROR} takes it "
-        "from the environment"
-    )
-    suites: list[str] = Field(min_length=1)
-    components: list[str] = Field(min_length=1)
-    keyring: str = Field(
-        description="OpenPGP keyring that signs the archive's Release file, relative to the spec"
-    )
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        return check_url(value, ("http", "https", "file"))
-
-    @field_validator("keyring")
-    @classmethod
-    def _keyring(cls, value: str) -> str:
-        if not value.strip():
-            raise err("empty_keyring", "name the keyring file that signs this archive")
-        return value
-
-
-class Packages(StrictModel):
-    """OS packages resolved with their dependencies into the bundle's local repository.
-
-    The packages the appliance's own roles install are always added; ``install`` lists what
-    the site wants on top, and may be left out.
-    """
-
-    # One kind today; this becomes a union discriminated on ``kind`` when rpm sources arrive.
-    sources: list[AptSource] = Field(min_length=1)
-    # What the site wants on top of what the roles install (build-bundle adds the roles' own
-    # packages, declared in each role): may be empty.
-    install: list[Annotated[str, AfterValidator(check_package)]] = Field(
-        default_factory=list,
-        description="packages to carry beyond those the roles need, NAME or NAME=VERSION",
-    )
-
-    @field_validator("install")
-    @classmethod
-    def _install(cls, value: list[str]) -> list[str]:
-        first: dict[str, int] = {}
-        for index, item in enumerate(value):
-            name = item.partition("=")[0]
-            if name in first:
-                raise err(
-                    "duplicate",
-                    "package '{name}' is listed twice ([{first}] and [{second}])",
-                    name=name,
-                    first=first[name],
-                    second=index,
-                )
-            first[name] = index
-        return value
 
 
 class Image(StrictModel):
@@ -259,7 +207,7 @@ Model = Annotated[
 ]
 
 # Tags pydantic inserts into error locations for the model union; not part of the user's path.
-UNION_TAGS = frozenset({"hf", "ollama", "s3", "local"})
+UNION_TAGS = frozenset({"hf", "ollama", "s3", "local", "kind=apt", "kind=nvidia"})
 
 
 class Gpus(StrictModel):
@@ -332,7 +280,8 @@ class Spec(StrictModel):
     description: str | None = None
     targets: list[Target] = Field(min_length=1)
     stack: Stack = Field(default_factory=Stack)
-    files: list[FileArtifact] = Field(default_factory=list)
+    # Checked even when absent: a stack choice may need a file (object_store: minio).
+    files: list[FileArtifact] = Field(default_factory=list, validate_default=True)
     packages: Packages | None = None
     images: list[Image] = Field(default_factory=list)
     models: list[Model] = Field(default_factory=list)
@@ -341,6 +290,12 @@ class Spec(StrictModel):
         default_factory=list,
         description="the GPUs of the GPU nodes, for sizing: build-bundle warns when a model "
         "fits none of them",
+    )
+    # After packages and targets, which its validator reads.
+    nvidia: Nvidia | None = Field(
+        default=None,
+        description="the NVIDIA driver of the GPU hosts, carried headless in the bundle's "
+        "repository",
     )
 
     @field_validator("release")
@@ -384,8 +339,18 @@ class Spec(StrictModel):
 
     @field_validator("files")
     @classmethod
-    def _files(cls, value: list[FileArtifact]) -> list[FileArtifact]:
+    def _files(cls, value: list[FileArtifact], info: ValidationInfo) -> list[FileArtifact]:
         check_unique(value, "name", "file name")
+        stack = info.data.get("stack")
+        minio = stack is not None and stack.object_store == "minio"
+        if minio and MINIO_FILE not in {f.name for f in value}:
+            raise err(
+                "minio_binary_missing",
+                "stack.object_store is minio: add the MinIO server binary as a files: entry "
+                "named '{name}' with its URL and sha256 (the last published release, "
+                "RELEASE.2025-09-07T16-13-09Z; see examples/production.yaml)",
+                name=MINIO_FILE,
+            )
         return value
 
     @field_validator("images")
@@ -398,6 +363,14 @@ class Spec(StrictModel):
     @classmethod
     def _models(cls, value: list[Any]) -> list[Any]:
         check_unique(value, "name", "model name")
+        return value
+
+    @field_validator("nvidia")
+    @classmethod
+    def _nvidia(cls, value: Nvidia | None, info: ValidationInfo) -> Nvidia | None:
+        # A packages or targets section that failed validation has its own report.
+        if value is not None and "packages" in info.data and "targets" in info.data:
+            check_nvidia(value, info.data["packages"], info.data["targets"])
         return value
 
     @field_validator("wheels")
@@ -424,5 +397,8 @@ def all_field_names() -> frozenset[str]:
         LocalModel,
         WheelSet,
         Gpus,
+        Nvidia,
+        NvidiaDriver,
+        NvidiaAptSource,
     ]
     return frozenset(name for model in models for name in model.model_fields)

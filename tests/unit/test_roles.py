@@ -43,6 +43,19 @@ def test_packages_name_the_roles_that_need_them() -> None:
     ]
 
 
+def test_an_s3_store_brings_the_site_ca_and_its_openssl() -> None:
+    stack = {"runtime": "llamacpp", "object_store": "minio"}
+    assert play_roles(stack, serves_models=False) == (
+        "preflight",
+        "local_repo",
+        "firewall",
+        "site_ca",
+        "object_store",
+    )
+    assert required_packages(stack, serves_models=False)["openssl"] == ["site_ca"]
+    assert "openssl" not in required_packages({"runtime": "llamacpp"}, serves_models=True)
+
+
 def test_a_templated_declaration_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

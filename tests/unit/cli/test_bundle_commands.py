@@ -71,3 +71,28 @@ def test_unpack_writes_only_a_verified_bundle(
     )
     assert code == 12
     assert err.startswith(f"Error: {tmp_path / 'out'} already exists")
+
+
+def test_inspect_says_what_the_minio_store_is(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from appliance.bundle import layout
+    from appliance.bundle.manifest import Component
+    from tests.fixtures.bundles import new_manifest
+
+    manifest = new_manifest(
+        [],
+        [Component(name="minio", kind="file", version="RELEASE.2025-09-07T16-13-09Z")],
+        stack={"object_store": "minio"},
+    )
+    (tmp_path / layout.MANIFEST).write_bytes(manifest.canonical())
+    code, out, _ = run(capsys, "inspect", str(tmp_path))
+    assert code == 0
+    assert out.splitlines()[-1] == (
+        "  note: object_store minio: MinIO stopped publishing binaries in 2025 and is licensed "
+        "AGPL-3.0; this bundle carries the last published server release "
+        "(RELEASE.2025-09-07T16-13-09Z, the spec's files: entry 'minio'). The store is used "
+        "through plain S3 only, so SeaweedFS, Garage or Ceph RGW can replace it."
+    )
+    code, out, _ = run(capsys, "--json", "inspect", str(tmp_path))
+    assert json.loads(out)["notes"][0].startswith("object_store minio: MinIO stopped publishing")

@@ -67,6 +67,17 @@ def test_shipped_specs_are_valid(capsys: pytest.CaptureFixture[str], spec: str) 
     assert out.startswith(f"{EXAMPLES / spec}: valid spec v1, ")
 
 
+def test_validate_summarises_the_nvidia_section(capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(EXAMPLES / "production.yaml")
+    code, out, _ = run_cli(capsys, "spec", "validate", path)
+    assert code == 0
+    assert out.endswith(
+        "  nvidia:  driver from debian (newest), proprietary modules, kernel ABIs 6.1.0-57-amd64\n"
+    )
+    code, out, _ = run_cli(capsys, "--json", "spec", "validate", path)
+    assert json.loads(out)["nvidia"]["fabricmanager"] == "off"
+
+
 def test_validate_prints_summary(capsys: pytest.CaptureFixture[str]) -> None:
     path = str(EXAMPLES / "demo.yaml")
     code, out, _ = run_cli(capsys, "spec", "validate", path)

@@ -85,3 +85,44 @@ def test_no_packages_section_builds_but_warns_with_every_package_and_role(
 def test_a_missing_keyring_is_named_before_anything_is_fetched(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match=r"packages.sources\[0\].keyring: .*keyring.gpg does not"):
         PackagesSource().check(request(tmp_path, BASE + SOURCES))
+
+
+def test_the_nvidia_section_adds_the_compute_set_and_the_spec_keeps_its_own_pins(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "keyring.gpg").write_bytes(b"key")
+    sources = SOURCES.replace(
+        "components: [main]", "components: [main, contrib, non-free, non-free-firmware]"
+    )
+    text = (
+        BASE + sources + "  install: [jq, libcuda1=535.261.03-1]\n"
+        "nvidia:\n  kernel_abis: [6.1.0-57-amd64]\n"
+    )
+    plan = PackagesSource().check(request(tmp_path, text))
+    assert plan is not None and plan.packages is not None and plan.gpu is not None
+    assert plan.packages.install == [
+        "jq", "libcuda1=535.261.03-1",
+        "nvidia-kernel-dkms", "nvidia-smi", "libnvidia-ptxjitcompiler1", "libnvidia-nvvm4",
+        "firmware-nvidia-gsp", "nvidia-detect", "nvidia-persistenced", "dkms",
+        "linux-headers-6.1.0-57-amd64",
+        "python3-apt", "nginx-light", "nftables",
+    ]  # fmt: skip
+    # What the manifest lists as the spec's own stays the spec's.
+    assert plan.requested == ["jq", "libcuda1"]
+
+
+def test_an_nvidia_source_whose_keyring_is_not_a_key_is_refused_before_fetching(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "keyring.gpg").write_bytes(b"key")
+    (tmp_path / "nvidia.gpg").write_bytes(b"not a key")
+    text = (
+        BASE + SOURCES + "    - {kind: nvidia, url: 'http://198.18.0.2/cuda', keyring: nvidia.gpg,"
+        f" fingerprint: {'A' * 40}}}\n"
+    )
+    with pytest.raises(BuildError) as caught:
+        PackagesSource().check(request(tmp_path, text))
+    assert caught.value.message == (
+        f"packages.sources[1]: keyring {tmp_path / 'nvidia.gpg'} holds no OpenPGP key, not only "
+        f"the pinned key {'A' * 40}"
+    )

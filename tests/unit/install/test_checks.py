@@ -59,3 +59,25 @@ def test_a_bundle_without_a_repository_is_refused_before_any_change() -> None:
 def test_a_stack_this_release_cannot_install_is_refused() -> None:
     with pytest.raises(InstallError, match=r"stack.runtime is 'tgi', which this release cannot"):
         check_can_install(manifest(ALL, runtime="tgi"))
+
+
+def test_a_minio_stack_without_the_server_binary_is_refused() -> None:
+    bare = new_manifest([], [], stack={**SYSTEMD, "object_store": "minio"})
+    with pytest.raises(InstallError) as caught:
+        check_can_install(bare)
+    assert str(caught.value) == (
+        "bundle t 1: stack.object_store is minio but the bundle carries no file named 'minio' "
+        "(the server binary the object_store role installs)"
+    )
+    binary = FileEntry(
+        path="blobs/sha256/" + "b" * 64, sha256="b" * 64, size=1, kind="file", component="minio"
+    )
+    debs = [*ALL, "openssl"]  # the site CA's, which the minio stack brings
+    carried = new_manifest(
+        [binary],
+        [Component(name="minio", kind="file", version="RELEASE.2025-09-07T16-13-09Z")]
+        + [Component(name=f"{d}:amd64", kind="deb", version="1") for d in debs],
+        stack={**SYSTEMD, "object_store": "minio"},
+        repo=RepoInfo(path="repo", key="repo/key.gpg", fingerprint="F" * 40),
+    )
+    check_can_install(carried)

@@ -223,3 +223,58 @@ def test_the_play_receives_plain_data() -> None:
         "firewall",
         "gateway",
     ]
+
+
+MINIO = {**LLAMACPP, "object_store": "minio"}
+
+
+def test_filesystem_plans_no_store() -> None:
+    assert single_box().object_store is None
+    assert "object_store" not in single_box().hosts["localhost"].roles
+    assert single_box().as_vars()["object_store"] is None
+
+
+def test_single_box_store_listens_on_loopback_and_opens_nothing() -> None:
+    topology = single_box(object_store="minio")
+    assert topology.object_store is not None
+    assert topology.object_store.url == "https://127.0.0.1:9000"
+    box = topology.hosts["localhost"]
+    assert box.roles == (
+        "preflight",
+        "local_repo",
+        "firewall",
+        "object_store",
+        "runtime_llamacpp",
+        "gateway",
+    )
+    assert box.firewall.service_ports == (8000,)
+
+
+def test_lab_store_runs_on_the_depot_open_to_the_internal_networks() -> None:
+    topology = lab(stack=MINIO)
+    store = topology.object_store
+    assert store is not None
+    assert (store.host, store.listen_address, store.url) == (
+        "depot-1",
+        "198.18.10.2",
+        "https://198.18.10.2:9000",
+    )
+    assert "object_store" in topology.hosts["depot-1"].roles
+    assert "object_store" not in topology.hosts["gpu-1"].roles
+    assert 9000 in topology.hosts["depot-1"].firewall.service_ports
+    assert 9000 not in topology.hosts["gpu-1"].firewall.service_ports
+    assert topology.as_vars()["object_store"]["url"] == "https://198.18.10.2:9000"
+
+
+def test_store_port_from_the_inventory() -> None:
+    topology = lab({"depot-1": {"object_store_port": 9443}}, stack=MINIO)
+    assert topology.object_store is not None and topology.object_store.port == 9443
+
+
+def test_store_for_other_hosts_needs_the_depot_ipv4_address() -> None:
+    with pytest.raises(InventoryError) as caught:
+        lab({"depot-1": {"ansible_host": "depot.lab"}}, stack=MINIO)
+    assert str(caught.value) == (
+        "host depot-1 runs the object store for the other hosts, but its address 'depot.lab' "
+        "is not an IPv4 address"
+    )

@@ -16,6 +16,20 @@ targets:
 """  # lines 1-5; each case below starts at line 6
 
 SHA = "a" * 64
+# Debian's archives with the components the NVIDIA driver needs (lines 6-11).
+GPU_SOURCES = """\
+packages:
+  sources:
+    - {kind: apt, url: '${DEBIAN_MIRROR}', suites: [bookworm], keyring: k.gpg,
+       components: [main, contrib, non-free, non-free-firmware]}
+    - {kind: apt, url: 'http://198.18.0.1/security', suites: [bookworm-security], keyring: k.gpg,
+       components: [main, contrib, non-free, non-free-firmware]}
+"""
+# One of NVIDIA's flat repositories (line 12), as a third source.
+NVIDIA_SOURCE = (
+    "    - {kind: nvidia, url: 'http://198.18.0.2/cuda', keyring: n.gpg, "
+    f"fingerprint: {'A' * 40}}}\n"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -282,14 +296,24 @@ CASES: list[tuple[str, str, list[str]]] = [
     ),
     (
         "stack-choices-this-release-cannot-install",
-        HEAD + "stack:\n  orchestrator: k3s\n  registry: harbor\n  object_store: minio\n",
+        HEAD + "stack:\n  orchestrator: k3s\n  registry: harbor\n",
         [
             "stack.orchestrator (line 7): 'k3s' cannot be installed by this release of "
             "appliance; the choices that install are: systemd",
             "stack.registry (line 8): 'harbor' cannot be installed by this release of appliance; "
             "the choices that install are: none",
-            "stack.object_store (line 9): 'minio' cannot be installed by this release of "
-            "appliance; the choices that install are: filesystem",
+        ],
+    ),
+    (
+        # minio installs since the object store landed, from the binary the bundle carries.
+        "stack-minio-without-its-binary",
+        HEAD
+        + "stack:\n  object_store: minio\nfiles:\n  - name: mc\n"
+        + f"    url: https://example.invalid/mc\n    sha256: {SHA}\n",
+        [
+            "files (line 8): stack.object_store is minio: add the MinIO server binary as a "
+            "files: entry named 'minio' with its URL and sha256 (the last published release, "
+            "RELEASE.2025-09-07T16-13-09Z; see examples/production.yaml)",
         ],
     ),
     (
@@ -307,6 +331,106 @@ CASES: list[tuple[str, str, list[str]]] = [
             "a100-40, l40s, l4, a10, t4, b200, rtx-pro-6000, or memory_gib",
             "gpus[1] (line 8): name the GPUs by type or by memory_gib (one of the two)",
             "gpus[2].count (line 9): Input should be less than or equal to 64",
+        ],
+    ),
+    (
+        "nvidia-fabricmanager-on-with-debian",
+        HEAD + GPU_SOURCES + "nvidia:\n  fabricmanager: 'on'\n  kernel_abis: [6.1.0-57-amd64]\n",
+        [
+            "nvidia (line 12): fabricmanager on needs driver.source: nvidia-repo: Debian ships no "
+            "fabric manager, and the fabric manager must match the driver to the patch release, "
+            "so it can only come from NVIDIA's repository with the driver. Without it an "
+            "NVSwitch (HGX) board cannot run CUDA (error 802); set fabricmanager: off if the "
+            "GPU hosts have no NVSwitch"
+        ],
+    ),
+    (
+        "nvidia-debian-without-non-free",
+        HEAD
+        + "packages:\n  sources:\n    - {kind: apt, url: '${DEBIAN_MIRROR}', suites: [bookworm], "
+        + "components: [main, contrib], keyring: k.gpg}\n"
+        + "nvidia:\n  kernel_abis: [6.1.0-57-amd64]\n",
+        [
+            "nvidia (line 9): driver.source debian needs the component(s) non-free, "
+            "non-free-firmware in packages.sources: Debian 12 keeps the driver and its DKMS "
+            "source in non-free, the GSP firmware in non-free-firmware, nvidia-persistenced "
+            "and the open modules in contrib"
+        ],
+    ),
+    (
+        "nvidia-without-packages",
+        HEAD + "nvidia:\n  kernel_abis: [6.1.0-57-amd64]\n",
+        [
+            "nvidia (line 6): the nvidia section needs a packages section: the driver set is "
+            "resolved from its apt sources into the bundle's repository (for Debian: main, "
+            "contrib, non-free and non-free-firmware)"
+        ],
+    ),
+    (
+        "nvidia-repo-source-missing",
+        HEAD
+        + GPU_SOURCES
+        + "nvidia:\n  driver: {source: nvidia-repo, branch: '575'}\n  container_toolkit: true\n"
+        + "  kernel_abis: [6.1.0-57-amd64]\n",
+        [
+            "nvidia (line 12): driver.source nvidia-repo and container_toolkit (Debian has no "
+            "NVIDIA Container Toolkit) needs NVIDIA's repository in packages.sources: an entry "
+            "with kind: nvidia, its url, keyring and key fingerprint"
+        ],
+    ),
+    (
+        "nvidia-driver-pins-that-disagree-or-are-missing",
+        HEAD
+        + GPU_SOURCES
+        + "nvidia:\n  driver: {branch: '550', version: 535.309.01}\n"
+        + "  kernel_abis: [6.1.0-57-amd64, '6.1', 6.1.0-57-arm64]\n",
+        [
+            "nvidia.driver (line 13): version 535.309.01 is not of branch 550: drop one, or make "
+            "them agree",
+            "nvidia.kernel_abis (line 14): '6.1' is not a Debian kernel ABI as `uname -r` prints "
+            "it (e.g. 6.1.0-57-amd64): the bundle carries linux-headers-<abi> for it",
+        ],
+    ),
+    (
+        "nvidia-repo-needs-a-branch-and-abi-of-the-target",
+        HEAD
+        + GPU_SOURCES
+        + NVIDIA_SOURCE
+        + "nvidia:\n  driver: {source: nvidia-repo, version: '575.57'}\n"
+        + "  kernel_abis: [6.1.0-57-arm64]\n",
+        [
+            "nvidia (line 13): kernel ABI 6.1.0-57-arm64 is not one of target amd64: DKMS builds "
+            "the module against linux-headers-6.1.0-57-arm64, which a amd64 host cannot use",
+        ],
+    ),
+    (
+        "nvidia-repo-unpinned-and-bad-values",
+        HEAD
+        + GPU_SOURCES
+        + NVIDIA_SOURCE.replace("A" * 40, "3bf863cc")
+        + "nvidia:\n  driver: {source: nvidia-repo, modules: nouveau, version: '535'}\n"
+        + "  kernel_abis: [6.1.0-57-amd64, 6.1.0-57-amd64]\n",
+        [
+            "packages.sources[2].fingerprint (line 12): fingerprint '3bf863cc' is not an OpenPGP "
+            "v4 fingerprint (40 hex digits): copy it from `gpg --show-keys KEYFILE` and check it "
+            "against NVIDIA's published one",
+            "nvidia.driver.modules (line 14): must be 'proprietary' or 'open' (got 'nouveau')",
+            "nvidia.driver.version (line 14): driver version '535' is not NVIDIA's "
+            "BRANCH.MINOR.PATCH (e.g. 535.309.01, without the Debian revision: every package of "
+            "the driver set is pinned to it)",
+            "nvidia.kernel_abis (line 15): kernel ABI 6.1.0-57-amd64 is listed twice",
+        ],
+    ),
+    (
+        "nvidia-repo-without-branch",
+        HEAD
+        + GPU_SOURCES
+        + NVIDIA_SOURCE
+        + "nvidia:\n  driver: {source: nvidia-repo}\n  kernel_abis: [6.1.0-57-amd64]\n",
+        [
+            "nvidia.driver (line 14): source nvidia-repo needs a branch or a version: NVIDIA's "
+            "repository carries every branch, and its fabric manager and NSCQ packages are named "
+            "per branch"
         ],
     ),
 ]

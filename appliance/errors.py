@@ -138,6 +138,14 @@ class InstallError(ApplianceError):
     kind = "install"
 
 
+class ReleaseOrderError(ApplianceError):
+    """The bundle's release is older than the installed one, or cannot upgrade from it
+    (nothing was staged or changed)."""
+
+    exit_code = 36
+    kind = "release-order"
+
+
 class PlaybookFailedError(ApplianceError):
     """A task failed on a host; the message names host, task and the module's words."""
 

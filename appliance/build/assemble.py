@@ -136,6 +136,8 @@ def build_bundle(
             components=sorted(components, key=lambda c: (c.kind, c.name)),
             files=sorted(files, key=lambda f: (f.path, f.component)),
             base=base,
+            sequence=spec.sequence,
+            upgrades_from=list(spec.upgrades_from),
             **_fields(parts),
         )
         write_trust_files(staging, manifest, options.sign_key)

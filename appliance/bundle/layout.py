@@ -211,6 +211,8 @@ def _names_on_hosts(manifest: Manifest) -> list[Problem]:
     labels = {"release": manifest.release}
     if manifest.base is not None:
         labels["base.release"] = manifest.base.release
+    # Releases install compares with the one under ``current``, a directory name too.
+    labels |= {f"upgrades_from[{i}]": label for i, label in enumerate(manifest.upgrades_from)}
     problems += [
         Problem(where, f"unsafe release label in manifest: {label[:80]!r}")
         for where, label in labels.items()

@@ -128,6 +128,11 @@ class Manifest(_Frozen):
     # them to the repository's closure. Absent from manifests written before roles declared them.
     role_packages: dict[str, list[str]] = Field(default_factory=dict)
     base: BaseRef | None = None
+    # Release order (the spec's ``sequence`` and ``upgrades_from``), signed with the rest: install
+    # refuses an older release than the current one, and an upgrade from a release not listed.
+    # Absent from manifests written before releases were ordered: such a release is unordered.
+    sequence: int | None = Field(default=None, ge=1)
+    upgrades_from: list[str] = Field(default_factory=list)
     # The NVIDIA driver set for the spec's ``nvidia:`` section; None when the bundle has none.
     nvidia: NvidiaInfo | None = None
 

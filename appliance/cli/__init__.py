@@ -31,6 +31,7 @@ _COMMANDS = {
     "unpack": "appliance.cli.bundle:unpack_command",
     "install": "appliance.cli.install:install_command",
     "verify": "appliance.cli.install:verify_command",
+    "releases": "appliance.cli.releases:releases_group",
     "gateway": "appliance.cli.gateway:gateway_group",
     "audit": "appliance.cli.audit:audit_group",
     "size": "appliance.cli.size:size_command",

@@ -87,6 +87,11 @@ class _LiveView:
     help="Replace another NVIDIA driver version found on a GPU node (otherwise refused with the "
     "plan of what would change).",
 )
+@click.option(
+    "--allow-downgrade",
+    is_flag=True,
+    help="Install a release older than the current one (its build sequence is lower).",
+)
 @click.pass_obj
 def install_command(
     output: Output,
@@ -98,6 +103,7 @@ def install_command(
     internal_cidrs: tuple[str, ...],
     allow_reboot: bool,
     replace_driver: bool,
+    allow_downgrade: bool,
 ) -> None:
     """Install a verified bundle onto the hosts of an isolated network.
 
@@ -110,7 +116,11 @@ def install_command(
     packages, the NVIDIA driver on GPU nodes when the bundle carries one, the
     models with the stack's runtime, and the audited gateway.
     The first install creates the gateway's 'operator' API key and prints it
-    once. Each run is kept under ROOT/runs/. Safe to re-run.
+    once. Each run is kept under ROOT/runs/. Safe to re-run: the current
+    release's own bundle again stages nothing and re-checks the hosts. A
+    release older than the current one (by the build sequence in its signed
+    manifest) is refused unless --allow-downgrade, and so is an upgrade from
+    a release the bundle's upgrades_from does not list.
 
     \b
     Examples:
@@ -126,6 +136,7 @@ def install_command(
         work_dir=work_dir,
         allow_reboot=allow_reboot,
         replace_driver=replace_driver,
+        allow_downgrade=allow_downgrade,
     )
     view = _LiveView(output) if not output.json_mode else lambda _event: None
     with progress_for(output) as progress:

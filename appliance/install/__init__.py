@@ -21,6 +21,13 @@ from appliance.bundle.verify import VerifiedBundle, open_bundle
 from appliance.errors import InstallError, PlaybookFailedError
 from appliance.install.checks import check_can_install
 from appliance.install.inventory import Inventory, load_inventory, single_box
+from appliance.install.release_state import (
+    current_release,
+    record_failed,
+    record_installed,
+    record_staged,
+)
+from appliance.install.releases import check_order, manifest_sha256
 from appliance.install.remote import depot_from_inventory, point_current_remote, stage_remote
 from appliance.install.sizing import gpu_sizing
 from appliance.install.stage import ansible_content, stage
@@ -43,6 +50,8 @@ class InstallOptions:
     # installed driver version instead of refusing with a plan.
     allow_reboot: bool = False
     replace_driver: bool = False
+    # Install a release older than the current one (release order: install/releases.py).
+    allow_downgrade: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,9 @@ def _install(
     # the roles install, and the inventory gives a workable topology.
     check_can_install(manifest)
     topology = plan_topology(inventory, manifest)
+    on_note(
+        check_order(bundle, options.root, inventory, allow_downgrade=options.allow_downgrade).note
+    )
     # Staged here by copying while hashing, whether the depot is this machine or another (a
     # remote depot then receives this verified copy).
     local_release = stage(bundle, work, progress)
@@ -127,6 +139,10 @@ def _install(
     extravars["appliance_gpu_sizing"] = gpu_sizing(
         topology, inventory.host_vars, manifest.models(), local_release, on_note
     )
+    # The depot's release record (install/release_state.py) is kept where install runs on it.
+    tracked = options.root if inventory.depot_is_local else None
+    if tracked is not None:
+        record_staged(tracked, manifest.release, manifest.sequence, manifest_sha256(bundle))
     result = run_playbook(
         data_dir=run_dir,
         project_dir=project,
@@ -137,11 +153,16 @@ def _install(
         on_event=on_event,
     )
     if result.rc != 0:
-        raise _failure(result)
+        failure = _failure(result)
+        if tracked is not None:
+            record_failed(tracked, manifest.release, failure.message)
+        raise failure
     if depot is not None:
         point_current_remote(depot, str(options.root), manifest.release)
     else:
+        replaced = current_release(options.root)
         _point_current(options.root, local_release)
+        record_installed(options.root, manifest.release, replaced)
     return InstallReport(
         manifest, depot_release, result, inventory.hosts, _take_new_key(options.root, "operator")
     )

@@ -165,3 +165,18 @@ def point_current_remote(depot: RemoteDepot, root: str, release: str) -> None:
             raise InstallError(f"{depot.name}: cannot point {link} at {release}: {output}")
     finally:
         client.close()
+
+
+def read_current_remote(depot: RemoteDepot, root: str) -> bytes | None:
+    """The manifest of the release ``<root>/current`` points at on the depot, or None before the
+    first complete install there."""
+    client = _connect(depot)
+    try:
+        path = PurePosixPath(root) / "current" / layout.MANIFEST
+        code, _ = _run(client, f"test -f {shlex.quote(str(path))}")
+        if code != 0:
+            return None
+        with client.open_sftp() as sftp, sftp.open(str(path), "rb") as remote:
+            return bytes(remote.read())
+    finally:
+        client.close()

@@ -267,6 +267,16 @@ class Spec(StrictModel):
     version: Literal[1]
     name: Name
     release: str = Field(description="release label, e.g. 2026.11.0")
+    sequence: int | None = Field(
+        default=None,
+        ge=1,
+        description="build sequence: a whole number that grows with every release of this "
+        "appliance; install refuses a release with a lower one than the installed release",
+    )
+    upgrades_from: list[str] = Field(
+        default_factory=list,
+        description="the releases an installed appliance may upgrade from to this one (empty: any)",
+    )
     description: str | None = None
     targets: list[Target] = Field(min_length=1)
     stack: Stack = Field(default_factory=Stack)
@@ -298,6 +308,22 @@ class Spec(StrictModel):
                 "(it becomes a directory name on every host)",
                 value=value,
             )
+        return value
+
+    @field_validator("upgrades_from")
+    @classmethod
+    def _upgrades_from(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        for index, label in enumerate(value):
+            cls._release(label)
+            if label in value[:index]:
+                raise err("duplicate", "upgrades_from lists release '{value}' twice", value=label)
+            if label == info.data.get("release"):
+                raise err(
+                    "bad_upgrades_from",
+                    "upgrades_from names this spec's own release '{value}': a release upgrades "
+                    "from older ones",
+                    value=label,
+                )
         return value
 
     @field_validator("targets")

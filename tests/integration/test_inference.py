@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from appliance.build import BuildOptions, build_bundle
 from tests.fixtures.bundles import signed_bundle
 from tests.fixtures.hosts import Host, harness_image, start_host
 from tests.fixtures.inference import CALL, chat
@@ -69,6 +70,7 @@ class Appliance:
     key: str
     install_stdout: str
     model_sha256: str
+    root: Path  # the spec, its model and the signing key the bundle was built from
 
     def call(self, method: str, path: str, key: str | None, body: Any = None) -> Reply:
         done = self.host.run(
@@ -106,7 +108,8 @@ def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
         done = host.run("/srv/bundle/install.sh", "--pubkey", "/srv/key.pub")
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
         key = operator_key(done.stdout)
-        yield Appliance(host, key, done.stdout, hashlib.sha256(model.read_bytes()).hexdigest())
+        digest = hashlib.sha256(model.read_bytes()).hexdigest()
+        yield Appliance(host, key, done.stdout, digest, root)
     finally:
         host.remove()
 
@@ -349,3 +352,35 @@ def test_the_runtime_probe_reports_an_answer_when_there_is_one(appliance: Applia
     failed = {p["path"]: p["message"] for p in json.loads(done.stdout)["error"]["problems"]}
     unit = f"localhost: runtime appliance-llamacpp@tiny-llama.service: egress blocked: {inside}"
     assert "answered HTTP 200" in failed[unit], failed
+
+
+def test_another_release_keeps_the_keys_and_the_audit_chain(appliance: Appliance) -> None:
+    """Keys and the audit log are data, outside ``<root>/releases``: an install of another
+    release keeps both. Last in this module: it moves the host to that release."""
+    run = appliance.host.run
+    before = appliance.call("POST", "/v1/chat/completions", appliance.key, chat("tiny-llama"))
+    assert before.status == 200, before.lines
+    keys = run("cat", "/etc/appliance/gateway/keys.json").stdout
+    (appliance.root / "next.yaml").write_text(SPEC.replace("2026.11.27", "2026.11.28"))
+    build_bundle(
+        BuildOptions(
+            spec_path=appliance.root / "next.yaml",
+            output=appliance.root / "next",
+            sign_key=appliance.root / "key",
+            cache=Path.home() / ".cache" / "appliance",
+        )
+    )
+    copy = ["docker", "cp", str(appliance.root / "next"), f"{appliance.host.name}:/srv/next"]
+    subprocess.run(copy, check=True, capture_output=True)
+    done = run("/srv/next/install.sh", "--pubkey", "/srv/key.pub")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "shown this once" not in done.stdout
+    assert run("readlink", "/opt/appliance/current").stdout.strip() == "releases/2026.11.28"
+    assert run("cat", "/etc/appliance/gateway/keys.json").stdout == keys
+    # The operator's key works on the new release, and one chain holds calls from both.
+    after = appliance.call("POST", "/v1/chat/completions", appliance.key, chat("tiny-llama"))
+    assert after.status == 200, after.lines
+    ids = [record["request_id"] for record in appliance.audit()]
+    assert ids.index(before.request_id) < ids.index(after.request_id)
+    verified = run(ADMIN, "--json", "audit", "verify", "--dir", AUDIT_DIR)
+    assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -107,6 +107,11 @@ def test_remote_depot_is_staged_over_sftp_resumed_and_checked(
     # The run's record stays on the admin machine.
     assert list((tmp_path / "work" / "runs").iterdir())
 
+    # The same bundle again: the depot's current manifest, read over SFTP, makes it a replay.
+    code, out, err = install(bundle, inventory, tmp_path / "work", capsys)
+    assert code == 0, out + err
+    assert "release 2026.11.7 is already current: this is its own bundle again" in out
+
 
 def depot_name(run: Run) -> str:
     return str(run("hostname").stdout.strip())

@@ -36,6 +36,7 @@ def test_help_teaches_the_flow_and_lists_only_real_commands(
         "install",
         "keygen",
         "pack",
+        "releases",
         "size",
         "spec",
         "unpack",
@@ -50,6 +51,7 @@ def test_help_teaches_the_flow_and_lists_only_real_commands(
         "  5  spec-version",
         " 34  audit",
         " 35  gateway-config",
+        " 36  release-order",
     ):
         assert code_line in out
 

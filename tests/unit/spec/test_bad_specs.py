@@ -67,6 +67,32 @@ CASES: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
+        "sequence-zero",
+        HEAD + "sequence: 0\n",
+        ["sequence (line 6): Input should be greater than or equal to 1"],
+    ),
+    (
+        "upgrades-from-itself",
+        HEAD + "upgrades_from: [2026.11.0]\n",
+        [
+            "upgrades_from (line 6): upgrades_from names this spec's own release '2026.11.0': a "
+            "release upgrades from older ones"
+        ],
+    ),
+    (
+        "upgrades-from-twice",
+        HEAD + "upgrades_from: [2026.10.0, 2026.10.0]\n",
+        ["upgrades_from (line 6): upgrades_from lists release '2026.10.0' twice"],
+    ),
+    (
+        "upgrades-from-a-path",
+        HEAD + "upgrades_from: [../up]\n",
+        [
+            "upgrades_from (line 6): invalid release '../up': use letters, digits, '.', '_', '+' "
+            "or '-' (it becomes a directory name on every host)"
+        ],
+    ),
+    (
         "targets-empty",
         HEAD.replace("targets:\n  - {os: debian-12, arch: amd64}\n", "targets: []\n"),
         ["targets (line 4): must not be empty"],

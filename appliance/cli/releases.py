@@ -1,0 +1,80 @@
+"""``appliance releases``: the releases on the depot with their state, and pruning old ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from appliance.cli.output import Output
+from appliance.install.release_state import list_releases, prune
+
+_ROOT = click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("/opt/appliance"),
+    show_default=True,
+    help="The depot's appliance root (install --root).",
+)
+
+
+@click.group("releases", invoke_without_command=True)
+@_ROOT
+@click.pass_context
+def releases_group(ctx: click.Context, root: Path) -> None:
+    """List the releases on this depot, newest first, with their state.
+
+    \b
+    States: current (what runs), previous (what current replaced: the
+    first to go back to), failed (its last install run failed), staged
+    (never installed completely), superseded (installed once, replaced
+    since). Run on the depot itself.
+
+    \b
+    Examples:
+      appliance releases
+      appliance releases prune --keep 2 --dry-run
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    output = ctx.ensure_object(Output)
+    found, warning = list_releases(root)
+    if warning:
+        output.warning(warning)
+    width = max((len(r.release) for r in found), default=0)
+    lines = [
+        f"{r.release:<{width}}  {r.state:<10}  sequence {r.sequence or '-'}"
+        + (f"  installed {r.installed}" if r.installed else f"  staged {r.staged or '?'}")
+        + (f"  error: {r.error}" if r.state == "failed" and r.error else "")
+        for r in found
+    ]
+    output.result(
+        {"ok": True, "root": str(root), "releases": [r.as_dict() for r in found]},
+        human="\n".join(lines) if lines else f"no release is staged under {root}",
+    )
+
+
+@releases_group.command("prune")
+@_ROOT
+@click.option(
+    "--keep",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="How many releases before current to keep (previous always stays).",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would go; remove nothing.")
+@click.pass_obj
+def prune_command(output: Output, root: Path, keep: int, dry_run: bool) -> None:
+    """Remove old releases from the depot: never current, never previous.
+
+    Keeps current, previous and the newest others up to KEEP releases
+    before current; removes the rest with their unpacked Ansible content.
+    """
+    removed = prune(root, keep, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    output.result(
+        {"ok": True, "dry_run": dry_run, "removed": removed, "keep": keep},
+        human=f"{verb} {len(removed)} release{'s' if len(removed) != 1 else ''}"
+        + (f": {', '.join(removed)}" if removed else ""),
+    )

@@ -1,0 +1,214 @@
+"""The depot's record of its releases: which is current, which came before, which failed.
+
+``<root>/releases.json``, beside ``releases/`` (never inside a release directory), written by
+install through a temporary file, fsync and one rename, so a reader sees the old record or the
+new one, never half of one. The ``current`` link stays the truth about the running release; the
+record adds what a directory cannot say (previous, failed, when). A record that cannot be read (a
+torn write by another tool, a full disk) counts as empty, with a warning: nothing depends on it
+for safety, and the next install writes it whole again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from appliance.bundle import layout
+from appliance.bundle.manifest import parse_manifest
+from appliance.errors import ApplianceError, InstallError
+
+STATE_FILE = "releases.json"
+_SCHEMA = 1
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class StateRecord:
+    releases: dict[str, dict[str, Any]]
+    previous: str | None = None
+    warning: str | None = None  # why the record on disk was not used
+
+    @classmethod
+    def load(cls, root: Path) -> StateRecord:
+        path = root / STATE_FILE
+        try:
+            document = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return cls({})
+        except (OSError, ValueError) as exc:
+            return cls({}, warning=f"{path} cannot be read ({exc}); it is rewritten next install")
+        if (
+            not isinstance(document, dict)
+            or document.get("schema") != _SCHEMA
+            or not isinstance(document.get("releases"), dict)
+        ):
+            return cls({}, warning=f"{path} is not a release record; it is rewritten next install")
+        previous = document.get("previous")
+        return cls(document["releases"], previous if isinstance(previous, str) else None)
+
+    def save(self, root: Path) -> None:
+        data = json.dumps(
+            {"schema": _SCHEMA, "previous": self.previous, "releases": self.releases},
+            indent=2,
+            sort_keys=True,
+        ).encode()
+        handle, name = tempfile.mkstemp(prefix=f".{STATE_FILE}.", dir=root)
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(data + b"\n")
+                out.flush()
+                os.fsync(out.fileno())
+            Path(name).chmod(0o644)
+            Path(name).replace(root / STATE_FILE)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
+        directory = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself survives a power cut
+        finally:
+            os.close(directory)
+
+
+def record_staged(root: Path, release: str, sequence: int | None, manifest_sha256: str) -> None:
+    record = StateRecord.load(root)
+    entry = record.releases.setdefault(release, {"staged": _now()})
+    entry.update(sequence=sequence, manifest_sha256=manifest_sha256)
+    record.save(root)
+
+
+def record_failed(root: Path, release: str, error: str) -> None:
+    record = StateRecord.load(root)
+    record.releases.setdefault(release, {"staged": _now()}).update(failed=_now(), error=error)
+    record.save(root)
+
+
+def record_installed(root: Path, release: str, replaced: str | None) -> None:
+    """``current`` moved to ``release`` after a complete run; the release it replaced, if
+    another, becomes previous."""
+    record = StateRecord.load(root)
+    entry = record.releases.setdefault(release, {"staged": _now()})
+    entry.pop("error", None)
+    entry.pop("failed", None)
+    entry["installed"] = _now()
+    if replaced is not None and replaced != release:
+        record.previous = replaced
+        record.releases.setdefault(replaced, {})["superseded"] = _now()
+    record.save(root)
+
+
+@dataclass(frozen=True)
+class Release:
+    release: str
+    state: str  # current, previous, failed, staged, superseded
+    sequence: int | None
+    staged: str | None
+    installed: str | None
+    error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def current_release(root: Path) -> str | None:
+    try:
+        return (root / "current").readlink().name or None
+    except OSError:
+        return None
+
+
+def list_releases(root: Path) -> tuple[list[Release], str | None]:
+    """The releases staged under ``<root>/releases``, newest first, and a warning if the record
+    was unusable."""
+    record = StateRecord.load(root)
+    current = current_release(root)
+    found = []
+    for directory in _release_dirs(root):
+        entry = record.releases.get(directory.name, {})
+        found.append(
+            Release(
+                release=directory.name,
+                state=_state(directory.name, entry, current, record.previous),
+                sequence=entry.get("sequence", _sequence(directory)),
+                staged=entry.get("staged"),
+                installed=entry.get("installed"),
+                error=entry.get("error"),
+            )
+        )
+    # Newest first: by build sequence, then by when each was installed or staged.
+    found.sort(key=lambda r: r.installed or r.staged or "", reverse=True)
+    found.sort(key=lambda r: r.sequence or 0, reverse=True)
+    found.sort(key=lambda r: {"current": 0, "previous": 1}.get(r.state, 2))
+    return found, record.warning
+
+
+def _state(name: str, entry: dict[str, Any], current: str | None, previous: str | None) -> str:
+    if name == current:
+        return "current"
+    if name == previous:
+        return "previous"
+    if entry.get("failed") and entry.get("failed", "") >= entry.get("installed", ""):
+        return "failed"
+    if entry.get("superseded") or entry.get("installed"):
+        return "superseded"
+    return "staged"
+
+
+def _release_dirs(root: Path) -> list[Path]:
+    releases = root / "releases"
+    if not releases.is_dir():
+        return []
+    return [
+        p
+        for p in releases.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(".ansible")
+    ]
+
+
+def _sequence(directory: Path) -> int | None:
+    try:
+        return parse_manifest(
+            (directory / layout.MANIFEST).read_bytes(), str(directory / layout.MANIFEST)
+        ).sequence
+    except (OSError, ApplianceError):
+        return None
+
+
+def prune(root: Path, keep: int, *, dry_run: bool = False) -> list[str]:
+    """Remove all releases but current, previous and the ``keep`` newest others; returns the
+    releases removed (or, with ``dry_run``, that would be)."""
+    if keep < 0:
+        raise InstallError(f"--keep must be 0 or more, not {keep}", hint="e.g. --keep 2")
+    releases, _ = list_releases(root)
+    others = [r for r in releases if r.state not in {"current", "previous"}]
+    kept_previous = sum(r.state == "previous" for r in releases)
+    doomed = others[max(keep - kept_previous, 0) :]
+    if not dry_run:
+        for release in doomed:
+            _remove(root, release.release)
+    return [r.release for r in doomed]
+
+
+def _remove(root: Path, release: str) -> None:
+    """A release and its unpacked Ansible content, each moved aside by one rename first, so a
+    half-removed release never sits under its own name."""
+    releases = root / "releases"
+    for name in (f"{release}.ansible", release):
+        path = releases / name
+        if not path.exists():
+            continue
+        doomed = Path(tempfile.mkdtemp(prefix=".prune-", dir=root))
+        path.rename(doomed / name)
+        shutil.rmtree(doomed)
+    record = StateRecord.load(root)
+    if record.releases.pop(release, None) is not None:
+        record.save(root)

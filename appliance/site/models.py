@@ -9,25 +9,32 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import re
+import shutil
 import stat
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from appliance.bundle.layout import BLOBS
 from appliance.bundle.manifest import files_digest
-from appliance.bundle.store import BlobStore
 from appliance.errors import SiteModelError
 from appliance.site import manifest as site_manifest
 from appliance.site.manifest import SiteFile, SiteManifest, SiteModel, check_name
 
 DEFAULT_SITE_DIR = Path("/var/lib/appliance/site")
-# The filesystem object store: digest-keyed, outside the release directories.
+# The object store's directory backend (object_store: filesystem) and its layout, as the
+# object_store role's appliance_store module_utils defines them: <root>/<bucket>/sha256/<hex>
+# for a file's bytes, records such as the site manifest under <root>/<bucket>/site/.
 DEFAULT_STORE = Path("/var/lib/appliance/store")
+MODELS_BUCKET = "models"
+BLOB_PREFIX = "sha256"
+RECORD_PREFIX = "site"
+CHUNK = 1 << 20
 FORMATS = ("gguf", "safetensors")
 # A file name inside a model directory: it ends up in a unit's environment file, unquoted.
 _FILE_NAME = re.compile(r"^[A-Za-z0-9._+-]+(/[A-Za-z0-9._+-]+)*$")
@@ -40,15 +47,62 @@ class SitePaths:
     store: Path = DEFAULT_STORE
 
     def blob(self, sha256: str) -> Path:
-        """Where the store keeps the file of this digest (BlobStore's layout)."""
-        return self.store / BLOBS / sha256
+        """Where the store keeps the file of this digest."""
+        return self.store / MODELS_BUCKET / BLOB_PREFIX / sha256
+
+    def record(self, name: str) -> Path:
+        return self.store / MODELS_BUCKET / RECORD_PREFIX / name
+
+
+def _put(paths: SitePaths, source: Path) -> SiteFile:
+    """Copy ``source`` into the store under its sha256, hashed while it is copied; the object
+    appears under its name, by a rename, only once complete (an object there is never
+    rewritten: same name, same bytes)."""
+    digest = hashlib.sha256()
+    bucket = paths.store / MODELS_BUCKET / BLOB_PREFIX
+    bucket.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=".incoming-", suffix=".partial", dir=bucket)
+    partial = Path(name)
+    try:
+        size = 0
+        with source.open("rb") as reader, os.fdopen(fd, "wb") as writer:
+            while block := reader.read(CHUNK):
+                digest.update(block)
+                writer.write(block)
+                size += len(block)
+            writer.flush()
+            os.fsync(writer.fileno())
+        final = paths.blob(digest.hexdigest())
+        if not final.exists():
+            partial.chmod(0o444)
+            partial.replace(final)
+    finally:
+        partial.unlink(missing_ok=True)
+    return SiteFile(name=source.name, sha256=digest.hexdigest(), size=size)
+
+
+def _publish_records(paths: SitePaths) -> None:
+    """A copy of the signed site manifest in the store beside the objects it names, so that
+    whatever reads the store can check them (the site directory keeps the original)."""
+    target = paths.record(site_manifest.MANIFEST).parent
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (site_manifest.SIGNATURE, site_manifest.MANIFEST, site_manifest.PUBLIC_KEY):
+        shutil.copyfile(paths.site_dir / name, target / f".{name}.partial")
+        (target / f".{name}.partial").replace(target / name)
 
 
 @contextlib.contextmanager
 def _locked(site_dir: Path) -> Iterator[None]:
     """One writer at a time: two adds at once would each sign a manifest without the other."""
-    site_dir.mkdir(parents=True, exist_ok=True)
-    with (site_dir / ".lock").open("a") as handle:
+    try:
+        site_dir.mkdir(parents=True, exist_ok=True)
+        handle = (site_dir / ".lock").open("a")
+    except PermissionError as exc:
+        raise SiteModelError(
+            f"cannot write {site_dir}: {exc.strerror}",
+            hint="site models are the depot's: run appliance models as root there",
+        ) from exc
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
@@ -140,15 +194,10 @@ def add(
                 f"site model {name!r} exists ({existing.digest}, added {existing.added})",
                 hint=f"remove it first (appliance models remove {name}), or pass another --name",
             )
-        store = BlobStore(paths.store)
-        recorded = []
-        for path in files:
-            blob = store.add_file(path, what=str(path))
-            recorded.append(
-                SiteFile(
-                    name=path.relative_to(directory).as_posix(), sha256=blob.sha256, size=blob.size
-                )
-            )
+        recorded = [
+            _put(paths, path).model_copy(update={"name": path.relative_to(directory).as_posix()})
+            for path in files
+        ]
         model = SiteModel(
             name=name,
             format=fmt,
@@ -157,6 +206,7 @@ def add(
             files=recorded,
         )
         site_manifest.save(paths.site_dir, SiteManifest(models=[*current.models, model]))
+        _publish_records(paths)
     return model, made_key
 
 
@@ -174,6 +224,7 @@ def remove(name: str, paths: SitePaths, keep: set[str]) -> SiteModel:
             )
         rest = [m for m in current.models if m.name != name]
         site_manifest.save(paths.site_dir, SiteManifest(models=rest))
+        _publish_records(paths)
         used = keep | {f.sha256 for m in rest for f in m.files}
         for file in model.files:
             if file.sha256 not in used:

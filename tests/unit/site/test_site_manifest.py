@@ -53,6 +53,12 @@ def test_add_records_each_file_signs_and_fills_the_store(gguf_dir: Path, paths: 
     document = json.loads((paths.site_dir / "models.json").read_bytes())
     assert document["kind"] == "appliance-site-models"
     assert [m["name"] for m in document["models"]] == ["support-v3"]
+    # The object store's layout: the file under its digest, the signed record beside it.
+    assert paths.blob(sha) == paths.store / "models" / "sha256" / sha
+    for name in ("models.json", "models.json.sig", "site-key.pub"):
+        stored = paths.store / "models" / "site" / name
+        assert stored.read_bytes() == (paths.site_dir / name).read_bytes()
+    assert not (paths.store / "models" / "site" / "site-key").exists()
 
 
 def test_the_key_is_made_once_private_to_its_owner(gguf_dir: Path, paths: SitePaths) -> None:

@@ -83,3 +83,21 @@ def test_a_missing_file_or_record_is_refused(tmp_path: Path) -> None:
     done = check(tmp_path / "nothing.files.json")
     assert done.returncode == 1
     assert done.stderr.startswith(f"appliance-model-check: cannot read {tmp_path}/nothing")
+
+
+def test_as_the_units_start_command_it_becomes_the_server_once_files_match(
+    tmp_path: Path,
+) -> None:
+    path, model = record(tmp_path, "site")
+    done = subprocess.run(
+        [sys.executable, str(CHECK), str(path), "--", "/bin/echo", "serving"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, "serving\n")
+    model.write_bytes(b"GGUF changed")
+    done = subprocess.run(
+        [sys.executable, str(CHECK), str(path), "--", "/bin/echo", "serving"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (1, "")
+    assert "refusing to start: model support-v3" in done.stderr

@@ -11,21 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from appliance.bundle.inspect import read_manifest
-from appliance.bundle.manifest import Manifest, files_digest
-from appliance.errors import ApplianceError, InstallError, Problem, VerifyFailedError
+from appliance.errors import InstallError, Problem, VerifyFailedError
 from appliance.install import new_run_dir, runner_env
 from appliance.install.inventory import load_inventory, single_box
+from appliance.install.verify_models import (
+    Allowed,
+    Check,
+    judge_routes,
+    judge_served,
+)
 from appliance.runner import TaskEvent, run_playbook
-from appliance.site import manifest as site_manifest
 from appliance.site.models import DEFAULT_SITE_DIR
-
-
-@dataclass(frozen=True)
-class Check:
-    host: str
-    name: str
-    passed: bool
-    evidence: str
+from appliance.site.verify import site_allowed
 
 
 @dataclass(frozen=True)
@@ -55,9 +52,11 @@ def verify(
             hint="run appliance install first (verify uses the installed release's playbooks)",
         )
     manifest = read_manifest(release)
-    trusted, site_check = trusted_digests(manifest, options.site_dir)
     # The installed release serves models: runtimes and the gateway must be there too.
     expect_inference = any(c.kind == "model" for c in manifest.components)
+    # What a runtime may serve: the bundle's models and the site's (signature checked first).
+    site_models, site_check = site_allowed(options.site_dir)
+    allowed = Allowed.of(manifest.models()) | Allowed.of(site_models)
     run_dir = new_run_dir(options.root)
     evidence_dir = run_dir / "evidence"
     evidence_dir.mkdir(mode=0o700)
@@ -85,7 +84,7 @@ def verify(
             failure = next((f.message for f in result.failures if f.host == host), "no evidence")
             checks.append(Check(host, "evidence gathered", False, failure))
             continue
-        checks.extend(judge(json.loads(path.read_text()), expect_inference, trusted))
+        checks.extend(judge(json.loads(path.read_text()), expect_inference, allowed))
     if expect_inference and not any(c.name.startswith("gateway ") for c in checks):
         checks.append(
             Check("all", "gateway running", False, "no host has the gateway's configuration")
@@ -95,25 +94,11 @@ def verify(
     return checks, report
 
 
-def trusted_digests(manifest: Manifest, site_dir: Path) -> tuple[dict[str, str], Check | None]:
-    """Each digest a runtime may serve -> where it is recorded: the bundle's models and the
-    site's (the site manifest's signature checked first; a failure is a failed check)."""
-    trusted = {m["digest"]: f"release {manifest.release}" for m in manifest.models()}
-    try:
-        site = site_manifest.load(site_dir)
-    except ApplianceError as error:
-        return trusted, Check("local", "site manifest: signature good", False, error.message)
-    for model in site.models:
-        trusted.setdefault(model.digest, f"site model {model.name}, added {model.added}")
-    if not site.models:
-        return trusted, None
-    evidence = f"{len(site.models)} site model(s) in {site_dir}"
-    return trusted, Check("local", "site manifest: signature good", True, evidence)
-
-
 def judge(
-    evidence: dict[str, Any], expect_inference: bool = False, trusted: dict[str, str] | None = None
+    evidence: dict[str, Any], expect_inference: bool = False, allowed: Allowed | None = None
 ) -> list[Check]:
+    """Every check of one host's evidence; ``allowed``: the models the manifests name (None:
+    the model checks are not judged)."""
     host = evidence["host"]
     checks = []
     for probe in evidence["egress"]:
@@ -158,50 +143,12 @@ def judge(
         )
     )
     checks.extend(_judge_runtimes(host, evidence, expect_inference))
-    if trusted is not None:
-        checks.extend(_judge_served_models(host, evidence, trusted))
+    if allowed is not None:
+        checks.extend(judge_served(host, evidence.get("served_models") or [], allowed))
     if evidence.get("gateway"):
         checks.extend(_judge_gateway(host, evidence["gateway"]))
-        if trusted is not None:
-            for route in evidence["gateway"].get("models") or []:
-                origin = trusted.get(route.get("digest"))
-                checks.append(
-                    Check(
-                        host,
-                        f"gateway route in a signed manifest: {route.get('name')}",
-                        origin is not None,
-                        f"{route.get('digest')}: "
-                        + (origin or "in neither the bundle's manifest nor the site's"),
-                    )
-                )
-    return checks
-
-
-def _judge_served_models(
-    host: str, evidence: dict[str, Any], trusted: dict[str, str]
-) -> list[Check]:
-    """Each model a runtime here serves, named by the digest of the bytes on disk, must be one
-    that the bundle's or the site's signed manifest records."""
-    hashed = evidence.get("served_files") or {}
-    checks = []
-    for record in evidence.get("served_models") or []:
-        files = record.get("files") or []
-        missing = [f["path"] for f in files if not hashed.get(f["path"])]
-        seen = files_digest([(f["name"], hashed.get(f["path"]) or "") for f in files])
-        origin = None if missing or not files else trusted.get(seen)
-        evidence_text = (
-            f"cannot hash {', '.join(missing)}"
-            if missing
-            else f"{seen}: {origin or 'in neither the bundle manifest nor the site manifest'}"
-        )
-        checks.append(
-            Check(
-                host,
-                f"runtime model in a signed manifest: {record.get('model')}",
-                origin is not None,
-                evidence_text,
-            )
-        )
+        if allowed is not None:
+            checks.extend(judge_routes(host, evidence["gateway"], allowed))
     return checks
 
 

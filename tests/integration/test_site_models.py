@@ -224,11 +224,13 @@ def test_a_changed_file_is_refused_at_start_naming_it(site: Site) -> None:
         status, body, request_id = site.call("POST", "/v1/chat/completions", chat("tiny-site"))
         assert status == 502, body
         assert site.record(request_id)["model_digest"] == site.digest
-        # install refuses too, naming the file (from the unit's journal).
+        # install stops too; its run record names the file (from the unit's journal).
         refused = site.install(RELEASES[1])
         assert refused.returncode == 32, refused.stdout[-2000:]
-        assert "appliance-llamacpp@tiny-site does not answer /health" in refused.stderr
-        assert said in refused.stderr, refused.stderr
+        assert "FAILED: [localhost] Stop with what the servers said" in refused.stdout
+        record = refused.stderr.rstrip().rsplit(" ", 1)[-1]
+        assert record.startswith("/opt/appliance/runs/"), refused.stderr
+        assert site.run("grep", "-rqF", said, record).returncode == 0, refused.stderr
         verify = site.run(APPLIANCE, "--json", "verify", "--egress-target", EGRESS_TARGET)
         assert verify.returncode == 33
         failed = {p["path"]: p["message"] for p in json.loads(verify.stdout)["error"]["problems"]}

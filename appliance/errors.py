@@ -175,6 +175,15 @@ class GatewayConfigError(ApplianceError):
     kind = "gateway-config"
 
 
+class SiteModelError(ApplianceError):
+    """A site model (fine-tuned inside the boundary) cannot be added, listed or served: a bad
+    or taken name, an unusable model directory, a site manifest whose signature fails, or a
+    file that changed after it was recorded."""
+
+    exit_code = 37
+    kind = "site-model"
+
+
 class SizingError(ApplianceError):
     """A model's files or the GPU facts cannot be read for sizing (a header too large or not
     well-formed, a config without the numbers sizing needs, an unknown GPU type)."""

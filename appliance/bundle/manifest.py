@@ -237,11 +237,14 @@ def model_digest(files: list[FileEntry]) -> str:
     sha256sum; a model of several files by the sha256 of its sha256sum-style listing
     (``<sha256>  <relative path>`` lines, sorted by path), so renaming a file changes it too.
     """
+    return files_digest([(e.name or e.path, e.sha256) for e in files])
+
+
+def files_digest(files: list[tuple[str, str]]) -> str:
+    """``model_digest`` of (relative path, sha256) pairs: site models are named the same way."""
     if len(files) == 1:
-        return f"sha256:{files[0].sha256}"
-    listing = "".join(
-        f"{e.sha256}  {e.name or e.path}\n" for e in sorted(files, key=lambda e: e.name or e.path)
-    )
+        return f"sha256:{files[0][1]}"
+    listing = "".join(f"{sha256}  {name}\n" for name, sha256 in sorted(files))
     return f"sha256:{hashlib.sha256(listing.encode()).hexdigest()}"
 
 

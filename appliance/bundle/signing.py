@@ -108,8 +108,11 @@ def read_public_key(public: Path) -> str:
     return f"{fields[0]} {fields[1]}"
 
 
-def verify_bytes(public: Path, data: bytes, signature: bytes, what: str) -> None:
-    """Raise BundleSignatureError unless ``signature`` is the trusted key's over ``data``.
+def verify_bytes(
+    public: Path, data: bytes, signature: bytes, what: str, namespace: str = NAMESPACE
+) -> None:
+    """Raise BundleSignatureError unless ``signature`` is the trusted key's over ``data``, made
+    for ``namespace`` (a signature made for another purpose never verifies here).
 
     Implemented here (with ``cryptography``) rather than by running ssh-keygen, so an isolated
     host needs no OpenSSH tools; ssh-keygen checks the same signatures (tests prove both agree).
@@ -126,7 +129,7 @@ def verify_bytes(public: Path, data: bytes, signature: bytes, what: str) -> None
             hint="bundles are signed with ed25519 keys from `appliance keygen`",
         )
     try:
-        signer_key, signed, raw = _parse_sshsig(signature, data)
+        signer_key, signed, raw = _parse_sshsig(signature, data, namespace)
     except (ValueError, IndexError, binascii.Error) as exc:
         raise BundleSignatureError(
             f"{what}: the signature is malformed ({exc})",
@@ -167,7 +170,7 @@ def _ssh_string(value: bytes) -> bytes:
     return len(value).to_bytes(4, "big") + value
 
 
-def _parse_sshsig(armored: bytes, data: bytes) -> tuple[bytes, bytes, bytes]:
+def _parse_sshsig(armored: bytes, data: bytes, expected: str) -> tuple[bytes, bytes, bytes]:
     """(signer public key blob, the bytes that were signed, raw ed25519 signature)."""
     lines = armored.decode("ascii").strip().splitlines()
     if (
@@ -180,8 +183,8 @@ def _parse_sshsig(armored: bytes, data: bytes) -> tuple[bytes, bytes, bytes]:
     if not blob.startswith(_MAGIC) or int.from_bytes(blob[6:10], "big") != 1:
         raise ValueError("not an SSHSIG version 1 signature")
     public_key, namespace, reserved, hash_name, sig = _ssh_strings(blob[10:])
-    if namespace != NAMESPACE.encode():
-        raise ValueError(f"namespace {namespace[:40]!r}, expected {NAMESPACE!r}")
+    if namespace != expected.encode():
+        raise ValueError(f"namespace {namespace[:40]!r}, expected {expected!r}")
     hashes = {b"sha512": hashlib.sha512, b"sha256": hashlib.sha256}
     if hash_name not in hashes:
         raise ValueError(f"hash algorithm {hash_name[:20]!r}")
@@ -193,3 +196,38 @@ def _parse_sshsig(armored: bytes, data: bytes) -> tuple[bytes, bytes, bytes]:
     if sig_type != b"ssh-ed25519":
         raise ValueError(f"signature type {sig_type[:20]!r}")
     return public_key, signed, raw
+
+
+def sign_bytes(private: Path, data: bytes, namespace: str) -> bytes:
+    """An armored SSHSIG signature of ``data`` by the OpenSSH ed25519 key at ``private``, made
+    in Python (``ssh-keygen -Y verify`` accepts it): a key made on an isolated host signs there
+    with no OpenSSH tools."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        key = serialization.load_ssh_private_key(private.read_bytes(), password=None)
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(
+            f"cannot read signing key {private}: {getattr(exc, 'strerror', None) or exc}",
+            hint="the key must be an unencrypted OpenSSH ed25519 private key readable by you",
+        ) from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"{private} is not an ed25519 key", hint="use an ed25519 key")
+    raw_public = key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    public_blob = _ssh_string(b"ssh-ed25519") + _ssh_string(raw_public)
+    fields = (namespace.encode(), b"", b"sha512", hashlib.sha512(data).digest())
+    signature = key.sign(_MAGIC + b"".join(_ssh_string(f) for f in fields))
+    blob = (
+        _MAGIC
+        + (1).to_bytes(4, "big")
+        + b"".join(_ssh_string(f) for f in (public_blob, *fields[:3]))
+        + _ssh_string(_ssh_string(b"ssh-ed25519") + _ssh_string(signature))
+    )
+    text = base64.b64encode(blob).decode()
+    lines = [text[i : i + 70] for i in range(0, len(text), 70)]
+    return (
+        "\n".join(["-----BEGIN SSH SIGNATURE-----", *lines, "-----END SSH SIGNATURE-----"]) + "\n"
+    ).encode()

@@ -35,6 +35,7 @@ _COMMANDS = {
     "gateway": "appliance.cli.gateway:gateway_group",
     "audit": "appliance.cli.audit:audit_group",
     "size": "appliance.cli.size:size_command",
+    "models": "appliance.cli.models:models_group",
 }
 
 

@@ -11,14 +11,14 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from appliance.bundle.manifest import Manifest
 from appliance.bundle.verify import VerifiedBundle, open_bundle
-from appliance.errors import InstallError, PlaybookFailedError
+from appliance.errors import InstallError, InventoryError, PlaybookFailedError
 from appliance.install.checks import check_can_install
 from appliance.install.inventory import Inventory, load_inventory, single_box
 from appliance.install.release_state import (
@@ -34,6 +34,8 @@ from appliance.install.stage import ansible_content, stage
 from appliance.install.topology import Topology, plan
 from appliance.progress import NullProgress, Progress
 from appliance.runner import RunResult, TaskEvent, run_playbook
+from appliance.site.models import SitePaths
+from appliance.site.models import for_install as site_models_for_install
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class InstallOptions:
     replace_driver: bool = False
     # Install a release older than the current one (release order: install/releases.py).
     allow_downgrade: bool = False
+    # Site models (appliance models add): outside the release directories, kept by upgrades.
+    site: SitePaths = field(default_factory=SitePaths)
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,8 @@ def _install(
     # or changed: the stack is one this release installs, the bundle holds every OS package
     # the roles install, and the inventory gives a workable topology.
     check_can_install(manifest)
-    topology = plan_topology(inventory, manifest)
+    site = _site_models(options, manifest, inventory, on_note)
+    topology = plan_topology(inventory, manifest, site)
     on_note(
         check_order(bundle, options.root, inventory, allow_downgrade=options.allow_downgrade).note
     )
@@ -134,6 +139,7 @@ def _install(
         finally:
             progress.finish(task)
     extravars = _extravars(options, manifest, depot_release, local_release, topology)
+    extravars["appliance_models"] = manifest.models() + site
     # Each vLLM model's facts, read from the verified copy, for preflight to judge against the
     # GPUs it finds on each node.
     extravars["appliance_gpu_sizing"] = gpu_sizing(
@@ -168,17 +174,59 @@ def _install(
     )
 
 
-def plan_topology(inventory: Inventory, manifest: Manifest) -> Topology:
-    """The topology of ``inventory`` for ``manifest``'s stack and models."""
-    return plan(
+def plan_topology(
+    inventory: Inventory, manifest: Manifest, site_models: list[dict[str, Any]] | None = None
+) -> Topology:
+    """The topology of ``inventory`` for ``manifest``'s stack and models, and the site's."""
+    topology = plan(
         hosts=inventory.hosts,
         depot=inventory.depot,
         gpu_nodes=inventory.gpu_nodes,
         host_vars=inventory.host_vars,
         stack=manifest.stack,
-        models=manifest.models(),
+        models=manifest.models() + (site_models or []),
         nvidia=_nvidia(manifest),
     )
+    site_names = {m["name"] for m in site_models or []}
+    for host, host_plan in topology.hosts.items():
+        runtime = host_plan.runtime
+        if runtime is None or host_plan.depot:
+            continue
+        away = sorted(site_names & set(runtime.models))
+        if away:
+            raise InventoryError(
+                f"host {host} would serve the site model(s) {', '.join(away)}, but the "
+                "filesystem store that holds site models is on the depot alone",
+                hint=f"list only the bundle's models in runtime_{runtime.kind}_models of {host}, "
+                "and serve site models on the depot (a member of gpu_nodes); nothing was changed",
+            )
+    return topology
+
+
+def _site_models(
+    options: InstallOptions,
+    manifest: Manifest,
+    inventory: Inventory,
+    on_note: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """The site's models, from the signed site manifest on this depot, for the roles."""
+    if not inventory.depot_is_local:
+        return []
+    bundle_names = {m["name"]: manifest.release for m in manifest.models()}
+    site = site_models_for_install(options.site, bundle_names)
+    if site and not bundle_names:
+        # A bundle without models carries no runtime to serve them with.
+        on_note(
+            f"release {manifest.release} carries no models and so no runtime: the "
+            f"{len(site)} site model(s) in {options.site.site_dir} are kept, not served"
+        )
+        return []
+    if site:
+        on_note(
+            f"site models: {', '.join(m['name'] for m in site)} (site manifest "
+            f"{options.site.site_dir}: signature good)"
+        )
+    return site
 
 
 def _nvidia(manifest: Manifest) -> dict[str, Any] | None:

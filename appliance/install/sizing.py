@@ -45,6 +45,10 @@ def gpu_sizing(
             continue
         facts = []
         for name in runtime.models:
+            if name not in by_name:
+                # A site model: its files are in the store, not the release; not sized here.
+                on_note(f"site model {name} not sized: preflight cannot check its fit")
+                continue
             if name not in cache:
                 found = from_manifest_models(release, [by_name[name]])
                 for unsized, reason in found.unsized:

@@ -23,6 +23,8 @@ from appliance.install.verify_models import (
     judge_store,
 )
 from appliance.runner import TaskEvent, run_playbook
+from appliance.site.models import DEFAULT_SITE_DIR
+from appliance.site.verify import site_allowed
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class VerifyOptions:
     internal_targets: tuple[str, ...] = ()
     inventory: Path | None = None
     root: Path = Path("/opt/appliance")
+    site_dir: Path = DEFAULT_SITE_DIR
 
 
 def verify(
@@ -53,7 +56,9 @@ def verify(
     manifest = read_manifest(release)
     # The installed release serves models: runtimes and the gateway must be there too.
     expect_inference = any(c.kind == "model" for c in manifest.components)
-    allowed = Allowed.of(manifest.models())
+    # What a runtime may serve: the bundle's models and the site's (signature checked first).
+    site_models, site_check = site_allowed(options.site_dir)
+    allowed = Allowed.of(manifest.models()) | Allowed.of(site_models)
     driver_version = _driver_version(manifest)
     run_dir = new_run_dir(options.root)
     evidence_dir = run_dir / "evidence"
@@ -76,7 +81,7 @@ def verify(
         envvars=runner_env(project),
         on_event=on_event,
     )
-    checks: list[Check] = []
+    checks: list[Check] = [site_check] if site_check is not None else []
     for host in inventory.hosts:
         path = evidence_dir / f"{host}.json"
         if not path.is_file():

@@ -35,6 +35,7 @@ def test_help_teaches_the_flow_and_lists_only_real_commands(
         "inspect",
         "install",
         "keygen",
+        "models",
         "pack",
         "releases",
         "size",

@@ -100,8 +100,8 @@ class GnuPG:
 
 @contextmanager
 def gnupg_home(workdir: Path) -> Iterator[GnuPG]:
-    """A GnuPG home under ``workdir`` (under the system's temporary directory when ``workdir``
-    is too deep for gpg-agent's sockets), deleted with its agent on leaving."""
+    """A GnuPG home under ``workdir`` (under the temporary directory, or /tmp, when
+    ``workdir`` is too deep for gpg-agent's sockets), deleted with its agent on leaving."""
     gpg = shutil.which("gpg")
     gpgconf = shutil.which("gpgconf")
     if gpg is None or gpgconf is None:
@@ -109,13 +109,16 @@ def gnupg_home(workdir: Path) -> Iterator[GnuPG]:
             "gpg is not installed on this build machine; it signs the bundle's apt repository",
             hint="install gnupg (Debian: apt-get install gnupg)",
         )
-    workdir.mkdir(parents=True, exist_ok=True)
-    home = Path(tempfile.mkdtemp(prefix="gnupg-", dir=workdir))
     # Without /run/user/UID, gpg-agent puts its sockets in the home, and a Unix socket path
-    # has at most 107 bytes: a deep work directory would keep the agent from starting.
-    if len(str(home / "S.gpg-agent.browser").encode()) > _MAX_SOCKET_PATH:
-        home.rmdir()
-        home = Path(tempfile.mkdtemp(prefix="appliance-gnupg-"))
+    # has at most 107 bytes: a deep work directory (or TMPDIR) would keep the agent from
+    # starting, so the home goes to the first of these that is short enough.
+    for parent in (workdir, Path(tempfile.gettempdir()), Path("/tmp")):  # noqa: S108
+        if len(str(parent.absolute() / "gnupg-12345678" / "S.gpg-agent.browser")) <= (
+            _MAX_SOCKET_PATH
+        ):
+            break
+    parent.mkdir(parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="gnupg-", dir=parent))
     try:
         yield GnuPG(gpg, home)
     finally:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from appliance.errors import KeyFileError
 
-_MAX_SOCKET_PATH = 107
+# sun_path holds 108 bytes with its NUL, and gpg-agent (2.2.40) fails at 107 already: measured.
+_MAX_SOCKET_PATH = 106
 # A secret key with a few subkeys is a few KiB; this only keeps a wrong file out of memory.
 _MAX_KEY_BYTES = 1 << 20
 _ARMOR_SECRET = b"-----BEGIN PGP PRIVATE KEY BLOCK-----"
@@ -110,12 +111,11 @@ def gnupg_home(workdir: Path) -> Iterator[GnuPG]:
             hint="install gnupg (Debian: apt-get install gnupg)",
         )
     # Without /run/user/UID, gpg-agent puts its sockets in the home, and a Unix socket path
-    # has at most 107 bytes: a deep work directory (or TMPDIR) would keep the agent from
+    # is short (_MAX_SOCKET_PATH): a deep work directory (or TMPDIR) would keep the agent from
     # starting, so the home goes to the first of these that is short enough.
     for parent in (workdir, Path(tempfile.gettempdir()), Path("/tmp")):  # noqa: S108
-        if len(str(parent.absolute() / "gnupg-12345678" / "S.gpg-agent.browser")) <= (
-            _MAX_SOCKET_PATH
-        ):
+        socket = parent.absolute() / "gnupg-12345678" / "S.gpg-agent.browser"
+        if len(str(socket).encode()) <= _MAX_SOCKET_PATH:
             break
     parent.mkdir(parents=True, exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="gnupg-", dir=parent))

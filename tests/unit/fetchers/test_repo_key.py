@@ -16,7 +16,7 @@ import pytest
 from appliance.bundle.signing import keygen
 from appliance.errors import KeyFileError
 from appliance.fetchers.apt_repo import KEY_FILE, sign_repo, write_indexes
-from appliance.fetchers.gnupg import KEY_HINT, RepoKey, load_repo_key
+from appliance.fetchers.gnupg import KEY_HINT, RepoKey, gnupg_home, load_repo_key
 from tests.fixtures.cli import run_cli
 from tests.fixtures.specs import spec_text
 
@@ -169,6 +169,27 @@ def test_one_key_and_one_epoch_sign_byte_for_byte_alike(
     assert key.fingerprint in listing.upper() or key.fingerprint[-16:] in listing.upper()
     for name in ("a", "b"):
         assert list((tmp_path / name / "work").iterdir()) == []
+
+
+@pytest.mark.parametrize("extra", [0, 1, 80])
+def test_gpg_agent_starts_however_deep_the_work_directory(extra: int) -> None:
+    """The longest socket path the home may give is the longest gpg-agent accepts (measured);
+    one byte deeper, or far deeper, and the home moves to a short temporary directory."""
+    # The socket, S.gpg-agent.browser in a gnupg-XXXXXXXX home, must be at most 106 bytes.
+    root = Path(tempfile.mkdtemp(prefix="deep-"))
+    workdir = root / ("d" * (106 - len("/gnupg-12345678/S.gpg-agent.browser") - len(f"{root}/")))
+    workdir = workdir.with_name(workdir.name + "e" * extra)
+    try:
+        with gnupg_home(workdir) as gpg:
+            assert (gpg.home.parent == workdir) is (extra == 0)
+            gpg.run(
+                "--passphrase", "", "--quick-generate-key", "deep", "ed25519", "sign", "never",
+                failure="gpg failed", hint="",
+            )  # fmt: skip
+            assert len(gpg.secret_keys("gpg failed", "")) == 1
+        assert not gpg.home.exists()
+    finally:
+        shutil.rmtree(root)
 
 
 def test_without_a_key_every_repository_has_its_own(tmp_path: Path) -> None:

@@ -39,7 +39,15 @@ from appliance.bundle.signing import write_trust_files
 from appliance.bundle.store import BlobStore
 from appliance.errors import BuildError, KeyFileError
 from appliance.fetchers.download import Fetcher
-from appliance.fetchers.source import Job, Part, Request, SourceKind, file_entry
+from appliance.fetchers.gnupg import load_repo_key
+from appliance.fetchers.source import (
+    Job,
+    Part,
+    Request,
+    SourceKind,
+    file_entry,
+    source_date_epoch,
+)
 from appliance.progress import NullProgress, Progress
 from appliance.spec import Spec, load_spec_bytes
 
@@ -54,6 +62,7 @@ class BuildOptions:
     target: str | None = None  # "os/arch"; required when the spec names several
     force: bool = False
     base: Path | None = None  # a base bundle's manifest.json: build a delta on top of it
+    repo_key: Path | None = None  # an armored secret key that signs the apt repository
 
 
 @dataclass
@@ -89,7 +98,15 @@ def build_bundle(
     spec, spec_bytes = load_spec_bytes(options.spec_path)
     target = _pick_target(spec, options.target)
     _check_options(options)
-    request = Request(spec, options.spec_path, target, options.cache)
+    epoch = source_date_epoch()
+    repo_key = (
+        None
+        if options.repo_key is None
+        else load_repo_key(options.repo_key, Path(tempfile.gettempdir()), epoch)
+    )
+    request = Request(
+        spec, options.spec_path, target, options.cache, repo_key=repo_key, epoch=epoch
+    )
     # Every kind's check before any kind's fetch: a bad spec costs no download.
     plans = {name: kind.check(request) for name, kind in sources.items()}
 
@@ -104,6 +121,8 @@ def build_bundle(
             target=target,
             cache_dir=options.cache,
             warnings=request.warnings,
+            repo_key=repo_key,
+            epoch=epoch,
             staging=staging,
             store=store,
             fetcher=fetcher,
@@ -128,7 +147,7 @@ def build_bundle(
         manifest = Manifest(
             name=spec.name,
             release=spec.release,
-            created=_created(),
+            created=_created(epoch),
             appliance_version=__version__,
             spec_sha256=spec_sha256,
             target=target,
@@ -159,11 +178,10 @@ def _public(component: Component) -> Component:
     )
 
 
-def _created() -> str:
+def _created(epoch: int | None) -> str:
     """The build time, or SOURCE_DATE_EPOCH's (reproducible-builds.org) when it is set, so two
     builds of one spec can be compared byte for byte."""
-    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
-    when = datetime.fromtimestamp(int(epoch), UTC) if epoch.isdigit() else datetime.now(UTC)
+    when = datetime.fromtimestamp(epoch, UTC) if epoch is not None else datetime.now(UTC)
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -83,6 +83,16 @@ def keygen(output: Output, private: Path, comment: str) -> None:
     type=click.Path(path_type=Path, exists=True),
     help="Build a delta: ship only what this base bundle (its directory or manifest.json) lacks.",
 )
+@click.option(
+    "--repo-key",
+    type=_PATH,
+    envvar="APPLIANCE_REPO_KEY",
+    show_envvar=True,
+    help="Armored OpenPGP secret key (no passphrase) that signs the bundle's apt repository. "
+    "Default: a key made for this build and thrown away, which nobody holds and so nobody can "
+    "steal; bring one to make two builds identical and let hosts trust one repo key across "
+    "releases.",
+)
 @click.pass_obj
 def build_bundle_command(
     output: Output,
@@ -95,6 +105,7 @@ def build_bundle_command(
     target: str | None,
     force: bool,
     base: Path | None,
+    repo_key: Path | None,
 ) -> None:
     """Fetch, pin and sign everything SPEC names into one bundle directory.
 
@@ -122,6 +133,7 @@ def build_bundle_command(
         target=target,
         force=force,
         base=base / "manifest.json" if base is not None and base.is_dir() else base,
+        repo_key=repo_key,
     )
     with progress_for(output) as progress:
         report = build_bundle(options, progress)

@@ -21,6 +21,7 @@ from pathlib import Path
 from appliance.errors import PackageResolveError
 from appliance.fetchers.apt_repo import parse_field, replace_field, sign_repo, write_indexes
 from appliance.fetchers.apt_root import AptRoot, CandidateCheck, Entry
+from appliance.fetchers.gnupg import RepoKey
 from appliance.spec.models import Packages
 
 _ARCH_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -126,25 +127,34 @@ def _resolve(
 
 
 def write_repo(
-    entries: list[tuple[DebPackage, str]], repo_dir: Path, *, label: str, workdir: Path
+    entries: list[tuple[DebPackage, str]],
+    repo_dir: Path,
+    *,
+    label: str,
+    workdir: Path,
+    key: RepoKey | None = None,
+    epoch: int | None = None,
 ) -> RepoIndex:
     """Write a signed flat apt repository at ``repo_dir`` for ``entries``.
 
     Each entry pairs a package with where its .deb lies, relative to the bundle root
     (``repo_dir.parent``): the target's apt uses the bundle root as the source URI and
-    ``repo/`` as the flat suite, so that path is what ``Filename:`` must say.
+    ``repo/`` as the flat suite, so that path is what ``Filename:`` must say. ``key`` and
+    ``epoch`` are ``sign_repo``'s.
     """
     ordered = sorted(entries, key=lambda entry: (entry[0].name, entry[0].version))
     paragraphs = [replace_field(pkg.control, "Filename", path) for pkg, path in ordered]
     arches = sorted({pkg.arch for pkg, _ in ordered} - {"all"}) or ["all"]
     repo_dir.mkdir(parents=True, exist_ok=True)
-    written = write_indexes(paragraphs, repo_dir, label=label, architectures=arches)
-    fingerprint, signed, key = sign_repo(repo_dir, label=label, workdir=workdir)
+    written = write_indexes(paragraphs, repo_dir, label=label, architectures=arches, epoch=epoch)
+    fingerprint, signed, public = sign_repo(
+        repo_dir, label=label, workdir=workdir, key=key, epoch=epoch
+    )
     root = repo_dir.parent
     return RepoIndex(
-        files=[path.relative_to(root).as_posix() for path in [*written, *signed, key]],
+        files=[path.relative_to(root).as_posix() for path in [*written, *signed, public]],
         fingerprint=fingerprint,
-        key_path=key.relative_to(root).as_posix(),
+        key_path=public.relative_to(root).as_posix(),
     )
 
 

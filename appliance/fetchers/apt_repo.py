@@ -2,8 +2,9 @@
 
 The repository is indexed and signed the way apt-ftparchive and reprepro leave it (Packages,
 Packages.gz, Release, InRelease, Release.gpg), but from paragraphs already in hand, so no .deb
-is read again. The signing key is made per repository in a throwaway GnuPG home: the target
-trusts exactly this repository, and no private key outlives the call.
+is read again. The signing key is made per repository in a throwaway GnuPG home (the target
+trusts exactly this repository, and no private key outlives the call), unless the operator
+brings one (``build-bundle --repo-key``) so that two builds sign alike.
 """
 
 from __future__ import annotations
@@ -12,16 +13,12 @@ import functools
 import gzip
 import hashlib
 import re
-import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
-from appliance.errors import KeyFileError
+from appliance.fetchers.gnupg import RepoKey, gnupg_home
 
 KEY_FILE = "archive-key.gpg"
-_MAX_SOCKET_PATH = 107
 
 
 @functools.cache
@@ -44,9 +41,15 @@ def replace_field(control: str, name: str, value: str) -> str:
 
 
 def write_indexes(
-    paragraphs: list[str], repo_dir: Path, *, label: str, architectures: list[str]
+    paragraphs: list[str],
+    repo_dir: Path,
+    *,
+    label: str,
+    architectures: list[str],
+    epoch: int | None = None,
 ) -> list[Path]:
-    """Write Packages, Packages.gz and an unsigned Release; return their paths."""
+    """Write Packages, Packages.gz and an unsigned Release (dated ``epoch`` when set, else
+    now); return their paths."""
     packages = "".join(f"{paragraph}\n\n" for paragraph in paragraphs).encode()
     packages_path = repo_dir / "Packages"
     packages_path.write_bytes(packages)
@@ -60,8 +63,9 @@ def write_indexes(
         f"Label: {label}",
         # apt checks that a flat repository "DIR/" calls itself DIR, and warns otherwise.
         f"Suite: {repo_dir.name}",
-        # apt refuses a Release dated in the future, so this is the one field that must vary.
-        "Date: " + time.strftime("%a, %d %b %Y %H:%M:%S UTC", time.gmtime()),
+        # apt refuses a Release dated in the future, so this is the one field that must vary,
+        # unless SOURCE_DATE_EPOCH fixes the build's time.
+        "Date: " + time.strftime("%a, %d %b %Y %H:%M:%S UTC", time.gmtime(epoch)),
         f"Architectures: {' '.join(architectures)}",
     ]
     for section, algorithm in (("MD5Sum", "md5"), ("SHA256", "sha256")):
@@ -74,65 +78,50 @@ def write_indexes(
     return [packages_path, gz_path, release_path]
 
 
-def sign_repo(repo_dir: Path, *, label: str, workdir: Path) -> tuple[str, list[Path], Path]:
-    """Sign ``repo_dir/Release`` with a new key; return (fingerprint, signed files, public key).
+def sign_repo(
+    repo_dir: Path,
+    *,
+    label: str,
+    workdir: Path,
+    key: RepoKey | None = None,
+    epoch: int | None = None,
+) -> tuple[str, list[Path], Path]:
+    """Sign ``repo_dir/Release``; return (fingerprint, signed files, public key).
 
-    The key lives in a GnuPG home under ``workdir`` (under the system's temporary directory
-    when ``workdir`` is too deep for gpg-agent's sockets) that is deleted before returning.
+    With ``key`` (the operator's, checked by ``load_repo_key``) the signatures are made with it;
+    without, with a key made for this repository alone. With ``epoch`` gpg signs at that time:
+    an ed25519 (or RSA) signature depends only on key, data and time, so two builds with one
+    key and one epoch sign byte for byte alike.
     """
-    gpg = shutil.which("gpg")
-    gpgconf = shutil.which("gpgconf")
-    if gpg is None or gpgconf is None:
-        raise KeyFileError(
-            "gpg is not installed on this build machine; it signs the bundle's apt repository",
-            hint="install gnupg (Debian: apt-get install gnupg)",
-        )
-    workdir.mkdir(parents=True, exist_ok=True)
-    home = Path(tempfile.mkdtemp(prefix="gnupg-", dir=workdir))
-    # Without /run/user/UID, gpg-agent puts its sockets in the home, and a Unix socket path
-    # has at most 107 bytes: a deep work directory would keep the agent from starting.
-    if len(str(home / "S.gpg-agent.browser").encode()) > _MAX_SOCKET_PATH:
-        home.rmdir()
-        home = Path(tempfile.mkdtemp(prefix="appliance-gnupg-"))
-    try:
-
-        def run(*args: str) -> bytes:
-            command = [gpg, "--batch", "--no-tty", "--quiet", "--homedir", str(home), *args]
-            result = subprocess.run(command, capture_output=True, check=False)  # noqa: S603
-            if result.returncode != 0:
-                raise KeyFileError(
-                    f"gpg failed while signing the apt repository at {repo_dir}: "
-                    + result.stderr.decode(errors="replace").strip(),
-                    hint="check that gpg and gpg-agent work on this machine (gpg --version) "
-                    "and that the disk is not full",
-                )
-            return result.stdout
-
-        run(
-            "--passphrase", "", "--quick-generate-key",
-            f"{label} apt repository", "ed25519", "sign", "never",
+    failure = f"gpg failed while signing the apt repository at {repo_dir}"
+    hint = (
+        "check that gpg and gpg-agent work on this machine (gpg --version) and that the disk "
+        "is not full"
+    )
+    with gnupg_home(workdir) as gpg:
+        if key is None:
+            gpg.run(
+                "--passphrase", "", "--quick-generate-key",
+                f"{label} apt repository", "ed25519", "sign", "never",
+                failure=failure, hint=hint, epoch=epoch,
+            )  # fmt: skip
+            fingerprint = gpg.secret_keys(failure, hint)[0].fingerprint
+        else:
+            gpg.import_secret(key.data, failure, hint)
+            fingerprint = key.fingerprint
+        release = str(repo_dir / "Release")
+        signing = ["--pinentry-mode", "error", "--local-user", fingerprint]
+        signing += ["--digest-algo", "SHA512", "--yes"]
+        inrelease, detached = repo_dir / "InRelease", repo_dir / "Release.gpg"
+        for output, how in ((inrelease, ["--clearsign"]), (detached, ["--armor", "-b"])):
+            gpg.run(
+                *signing, *how, "--output", str(output), release,
+                failure=failure, hint=hint, epoch=epoch,
+            )  # fmt: skip
+        # Only the key and its self-signatures: what apt needs, and the same for every build.
+        public = gpg.run(
+            "--export-options", "export-minimal", "--export", fingerprint,
+            failure=failure, hint=hint,
         )  # fmt: skip
-        listing = run("--with-colons", "--list-secret-keys").decode()
-        fingerprint = next(
-            line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:")
-        )
-        release = repo_dir / "Release"
-        signing = ["--local-user", fingerprint, "--digest-algo", "SHA512", "--yes"]
-        run(*signing, "--clearsign", "--output", str(repo_dir / "InRelease"), str(release))
-        run(
-            *signing,
-            "--armor",
-            "--detach-sign",
-            "--output",
-            str(repo_dir / "Release.gpg"),
-            str(release),
-        )
-        (repo_dir / KEY_FILE).write_bytes(run("--export", fingerprint))
-    finally:
-        # The agent holds the private key in memory and would outlive the deleted home.
-        subprocess.run(  # noqa: S603
-            [gpgconf, "--homedir", str(home), "--kill", "all"], capture_output=True, check=False
-        )
-        shutil.rmtree(home, ignore_errors=True)
-    signed = [repo_dir / "InRelease", repo_dir / "Release.gpg"]
-    return fingerprint, signed, repo_dir / KEY_FILE
+        (repo_dir / KEY_FILE).write_bytes(public)
+    return fingerprint, [inrelease, detached], repo_dir / KEY_FILE

@@ -149,6 +149,8 @@ class PackagesSource:
             job.staging / layout.REPO,
             label=f"appliance {spec.name} {spec.release}",
             workdir=job.scratch / "repo",
+            key=job.repo_key,
+            epoch=job.epoch,
         )
         return PackagesFetched(plan, debs, index, gpu)
 

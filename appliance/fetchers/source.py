@@ -35,6 +35,7 @@ and other fetchers, never ``appliance.build``: the build depends on the kinds, n
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -45,10 +46,19 @@ from appliance.bundle.store import BlobStore
 
 if TYPE_CHECKING:  # download.py is below the kinds; imported for types only
     from appliance.fetchers.download import Fetcher
+    from appliance.fetchers.gnupg import RepoKey
     from appliance.progress import Progress
     from appliance.spec import Spec
 
 PlanT = TypeVar("PlanT")
+
+
+def source_date_epoch() -> int | None:
+    """SOURCE_DATE_EPOCH (reproducible-builds.org) when it is set to a number of seconds."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    return int(epoch) if epoch.isdigit() else None
+
+
 FetchedT = TypeVar("FetchedT")
 
 
@@ -61,6 +71,8 @@ class Request:
     target: Target
     cache_dir: Path | None
     warnings: list[str] = field(default_factory=list)
+    repo_key: RepoKey | None = None  # the operator's apt repository key (--repo-key), checked
+    epoch: int | None = None  # SOURCE_DATE_EPOCH: the time every dated thing in the bundle says
 
     @property
     def spec_dir(self) -> Path:

@@ -21,7 +21,9 @@ import pytest
 
 from appliance.errors import PackageResolveError
 from appliance.fetchers.apt import DebPackage, RepoIndex, resolve, write_repo
+from appliance.fetchers.gnupg import load_repo_key
 from appliance.spec.models import AptSource, Packages
+from tests.fixtures.build_machines import make_repo_key
 from tests.fixtures.debian_mirror import debian_mirror
 from tests.fixtures.hosts import harness_image
 from tests.fixtures.specs import DEBIAN_KEYRING
@@ -264,6 +266,39 @@ def test_signed_repo_installs_jq_on_an_air_gapped_host(
     broken = _use_bundle(container, "/srv/tampered")
     assert broken.returncode != 0, broken.stdout + broken.stderr
     assert "Hash Sum mismatch" in broken.stdout + broken.stderr
+
+
+@pytest.mark.docker
+@pytest.mark.network
+def test_a_repo_signed_with_the_operators_key_at_source_date_epoch_installs_jq(
+    jq_closure: list[DebPackage],
+    air_gapped_host: tuple[str, Path, Path],
+    tmp_path: Path,
+) -> None:
+    """build-bundle --repo-key with SOURCE_DATE_EPOCH: a Release dated and signed in the past,
+    by a key older still, is what apt on the host trusts and installs from."""
+    container, bundle, _ = air_gapped_host
+    entries = []
+    for pkg in jq_closure:
+        blob = f"blobs/sha256/{pkg.sha256}"
+        _download(pkg, bundle / blob)
+        entries.append((pkg, blob))
+    epoch = 1_790_000_000
+    key = load_repo_key(make_repo_key(tmp_path / "repo-key.asc"), tmp_path / "work", epoch)
+
+    index = write_repo(
+        entries, bundle / "repo", label="appliance-test", workdir=tmp_path / "work",
+        key=key, epoch=epoch,
+    )  # fmt: skip
+
+    assert index.fingerprint == key.fingerprint
+    assert "Date: Mon, 21 Sep 2026 14:13:20 UTC\n" in (bundle / "repo/Release").read_text()
+    _make_world_readable(bundle)
+    update = _use_bundle(container, "/srv/bundle")
+    assert update.returncode == 0, update.stdout + update.stderr
+    assert "W:" not in update.stderr, update.stderr
+    install = _in_host(container, "apt-get install -y jq && jq --version")
+    assert install.returncode == 0, install.stdout + install.stderr
 
 
 @pytest.mark.slow

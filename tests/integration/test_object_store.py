@@ -19,7 +19,7 @@ import pytest
 from appliance.install.verify_models import judge_store
 from appliance.roles import ROLES_DIR
 from tests.fixtures.hosts import ROOT
-from tests.fixtures.minio_standin import S3Server, s3_server
+from tests.fixtures.minio_standin import S3Server, s3_server, store_config
 
 pytestmark = [pytest.mark.slow]
 
@@ -62,29 +62,6 @@ def release(tmp_path: Path, sizes: list[int]) -> tuple[Path, list[dict[str, Any]
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     with s3_server(tmp_path_factory.mktemp("moto")) as running:
         yield running
-
-
-def store_config(tmp_path: Path, server: S3Server, bucket: str) -> Path:
-    """store.json as the role writes it, with the credentials in their own file (0600)."""
-    secrets = tmp_path / "credentials.env"
-    secrets.write_text(
-        f"MINIO_ROOT_USER={server.access_key}\nMINIO_ROOT_PASSWORD={server.secret_key}\n"
-    )
-    secrets.chmod(0o600)
-    config = tmp_path / "store.json"
-    config.write_text(
-        json.dumps(
-            {
-                "kind": "s3",
-                "endpoint": server.endpoint,
-                "credentials_file": str(secrets),
-                "access_key_var": "MINIO_ROOT_USER",
-                "secret_key_var": "MINIO_ROOT_PASSWORD",
-                "buckets": {"models": bucket},
-            }
-        )
-    )
-    return config
 
 
 def test_publish_uploads_once_and_audit_finds_a_changed_object(

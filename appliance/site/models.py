@@ -255,6 +255,8 @@ def remove(name: str, paths: SitePaths, keep: set[str]) -> SiteModel:
                 hint="`appliance models list` shows every model and its origin",
             )
         store = s3.open_s3(paths.store_config)
+        if store is not None:
+            s3.reachable(store)
         rest = [m for m in current.models if m.name != name]
         site_manifest.save(paths.site_dir, SiteManifest(models=rest))
         _publish_records(paths, store)

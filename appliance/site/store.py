@@ -53,6 +53,15 @@ def _failed(store: S3Store, what: str, exc: Exception) -> SiteModelError:
     )
 
 
+def reachable(store: S3Store) -> None:
+    """The store answers (its models bucket exists or is made): checked before the site
+    manifest changes, so a store that is down leaves everything as it was."""
+    try:
+        store.ensure_bucket(PURPOSE)
+    except (StoreError, OSError) as exc:
+        raise _failed(store, "a request for its models bucket", exc) from exc
+
+
 def publish_files(store: S3Store, files: Sequence[tuple[Path, SiteFile]]) -> PublishReport:
     """Upload each file under its digest unless there; each upload is read back and hashed.
     The server refuses bytes that changed since they were hashed (the payload is signed)."""

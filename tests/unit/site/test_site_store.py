@@ -176,3 +176,19 @@ def test_a_store_that_does_not_answer_changes_nothing(tmp_path: Path, server: S3
     assert refused.value.message.startswith(f"the object store {endpoint} refused or failed")
     assert "upload of the model's files" in refused.value.message
     assert site_manifest.load(paths.site_dir).models == []
+
+
+def test_remove_with_a_store_that_does_not_answer_changes_nothing(
+    tmp_path: Path, paths: SitePaths, server: S3Server
+) -> None:
+    site_models.add(model_dir(tmp_path / "ft"), "support-v3", paths, {})
+    signed = (paths.site_dir / "models.json").read_bytes()
+    silent = S3Server(f"http://127.0.0.1:{free_port()}", server.access_key, server.secret_key)
+    down = SitePaths(paths.site_dir, paths.store, store_config(tmp_path / "down", silent, "m"))
+    with pytest.raises(SiteModelError, match="refused or failed a request for its models bucket"):
+        site_models.remove("support-v3", down, keep=set())
+    assert (paths.site_dir / "models.json").read_bytes() == signed
+    client: Any = server.boto3()
+    assert client.head_object(Bucket=bucket(paths), Key=f"sha256/{SHA}")["ContentLength"] == len(
+        GGUF
+    )

@@ -10,9 +10,11 @@ Neither downloads a .deb: fetching and checksumming live with the bundle builder
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +75,32 @@ def resolve(
         raise PackageResolveError(
             f"'{arch}' is not a Debian architecture name", hint="use e.g. amd64 or arm64"
         )
+    with _exclusive(workdir / f"apt-{arch}.lock"):
+        return _resolve(packages, arch, workdir, preferences, watch, siblings)
+
+
+@contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """Hold ``lock`` exclusively: the apt root under the build cache is one per architecture,
+    shared by every build on the machine, and two builds updating it at once corrupt its lists
+    (apt's srcpkgcache rename fails, or one build reads the other's sources)."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _resolve(
+    packages: Packages,
+    arch: str,
+    workdir: Path,
+    preferences: str,
+    watch: tuple[Sequence[str], CandidateCheck] | None,
+    siblings: bool,
+) -> list[DebPackage]:
     apt = AptRoot(workdir / f"apt-{arch}", arch, packages.sources, preferences)
     apt.update()
     # The closure depends only on the signed indexes and the request: when neither changed

@@ -45,8 +45,14 @@ class PackagesFetched:
 
 
 def role_packages(spec: Spec) -> dict[str, list[str]]:
-    """{package: [role]} for the roles the play runs for this spec."""
-    return required_packages(spec.stack.model_dump(), serves_models=bool(spec.models))
+    """{package: [role]} for the roles the play runs for this spec (the NVIDIA roles' own, such
+    as mokutil for Secure Boot, when the spec pins a driver)."""
+    return required_packages(
+        spec.stack.model_dump(),
+        serves_models=bool(spec.models),
+        gpu=spec.nvidia is not None,
+        toolkit=bool(spec.nvidia is not None and spec.nvidia.container_toolkit),
+    )
 
 
 def closure_roots(spec_install: list[str], needed: dict[str, list[str]]) -> list[str]:

@@ -235,7 +235,7 @@ def _site_models(
 
 def _nvidia(manifest: Manifest) -> dict[str, Any] | None:
     """The manifest's NVIDIA section as plain data (None: the bundle carries no driver)."""
-    section = getattr(manifest, "nvidia", None)  # manifests before issue 11 have none
+    section = manifest.nvidia
     return None if section is None else dict(section.model_dump(mode="json"))
 
 

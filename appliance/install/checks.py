@@ -29,7 +29,7 @@ def check_can_install(manifest: Manifest) -> None:
             hint="build the bundle from a spec with the MinIO server under files: (see "
             "examples/production.yaml); nothing was changed",
         )
-    nvidia = getattr(manifest, "nvidia", None)  # the NVIDIA section (issue 11's manifests)
+    nvidia = manifest.nvidia
     needed = required_packages(
         manifest.stack,
         bool(manifest.models()),

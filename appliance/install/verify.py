@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.bundle.inspect import read_manifest
+from appliance.bundle.manifest import Manifest
 from appliance.errors import InstallError, Problem, VerifyFailedError
 from appliance.gpu.checks import judge_gpus, unit_from_show
 from appliance.install import new_run_dir, runner_env
@@ -100,10 +101,9 @@ def verify(
     return checks, report
 
 
-def _driver_version(manifest: Any) -> str | None:
+def _driver_version(manifest: Manifest) -> str | None:
     """The NVIDIA driver version the bundle carries (its manifest's nvidia section), if any."""
-    nvidia = getattr(manifest, "nvidia", None)
-    return str(nvidia.driver.version) if nvidia is not None else None
+    return None if manifest.nvidia is None else str(manifest.nvidia.driver.version)
 
 
 def judge(

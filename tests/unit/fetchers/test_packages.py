@@ -106,7 +106,10 @@ def test_the_nvidia_section_adds_the_compute_set_and_the_spec_keeps_its_own_pins
         "firmware-nvidia-gsp", "nvidia-detect", "nvidia-persistenced", "dkms",
         "linux-headers-6.1.0-57-amd64",
         "python3-apt", "nginx-light", "nftables",
+        # The nvidia_driver role's own (initramfs rebuild, module tools, Secure Boot signing).
+        "initramfs-tools", "kmod", "mokutil", "openssl",
     ]  # fmt: skip
+    assert plan.role_packages["nvidia_driver"] == ["initramfs-tools", "kmod", "mokutil", "openssl"]
     # What the manifest lists as the spec's own stays the spec's.
     assert plan.requested == ["jq", "libcuda1"]
 

@@ -12,6 +12,8 @@ from appliance.gateway.config import DEFAULT_CONFIG
 from appliance.site import listing
 from appliance.site import models as site_models
 from appliance.site.models import DEFAULT_SITE_DIR, DEFAULT_STORE, FORMATS, SitePaths
+from appliance.store import DEFAULT_CONFIG as DEFAULT_STORE_CONFIG
+from appliance.store import PublishReport
 
 _ROOT = click.option(
     "--root",
@@ -33,6 +35,14 @@ _STORE = click.option(
     default=DEFAULT_STORE,
     show_default=True,
     help="The object store (filesystem) that keeps model files by digest.",
+)
+_STORE_CONFIG = click.option(
+    "--store-config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path(DEFAULT_STORE_CONFIG),
+    show_default=True,
+    help="The depot's S3 store (object_store: minio), as install configured it; where this "
+    "file is, model files go into that store instead of --store.",
 )
 
 
@@ -71,6 +81,7 @@ def models_group() -> None:
 @_ROOT
 @_SITE_DIR
 @_STORE
+@_STORE_CONFIG
 @click.pass_obj
 def add_command(
     output: Output,
@@ -80,6 +91,7 @@ def add_command(
     root: Path,
     site_dir: Path,
     store: Path,
+    store_config: Path,
 ) -> None:
     """Hash a model directory into the store and record it as a site model.
 
@@ -92,8 +104,9 @@ def add_command(
       appliance models add ./support-v3 --name support-v3
       appliance models add ./ckpt --name legal-7b --format safetensors --json
     """
-    model, made_key = site_models.add(
-        directory, name, SitePaths(site_dir, store), listing.bundle_models(root), fmt
+    paths = SitePaths(site_dir, store, store_config)
+    model, made_key, report = site_models.add_to_store(
+        directory, name, paths, listing.bundle_models(root), fmt
     )
     key_note = (
         f"Made the site's signing key {site_dir / 'site-key'} (root only) and its public key "
@@ -107,10 +120,22 @@ def add_command(
             "model": model.model_dump(mode="json"),
             "size": model.size,
             "key_made": made_key,
+            "store": None if report is None else report._asdict(),
         },
         human=f"{key_note}Added site model {model.name}: {model.format}, {len(model.files)} "
         f"file(s), {human_bytes(model.size)}, {model.digest}.\n"
-        "Run appliance install again (install.sh --pubkey KEY, as before) to serve it.",
+        "Run appliance install again (install.sh --pubkey KEY, as before) to serve it."
+        + _store_note(report, paths),
+    )
+
+
+def _store_note(report: PublishReport | None, paths: SitePaths) -> str:
+    if report is None:
+        return ""
+    return (
+        f"\nS3 store ({paths.store_config}): uploaded {len(report.uploaded)} file(s), each read "
+        f"back and matched; {len(report.present)} already there, not uploaded again. Any GPU "
+        "node can serve it."
     )
 
 
@@ -160,8 +185,11 @@ def list_command(
 @_ROOT
 @_SITE_DIR
 @_STORE
+@_STORE_CONFIG
 @click.pass_obj
-def remove_command(output: Output, name: str, root: Path, site_dir: Path, store: Path) -> None:
+def remove_command(
+    output: Output, name: str, root: Path, site_dir: Path, store: Path, store_config: Path
+) -> None:
     """Remove a site model from the site manifest, and its files from the store.
 
     Files that another model shares stay. The runtime stops serving it at
@@ -173,7 +201,8 @@ def remove_command(output: Output, name: str, root: Path, site_dir: Path, store:
             f"{name} is a model of the installed bundle, not a site model",
             hint="a bundle model leaves with its release; `appliance models list` shows origins",
         )
-    model = site_models.remove(name, SitePaths(site_dir, store), listing.bundle_digests(root))
+    paths = SitePaths(site_dir, store, store_config)
+    model = site_models.remove(name, paths, listing.bundle_digests(root))
     output.result(
         {"ok": True, "removed": model.name, "digest": model.digest},
         human=f"Removed site model {model.name} ({model.digest}). Run appliance install again "

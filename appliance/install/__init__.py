@@ -187,7 +187,9 @@ def plan_topology(
         models=manifest.models() + (site_models or []),
         nvidia=_nvidia(manifest),
     )
-    site_names = {m["name"] for m in site_models or []}
+    # An S3 store (object_store: minio) serves every node by digest; the filesystem store that
+    # holds site models is the depot's own directory.
+    site_names = {m["name"] for m in site_models or []} if topology.object_store is None else set()
     for host, host_plan in topology.hosts.items():
         runtime = host_plan.runtime
         if runtime is None or host_plan.depot:
@@ -198,7 +200,8 @@ def plan_topology(
                 f"host {host} would serve the site model(s) {', '.join(away)}, but the "
                 "filesystem store that holds site models is on the depot alone",
                 hint=f"list only the bundle's models in runtime_{runtime.kind}_models of {host}, "
-                "and serve site models on the depot (a member of gpu_nodes); nothing was changed",
+                "and serve site models on the depot (a member of gpu_nodes), or use the S3 store "
+                "(object_store: minio), which every node fetches from; nothing was changed",
             )
     return topology
 
@@ -213,7 +216,8 @@ def _site_models(
     if not inventory.depot_is_local:
         return []
     bundle_names = {m["name"]: manifest.release for m in manifest.models()}
-    site = site_models_for_install(options.site, bundle_names)
+    object_store = str(manifest.stack.get("object_store", "filesystem"))
+    site = site_models_for_install(options.site, bundle_names, object_store)
     if site and not bundle_names:
         # A bundle without models carries no runtime to serve them with.
         on_note(

@@ -24,7 +24,9 @@ from typing import Any
 from appliance.bundle.manifest import files_digest
 from appliance.errors import SiteModelError
 from appliance.site import manifest as site_manifest
+from appliance.site import store as s3
 from appliance.site.manifest import SiteFile, SiteManifest, SiteModel, check_name
+from appliance.store import DEFAULT_CONFIG, PublishReport, S3Store, file_sha256
 
 DEFAULT_SITE_DIR = Path("/var/lib/appliance/site")
 # The object store's directory backend (object_store: filesystem) and its layout, as the
@@ -45,6 +47,9 @@ _GGUF_MAGIC = b"GGUF"
 class SitePaths:
     site_dir: Path = DEFAULT_SITE_DIR
     store: Path = DEFAULT_STORE
+    # The depot's S3 store (object_store: minio), where the object_store role configured one:
+    # site models then go there (site/store.py), else into the directory ``store``.
+    store_config: Path | None = Path(DEFAULT_CONFIG)
 
     def blob(self, sha256: str) -> Path:
         """Where the store keeps the file of this digest."""
@@ -81,9 +86,12 @@ def _put(paths: SitePaths, source: Path) -> SiteFile:
     return SiteFile(name=source.name, sha256=digest.hexdigest(), size=size)
 
 
-def _publish_records(paths: SitePaths) -> None:
+def _publish_records(paths: SitePaths, store: S3Store | None = None) -> None:
     """A copy of the signed site manifest in the store beside the objects it names, so that
     whatever reads the store can check them (the site directory keeps the original)."""
+    if store is not None:
+        s3.publish_records(store, paths.site_dir)
+        return
     target = paths.record(site_manifest.MANIFEST).parent
     target.mkdir(parents=True, exist_ok=True)
     for name in (site_manifest.SIGNATURE, site_manifest.MANIFEST, site_manifest.PUBLIC_KEY):
@@ -171,7 +179,20 @@ def add(
     fmt: str | None = None,
 ) -> tuple[SiteModel, bool]:
     """Hash ``directory``'s files into the store and record them as site model ``name``;
-    returns the model and whether the site's signing key was made now.
+    returns the model and whether the site's signing key was made now (``add_to_store`` also
+    says what was uploaded)."""
+    model, made_key, _ = add_to_store(directory, name, paths, bundle_models, fmt)
+    return model, made_key
+
+
+def add_to_store(
+    directory: Path,
+    name: str,
+    paths: SitePaths,
+    bundle_models: Mapping[str, str],
+    fmt: str | None = None,
+) -> tuple[SiteModel, bool, PublishReport | None]:
+    """``add``, and the S3 store's report of the upload (None: the directory store).
 
     ``bundle_models`` maps the installed bundle's model names to its release: a site model
     never takes one of those names.
@@ -185,6 +206,8 @@ def add(
         )
     files = model_files(directory)
     fmt = detect_format(directory, files, fmt)
+    store = s3.open_s3(paths.store_config)
+    report = None
     with _locked(paths.site_dir):
         made_key = site_manifest.ensure_key(paths.site_dir)
         current = site_manifest.load(paths.site_dir)
@@ -194,10 +217,15 @@ def add(
                 f"site model {name!r} exists ({existing.digest}, added {existing.added})",
                 hint=f"remove it first (appliance models remove {name}), or pass another --name",
             )
-        recorded = [
-            _put(paths, path).model_copy(update={"name": path.relative_to(directory).as_posix()})
-            for path in files
-        ]
+        if store is None:
+            recorded = [
+                _put(paths, p).model_copy(update={"name": p.relative_to(directory).as_posix()})
+                for p in files
+            ]
+        else:
+            hashed = [(p, _hashed(p, p.relative_to(directory).as_posix())) for p in files]
+            report = s3.publish_files(store, hashed)
+            recorded = [f for _, f in hashed]
         model = SiteModel(
             name=name,
             format=fmt,
@@ -206,8 +234,12 @@ def add(
             files=recorded,
         )
         site_manifest.save(paths.site_dir, SiteManifest(models=[*current.models, model]))
-        _publish_records(paths)
-    return model, made_key
+        _publish_records(paths, store)
+    return model, made_key, report
+
+
+def _hashed(path: Path, name: str) -> SiteFile:
+    return SiteFile(name=name, sha256=file_sha256(str(path)), size=path.stat().st_size)
 
 
 def remove(name: str, paths: SitePaths, keep: set[str]) -> SiteModel:
@@ -222,25 +254,36 @@ def remove(name: str, paths: SitePaths, keep: set[str]) -> SiteModel:
                 f"no site model named {name!r} (site models: {known})",
                 hint="`appliance models list` shows every model and its origin",
             )
+        store = s3.open_s3(paths.store_config)
+        if store is not None:
+            s3.reachable(store)
         rest = [m for m in current.models if m.name != name]
         site_manifest.save(paths.site_dir, SiteManifest(models=rest))
-        _publish_records(paths)
+        _publish_records(paths, store)
         used = keep | {f.sha256 for m in rest for f in m.files}
-        for file in model.files:
-            if file.sha256 not in used:
-                paths.blob(file.sha256).unlink(missing_ok=True)
+        unused = {f.sha256 for f in model.files} - used
+        for sha256 in unused:
+            paths.blob(sha256).unlink(missing_ok=True)
+        if store is not None:
+            s3.remove_objects(store, unused)
     return model
 
 
-def for_install(paths: SitePaths, bundle_models: Mapping[str, str]) -> list[dict[str, Any]]:
+def for_install(
+    paths: SitePaths, bundle_models: Mapping[str, str], object_store: str = "filesystem"
+) -> list[dict[str, Any]]:
     """The site's models as the runtime roles read models (``Manifest.models()``'s shape, plus
-    ``origin`` and each file's ``src`` in the store), from the verified site manifest.
+    ``origin``), from the verified site manifest.
 
-    Refuses a bundle model that took a site model's name, and a file missing from the store.
-    The bytes themselves are checked on each host before its runtime starts.
+    A file in the directory store carries its ``src`` there (the depot's artifacts read it;
+    with an S3 store the object_store role publishes it from there). With ``object_store``
+    other than filesystem a file may instead be in the S3 store alone, which every node
+    fetches from by digest. Refuses a bundle model that took a site model's name, and a file
+    in neither store. The bytes themselves are checked on each host before its runtime starts.
     """
     site = site_manifest.load(paths.site_dir)
     models = []
+    store: S3Store | None = None
     for model in site.models:
         if model.name in bundle_models:
             raise SiteModelError(
@@ -251,23 +294,28 @@ def for_install(paths: SitePaths, bundle_models: Mapping[str, str]) -> list[dict
             )
         files = []
         for file in model.files:
+            entry: dict[str, Any] = {
+                "name": file.name,
+                "path": f"site/{file.sha256}",
+                "sha256": file.sha256,
+                "size": file.size,
+            }
             blob = paths.blob(file.sha256)
-            if not blob.is_file() or blob.stat().st_size != file.size:
-                raise SiteModelError(
-                    f"site model {model.name}: {file.name} (sha256 {file.sha256}) is missing "
-                    f"from the store {paths.store} or has another size",
-                    hint=f"add the model again (appliance models remove {model.name}; appliance "
-                    "models add DIR --name ...), then install again; nothing was changed",
-                )
-            files.append(
-                {
-                    "name": file.name,
-                    "path": f"site/{file.sha256}",
-                    "sha256": file.sha256,
-                    "size": file.size,
-                    "src": str(blob),
-                }
-            )
+            if blob.is_file() and blob.stat().st_size == file.size:
+                entry["src"] = str(blob)
+            else:
+                if object_store != "filesystem" and store is None:
+                    store = s3.open_s3(paths.store_config)
+                if store is None or not s3.holds(store, file):
+                    where = paths.store if store is None else f"{paths.store} nor {store.endpoint}"
+                    raise SiteModelError(
+                        f"site model {model.name}: {file.name} (sha256 {file.sha256}) is missing "
+                        f"from the store {where} or has another size",
+                        hint=f"add the model again (appliance models remove {model.name}; "
+                        "appliance models add DIR --name ...), then install again; nothing was "
+                        "changed",
+                    )
+            files.append(entry)
         models.append(
             {
                 "name": model.name,

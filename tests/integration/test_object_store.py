@@ -18,8 +18,10 @@ import pytest
 
 from appliance.install.verify_models import judge_store
 from appliance.roles import ROLES_DIR
+from appliance.site import models as site_models
+from appliance.site.models import SitePaths
 from tests.fixtures.hosts import ROOT
-from tests.fixtures.minio_standin import S3Server, s3_server
+from tests.fixtures.minio_standin import S3Server, s3_server, store_config
 
 pytestmark = [pytest.mark.slow]
 
@@ -62,29 +64,6 @@ def release(tmp_path: Path, sizes: list[int]) -> tuple[Path, list[dict[str, Any]
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     with s3_server(tmp_path_factory.mktemp("moto")) as running:
         yield running
-
-
-def store_config(tmp_path: Path, server: S3Server, bucket: str) -> Path:
-    """store.json as the role writes it, with the credentials in their own file (0600)."""
-    secrets = tmp_path / "credentials.env"
-    secrets.write_text(
-        f"MINIO_ROOT_USER={server.access_key}\nMINIO_ROOT_PASSWORD={server.secret_key}\n"
-    )
-    secrets.chmod(0o600)
-    config = tmp_path / "store.json"
-    config.write_text(
-        json.dumps(
-            {
-                "kind": "s3",
-                "endpoint": server.endpoint,
-                "credentials_file": str(secrets),
-                "access_key_var": "MINIO_ROOT_USER",
-                "secret_key_var": "MINIO_ROOT_PASSWORD",
-                "buckets": {"models": bucket},
-            }
-        )
-    )
-    return config
 
 
 def test_publish_uploads_once_and_audit_finds_a_changed_object(
@@ -240,6 +219,21 @@ def test_the_runtime_refuses_a_model_whose_file_changed_after_fetch(
     assert refused.stdout.strip() == f"{args['files'][0]['dest']}: FAILED"
 
 
+def converge(tmp_path: Path, extravars: dict[str, Any], tasks: list[dict[str, Any]]) -> str:
+    """Run ``tasks`` on this machine as a play, with ``extravars``; its output."""
+    play = [{"hosts": "localhost", "connection": "local", "gather_facts": False, "tasks": tasks}]
+    (tmp_path / "play.json").write_text(json.dumps(play))
+    (tmp_path / "vars.json").write_text(json.dumps(extravars))
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,",
+         "-e", f"@{tmp_path / 'vars.json'}", str(tmp_path / "play.json")],
+        capture_output=True, text=True, check=False, timeout=300,
+        env={**os.environ, "ANSIBLE_ROLES_PATH": str(ROLES_DIR), "ANSIBLE_NOCOLOR": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
 def test_the_roles_publish_then_lay_out_a_model_from_the_store(tmp_path: Path) -> None:
     """The object_store role's publish step and the artifacts role's models step with a store
     in the topology (object_store tasks_from fetch: presign on the store's host, fetch through
@@ -267,37 +261,64 @@ def test_the_roles_publish_then_lay_out_a_model_from_the_store(tmp_path: Path) -
             {"ansible.builtin.include_role": {"name": "artifacts", "tasks_from": "models"},
              "vars": {"artifacts_models_dir": str(tmp_path / "models")}},
         ]  # fmt: skip
-        (tmp_path / "play.json").write_text(
-            json.dumps(
-                [
-                    {
-                        "hosts": "localhost",
-                        "connection": "local",
-                        "gather_facts": False,
-                        "tasks": tasks,
-                    }
-                ]
-            )
-        )
-        (tmp_path / "vars.json").write_text(json.dumps(extravars))
-
-        def converge() -> str:
-            done = subprocess.run(
-                [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,",
-                 "-e", f"@{tmp_path / 'vars.json'}", str(tmp_path / "play.json")],
-                capture_output=True, text=True, check=False, timeout=300,
-                env={**os.environ, "ANSIBLE_ROLES_PATH": str(ROLES_DIR), "ANSIBLE_NOCOLOR": "1"},
-            )  # fmt: skip
-            assert done.returncode == 0, done.stdout + done.stderr
-            return done.stdout
-
-        first = converge()
+        first = converge(tmp_path, extravars, tasks)
         assert "changed=3" in first, first  # published; the CA certificate; fetched and linked
         for file in files:
             placed = tmp_path / "models" / "tiny" / file["name"]
             assert hashlib.sha256(placed.read_bytes()).hexdigest() == file["sha256"]
             assert placed.samefile(tmp_path / "cache" / "sha256" / file["sha256"])
-        again = converge()
+        again = converge(tmp_path, extravars, tasks)
         assert "changed=0" in again, again  # nothing uploaded, nothing downloaded
         # The presigned URLs never reach the run's output.
         assert "X-Amz-Signature" not in first + again
+
+
+def test_site_models_go_through_the_store_like_the_bundles(tmp_path: Path) -> None:
+    """Site models with object_store minio, as install hands them to the roles: one added with
+    the S3 store there (appliance models add uploaded it), one added before it existed (in the
+    directory store: the role's publish step uploads it from there); the node lays out both
+    from the store by digest, through the same fetch as the bundle's model."""
+    with s3_server(tmp_path, auth=False) as server:
+        config_dir = tmp_path / "object-store"
+        config = store_config(config_dir, server, "site")
+        site = SitePaths(tmp_path / "site", tmp_path / "store", config)
+        for name, data, store_json in (
+            ("in-s3", b"GGUF" + os.urandom(3000), config),
+            ("from-dir", b"GGUF" + os.urandom(2000), tmp_path / "not-yet.json"),
+        ):
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "model.gguf").write_bytes(data)
+            added, _ = site_models.add(
+                tmp_path / name, name, SitePaths(site.site_dir, site.store, store_json), {}
+            )
+        client: Any = server.boto3()
+        assert client.list_objects_v2(Bucket="site", Prefix="sha256/")["KeyCount"] == 1
+        root, files = release(tmp_path, [40])
+        bundle = {"name": "tiny", "format": "gguf", "digest": "sha256:" + "0" * 64,
+                  "files": files}  # fmt: skip
+        models = [bundle, *site_models.for_install(site, {"tiny": "1"}, "minio")]
+        extravars = {
+            "ansible_python_interpreter": sys.executable,
+            "appliance_bundle_dir": str(root),
+            "appliance_models": models,
+            "appliance_topology": {"object_store": {"host": "localhost"}},
+            "object_store_config_dir": str(config_dir),
+            "object_store_cache_dir": str(tmp_path / "cache"),
+            "_object_store_ca_file": str(tmp_path / "ca.crt"),
+        }
+        tasks = [
+            {"ansible.builtin.include_role": {"name": "object_store", "tasks_from": "publish"}},
+            {"ansible.builtin.include_role": {"name": "artifacts", "tasks_from": "models"},
+             "vars": {"artifacts_models_dir": str(tmp_path / "models")}},
+        ]  # fmt: skip
+        first = converge(tmp_path, extravars, tasks)
+        assert "changed=3" in first, first  # published; the CA certificate; fetched and linked
+        # The bundle's file and the directory-store site file were uploaded; in-s3 was there.
+        assert client.list_objects_v2(Bucket="site", Prefix="sha256/")["KeyCount"] == 3
+        for model in models:
+            for file in model["files"]:
+                placed = tmp_path / "models" / model["name"] / file["name"]
+                assert hashlib.sha256(placed.read_bytes()).hexdigest() == file["sha256"]
+                assert placed.samefile(tmp_path / "cache" / "sha256" / file["sha256"])
+        assert added.name == "from-dir"
+        assert "changed=0" in converge(tmp_path, extravars, tasks)

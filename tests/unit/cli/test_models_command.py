@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from appliance.bundle.manifest import Component, FileEntry
 from tests.fixtures.bundles import new_manifest
 from tests.fixtures.cli import run_cli
+from tests.fixtures.minio_standin import S3Server, s3_server, store_config
 
 GGUF = b"GGUF" + b"\1" * 2044
 SHA = hashlib.sha256(GGUF).hexdigest()
@@ -106,5 +108,50 @@ def test_refusals_exit_37_and_change_nothing(
     args = [str(tmp_path / "finetuned") if a == "DIR" else a for a in args]
     code, out, err = run_cli(capsys, "models", *args, *where)
     assert (code, out, err) == (37, "", message)
+    assert not (tmp_path / "site").exists()
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with s3_server(tmp_path_factory.mktemp("moto")) as running:
+        yield running
+
+
+def test_add_into_the_s3_store_says_what_it_uploaded(
+    capsys: pytest.CaptureFixture[str], where: list[str], tmp_path: Path, s3: S3Server
+) -> None:
+    config = store_config(tmp_path / "object-store", s3, "cli-add")
+    with_store = [*where, "--store-config", str(config)]
+    code, out, err = run_cli(
+        capsys, "models", "add", str(tmp_path / "finetuned"), "--name", "support-v3", *with_store
+    )
+    assert (code, err) == (0, "")
+    assert out.splitlines()[1:] == [
+        f"Added site model support-v3: gguf, 1 file(s), 2.0 KiB, sha256:{SHA}.",
+        "Run appliance install again (install.sh --pubkey KEY, as before) to serve it.",
+        f"S3 store ({config}): uploaded 1 file(s), each read back and matched; 0 already there, "
+        "not uploaded again. Any GPU node can serve it.",
+    ]
+    assert not (tmp_path / "store").exists()
+    code, out, err = run_cli(
+        capsys, "models", "add", str(tmp_path / "finetuned"), "--name", "copy", "--json",
+        *with_store,
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    assert json.loads(out)["store"] == {"uploaded": [], "present": [SHA], "verified": []}
+
+
+def test_an_unreadable_store_config_is_refused_and_nothing_changes(
+    capsys: pytest.CaptureFixture[str], where: list[str], tmp_path: Path
+) -> None:
+    config = tmp_path / "store.json"
+    config.write_text('{"kind": "ftp"}')
+    code, out, err = run_cli(
+        capsys, "models", "add", str(tmp_path / "finetuned"), "--name", "support-v3", *where,
+        "--store-config", str(config),
+    )  # fmt: skip
+    assert (code, out) == (37, "")
+    assert f"cannot read the object store's configuration {config}: {config}: kind must be" in err
     assert not (tmp_path / "site").exists()
     assert not (tmp_path / "store").exists()

@@ -56,3 +56,22 @@ def test_a_site_model_planned_on_another_host_is_refused() -> None:
         "host gpu-1 would serve the site model(s) support-v3, but the filesystem store that "
         "holds site models is on the depot alone"
     )
+
+
+def test_with_the_s3_store_any_gpu_node_serves_site_models() -> None:
+    hosts = {
+        "depot-1": {"ansible_host": "198.18.10.2"},
+        "gpu-1": {"ansible_host": "198.18.10.11"},
+    }
+    minio = manifest().model_copy(
+        update={"stack": {"runtime": "llamacpp", "object_store": "minio"}}
+    )
+    topology = plan_topology(inventory(hosts, ("gpu-1",)), minio, SITE)
+    runtime = topology.hosts["gpu-1"].runtime
+    assert runtime is not None
+    assert runtime.ports == {"tiny-llama": 8081, "support-v3": 8082}
+    assert topology.hosts["depot-1"].runtime is None
+    assert topology.object_store is not None and topology.object_store.host == "depot-1"
+    # The same plan with the filesystem store is refused (above): the objects are the depot's.
+    with pytest.raises(InventoryError, match="filesystem store that holds site models"):
+        plan_topology(inventory(hosts, ("gpu-1",)), manifest(), SITE)

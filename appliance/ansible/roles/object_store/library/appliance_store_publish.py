@@ -48,6 +48,12 @@ options:
         description: Path under root.
         type: str
         required: true
+      src:
+        description: >-
+          Absolute path of the file, where it is not under root (a site model's file in the
+          depot's directory store, published into the S3 store at install).
+        type: path
+        required: false
       sha256:
         description: Expected sha256, hex.
         type: str
@@ -99,7 +105,7 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     created = False if check_mode else store.ensure_bucket(params["purpose"])
     unique = {f["sha256"].lower(): f for f in params["files"]}
     files = [
-        (sha256, os.path.join(params["root"], f["path"]), int(f["size"]))
+        (sha256, f.get("src") or os.path.join(params["root"], f["path"]), int(f["size"]))
         for sha256, f in sorted(unique.items())
     ]
     report = publish(

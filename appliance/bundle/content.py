@@ -150,7 +150,9 @@ def public_source(kind: str, source: str | None) -> str | None:
     A download URL keeps its scheme, host and path, never user information, a query or a
     fragment (a presigned URL's token lives in its query). A local path or file:// URL names
     the build machine's file system and is not recorded at all: the sha256 names the bytes.
-    Identifiers stay as written: ``hf://``, ``ollama://``, an image reference, ``pypi``.
+    Identifiers stay as written: ``hf://``, ``ollama://``, ``s3://BUCKET/PREFIX`` (a bucket
+    name and key prefix; the endpoint and credentials come from the build machine's AWS settings
+    and are never part of it), an image reference, ``pypi``.
     """
     if source is None:
         return None
@@ -161,7 +163,7 @@ def public_source(kind: str, source: str | None) -> str | None:
         if parts.port is not None:
             netloc += f":{parts.port}"
         return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-    if parts.scheme in ("hf", "ollama"):
+    if parts.scheme in ("hf", "ollama", "s3"):
         return source
     if "://" not in source and (kind == "image" or source == "pypi"):
         return source

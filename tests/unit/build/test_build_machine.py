@@ -59,6 +59,7 @@ def test_two_machines_build_the_same_bundle_and_neither_is_named_in_it(
         ("model", "~/models/tiny.gguf", None),
         ("model", "hf://org/repo", "hf://org/repo"),
         ("model", "ollama://library/llama:1b", "ollama://library/llama:1b"),
+        ("model", "s3://staging/models/tiny", "s3://staging/models/tiny"),
         ("image", "127.0.0.1:5000/app@sha256:" + "0" * 64, "127.0.0.1:5000/app@sha256:" + "0" * 64),
         ("wheel", "pypi", "pypi"),
         ("file", "ftp://host/x", None),

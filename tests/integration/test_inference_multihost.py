@@ -207,7 +207,11 @@ def test_nodes_got_their_model_and_venv_from_the_depot(lab: Lab) -> None:
             digest = node.run("sh", "-c", f"sha256sum {path}").stdout.split()
             assert digest, path
             assert f"/blobs/sha256/{digest[0]}" in fetched, (path, sorted(fetched))
-        assert node.run("ls", "/etc/appliance/llamacpp").stdout.split() == [f"{model}.env"]
+        # Its own model's settings and the digests its unit checks before each start.
+        assert node.run("ls", "/etc/appliance/llamacpp").stdout.split() == [
+            f"{model}.env",
+            f"{model}.sha256",
+        ]
 
 
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-llama-b"])

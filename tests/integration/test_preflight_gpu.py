@@ -88,9 +88,11 @@ def play(
 ) -> subprocess.CompletedProcess[str]:
     """preflight then runtime_vllm's configure step (or ``site``), with what install would pass."""
     root.mkdir(parents=True, exist_ok=True)
-    # Only the names of the files matter here (runtime_vllm's preflight looks for config.json).
+    # Only the files' names matter here (runtime_vllm's preflight looks for config.json); the
+    # configure step writes each file's digest into the list its unit checks before starting.
     served = [{"name": m["name"], "format": "safetensors", "digest": "sha256:" + "0" * 64,
-               "files": [{"name": "config.json"}]} for m in sizing["models"]]  # fmt: skip
+               "files": [{"name": "config.json", "sha256": "0" * 64}]}
+              for m in sizing["models"]]  # fmt: skip
     topology = single_box_topology("vllm", served)
     extravars = {
         "appliance_topology": topology,

@@ -27,6 +27,7 @@ import pytest
 
 from appliance.gateway.audit import CURRENT
 from appliance.gateway.keys import add_key
+from tests.fixtures.gateway import Reply as Answer
 from tests.fixtures.openai_backend import serve_in_thread
 from tests.fixtures.servers import LAUNCHER, free_port, wait_for
 
@@ -35,16 +36,6 @@ BIN = Path(sys.executable).parent
 STAND_IN_DIGEST = "sha256:" + "5" * 64
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 @dataclass

@@ -23,8 +23,9 @@ _MIRRORABLE = re.compile(rf"^{_LABEL}(\.{_LABEL})*(:[0-9]{{1,5}})?$")
 
 
 def split_reference(ref: str) -> tuple[str, str]:
-    """``(upstream host, repository path)`` of an image reference, normalised as containerd
-    and Docker do: no registry means Docker Hub, and a one-component Hub name is ``library/``."""
+    """``(upstream host, repository path)`` of an image reference, normalised as Docker and
+    containerd's CRI plugin do: no registry means Docker Hub, and a one-component Hub name is
+    ``library/<name>``."""
     name = ref.partition("@")[0]
     last = name.rsplit("/", 1)[-1]
     if ":" in last:

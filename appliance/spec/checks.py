@@ -176,7 +176,7 @@ def check_image_ref(value: str) -> str:
             "image '{ref}' comes from registry '{host}', which no mirror rule can name: the "
             "local registry, containerd's hosts.toml and k3s's registries.yaml name an upstream "
             "by a lowercase hostname or IPv4 address with an optional port",
-            ref=value,
+            ref=name,
             host=host,
         )
     return value

@@ -117,7 +117,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, test_image: str) -> Iterator[L
             "sh", "-c",
             "mkdir -p /var/lib/containerd /srv/debs && mount -t tmpfs tmpfs /var/lib/containerd"
             f" && printf '{INTERNET} ghcr.io\\n{INTERNET} registry-1.docker.io\\n"
-            f"{INTERNET} docker.io\\n' >> /etc/hosts",
+            f"{INTERNET} docker.io\\n{INTERNET} quay.io\\n' >> /etc/hosts",
         )  # fmt: skip
         assert prepared.returncode == 0, prepared.stderr
         for deb in sorted(debs.glob("*.deb")):
@@ -193,6 +193,19 @@ def test_an_image_the_registry_does_not_hold_fails_and_no_packet_leaves(lab: Lab
     assert packets_from_host(lab) == before
 
 
+def test_an_image_of_a_registry_the_bundle_does_not_name_fails_inside(lab: Lab) -> None:
+    """No rule of its own: containerd takes _default, a prefix of the local registry that no
+    repository can have."""
+    other = lab.absent.replace("ghcr.io/", "quay.io/")
+    before = packets_from_host(lab)
+    failed = pull(lab, other)
+    assert failed.returncode != 0
+    assert failed.stderr.endswith(f"{other}: not found\n"), failed.stderr
+    tried = set(re.findall(r'trying next host.* host="([^"]+)"', failed.stderr))
+    assert tried == {f"{REGISTRY_HOST}:{REGISTRY_PORT}"}
+    assert packets_from_host(lab) == before
+
+
 def test_a_rule_without_server_would_fall_back_to_the_upstream(lab: Lab) -> None:
     """The control: a mirror given as a [host] entry alone, as containerd's docs show it, lets
     containerd try the upstream after the mirror fails, and the lab sees the packets."""
@@ -222,7 +235,7 @@ def test_containerd_runs_with_the_cri_settings(lab: Lab) -> None:
     )
     assert lab.host.run("stat", "-c", "%a %U", "/etc/containerd/config.toml").stdout == "600 root\n"
     rules = lab.host.run("ls", HOSTS_DIR).stdout.split()
-    assert rules == ["docker.io", "ghcr.io"]
+    assert rules == ["_default", "docker.io", "ghcr.io"]
 
 
 def test_a_second_run_changes_nothing(lab: Lab) -> None:

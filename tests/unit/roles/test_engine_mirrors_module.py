@@ -60,13 +60,17 @@ def params(tmp_path: Path, **extra: Any) -> dict[str, Any]:
 
 def rule(upstream: str, *, server: bool = True, host: bool = True) -> str:
     """What the role's template writes (templates/hosts.toml.j2), parts removable."""
-    mirror = f"https://{REGISTRY}/v2/{namespace(upstream)}"
+    prefix = "_unmirrored" if upstream == "_default" else namespace(upstream)
+    mirror = f"https://{REGISTRY}/v2/{prefix}"
     entry = f'override_path = true\nca = "{CA}"\ncapabilities = ["pull", "resolve"]\n'
     return (
         (f'server = "{mirror}"\n' if server else "")
         + entry
         + (f'[host."{mirror}"]\n' + entry if host else "")
     )
+
+
+DEFAULT = {"_default": f"# every other registry\n{rule('_default')}"}
 
 
 def write_rules(tmp_path: Path, rules: dict[str, str]) -> None:
@@ -129,7 +133,7 @@ def test_what_is_written_reads_back_the_same(mirrors: ModuleType, value: object)
 def test_the_role_s_rules_pass_the_audit(mirrors: ModuleType, tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text(DEBIAN_CONFIG)
     mirrors.configure(params(tmp_path), check_mode=False)
-    write_rules(tmp_path, {"docker.io": rule("docker.io"), "ghcr.io": rule("ghcr.io")})
+    write_rules(tmp_path, {**DEFAULT, "docker.io": rule("docker.io"), "ghcr.io": rule("ghcr.io")})
     result = mirrors.audit(params(tmp_path))
     assert result["problems"] == []
     assert result["containerd"]["upstreams"]["ghcr.io"] == {
@@ -137,6 +141,9 @@ def test_the_role_s_rules_pass_the_audit(mirrors: ModuleType, tmp_path: Path) ->
         "hosts": [f"https://{REGISTRY}/v2/ghcr.io"],
     }
     assert result["docker"] is None
+    assert result["containerd"]["upstreams"]["_default"]["server"] == (
+        f"https://{REGISTRY}/v2/_unmirrored"
+    )
 
 
 @pytest.mark.parametrize(
@@ -185,7 +192,7 @@ def test_every_way_out_is_named(
 ) -> None:
     (tmp_path / "config.toml").write_text(DEBIAN_CONFIG)
     mirrors.configure(params(tmp_path), check_mode=False)
-    write_rules(tmp_path, {"docker.io": rule("docker.io"), "ghcr.io": text})
+    write_rules(tmp_path, {**DEFAULT, "docker.io": rule("docker.io"), "ghcr.io": text})
     problems = mirrors.audit(params(tmp_path))["problems"]
     if problem is None:
         (only,) = problems
@@ -202,6 +209,8 @@ def test_a_missing_rule_an_extra_rule_and_no_config_path_are_named(
     assert mirrors.audit(params(tmp_path))["problems"] == [
         "containerd: config_path is '', not "
         f"{tmp_path}/certs.d: the CRI plugin ignores the mirror rules",
+        "containerd: no _default rule: an image of a registry the bundle does not name would be "
+        "pulled from that registry",
         "containerd: docker.io has no hosts.toml: its images would be pulled from docker.io",
         "containerd: quay.io has a rule but no image of the bundle",
     ]
@@ -210,7 +219,7 @@ def test_a_missing_rule_an_extra_rule_and_no_config_path_are_named(
 def test_docker_mirrors_are_a_fallback_and_named(mirrors: ModuleType, tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text(DEBIAN_CONFIG)
     mirrors.configure(params(tmp_path), check_mode=False)
-    write_rules(tmp_path, {"docker.io": rule("docker.io"), "ghcr.io": rule("ghcr.io")})
+    write_rules(tmp_path, {**DEFAULT, "docker.io": rule("docker.io"), "ghcr.io": rule("ghcr.io")})
     daemon = {"registry-mirrors": [f"https://{REGISTRY}"], "insecure-registries": [REGISTRY]}
     (tmp_path / "daemon.json").write_text(json.dumps(daemon))
     result = mirrors.audit(params(tmp_path))

@@ -116,8 +116,16 @@ def namespace(host: str) -> str:
     return host.replace(":", "_")
 
 
+# containerd's rule for every registry without a directory of its own (containerd 1.6 reads it),
+# sent to a prefix of the local registry that no repository can have (a path component may not
+# start with '_'): an image from a registry the bundle does not name fails there, inside.
+DEFAULT = "_default"
+UNMIRRORED = "_unmirrored"
+
+
 def mirror_url(registry: str, upstream: str) -> str:
-    return f"https://{registry}/v2/{namespace(upstream)}"
+    prefix = UNMIRRORED if upstream == DEFAULT else namespace(upstream)
+    return f"https://{registry}/v2/{prefix}"
 
 
 # A minimal TOML writer: containerd's config holds tables, strings, numbers, booleans and
@@ -232,8 +240,9 @@ def audit_hosts_file(
     hosts = data.get("host", {})
     seen = {"server": server, "hosts": sorted(hosts)}
     problems = []
+    upstream_name = "each registry without a rule" if upstream == DEFAULT else upstream
     if not server:
-        problems.append(f"{upstream}: hosts.toml has no server: pulls fall back to {upstream}")
+        problems.append(f"{upstream}: hosts.toml has no server: pulls fall back to {upstream_name}")
     elif server != wanted:
         problems.append(f"{upstream}: server is {server}, not the local registry ({wanted})")
     else:
@@ -241,7 +250,7 @@ def audit_hosts_file(
     if not hosts:
         problems.append(
             f"{upstream}: hosts.toml has no [host] table: containerd 1.6 cannot read it and "
-            f"pulls from {upstream}"
+            f"pulls from {upstream_name}"
         )
     for name, entry in sorted(hosts.items()):
         if name != wanted:
@@ -268,19 +277,25 @@ def audit_containerd(params: dict[str, Any]) -> tuple[dict[str, Any], list[str]]
     hosts_dir = params["hosts_dir"]
     found = sorted(os.listdir(hosts_dir)) if os.path.isdir(hosts_dir) else []
     upstreams: dict[str, Any] = {}
-    for upstream in sorted(set(params["upstreams"]) | set(found)):
+    expected = {*params["upstreams"], DEFAULT}
+    for upstream in sorted(expected | set(found)):
         data, error = _read_toml(os.path.join(hosts_dir, upstream, "hosts.toml"))
         if error:
             problems.append(f"containerd: {error}")
             continue
         if data is None:
-            if upstream in params["upstreams"]:
+            if upstream == DEFAULT:
+                problems.append(
+                    f"containerd: no {DEFAULT} rule: an image of a registry the bundle does not "
+                    "name would be pulled from that registry"
+                )
+            elif upstream in expected:
                 problems.append(
                     f"containerd: {upstream} has no hosts.toml: its images would be pulled "
                     f"from {upstream}"
                 )
             continue
-        if upstream not in params["upstreams"]:
+        if upstream not in expected:
             problems.append(f"containerd: {upstream} has a rule but no image of the bundle")
         upstreams[upstream], found_problems = audit_hosts_file(
             upstream, data, params["registry"], params["ca_file"]

@@ -298,19 +298,20 @@ def test_a_wrong_ca_is_refused_before_anything_changes(lab: Lab, tmp_path: Path)
     assert lab.host.run("sh", "-c", f"cat {HOSTS_DIR}/*/hosts.toml").stdout == rules
 
 
-def test_a_pull_through_a_rule_with_a_wrong_ca_names_the_certificate(
+def test_a_wrong_ca_fails_the_pull_with_a_clear_message_and_verify_names_it(
     lab: Lab, tmp_path: Path
 ) -> None:
     other = make_ca(tmp_path / "other", "someone else's CA")
     subprocess.run(["docker", "cp", str(other), f"{lab.host.name}:/srv/other-ca.crt"], check=True)
-    rule = f"{HOSTS_DIR}/ghcr.io/hosts.toml"
-    swapped = lab.host.run(
-        "sh", "-c", f"cp -p {rule} /root/rule && sed -i 's#{CA}#/srv/other-ca.crt#' {rule}"
-    )
+    swapped = lab.host.run("sh", "-c", f"cp -p {CA} /root/ca.crt && cp /srv/other-ca.crt {CA}")
     assert swapped.returncode == 0
     try:
         failed = pull(lab, lab.app)
         assert failed.returncode != 0
         assert "x509: certificate signed by unknown authority" in failed.stderr
+        assert audit(lab, tmp_path)["problems"] == [
+            f"registry {REGISTRY_HOST}:{REGISTRY_PORT}: its certificate does not verify against "
+            f"{CA} (unable to get local issuer certificate): every pull fails"
+        ]
     finally:
-        lab.host.run("cp", "-p", "/root/rule", rule)
+        lab.host.run("cp", "-p", "/root/ca.crt", CA)

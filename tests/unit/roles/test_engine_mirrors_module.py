@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import socket
+import ssl
+import threading
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -15,6 +19,7 @@ import pytest
 
 from appliance.mirrors import namespace
 from appliance.roles import ROLES_DIR
+from tests.fixtures.secure_registry import issue, make_ca
 
 MODULE = ROLES_DIR / "container_engines" / "library" / "appliance_engine_mirrors.py"
 REGISTRY = "198.18.10.10:5000"
@@ -52,6 +57,7 @@ def params(tmp_path: Path, **extra: Any) -> dict[str, Any]:
         "registry": REGISTRY,
         "upstreams": ["docker.io", "ghcr.io"],
         "ca_file": CA,
+        "probe_tls": False,  # test_a_wrong_ca_is_named probes a real TLS server
         "username": "puller",
         "password": "secret",
         **extra,
@@ -231,3 +237,43 @@ def test_docker_mirrors_are_a_fallback_and_named(mirrors: ModuleType, tmp_path: 
     ]
     (tmp_path / "daemon.json").write_text('{"runtimes": {}}')
     assert mirrors.audit(params(tmp_path))["problems"] == []
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A TLS server on loopback with a certificate from a fresh CA: (host:port, the CA)."""
+    ca = make_ca(tmp_path / "ca")
+    crt, key = issue(ca, tmp_path / "tls", "127.0.0.1")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(crt, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                with context.wrap_socket(conn, server_side=True):
+                    pass
+            except (ssl.SSLError, OSError):
+                conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{port}", ca
+    listener.close()
+
+
+def test_a_wrong_ca_is_named(
+    mirrors: ModuleType, tmp_path: Path, tls_server: tuple[str, Path]
+) -> None:
+    address, ca = tls_server
+    assert mirrors.probe_tls(address, str(ca)) == []
+    other = make_ca(tmp_path / "other", "someone else's CA")
+    assert mirrors.probe_tls(address, str(other)) == [
+        f"registry {address}: its certificate does not verify against {other} (unable to get "
+        "local issuer certificate): every pull fails"
+    ]

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
+import ssl
 import tempfile
 import tomllib
 from typing import Any
@@ -24,8 +26,9 @@ description:
     toolkit writes its runtimes into the same file). The file is rewritten only when one of
     those values differs, and is left root-only because it holds the pull password.
   - C(mode=audit) reads the hosts directory, config.toml and Docker's daemon.json and reports
-    each way an image could be pulled from anywhere but the local registry; it never fails on
-    them (appliance verify judges).
+    each way an image could be pulled from anywhere but the local registry, and whether the
+    registry's certificate verifies against C(ca_file); it never fails on them (appliance
+    verify judges).
   - Supports check mode.
 options:
   mode:
@@ -43,7 +46,8 @@ options:
     elements: str
     default: []
   ca_file:
-    description: The CA certificate every hosts.toml must name (audit).
+    description: The CA certificate every hosts.toml must name, and the registry's certificate
+      must verify against (audit; empty skips both).
     type: path
     default: ""
   config:
@@ -58,6 +62,10 @@ options:
     description: Docker's daemon.json (audit; absent is fine).
     type: path
     default: /etc/docker/daemon.json
+  probe_tls:
+    description: Open a TLS session with the registry, trusting only C(ca_file) (audit).
+    type: bool
+    default: true
   username:
     description: The pull identity's user name (configure).
     type: str
@@ -326,14 +334,36 @@ def audit_docker(params: dict[str, Any]) -> tuple[dict[str, Any] | None, list[st
     return seen, problems
 
 
+def probe_tls(registry: str, ca_file: str, timeout: float = 5.0) -> list[str]:
+    """Whether the registry proves itself with the CA the engines trust: a wrong CA makes every
+    pull fail, and this names it."""
+    host, _, port = registry.rpartition(":")
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+        with (
+            socket.create_connection((host, int(port)), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host),
+        ):
+            return []
+    except ssl.SSLCertVerificationError as exc:
+        return [
+            f"registry {registry}: its certificate does not verify against {ca_file} "
+            f"({exc.verify_message}): every pull fails"
+        ]
+    except (OSError, ValueError) as exc:
+        return [f"registry {registry}: no TLS session with the CA {ca_file}: {exc}"]
+
+
 def audit(params: dict[str, Any]) -> dict[str, Any]:
     containerd, problems = audit_containerd(params)
     docker, docker_problems = audit_docker(params)
+    probe = params["probe_tls"] and params["ca_file"]
+    tls = probe_tls(params["registry"], params["ca_file"]) if probe else []
     return {
         "changed": False,
         "containerd": containerd,
         "docker": docker,
-        "problems": problems + docker_problems,
+        "problems": problems + docker_problems + tls,
     }
 
 
@@ -347,6 +377,7 @@ def main() -> None:
             "config": {"type": "path", "default": "/etc/containerd/config.toml"},
             "hosts_dir": {"type": "path", "default": "/etc/containerd/certs.d"},
             "docker_config": {"type": "path", "default": "/etc/docker/daemon.json"},
+            "probe_tls": {"type": "bool", "default": True},
             "username": {"type": "str", "default": ""},
             "password": {"type": "str", "default": "", "no_log": True},
         },

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -23,7 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from appliance.install.verify import judge
 from appliance.mirrors import local_repository, upstream_registries
+from appliance.roles import ROLES_DIR
 from tests.fixtures.hosts import Host, start_host
 from tests.fixtures.lab import lab_around
 from tests.fixtures.registry import layer, write_image
@@ -315,3 +318,30 @@ def test_a_wrong_ca_fails_the_pull_with_a_clear_message_and_verify_names_it(
         ]
     finally:
         lab.host.run("cp", "-p", "/root/ca.crt", CA)
+
+
+def test_appliance_verify_judges_the_engines_by_the_manifest_s_registries(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """The verify role (what appliance verify runs) on the host, its evidence judged as
+    appliance verify judges it, for a manifest that names one registry more than the host has a
+    rule for (the passing case: test_the_audit_passes_then_names_a_rule_that_falls_back)."""
+    extravars = {
+        "appliance_report_dir": str(tmp_path),
+        "appliance_verify_image_registries": ["docker.io", "ghcr.io", "nvcr.io"],
+    }
+    (tmp_path / "extravars.json").write_text(json.dumps(extravars))
+    shutil.copy(ROLES_DIR.parent / "playbooks" / "verify.yml", tmp_path / "site.yml")
+    done = converge(tmp_path, lab.host.name)
+    assert done.returncode == 0, done.stdout[-4000:]
+    evidence = json.loads((tmp_path / "depot-1.json").read_text())
+    assert sorted(evidence["engines"]["containerd"]["upstreams"]) == [
+        "_default",
+        "docker.io",
+        "ghcr.io",
+    ]
+    (check,) = [c for c in judge(evidence) if c.name.startswith("container engines")]
+    assert not check.passed
+    assert check.evidence == (
+        "containerd: nvcr.io has no hosts.toml: its images would be pulled from nvcr.io"
+    )

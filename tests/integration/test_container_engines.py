@@ -154,6 +154,17 @@ def lab(tmp_path_factory: pytest.TempPathFactory, test_image: str) -> Iterator[L
                     f"{Path(PULL).parent} && printf '%s' '{credentials}' > {PULL}",
                 )  # fmt: skip
                 assert placed.returncode == 0, placed.stderr
+                # A rule an earlier release wrote for a registry this bundle no longer names.
+                (root / "stale.toml").write_text(
+                    '# Managed by appliance (container_engines role)\nserver = "https://old.example"\n'
+                )
+                stale = host.run("mkdir", "-p", f"{HOSTS_DIR}/old.example")
+                assert stale.returncode == 0, stale.stderr
+                subprocess.run(
+                    ["docker", "cp", str(root / "stale.toml"),
+                     f"{host.name}:{HOSTS_DIR}/old.example/hosts.toml"],
+                    check=True,
+                )  # fmt: skip
                 write_extravars(root, [app, hub, absent])
                 first = converge(root, host.name, *SKIP)
                 assert first.returncode == 0, first.stdout[-6000:]
@@ -237,6 +248,7 @@ def test_containerd_runs_with_the_cri_settings(lab: Lab) -> None:
         in dumped
     )
     assert lab.host.run("stat", "-c", "%a %U", "/etc/containerd/config.toml").stdout == "600 root\n"
+    # old.example's rule, written by an earlier release, is gone.
     rules = lab.host.run("ls", HOSTS_DIR).stdout.split()
     assert rules == ["_default", "docker.io", "ghcr.io"]
 

@@ -31,8 +31,8 @@ from appliance.gateway.keys import (
 )
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION = re.compile(r"(?:\d{1,6}[smhdw])+")
-_PART = re.compile(r"(\d+)([smhdw])")
+_DURATION = re.compile(r"(?:[0-9]{1,6}[smhdw])+")
+_PART = re.compile(r"([0-9]+)([smhdw])")
 _DURATION_HINT = "a duration like 90m, 12h, 30d, 1d12h (s m h d w), or 0 for none"
 _EXPIRES_HINT = (
     "give a duration from now (30d, 12h, 1w) or a UTC time: 2027-01-31, 2027-01-31T18:00:00Z"
@@ -99,6 +99,11 @@ def find_key(keys: KeysFile, path: Path, which: str) -> int:
         f"{path} holds no key {which!r}",
         hint=f"name a key by its id or name; keys: {known} (appliance gateway list-keys)",
     )
+
+
+def get_key(path: Path, which: str) -> KeyRecord:
+    keys = load_keys(path)
+    return keys.keys[find_key(keys, path, which)]
 
 
 def _change(path: Path, which: str, update: Mapping[str, object]) -> KeyRecord:

@@ -85,7 +85,7 @@ def changes(
             grace = [s.valid_until for s in record.old_secrets]
             events.append(
                 _event("key_rotated", record, record.rotated, record.rotated_by,
-                       old_secret_valid_until=max(grace) if grace else None)
+                       grace_until=max(grace) if grace else None)
             )  # fmt: skip
         if record.revoked is not None and old["revoked"] != record.revoked:
             events.append(_event("key_revoked", record, record.revoked, record.revoked_by))

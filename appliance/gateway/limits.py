@@ -8,7 +8,7 @@ uses up nothing.
 Tokens are charged when a call finishes, from the usage its backend reported (prompt plus
 completion tokens; a stream's from its final usage chunk). How many tokens a call will use is
 unknown when it starts, so the token limit is checked, not reserved, on admission: a call is
-admitted while the key's token bucket is above zero, and its tokens are taken when it ends,
+admitted while the key's token bucket is not in debt, and its tokens are taken when it ends,
 which may leave the bucket in debt; the key then waits until the debt is paid off at its
 steady rate. Calls in flight are therefore not charged until they end: a key can overshoot
 by what its concurrent calls use (the ``concurrent`` limit bounds that). A call cut off before
@@ -175,8 +175,8 @@ class Limiter:
             if wait > 0:
                 return LimitHit(key_id, "rpm", limits.rpm, wait)
         if state.tokens is not None and limits.tpm is not None:
-            # Above zero is enough: a call's size is known only at its end (see above).
-            wait = state.tokens.wait_s(1e-9)
+            # Out of debt is enough: a call's size is known only at its end (see above).
+            wait = state.tokens.wait_s(0)
             if wait > 0:
                 return LimitHit(key_id, "tpm", limits.tpm, wait)
         return None

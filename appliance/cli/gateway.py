@@ -20,7 +20,14 @@ from appliance.gateway.key_admin import (
     rotate_key,
     set_limits,
 )
-from appliance.gateway.keys import KeyRecord, Limits, add_key, load_keys
+from appliance.gateway.keys import (
+    KeyRecord,
+    Limits,
+    add_key,
+    format_time,
+    load_keys,
+    parse_time,
+)
 
 _KEYS_FILE = click.option(
     "--keys-file",
@@ -212,10 +219,10 @@ def rotate_command(
     Example:
       appliance gateway rotate batch --grace 24h --key-out /root/batch.key
     """
-    plaintext, record = rotate_key(
-        keys_file, key, parse_duration(grace, "--grace", allow_zero=True), key_out
-    )
-    until = max((s.valid_until for s in record.old_secrets), default=None)
+    period = parse_duration(grace, "--grace", allow_zero=True)
+    plaintext, record = rotate_key(keys_file, key, period, key_out)
+    assert record.rotated is not None
+    until = format_time(parse_time(record.rotated) + period) if period else None
     old = f"the old secret works until {until}" if until else "the old secret no longer works"
     done = f"Key {record.id} ({record.name}) rotated; {old}."
     if key_out is not None:

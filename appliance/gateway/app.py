@@ -32,11 +32,14 @@ from appliance.gateway.server import ConnectionGuard, GuardedSite
 
 LOG = logging.getLogger("appliance.gateway")
 GATEWAY = web.AppKey("gateway", Gateway)
+_RELOADS: set[asyncio.Task[None]] = set()
 
 
 def reload_keys(gateway: Gateway) -> None:
-    """SIGHUP: load the keys file now (the watcher would see a change within POLL_S anyway)."""
-    gateway.watcher.reload()
+    """SIGHUP: load the keys file now (the watcher would see a change within a second anyway)."""
+    task = asyncio.get_running_loop().create_task(gateway.watcher.tick(force=True))
+    _RELOADS.add(task)  # the loop keeps only a weak reference to its tasks
+    task.add_done_callback(_RELOADS.discard)
 
 
 async def expect_continue(request: web.Request) -> None:

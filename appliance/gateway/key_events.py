@@ -1,10 +1,12 @@
 """The running gateway follows its keys file, and records every key change in the audit chain.
 
 ``KeyWatcher`` looks at the keys file's identity (inode, size, mtime) every ``POLL_S`` seconds
-and on SIGHUP; a changed file is loaded whole and replaces the keys in use at once, so a
-revocation takes effect within ``POLL_S`` plus the load. A file that does not load (edited by
-hand into something that is not a keys file) is reported in the journal and on ``/health``,
-and the last good keys stay in use until the file is fixed.
+and on SIGHUP; a changed file is loaded whole, its changes are recorded, and it replaces the
+keys in use, so a revocation takes effect within ``POLL_S`` plus a load and an audit write
+(measured: under 250 ms after the command wrote the file, tests/integration/
+test_gateway_keys.py). A file that does not load (edited by hand into something that is not a
+keys file) is reported in the journal and on ``/health`` (``keys_file``), and the last good
+keys stay in use until the file is fixed.
 
 The audit log has one writer, the gateway, so the CLI writes each change with who made it into
 the key's record and the gateway turns it into an event record when it picks the file up:
@@ -127,6 +129,7 @@ class KeyWatcher:
         self._identity = _identity(path)
         self._seen = self._read_state()
         self._pending = True  # compare with what the chain was told, at the first tick
+        self._lock = asyncio.Lock()
 
     def _read_state(self) -> dict[str, Snapshot]:
         try:
@@ -139,21 +142,17 @@ class KeyWatcher:
             LOG.error("%s unreadable (%s): key events are recorded afresh", self.state_path, error)
             return {}
 
-    def reload(self) -> bool:
-        """Load the keys file now; False (and the last good keys kept) when it is bad."""
+    def _load(self) -> KeyStore | None:
+        """The keys file as it is now, or None (and the last good keys kept) when it is bad."""
         self._identity = _identity(self.path)
         try:
-            store = KeyStore(load_keys(self.path))
+            return KeyStore(load_keys(self.path))
         except ApplianceError as error:
             detail = "; ".join([error.message, *(p.render() for p in error.problems)])
             if self.error != detail:
                 LOG.error("keys not reloaded, keeping the %d in use: %s", len(self.store), detail)
             self.error = detail
-            return False
-        self.store, self.error, self._pending = store, None, True
-        self.loaded_at = now_iso()
-        LOG.info("reloaded %d keys from %s", len(store), self.path)
-        return True
+            return None
 
     def due(self) -> bool:
         return self._pending or any(
@@ -163,12 +162,24 @@ class KeyWatcher:
             for r in self.store.records()
         )
 
-    async def tick(self) -> None:
-        if _identity(self.path) != self._identity:
-            self.reload()
-        if not self.due():
-            return
-        events, after = changes(self._seen, self.store.records(), datetime.now(UTC))
+    async def tick(self, force: bool = False) -> None:
+        """Load the file when it changed (or ``force``), record what changed, then use it. The
+        events go first, so a key's creation precedes its first call in the chain and its
+        revocation its first refusal; a failed write delays neither (tried again next tick)."""
+        async with self._lock:
+            if force or _identity(self.path) != self._identity:
+                loaded = self._load()
+                if loaded is not None:
+                    self._pending = True
+                    await self._record(loaded)
+                    self.store, self.error, self.loaded_at = loaded, None, now_iso()
+                    LOG.info("reloaded %d keys from %s", len(loaded), self.path)
+                    return
+            if self.due():
+                await self._record(self.store)
+
+    async def _record(self, store: KeyStore) -> None:
+        events, after = changes(self._seen, store.records(), datetime.now(UTC))
         try:
             for event in events:
                 await self.write(event)

@@ -133,9 +133,9 @@ def test_revocation_takes_effect_within_a_second(gateway: Running) -> None:
     assert gateway.until(lambda: gateway.call(key).status == 200)
     started = time.monotonic()
     revoked = gateway.cli("revoke", "leaver")
-    written = time.monotonic()
+    written = gateway.keys_file.stat().st_mtime  # the command's last act before it exits
     refused = gateway.until(lambda: (r := gateway.call(key)).status == 401 and r, seconds=5)
-    effective = time.monotonic() - written
+    effective = time.time() - written
     print(f"\nrevocation: refused {effective * 1000:.0f} ms after the keys file was written "
           f"({(time.monotonic() - started) * 1000:.0f} ms after the command started)")  # fmt: skip
     assert effective < 1.0

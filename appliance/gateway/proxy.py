@@ -269,8 +269,8 @@ class Gateway:
             failure = _Refusal(500, "internal_error", "the gateway failed on this call")
             return await self._refuse(request, call, failure)
         finally:
+            self.limits.finish(call)  # first: a cancelled record write must not leak its slot
             await self._record(call)
-            self.limits.finish(call)
 
     async def _api(self, request: web.Request, call: Call) -> web.StreamResponse:
         # The key is checked first but refused only once the body is read: a refused call's

@@ -25,11 +25,19 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from appliance.gateway.keys import KeyRecord, Limits
-from appliance.gateway.record import Call
 
 Clock = Callable[[], float]
+
+
+class Metered(Protocol):
+    """A call as the limiter sees it (record.Call): told apart by identity, charged by usage."""
+
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
 
 _NAMES = {
     "rpm": "requests per minute",
@@ -142,10 +150,10 @@ class Limiter:
     def __init__(self, clock: Clock = time.monotonic) -> None:
         self.clock = clock
         self._keys: dict[str, _KeyState] = {}
-        self._admitted: dict[Call, _KeyState] = {}
+        self._admitted: dict[Metered, _KeyState] = {}
         self.hits: dict[tuple[str, str], int] = {}
 
-    def admit(self, key: KeyRecord, call: Call) -> LimitHit | None:
+    def admit(self, key: KeyRecord, call: Metered) -> LimitHit | None:
         """None and the call counted in flight, or the limit that refuses it."""
         limits = key.limits
         state = self._keys.get(key.id)
@@ -181,7 +189,7 @@ class Limiter:
                 return LimitHit(key_id, "tpm", limits.tpm, wait)
         return None
 
-    def finish(self, call: Call) -> None:
+    def finish(self, call: Metered) -> None:
         """The call ended: out of flight, and its reported tokens charged."""
         state = self._admitted.pop(call, None)
         if state is None:

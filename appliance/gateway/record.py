@@ -60,6 +60,7 @@ class Call:
         "client_request_id",
         "completion_tokens",
         "digest",
+        "echoed_id",
         "error",
         "key_id",
         "method",
@@ -86,6 +87,8 @@ class Call:
         # not be.
         own = request.headers.get("X-Client-Request-Id") or request.headers.get("X-Request-Id")
         self.client_request_id = clean(own, CLIENT_ID_LIMIT) if own else None
+        # Sent back (X-Client-Request-Id) only as it came, so only when it came printable.
+        self.echoed_id = own if own and _ECHOABLE.fullmatch(own) else None
         self.user: str | None = None
         self.client = clean(request.remote or "", PATH_LIMIT) or None
         self.method = clean(request.method, 32)
@@ -101,12 +104,6 @@ class Call:
         self.stream = False
         self.error: str | None = None
         self.recorded = False
-
-    @property
-    def echoed_id(self) -> str | None:
-        """The client's id as it may go back in a header: only when it came printable."""
-        own = self.client_request_id
-        return own if own is not None and _ECHOABLE.fullmatch(own) else None
 
     def take_user(self, document: dict[str, Any]) -> None:
         user = document.get("user")

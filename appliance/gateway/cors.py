@@ -13,6 +13,8 @@ refuses that pair); with credentials allowed, the page's own origin is echoed.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Protocol
 
 from aiohttp import web
 
@@ -27,6 +29,16 @@ _HEADER_LIST = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'
 _DEFAULT_HEADERS = "Authorization, Content-Type, X-Request-Id, X-Client-Request-Id"
 
 
+class _Request(Protocol):
+    """What the policy reads of a request (aiohttp's requests have both)."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
 class CorsPolicy:
     def __init__(self, settings: Cors) -> None:
         self.any = "*" in settings.allow_origins
@@ -38,7 +50,7 @@ class CorsPolicy:
     def enabled(self) -> bool:
         return self.any or bool(self.origins)
 
-    def allowed(self, request: web.BaseRequest) -> str | None:
+    def allowed(self, request: _Request) -> str | None:
         """The request's Origin when CORS headers are due for it, else None."""
         origin = request.headers.get("Origin")
         if origin is None or not self.enabled:
@@ -47,7 +59,7 @@ class CorsPolicy:
             return origin
         return None
 
-    def is_preflight(self, request: web.BaseRequest) -> bool:
+    def is_preflight(self, request: _Request) -> bool:
         return (
             request.method == "OPTIONS"
             and "Access-Control-Request-Method" in request.headers
@@ -62,7 +74,7 @@ class CorsPolicy:
             headers["Access-Control-Allow-Credentials"] = "true"
         return headers
 
-    def preflight_headers(self, request: web.BaseRequest) -> dict[str, str]:
+    def preflight_headers(self, request: _Request) -> dict[str, str]:
         origin = self.allowed(request)
         assert origin is not None
         asked = request.headers.get("Access-Control-Request-Headers", "").strip()

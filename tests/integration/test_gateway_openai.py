@@ -246,6 +246,7 @@ def test_hostile_request_ids_and_users_stay_bounded(site: Site, own: bytes, stat
     assert len(json.dumps(record)) < 2048
     if status == 400:
         assert record["error"].startswith("malformed_request")
+        assert reply.headers["x-should-retry"] == "false"
         return
     assert record["user"].startswith("u" * 256 + "...[10000 chars, sha256:")
     assert record["client_request_id"] is not None

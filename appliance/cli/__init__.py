@@ -30,6 +30,7 @@ _COMMANDS = {
     "pack": "appliance.cli.bundle:pack_command",
     "unpack": "appliance.cli.bundle:unpack_command",
     "install": "appliance.cli.install:install_command",
+    "upgrade": "appliance.cli.upgrade:upgrade_command",
     "verify": "appliance.cli.install:verify_command",
     "releases": "appliance.cli.releases:releases_group",
     "gateway": "appliance.cli.gateway:gateway_group",

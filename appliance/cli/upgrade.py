@@ -13,8 +13,8 @@ from appliance.cli.output import Output
 from appliance.errors import InstallError
 from appliance.install import InstallOptions
 from appliance.install.apply import apply_upgrade
-from appliance.install.plan import UpgradePlan
-from appliance.install.upgrade_plan import prepare_plan
+from appliance.install.prepare import prepare_plan
+from appliance.install.upgrade_plan import UpgradePlan
 
 
 @click.command("upgrade")

@@ -2,54 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Mapping
 from typing import Any
 
-from appliance.bundle import layout
-from appliance.bundle.manifest import Component, FileEntry, Manifest, NvidiaDriver, NvidiaInfo
-from appliance.install.plan import UpgradePlan, plan_upgrade
+from appliance.bundle.manifest import Manifest, NvidiaDriver, NvidiaInfo
 from appliance.install.topology import Topology, plan
-from tests.fixtures.bundles import new_manifest
-
-LLAMACPP = {"runtime": "llamacpp", "orchestrator": "systemd", "object_store": "filesystem"}
-DEBS = {"jq": "1.6-2.1", "nftables": "1.0.6-2+deb12u2", "libgomp1": "12.2.0-14"}
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def release(
-    label: str,
-    sequence: int,
-    debs: Mapping[str, str] = DEBS,
-    models: Mapping[str, str] = {"alpha": "a1", "beta": "b1"},
-    wheels: Mapping[str, str] = {"installer": "i1", "llamacpp": "l1"},
-    ansible: str = "roles-1",
-    **fields: Any,
-) -> Manifest:
-    """A manifest whose debs, models (name -> content tag) and wheel sets are as given."""
-    files, components = [], []
-    for name, version in debs.items():
-        components.append(Component(name=f"{name}:amd64", kind="deb", version=version))
-        files.append(_entry(f"{name} {version}", "deb", f"{name}:amd64", f"{name}.deb"))
-    for name, tag in models.items():
-        components.append(Component(name=name, kind="model", version="gguf"))
-        files.append(_entry(f"{name} {tag}", "model", name, f"{name}.gguf"))
-    for wheel_set, tag in wheels.items():
-        files.append(_entry(f"{wheel_set} {tag}", "wheel", f"wheels:{wheel_set}", f"{tag}.whl"))
-    files.append(_entry(ansible, "ansible-content", "ansible", "ansible.tar"))
-    return new_manifest(files, components, label, stack=LLAMACPP, sequence=sequence, **fields)
-
-
-def _entry(content: str, kind: str, component: str, name: str) -> FileEntry:
-    digest = _sha(content)
-    return FileEntry(
-        path=layout.blob_path(digest), sha256=digest, size=1, kind=kind,
-        component=component, name=name,
-    )  # fmt: skip
+from appliance.install.upgrade_plan import UpgradePlan, plan_upgrade
+from tests.fixtures.releases import DEBS, LLAMACPP, release
 
 
 def box(manifest: Manifest | None) -> Topology | None:

@@ -71,6 +71,9 @@ The flow:
   3. On the isolated depot host, with only python3:
        bundle/install.sh --pubkey signing-key.pub
      which verifies the bundle and runs `appliance install`.
+  4. Later releases upgrade the running one, plan first, through their own
+     installer:
+       new-bundle/install.sh upgrade --pubkey signing-key.pub --plan-only
 
 \b
 Examples:

@@ -131,8 +131,9 @@ def upgrade_command(
     view = _LiveView(output) if not output.json_mode else lambda _event: None
     with progress_for(output) as progress:
         applied = apply_upgrade(
-            options, egress_targets, internal_targets, view, progress, output.info
-        )
+            options, egress_targets, internal_targets, view, progress, output.info,
+            moves_packages=bool(plan.packages_upgraded or plan.packages_downgraded),
+        )  # fmt: skip
     output.result(
         {
             **document,

@@ -35,10 +35,18 @@ def apply_upgrade(
     on_event: Callable[[TaskEvent], None],
     progress: Progress,
     on_note: Callable[[str], None],
+    moves_packages: bool = False,
 ) -> Applied:
+    """Apply, verify, commit. ``moves_packages``: the plan changes versions of packages the
+    hosts may have installed, which only the upgrade flow moves."""
     if importlib.util.find_spec("appliance.install.upgrade") is not None:
         return _with_rollback(
             options, egress_targets, internal_targets, on_event, progress, on_note
+        )
+    if moves_packages:
+        on_note(
+            "note: this build applies with install, which keeps an installed package at its "
+            "version: the plan's package version changes reach only packages not yet installed"
         )
     report = install(options, on_event=on_event, progress=progress, on_note=on_note)
     on_note(f"applied {report.manifest.release}; verifying")

@@ -151,7 +151,12 @@ def _upgrade(run: Any, bundles: Path) -> None:
     done = run("/srv/v2/install.sh", "upgrade", "--pubkey", "/srv/key.pub", "--yes",
                "--egress-target", EGRESS_TARGET)  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "verify passed" in done.stdout and "current is v2" in done.stdout
     assert run("readlink", "/opt/appliance/current").stdout.strip() == "releases/v2"
+    # The installer's venv is the bundle's own (one per installer wheel set), behind the link.
+    assert run("readlink", "/opt/appliance/venv").stdout.startswith("venvs/")
+    listed = json.loads(run(APPLIANCE, "releases", "--json").stdout)["releases"]
+    assert [(r["release"], r["state"]) for r in listed] == [("v2", "current"), ("v1", "previous")]
     if importlib.util.find_spec("appliance.install.upgrade") is not None:
         # The upgrade flow moves installed packages to the release's exact versions; the
         # install-then-verify stand-in it replaces leaves an installed package as it is.

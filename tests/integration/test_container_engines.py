@@ -13,6 +13,7 @@ host in place of the bundle's repository."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -25,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from appliance.install.verify import judge
-from appliance.mirrors import local_repository, upstream_registries
+from appliance.mirrors import local_repository, namespace, upstream_registries
 from appliance.roles import ROLES_DIR
 from tests.fixtures.hosts import Host, start_host
 from tests.fixtures.lab import lab_around
@@ -38,7 +39,7 @@ pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.slow]
 REGISTRY_HOST, REGISTRY_PORT = "198.18.10.10", 5000
 INTERNET = "198.19.255.10"
 CA = "/etc/appliance/pki/registry-ca.crt"
-PULL = "/etc/appliance/registry/pull.json"
+PULL = "/etc/appliance/registry/pull-auth.json"
 USERS = {"seed": "seed-secret-1", "puller": "pull-secret-2"}
 SKIP = ("--skip-tags", "container_engines_install")  # dpkg stands in for the local repository
 HOSTS_DIR = "/etc/containerd/certs.d"
@@ -83,13 +84,15 @@ def pull(lab: Lab, ref: str, hosts_dir: str = HOSTS_DIR) -> subprocess.Completed
 
 
 def write_extravars(root: Path, refs: list[str], ca: str = CA) -> None:
+    """What the installer passes, as the registry role names it."""
     extravars = {
-        "appliance_registry": {
-            "address": f"{REGISTRY_HOST}:{REGISTRY_PORT}",
-            "ca_file": ca,
-            "pull_credentials_file": PULL,
-        },
-        "appliance_image_registries": upstream_registries(refs),
+        "appliance_registry_host": REGISTRY_HOST,
+        "appliance_registry_port": REGISTRY_PORT,
+        "appliance_registry_ca_cert": ca,
+        "appliance_registry_pull_auth": PULL,
+        "appliance_registry_upstreams": [
+            {"host": host, "namespace": namespace(host)} for host in upstream_registries(refs)
+        ],
     }
     (root / "extravars.json").write_text(json.dumps(extravars))
     (root / "site.yml").write_text(
@@ -147,7 +150,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory, test_image: str) -> Iterator[L
                     assert pushed == app_digest
                 absent = f"ghcr.io/acme/absent@{absent_digest}"
                 subprocess.run(["docker", "cp", str(registry.ca), f"{host.name}:/srv/ca.crt"])
-                credentials = json.dumps({"username": "puller", "password": USERS["puller"]})
+                token = base64.b64encode(f"puller:{USERS['puller']}".encode()).decode()
+                address = f"{REGISTRY_HOST}:{REGISTRY_PORT}"
+                credentials = json.dumps({"auths": {address: {"auth": token}}})
                 placed = host.run(
                     "sh", "-c",
                     f"install -D -m 0644 /srv/ca.crt {CA} && umask 077 && mkdir -p "

@@ -86,3 +86,12 @@ def test_a_registry_brings_the_container_engines_and_their_containerd() -> None:
     # k3s's own containerd takes its mirrors from registries.yaml; none at all without a registry.
     for other in ({**stack, "orchestrator": "k3s"}, {**stack, "registry": "none"}):
         assert "container_engines" not in play_roles(other, serves_models=False)
+
+
+def test_the_platform_roles_join_the_play_when_the_stack_names_them() -> None:
+    stack = {"registry": "harbor", "object_store": "minio", "orchestrator": "k3s"}
+    roles = play_roles(stack, serves_models=True)
+    assert roles.count("site_ca") == 1
+    assert roles.index("harbor") < roles.index("k3s") < roles.index("artifacts")
+    assert "docker.io" in required_packages(stack, serves_models=False)
+    assert "harbor" not in play_roles({"registry": "none"}, serves_models=True)

@@ -11,7 +11,15 @@ import json
 from pathlib import Path
 from typing import Annotated, TypeVar
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from appliance.errors import GatewayConfigError, Problem
 
@@ -32,6 +40,45 @@ class Listen(_Strict):
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
 
 
+class SyslogTarget(_Strict):
+    """A syslog collector that takes RFC 5424 messages over TLS (RFC 5425)."""
+
+    host: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[^\s/]+$")]
+    port: Annotated[int, Field(ge=1, le=65535)] = 6514
+    # The CA that signed the collector's certificate (the site's PKI or the appliance's CA).
+    ca_file: Path
+    # A client certificate and its key, for collectors that authenticate senders.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # The name the collector's certificate must carry; the host when unset.
+    server_name: str | None = None
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> SyslogTarget:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (a client certificate)")
+        return self
+
+
+class ForwardSettings(_Strict):
+    """Each audit record forwarded to the site's log store (appliance-audit-forward)."""
+
+    syslog: SyslogTarget | None = None
+    # A file of RFC 5424 lines, one per record, for a SIEM agent to pick up.
+    file: Path | None = None
+    # The HOSTNAME of each message; the machine's host name when unset.
+    hostname: str | None = None
+    facility: Annotated[int, Field(ge=0, le=23)] = 13
+    # Seconds between attempts while the collector is away (doubling up to ten times this).
+    retry_s: Annotated[float, Field(gt=0)] = 2.0
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> ForwardSettings:
+        if self.syslog is None and self.file is None:
+            raise ValueError("set syslog, file or both: where the records go")
+        return self
+
+
 class AuditSettings(_Strict):
     dir: Path = DEFAULT_AUDIT_DIR
     # Rotate once the current file passes this size; old files are renamed (see keep_rotated_bytes).
@@ -43,6 +90,8 @@ class AuditSettings(_Strict):
     # Rotated files may take this many bytes; older ones are removed once shipped
     # (appliance audit ship), never before. None: every file is kept.
     keep_rotated_bytes: Annotated[int, Field(ge=0)] | None = None
+    # With forwarding on, rotated files are removed only once forwarded to every target.
+    forward: ForwardSettings | None = None
 
 
 class ModelRoute(_Strict):

@@ -3,46 +3,16 @@ the gateway's config (checked by the gateway's own loader) and the forwarder's u
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from appliance.gateway.config import load_config
-from appliance.roles import ROLES_DIR
-from tests.fixtures.hosts import ROOT
-
-ROLE = ROLES_DIR / "gateway"
+from tests.fixtures.templates import render as render_templates
 
 
 def render(tmp_path: Path, **settings: Any) -> tuple[Path, str]:
-    play = [
-        {
-            "name": "Render the gateway's config and the forwarder's unit",
-            "hosts": "localhost",
-            "connection": "local",
-            "gather_facts": False,
-            "vars_files": [str(ROLE / "defaults" / "main.yml")],
-            "tasks": [
-                {
-                    "name": f"Render {name}",
-                    "ansible.builtin.template": {
-                        "src": str(ROLE / "templates" / source),
-                        "dest": str(tmp_path / name),
-                        "mode": "0644",
-                    },
-                }
-                for source, name in (
-                    ("config.json.j2", "config.json"),
-                    ("appliance-audit-forward.service.j2", "forward.service"),
-                )
-            ],
-        }
-    ]
     extravars = {
         "gateway_config_dir": str(tmp_path / "etc"),
         "gateway_backends": [
@@ -50,21 +20,13 @@ def render(tmp_path: Path, **settings: Any) -> tuple[Path, str]:
         ],
         **settings,
     }
-    (tmp_path / "play.yml").write_text(json.dumps(play))
-    (tmp_path / "extravars.json").write_text(json.dumps(extravars))
-    env = {
-        **os.environ,
-        "ANSIBLE_COLLECTIONS_PATH": str(ROOT / ".cache" / "collections"),
-        "ANSIBLE_LOCALHOST_WARNING": "false",
-        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
-    }
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"),
-         "-e", f"@{tmp_path / 'extravars.json'}", str(tmp_path / "play.yml")],
-        capture_output=True, text=True, env=env, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    return tmp_path / "config.json", (tmp_path / "forward.service").read_text()
+    files = render_templates(
+        tmp_path,
+        "gateway",
+        {"config.json.j2": "config.json", "appliance-audit-forward.service.j2": "forward.service"},
+        extravars,
+    )
+    return tmp_path / "config.json", files["forward.service"]
 
 
 def test_forwarding_is_off_by_default(tmp_path: Path) -> None:

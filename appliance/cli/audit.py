@@ -95,6 +95,12 @@ def verify_command(
             f"{copy.host}, seq {copy.first_seq}..{copy.last_seq}"
             + (f", {copy.duplicates} duplicate(s) passed over" if copy.duplicates else "")
             + (f", {copy.other_lines} other line(s)" if copy.other_lines else "")
+            + (
+                f"\ncontent too long to ship, links checked, content on the appliance only: "
+                f"seq {', '.join(map(str, copy.omitted))}"
+                if copy.omitted
+                else ""
+            )
             + "".join(
                 f"\nGAP: seq {gap['first_seq']}..{gap['last_seq']} missing (line {gap['line']})"
                 for gap in copy.gaps

@@ -69,6 +69,9 @@ class ForwardSettings(_Strict):
     # The HOSTNAME of each message; the machine's host name when unset.
     hostname: str | None = None
     facility: Annotated[int, Field(ge=0, le=23)] = 13
+    # A record longer than this goes as its chain links only (content="omitted"); the
+    # collector's own limit must be at least this (rsyslog: maxMessageSize, imtcp MaxFrameSize).
+    max_message_bytes: Annotated[int, Field(ge=2048)] = 64 << 10
     # Seconds between attempts while the collector is away (doubling up to ten times this).
     retry_s: Annotated[float, Field(gt=0)] = 2.0
 

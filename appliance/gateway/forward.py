@@ -47,7 +47,7 @@ from appliance.gateway.config import (
     SyslogTarget,
     load_config,
 )
-from appliance.gateway.syslog import format_message, frame
+from appliance.gateway.syslog import MAX_MESSAGE_BYTES, format_message, frame
 
 LOG = logging.getLogger("appliance.gateway.forward")
 
@@ -185,6 +185,7 @@ class Forwarder:
         hostname: str,
         facility: int = 13,
         retry_s: float = 2.0,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.directory = directory
         self.name = name
@@ -192,6 +193,7 @@ class Forwarder:
         self.hostname = hostname
         self.facility = facility
         self.retry_s = retry_s
+        self.max_message_bytes = max_message_bytes
         self.reader = ChainReader(directory)
         self.cursor_path = directory / cursor_name(name)
         mark = read_mark(self.cursor_path)
@@ -207,8 +209,9 @@ class Forwarder:
         records = self.reader.read(self.cursor, head["seq"], BATCH)
         if not records:
             return 0
+        top = (head["seq"], head["hash"])
         messages = [
-            format_message(r, (head["seq"], head["hash"]), self.hostname, self.facility)
+            format_message(r, top, self.hostname, self.facility, self.max_message_bytes)
             for r in records
         ]
         self.sink.send(messages)
@@ -246,7 +249,15 @@ def forwarders(directory: Path, settings: ForwardSettings) -> list[Forwarder]:
     if settings.file is not None:
         sinks["file"] = FileSink(settings.file)
     return [
-        Forwarder(directory, name, sink, hostname, settings.facility, settings.retry_s)
+        Forwarder(
+            directory,
+            name,
+            sink,
+            hostname,
+            settings.facility,
+            settings.retry_s,
+            settings.max_message_bytes,
+        )
         for name, sink in sinks.items()
     ]
 

@@ -36,6 +36,9 @@ _TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d
 _PRINTUSASCII = re.compile(r"[^\x21-\x7e]")
 _HEADER = re.compile(rb"^<(\d{1,3})>1 (\S+) (\S+) (\S+) (\S+) (\S+) ")
 _BOM = b"\xef\xbb\xbf"
+# Longer records go as their chain links only (see format_message).
+MAX_MESSAGE_BYTES = 64 << 10
+_LINKS = ("seq", "prev", "hash", "time", "event")
 
 
 def _token(value: str, limit: int) -> str:
@@ -55,18 +58,31 @@ def format_message(
     head: tuple[int, str],
     hostname: str,
     facility: int = FACILITY_LOG_AUDIT,
+    max_bytes: int = MAX_MESSAGE_BYTES,
 ) -> bytes:
+    """One record as one message. A record whose JSON is over ``max_bytes`` goes as its chain
+    links only (``seq``, ``prev``, ``hash``, ``time``, ``event``) with ``content="omitted"`` and
+    its size in the structured data: collectors cut or refuse long messages (rsyslog cuts at
+    8 KiB and loses its framing past 200 kB unless told otherwise), and a cut record would
+    read as an altered one. The gateway's own records stay far below (record.clean)."""
     event = record.get("event")
     event = event if isinstance(event, str) else "call"
     severity = _WARNING if event in _WARN_EVENTS else _INFO
     time = record.get("time")
     timestamp = time if isinstance(time, str) and _TIME.match(time) else "-"
-    data = f'[{SD_ID} seq="{int(record["seq"])}" head-seq="{head[0]}" head-hash="{head[1]}"]'
+    msg = ascii_json(record)
+    omitted = ""
+    if len(msg) > max_bytes:
+        omitted = f' content="omitted" bytes="{len(msg)}"'
+        msg = ascii_json({key: record[key] for key in _LINKS if key in record})
+    data = (
+        f'[{SD_ID} seq="{int(record["seq"])}" head-seq="{head[0]}" head-hash="{head[1]}"{omitted}]'
+    )
     header = (
         f"<{facility * 8 + severity}>1 {timestamp} {_token(hostname, 255)} {APP_NAME} - "
         f"{_token(event, 32)} {data} "
     )
-    return header.encode("ascii") + ascii_json(record)
+    return header.encode("ascii") + msg
 
 
 def frame(message: bytes) -> bytes:

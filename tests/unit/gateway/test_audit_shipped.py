@@ -122,3 +122,21 @@ def test_pruning_waits_for_every_forwarder(tmp_path: Path) -> None:
     write_mark(tmp_path / names[1], last["seq"], last["hash"])
     assert prune(tmp_path, 0, names) == 2  # through the oldest cursor, no further
     assert rotated(tmp_path) == before[2:]
+
+
+def test_a_record_too_long_for_a_message_keeps_the_chain(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit")
+    log.open()
+    for value in ("a", "x" * 5000, "b"):
+        log.append({"event": "call", "model": value})
+    log.close()
+    sink = FileSink(tmp_path / "copy.log")
+    Forwarder(tmp_path / "audit", "file", sink, "gw1", max_message_bytes=4096).step()
+    report = verify_shipped(tmp_path / "copy.log")
+    assert (report.records, report.omitted) == (3, [1])
+    lines = (tmp_path / "copy.log").read_bytes().splitlines(keepends=True)
+    message = parse_message(lines[1])
+    assert message is not None and set(json.loads(message.msg)) == {"seq", "prev", "hash", "event"}
+    # Its links are still checked: a placeholder with another hash breaks the next record's prev.
+    with pytest.raises(AuditError, match="modified"):
+        check(tmp_path, [lines[0], _edit(lines[1], hash="f" * 64), lines[2]])

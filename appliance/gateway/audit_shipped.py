@@ -126,7 +126,8 @@ class _Walk:
             return
         expected = report.last_seq + 1
         gap = (
-            record.get("event") == "audit_gap"
+            seq != expected
+            and record.get("event") == "audit_gap"
             and isinstance(record.get("first_seq"), int)
             and record["first_seq"] <= expected
             and seq == record.get("last_seq", -2) + 1

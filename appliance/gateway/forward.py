@@ -204,6 +204,12 @@ class Forwarder:
         """Forward one batch of committed records; how many were delivered (0: nothing new).
         Raises OSError when the target cannot take them."""
         head = read_head(self.directory)
+        if head is not None and head["seq"] < self.cursor:
+            # The log was moved aside and a new chain begun (seq 0) with the old cursor kept.
+            LOG.warning("%s: the audit log restarted below the cursor; forwarding the new chain "
+                        "from its start", self.name)  # fmt: skip
+            self.cursor = -1
+            self.reader.close()
         if head is None or head["seq"] <= self.cursor:
             return 0
         records = self.reader.read(self.cursor, head["seq"], BATCH)

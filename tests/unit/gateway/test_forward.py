@@ -5,6 +5,7 @@ answers every call meanwhile."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -292,3 +293,51 @@ def test_forward_settings_are_checked(
     with pytest.raises(GatewayConfigError) as raised:
         load_config(tmp_path / "config.json")
     assert raised.value.problems[0].render().startswith(message)
+
+
+def test_a_file_removed_under_the_gateway_shows_as_a_gap_in_the_copy(tmp_path: Path) -> None:
+    """audit.jsonl removed before all of it was forwarded: the records it held are gone, the
+    gap record says which, and the shipped copy verifies with the gap listed."""
+    log = AuditLog(tmp_path / "audit")
+    log.open()
+    for number in range(6):
+        log.append({"event": "call", "request_id": f"r{number}"})
+    forwarder = Forwarder(tmp_path / "audit", "file", FileSink(tmp_path / "copy.log"), "gw1")
+    assert forwarder.step() == 6
+    for number in range(6, 10):
+        log.append({"event": "call", "request_id": f"r{number}"})
+    (tmp_path / "audit" / "audit.jsonl").unlink()
+    log.append({"event": "call", "request_id": "r-after"})
+    log.close()
+    shutil.copy(tmp_path / "copy.log", tmp_path / "copy2.log")
+    # A forwarder that still has the removed file open ships what it held: no gap.
+    assert forwarder.step() == 6
+    report = verify_shipped(tmp_path / "copy.log")
+    assert (report.records, report.last_seq, report.gaps) == (12, 11, [])
+    # One started after the removal cannot: the gap record says which records are gone.
+    restarted = Forwarder(tmp_path / "audit", "file", FileSink(tmp_path / "copy2.log"), "gw1")
+    restarted.cursor = 5
+    assert restarted.step() == 2  # the gap record and the call after it
+    report = verify_shipped(tmp_path / "copy2.log")
+    assert report.gaps == [{"first_seq": 6, "last_seq": 9, "line": 7}]
+    assert (report.records, report.last_seq) == (8, 11)
+
+
+def test_a_new_chain_below_the_cursor_is_forwarded_from_its_start(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit")
+    log.open()
+    for number in range(5):
+        log.append({"event": "call", "request_id": f"old{number}"})
+    log.close()
+    forwarder = Forwarder(tmp_path / "audit", "file", FileSink(tmp_path / "old.log"), "gw1")
+    assert forwarder.step() == 5
+    for path in (tmp_path / "audit").glob("audit*"):
+        if path.name != cursor_name("file"):
+            path.unlink()
+    log = AuditLog(tmp_path / "audit")
+    log.open()
+    log.append({"event": "call", "request_id": "new0"})
+    log.close()
+    forwarder.sink = FileSink(tmp_path / "new.log")
+    assert forwarder.step() == 1
+    assert verify_shipped(tmp_path / "new.log").first_seq == 0

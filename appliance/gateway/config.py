@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import (
     AnyHttpUrl,
@@ -104,6 +104,8 @@ class ModelRoute(_Strict):
     backend_model: str | None = None
     # What answers 200 when the runtime is up: llama.cpp and vLLM /health, Ollama /api/version.
     health_path: Annotated[str, Field(pattern=r"^/[^\s]*$")] = "/health"
+    # The spec's task: an embedding model answers /v1/embeddings only (the others get 400).
+    task: Literal["chat", "embedding"] = "chat"
 
     @property
     def upstream_name(self) -> str:

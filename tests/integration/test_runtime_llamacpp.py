@@ -250,7 +250,7 @@ def test_the_gateway_routes_embeddings_to_the_embedding_model(
     embedder: Launched, tmp_path: Path
 ) -> None:
     route = {"name": "embed", "digest": STAND_IN_DIGEST, "backend": embedder.url("/")}
-    route["backend_model"] = ALIAS
+    route |= {"backend_model": ALIAS, "task": "embedding"}
     with gateway_in_thread(tmp_path, embedder.url("/"), models=[route]) as gateway:
         body = json.dumps({"model": "embed", "input": ["audited text"]}).encode()
         reply = gateway.post("/v1/embeddings", body, key=gateway.key)
@@ -258,5 +258,10 @@ def test_the_gateway_routes_embeddings_to_the_embedding_model(
         (item,) = reply.json()["data"]
         assert len(item["embedding"]) == 256
         record = gateway.record_of(reply)
+        chat = {"model": "embed", "messages": [{"role": "user", "content": "hi"}]}
+        refused = gateway.post("/v1/chat/completions", json.dumps(chat).encode(), key=gateway.key)
+        assert refused is not None and refused.status == 400
+        assert refused.json()["error"]["code"] == "wrong_model_task"
+        assert gateway.record_of(refused)["status"] == 400
     assert (record["path"], record["model"], record["status"]) == ("/v1/embeddings", "embed", 200)
     assert record["prompt_tokens"] == reply.json()["usage"]["prompt_tokens"]

@@ -29,9 +29,22 @@ def render(tmp_path: Path, **settings: Any) -> tuple[Path, str]:
     return tmp_path / "config.json", files["forward.service"]
 
 
-def test_forwarding_is_off_by_default(tmp_path: Path) -> None:
-    config, _ = render(tmp_path)
-    assert load_config(config).audit.forward is None
+def test_forwarding_is_off_by_default_and_routes_carry_the_task(tmp_path: Path) -> None:
+    config, _ = render(
+        tmp_path,
+        gateway_backends=[
+            {"name": "chat", "digest": "sha256:" + "1" * 64, "url": "http://127.0.0.1:8081"},
+            {
+                "name": "embed",
+                "digest": "sha256:" + "2" * 64,
+                "url": "http://127.0.0.1:8082",
+                "task": "embedding",
+            },
+        ],
+    )
+    loaded = load_config(config)
+    assert loaded.audit.forward is None
+    assert [(m.name, m.task) for m in loaded.models] == [("chat", "chat"), ("embed", "embedding")]
 
 
 @pytest.mark.parametrize("client_cert", [True, False])

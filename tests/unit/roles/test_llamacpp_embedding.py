@@ -25,12 +25,14 @@ def test_each_model_gets_the_settings_of_its_task(tmp_path: Path) -> None:
     files = render(
         tmp_path,
         "runtime_llamacpp",
-        {"model.env.j2": "model.env"},
+        {"model.env.j2": "model.env", "appliance-llamacpp@.service.j2": "unit"},
         {"runtime_common_listen_address": "127.0.0.1"},
         loop=models,
     )
     args = [settings(files[f"model.env.{index}"])["LLAMACPP_TASK_ARGS"] for index in range(3)]
     assert args == ["", "--embedding --pooling mean", ""]
+    # $VAR unbraced: systemd splits it into words, and an empty one into no argument at all.
+    assert "--parallel ${LLAMACPP_PARALLEL} $LLAMACPP_TASK_ARGS\n" in files["unit.0"]
 
 
 def test_the_pooling_is_a_setting(tmp_path: Path) -> None:
@@ -42,9 +44,3 @@ def test_the_pooling_is_a_setting(tmp_path: Path) -> None:
         loop=[{**MODELS[1], "files": [{"name": "e.gguf"}]}],
     )
     assert settings(files["model.env.0"])["LLAMACPP_TASK_ARGS"] == "--embedding --pooling cls"
-
-
-def test_the_unit_passes_the_task_arguments_split(tmp_path: Path) -> None:
-    unit = render(tmp_path, "runtime_llamacpp", {"appliance-llamacpp@.service.j2": "unit"}, {})
-    # $VAR unbraced: systemd splits it into words, and an empty one into no argument at all.
-    assert "--parallel ${LLAMACPP_PARALLEL} $LLAMACPP_TASK_ARGS\n" in unit["unit"]

@@ -90,13 +90,17 @@ class _Walk:
         path, report = self.report.path, self.report
         try:
             record = json.loads(message.msg)
+            if not isinstance(record, dict):
+                raise TypeError("not an object")
             stated, seq = record["hash"], record["seq"]
             head = message.data[SD_ID]
             head_seq, head_hash = int(head["head-seq"]), head["head-hash"]
         except (ValueError, KeyError, TypeError):
             raise _fail(path, "modified", number, "not an audit record message") from None
         omitted = head.get("content") == "omitted"
-        if not isinstance(record, dict) or (not omitted and record_hash(record) != stated):
+        if type(seq) is not int or not isinstance(stated, str):
+            raise _fail(path, "modified", number, "not an audit record message")
+        if not omitted and record_hash(record) != stated:
             raise _fail(path, "modified", number, f"record seq {seq}: content does not match hash")
         named = self.heads.setdefault(head_seq, head_hash)
         if named != head_hash or self.recent.get(head_seq, head_hash) != head_hash:

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from appliance.errors import AuditError
 from appliance.gateway.audit import AuditLog, record_hash
@@ -73,9 +75,10 @@ def _edit(line: bytes, rehash: bool = False, **changes: object) -> bytes:
         (lambda lines: lines[:10], "truncated"),
         (lambda lines: [*lines[:4], *lines[5:], lines[3]], "removed"),
         (lambda lines: [*lines, _edit(lines[11], rehash=True, status=500)], "repeated"),
+        (lambda lines: [*lines[:3], _edit(lines[3], rehash=True, seq="3"), *lines[4:]], "modified"),
         (lambda lines: [line.replace(b" gw1 ", b" gw2 ", 1) for line in lines[:0]], "empty"),
     ],
-    ids=["altered", "missing", "cut-off-end", "moved", "replaced-duplicate", "empty"],
+    ids=["altered", "missing", "cut-off-end", "moved", "replaced-duplicate", "seq-text", "empty"],
 )
 def test_an_edited_copy_fails(tmp_path: Path, copy: list[bytes], edit: object, kind: str) -> None:
     with pytest.raises(AuditError, match=f"fails verification: {kind}"):
@@ -140,3 +143,28 @@ def test_a_record_too_long_for_a_message_keeps_the_chain(tmp_path: Path) -> None
     # Its links are still checked: a placeholder with another hash breaks the next record's prev.
     with pytest.raises(AuditError, match="modified"):
         check(tmp_path, [lines[0], _edit(lines[1], hash="f" * 64), lines[2]])
+
+
+HOSTILE_PREFIXES = [b"", b"<110>1 - gw1 appliance-gateway - call ", b'[audit@32473 seq="1"']
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    cut=st.integers(min_value=0, max_value=11),
+    junk=st.binary(max_size=300),
+    prefix=st.sampled_from(HOSTILE_PREFIXES),
+)
+def test_whatever_a_collector_file_holds_verify_passes_or_names_a_problem(
+    tmp_path: Path, copy: list[bytes], cut: int, junk: bytes, prefix: bytes
+) -> None:
+    """A damaged or hostile line never crashes verify: it is passed over as another program's
+    line (the 12 records still verify) or named as the problem."""
+    lines = [*copy[:cut], prefix + junk.replace(b"\n", b" ") + b"\n", *copy[cut:]]
+    try:
+        records = check(tmp_path, lines)
+    except AuditError as error:
+        assert "fails verification" in error.message
+    else:
+        assert records == 12

@@ -122,6 +122,10 @@ def verify_command(
             f"\nGAP: seq {gap['first_seq']}..{gap['last_seq']} missing ({gap['at']}): "
             f"{gap['reason']}"
             for gap in report.gaps
+        )
+        + "".join(
+            f"\nforwarded to {target} through seq {seq} ({report.last_seq - seq} record(s) to go)"
+            for target, seq in report.forwarded.items()
         ),
     )
 

@@ -61,6 +61,9 @@ def test_verify_a_shipped_copy(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     code, out, err = run_cli(capsys, "audit", "verify", "--shipped", str(copy))
     assert (code, err) == (0, "")
     assert out == f"{copy}: shipped audit copy OK, 5 record(s) from host gw1, seq 0..4\n"
+    fill(tmp_path / "audit", 5, 2)  # two records not forwarded yet
+    code, out, _ = run_cli(capsys, "audit", "verify", "--dir", str(tmp_path / "audit"))
+    assert out.splitlines()[-1] == "forwarded to file through seq 4 (2 record(s) to go)"
     lines = copy.read_bytes().splitlines(keepends=True)
     copy.write_bytes(b"".join(lines[:2] + lines[3:]))
     code, out, err = run_cli(capsys, "audit", "verify", "--shipped", str(copy))

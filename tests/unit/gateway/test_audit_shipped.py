@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from appliance.errors import AuditError
@@ -16,6 +16,7 @@ from appliance.gateway.audit_retention import prune, rotated, write_mark
 from appliance.gateway.audit_shipped import verify_shipped
 from appliance.gateway.forward import FileSink, Forwarder, cursor_name
 from appliance.gateway.syslog import format_message, frame, parse_message
+from tests.fixtures.hostile import examples
 
 
 @pytest.fixture
@@ -145,26 +146,34 @@ def test_a_record_too_long_for_a_message_keeps_the_chain(tmp_path: Path) -> None
         check(tmp_path, [lines[0], _edit(lines[1], hash="f" * 64), lines[2]])
 
 
-HOSTILE_PREFIXES = [b"", b"<110>1 - gw1 appliance-gateway - call ", b'[audit@32473 seq="1"']
-
-
-@settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@examples(300)
 @given(
-    cut=st.integers(min_value=0, max_value=11),
+    line=st.integers(min_value=0, max_value=11),
+    at=st.floats(min_value=0, max_value=1),
     junk=st.binary(max_size=300),
-    prefix=st.sampled_from(HOSTILE_PREFIXES),
+    insert=st.booleans(),
 )
 def test_whatever_a_collector_file_holds_verify_passes_or_names_a_problem(
-    tmp_path: Path, copy: list[bytes], cut: int, junk: bytes, prefix: bytes
+    tmp_path: Path, copy: list[bytes], line: int, at: float, junk: bytes, insert: bool
 ) -> None:
-    """A damaged or hostile line never crashes verify: it is passed over as another program's
-    line (the 12 records still verify) or named as the problem."""
-    lines = [*copy[:cut], prefix + junk.replace(b"\n", b" ") + b"\n", *copy[cut:]]
+    """A damaged or hostile line never crashes verify: bytes overwritten anywhere in a message
+    (its header, structured data or JSON), or a line of junk added, is passed over as another
+    program's line or named as the problem. Only the first record can go unnoticed, and the
+    report then shows the copy starting at seq 1."""
+    junk = junk.replace(b"\n", b" ")
+    lines = list(copy)
+    if insert:
+        lines.insert(line, copy[line][: int(at * len(copy[line]))] + junk + b"\n")
+    else:
+        target = lines[line].rstrip(b"\n")
+        where = int(at * len(target))
+        lines[line] = target[:where] + junk + target[where + len(junk) :] + b"\n"
+    (tmp_path / "edited.log").write_bytes(b"".join(lines))
     try:
-        records = check(tmp_path, lines)
+        report = verify_shipped(tmp_path / "edited.log")
     except AuditError as error:
         assert "fails verification" in error.message
     else:
-        assert records == 12
+        # A copy may start after seq 0 (forwarding began later): the report says where.
+        assert (report.first_seq, report.records) in {(0, 12), (1, 11)}
+        assert report.first_seq == 0 or (line == 0 and not insert)

@@ -57,6 +57,11 @@ def forwarding(directory: Path, sink: SyslogSink | FileSink, name: str) -> Itera
         thread.join(30)
 
 
+def head_seq(directory: Path) -> int:
+    """The newest committed record's seq (calls' records and the gateway's own events)."""
+    return int(json.loads((directory / "audit.head").read_text())["seq"])
+
+
 def shipped_seqs(lines: list[bytes]) -> list[int]:
     seqs = []
     for line in lines:
@@ -77,16 +82,18 @@ def test_records_arrive_in_order_as_written_and_the_copy_verifies(tmp_path: Path
             for _ in range(25):
                 reply = gateway.post("/v1/chat/completions", CHAT, key=gateway.key)
                 assert reply is not None and reply.status == 200
-            local = gateway.records()
-            wait_for(lambda: forwarder.cursor == local[-1]["seq"])
+            last = head_seq(gateway.audit_dir)
+            wait_for(lambda: forwarder.cursor == last)
+            local = gateway.records()  # the calls' and the gateway's own (key events)
         lines = collector.lines()
         assert shipped_seqs(lines) == [record["seq"] for record in local]
         assert [json.loads(parse_message(line).msg) for line in lines] == local  # type: ignore[union-attr]
         report = verify_shipped(tmp_path / "remote.log")
-        assert (report.records, report.last_seq, report.duplicates) == (len(local), 24, 0)
+        assert (report.records, report.last_seq, report.duplicates) == (len(local), last, 0)
+        assert sum(record.get("path") == "/v1/chat/completions" for record in local) == 25
         assert report.last_hash == local[-1]["hash"]
         cursor = json.loads((gateway.audit_dir / cursor_name("syslog")).read_text())
-        assert cursor == {"seq": 24, "hash": local[-1]["hash"]}
+        assert cursor == {"seq": last, "hash": local[-1]["hash"]}
     finally:
         collector.close()
 
@@ -110,7 +117,8 @@ def test_a_collector_away_for_a_while_loses_nothing_and_blocks_no_call(
         ):
             for _ in range(5):
                 assert gateway.post("/v1/chat/completions", CHAT, key=gateway.key).status == 200  # type: ignore[union-attr]
-            wait_for(lambda: forwarder.cursor == 4)
+            before = head_seq(gateway.audit_dir)
+            wait_for(lambda: forwarder.cursor == before)
             collector.stop()
             answers = []
             started = time.monotonic()
@@ -120,19 +128,21 @@ def test_a_collector_away_for_a_while_loses_nothing_and_blocks_no_call(
             away_s = time.monotonic() - started
             assert answers == [200] * 60
             assert len(rotated(gateway.audit_dir)) >= 3  # rotated while away, none pruned
-            assert forwarder.cursor < 64
+            away = head_seq(gateway.audit_dir)
+            assert away >= before + 60 and forwarder.cursor < away
             time.sleep(0.5)
             collector.start()
-            wait_for(lambda: forwarder.cursor == 64)
+            wait_for(lambda: forwarder.cursor >= away)
             # Now forwarded, the rotated files may go: the next rotation prunes them.
             for _ in range(30):
                 assert gateway.post("/v1/chat/completions", CHAT, key=gateway.key).status == 200  # type: ignore[union-attr]
-            wait_for(lambda: forwarder.cursor == 94)
+            last = head_seq(gateway.audit_dir)
+            wait_for(lambda: forwarder.cursor == last)
             assert verify_log(gateway.audit_dir).pruned_through is not None
         seqs = shipped_seqs(collector.lines())
-        assert sorted(set(seqs)) == list(range(95))  # every record arrived
+        assert sorted(set(seqs)) == list(range(last + 1))  # every record arrived
         report = verify_shipped(tmp_path / "remote.log")
-        assert report.records == 95 and report.duplicates == len(seqs) - 95
+        assert report.records == last + 1 and report.duplicates == len(seqs) - last - 1
         assert away_s < 30  # the calls did not wait for the collector
     finally:
         collector.close()

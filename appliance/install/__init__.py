@@ -32,6 +32,7 @@ from appliance.install.remote import depot_from_inventory, point_current_remote,
 from appliance.install.sizing import gpu_sizing
 from appliance.install.stage import ansible_content, stage
 from appliance.install.topology import Topology, plan
+from appliance.mirrors import upstream_registries
 from appliance.progress import NullProgress, Progress
 from appliance.runner import RunResult, TaskEvent, run_playbook
 from appliance.site.models import SitePaths
@@ -277,6 +278,11 @@ def _extravars(
         "appliance_models": manifest.models(),
         "appliance_wheel_sets": manifest.wheel_sets(),
         "appliance_files": manifest.plain_files(),
+        # The upstream registries of the signed manifest's images: one mirror rule each
+        # (container_engines role, k3s's registries.yaml), and no other.
+        "appliance_image_registries": upstream_registries(
+            c.name for c in manifest.components if c.kind == "image"
+        ),
     }
     if options.internal_cidrs:
         variables["appliance_internal_cidrs"] = list(options.internal_cidrs)

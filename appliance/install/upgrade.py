@@ -18,18 +18,12 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from appliance.bundle.verify import open_bundle
-from appliance.errors import (
-    ApplianceError,
-    InstallError,
-    Problem,
-    RollbackFailedError,
-    UpgradeRolledBackError,
-)
-from appliance.install import InstallOptions, InstallReport, install, point_current
+from appliance.errors import ApplianceError, InstallError
+from appliance.install import InstallOptions, install, point_current
 from appliance.install.inventory import load_inventory
 from appliance.install.release_state import (
     StateRecord,
@@ -37,6 +31,7 @@ from appliance.install.release_state import (
     record_failed,
     record_installed,
 )
+from appliance.install.upgrade_report import UpgradeReport
 from appliance.install.upgrade_state import (
     Phase,
     advance,
@@ -49,6 +44,8 @@ from appliance.install.verify import VerifyOptions, verify
 from appliance.install.verify_models import Check
 from appliance.progress import Progress
 from appliance.runner import TaskEvent
+
+__all__ = ["RollbackOptions", "UpgradeOptions", "UpgradeReport", "rollback", "upgrade"]
 
 Events = Callable[[TaskEvent], None]
 Notes = Callable[[str], None]
@@ -72,46 +69,6 @@ class RollbackOptions:
     inventory: Path | None = None
     root: Path = Path("/opt/appliance")
     internal_cidrs: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class UpgradeReport:
-    kind: str  # upgrade or rollback
-    # committed (target is current and verified), rolled-back (target failed, origin serves
-    # again and verified), rollback-failed (origin did not come back: act now).
-    outcome: str
-    target: str
-    origin: str | None
-    current: str | None
-    failure: str | None = None  # what failed on the way to target
-    rollback_failure: str | None = None
-    failed_checks: list[Check] = field(default_factory=list)
-    checks: list[Check] = field(default_factory=list)  # the last verify's
-    verify_report: Path | None = None
-    install: InstallReport | None = None
-
-    def error(self) -> ApplianceError | None:
-        """The error a command exits with for this outcome (None when committed)."""
-        problems = [Problem(f"{c.host}: {c.name}", c.evidence) for c in self.failed_checks]
-        if self.outcome == "rolled-back":
-            return UpgradeRolledBackError(
-                f"{self.kind} to {self.target} failed: {self.failure}; every host was returned "
-                f"to {self.origin}, which verified: the rollback held",
-                hint=f"{self.origin} serves as before; fix the cause (the run records are under "
-                "<root>/runs/) and try again",
-                problems=problems,
-            )
-        if self.outcome == "rollback-failed":
-            return RollbackFailedError(
-                f"{self.kind} to {self.target} failed: {self.failure}; and returning to "
-                f"{self.origin} FAILED too: {self.rollback_failure}",
-                hint="the hosts may run parts of both releases: check `appliance releases` and "
-                "the run records under <root>/runs/, fix the cause, then run `appliance rollback "
-                f"--to {self.origin}` (or install a fixed release); the next install, upgrade or "
-                "rollback settles this one first",
-                problems=problems,
-            )
-        return None
 
 
 def upgrade(
@@ -139,7 +96,9 @@ def upgrade(
                 f"finishing the upgrade to {target} that was interrupted while {_what(interrupted)}"
             )
         else:
-            _settle(root, options.install.pubkey, on_event, progress, on_note)
+            settled = _settle(root, options.install.pubkey, on_event, progress, on_note)
+            if settled is not None and settled.outcome == "rollback-failed":
+                return settled  # the hosts are in no state to take another release
         origin = current_release(root)
         if origin is None:
             raise InstallError(
@@ -160,7 +119,8 @@ def upgrade(
             ),
         )
         apply = replace(options.install, commit=False, exact_versions=True)
-        return _transition(root, phase, apply, on_event, progress, on_note)
+        prior = interrupted if same else None
+        return _transition(root, phase, apply, on_event, progress, on_note, prior)
 
 
 def rollback(
@@ -174,7 +134,7 @@ def rollback(
     _need_local_depot(options.inventory)
     with transition_lock(root):
         settled = _settle(root, options.pubkey, on_event, progress, on_note)
-        if settled is not None and options.to is None:
+        if settled is not None and (options.to is None or settled.outcome == "rollback-failed"):
             return settled  # going back from an interrupted upgrade is the rollback asked for
         origin = current_release(root)
         record = StateRecord.load(root)
@@ -224,7 +184,11 @@ def settle_interrupted(
     if options.inventory is not None and not load_inventory(options.inventory).depot_is_local:
         return
     with transition_lock(options.root):
-        _settle(options.root, options.pubkey, on_event, progress, on_note)
+        settled = _settle(options.root, options.pubkey, on_event, progress, on_note)
+    if settled is not None and settled.outcome == "rollback-failed":
+        error = settled.error()
+        assert error is not None
+        raise error
 
 
 def _transition(
@@ -234,8 +198,10 @@ def _transition(
     on_event: Events,
     progress: Progress | None,
     on_note: Notes,
+    prior: Phase | None = None,
 ) -> UpgradeReport:
-    """Apply ``phase.target``, verify it, commit; or return to ``phase.origin``."""
+    """Apply ``phase.target``, verify it, commit; or return to ``phase.origin``. ``prior``: the
+    interrupted run this one finishes, whose record stays if this one is refused."""
     state = phase
 
     def applying() -> None:
@@ -246,7 +212,11 @@ def _transition(
         report = install(apply, on_event, progress, on_note, before_play=applying, settle=False)
     except ApplianceError as error:
         if state.phase == "staged":
-            forget(root)  # refused before any host changed: there is nothing to undo
+            # Refused before any host changed: nothing to undo, and nothing new to record.
+            if prior is not None:
+                save_phase(root, prior)
+            else:
+                forget(root)
             raise
         return _return(root, state, f"{error.message}", [], on_event, progress, on_note)
     state = advance(root, state, "verifying")

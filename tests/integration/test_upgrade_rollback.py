@@ -34,6 +34,14 @@ EGRESS_TARGET = "http://198.19.255.10/"  # lab range: leads nowhere, must be dro
 APPLIANCE = "/opt/appliance/venv/bin/appliance"
 PYTHON = "/opt/appliance/venv/bin/python"
 DRIVER = "/srv/upgrade_driver.py"
+# A stand-in for a newer jq than the release's repository holds (no Debian archive carries
+# two versions of one package for this test): an empty package, installed with dpkg.
+NEWER_JQ = (
+    "mkdir -p /srv/jq/DEBIAN && printf '%s\\n' 'Package: jq' 'Version: 99:1' "
+    "'Architecture: amd64' 'Maintainer: appliance tests <dev@appliance.invalid>' "
+    "'Description: stand-in for a newer jq' > /srv/jq/DEBIAN/control "
+    "&& dpkg-deb --build /srv/jq /srv/jq.deb && dpkg -i /srv/jq.deb"
+)
 GOOD = {"source": "models/tiny-llama.gguf", "format": "gguf"}
 # Each release: (sequence, models).
 RELEASES: dict[str, tuple[int, list[dict[str, Any]]]] = {
@@ -128,7 +136,7 @@ def depot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Depot]:
                 "upgrade-test",
                 label,
                 stack=SYSTEMD_LLAMACPP,
-                packages=["nftables", "python3-apt", "libgomp1"],
+                packages=["nftables", "python3-apt", "libgomp1", "jq"],
                 models=models,
                 wheels={"llamacpp": ["xllamacpp==2026.10.11549"]},
             )
@@ -203,6 +211,11 @@ def test_a_killed_upgrade_run_again_converges(depot: Depot) -> None:
 
 
 def test_rollback_on_purpose(depot: Depot) -> None:
+    # As if v4 had brought a newer jq: the rollback must take it down to v2's own version.
+    jq = depot.run("dpkg-query", "--show", "--showformat", "${Version}", "jq").stdout
+    assert depot.run("sh", "-c", NEWER_JQ).returncode == 0
+    assert depot.run("dpkg-query", "--show", "--showformat", "${Version}", "jq").stdout == "99:1"
+
     done = depot.run(APPLIANCE, "rollback", "--egress-target", EGRESS_TARGET, "--json")
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     report = json.loads(done.stdout)
@@ -213,6 +226,7 @@ def test_rollback_on_purpose(depot: Depot) -> None:
     assert depot.run("systemctl", "is-active", "appliance-llamacpp@tiny-llama-b").returncode != 0
     depot.complete("tiny-llama")
     assert depot.audit_ok()
+    assert depot.run("dpkg-query", "--show", "--showformat", "${Version}", "jq").stdout == jq
 
     # A release no longer on the depot is refused, naming it, and nothing changes.
     gone = depot.run(APPLIANCE, "rollback", "--to", "v1", "--egress-target", EGRESS_TARGET)

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from appliance.errors import InstallError
+from appliance.errors import InstallError, RollbackFailedError, UpgradeRolledBackError
 from appliance.install import InstallOptions
 from appliance.install.release_state import StateRecord, list_releases, prune
 from appliance.install.upgrade import settle_interrupted
+from appliance.install.upgrade_report import UpgradeReport
 from appliance.install.upgrade_state import (
     PHASE_FILE,
     Phase,
@@ -22,6 +23,7 @@ from appliance.install.upgrade_state import (
     save_phase,
     transition_lock,
 )
+from appliance.install.verify_models import Check
 from tests.fixtures.releases import install, stage
 
 
@@ -114,3 +116,23 @@ def test_a_crash_after_the_commit_link_is_settled_as_committed(tmp_path: Path) -
     assert "installed" in record.releases["r2"]
     document = json.loads((tmp_path / PHASE_FILE).read_text())
     assert (document["target"], document["origin"]) == ("r2", "r1")
+
+
+def test_the_outcome_decides_the_error_and_names_the_failure() -> None:
+    checks = [Check("localhost", "runtime tiny-broken healthy", False, "connection refused")]
+    held = UpgradeReport("upgrade", "rolled-back", "v3", "v2", "v2", "verify failed", None, checks)
+    error = held.error()
+    assert isinstance(error, UpgradeRolledBackError) and error.exit_code == 38
+    assert error.message == (
+        "upgrade to v3 failed: verify failed; every host was returned to v2, which verified: "
+        "the rollback held"
+    )
+    assert [(p.path, p.message) for p in error.problems] == [
+        ("localhost: runtime tiny-broken healthy", "connection refused")
+    ]
+    lost = UpgradeReport("upgrade", "rollback-failed", "v3", "v2", "v2", "boom", "bang")
+    error = lost.error()
+    assert isinstance(error, RollbackFailedError) and error.exit_code == 39
+    assert error.message == "upgrade to v3 failed: boom; and returning to v2 FAILED too: bang"
+    assert error.hint is not None and "appliance rollback --to v2" in error.hint
+    assert UpgradeReport("upgrade", "committed", "v3", "v2", "v3").error() is None

@@ -372,12 +372,9 @@ def _failure(result: RunResult) -> PlaybookFailedError:
             f"the playbook ended with status {result.status} (rc {result.rc})",
             hint=f"the run's full record is in {record}",
         )
-    # A host stops at its first failure that no rescue caught: its last one. Earlier ones were
-    # rescued (a runtime's health wait, whose rescue reads the journal and says what it means).
-    last = {failure.host: failure for failure in result.failures}
-    first = last[result.failures[0].host]
+    first = result.failures[0]
     what = "is unreachable" if first.unreachable else f"failed at task '{first.task}'"
-    others = len(last) - 1
+    others = len(result.failures) - 1
     return PlaybookFailedError(
         f"{first.host} {what}: {first.message}"
         + (f" (and {others} more failure{'s' if others > 1 else ''})" if others else ""),

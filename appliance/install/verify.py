@@ -37,6 +37,9 @@ class VerifyOptions:
     inventory: Path | None = None
     root: Path = Path("/opt/appliance")
     site_dir: Path = DEFAULT_SITE_DIR
+    # The release to judge the hosts against; default: the one ``current`` points at. An
+    # upgrade verifies its release before ``current`` moves to it.
+    release: Path | None = None
 
 
 def verify(
@@ -49,7 +52,7 @@ def verify(
             hint="pass --egress-target URL (an address you own, outside the internal networks); "
             "a probe that proves nothing is not evidence",
         )
-    release = (options.root / "current").resolve()
+    release = (options.release or options.root / "current").resolve()
     project = release.with_name(f"{release.name}.ansible")
     if not project.is_dir():
         raise InstallError(

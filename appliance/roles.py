@@ -62,6 +62,9 @@ def play_roles(
     if stack.get("object_store", "filesystem") != "filesystem":
         # The store's TLS comes from the site CA, which the object_store role includes.
         roles += ["site_ca", "object_store"]
+    if stack.get("registry", "none") != "none":
+        # Its TLS comes from the site CA too (included once, whichever role comes first).
+        roles += [*([] if "site_ca" in roles else ["site_ca"]), "registry"]
     if gpu:
         roles += [*GPU_ROLES, *([TOOLKIT_ROLE] if toolkit else [])]
     if serves_models:

@@ -19,10 +19,12 @@ from appliance.install.inventory import load_inventory, single_box
 from appliance.install.verify_models import (
     Allowed,
     Check,
+    judge_registry,
     judge_routes,
     judge_served,
     judge_store,
 )
+from appliance.registry import images as registry_images
 from appliance.runner import TaskEvent, run_playbook
 from appliance.site.models import DEFAULT_SITE_DIR
 from appliance.site.verify import site_allowed
@@ -77,6 +79,7 @@ def verify(
             "appliance_verify_internal_targets": list(options.internal_targets),
             "appliance_report_dir": str(evidence_dir),
             "appliance_verify_model_file_digests": sorted(allowed.files),
+            "appliance_verify_registry_images": _registry_images(manifest),
             "appliance_root": str(options.root),
         },
         envvars=runner_env(project),
@@ -99,6 +102,14 @@ def verify(
     report = run_dir / "verify-report.json"
     report.write_text(json.dumps([asdict(c) for c in checks], indent=2) + "\n")
     return checks, report
+
+
+def _registry_images(manifest: Manifest) -> list[dict[str, str]]:
+    """The images the registry must hold (none without a registry in the stack)."""
+    if manifest.stack.get("registry", "none") == "none":
+        return []
+    keys = ("ref", "repository", "digest")
+    return [{key: image[key] for key in keys} for image in registry_images(manifest)]
 
 
 def _driver_version(manifest: Manifest) -> str | None:
@@ -159,6 +170,7 @@ def judge(
     )
     checks.extend(_judge_runtimes(host, evidence, expect_inference))
     checks.extend(judge_store(host, evidence.get("store")))
+    checks.extend(judge_registry(host, evidence.get("registry")))
     if allowed is not None:
         checks.extend(judge_served(host, evidence.get("served_models") or [], allowed))
     gpu = evidence.get("gpu")

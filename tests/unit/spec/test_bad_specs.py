@@ -301,7 +301,36 @@ CASES: list[tuple[str, str, list[str]]] = [
             "stack.orchestrator (line 7): 'k3s' cannot be installed by this release of "
             "appliance; the choices that install are: systemd",
             "stack.registry (line 8): 'harbor' cannot be installed by this release of appliance; "
-            "the choices that install are: none",
+            "the choices that install are: none, distribution",
+        ],
+    ),
+    (
+        # distribution installs since the registry landed: it serves the bundle's images.
+        "stack-registry-without-images",
+        HEAD + "stack:\n  registry: distribution\n",
+        [
+            "images (line 1): stack.registry is distribution but the spec lists no images: list "
+            "the "
+            "container images the registry serves under images: (each pinned by digest), or "
+            "choose registry: none",
+        ],
+    ),
+    (
+        # The registry keeps each image under its upstream host (one mirror rule per host): a
+        # host that cannot be a repository path component gets no rule, so the image could
+        # never be pulled by its upstream reference.
+        "stack-registry-image-without-a-mirror-rule",
+        HEAD
+        + "stack:\n  registry: distribution\nimages:\n"
+        + f"  - ref: 'ghcr.io/org/app@sha256:{SHA}'\n"
+        + f"  - ref: '[fd00::1]:5000/app@sha256:{SHA}'\n",
+        [
+            "images (line 8): image [fd00::1]:5000/app@sha256:"
+            + "a" * 51
+            + "...: its upstream registry '[fd00::1]:5000' has no mirror "
+            "rule: the local registry keeps each image under its upstream host's name, and "
+            "'[fd00::1]:5000' cannot be a repository path component (use the registry's DNS "
+            "name or IPv4 address)",
         ],
     ),
     (

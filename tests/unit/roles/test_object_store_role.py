@@ -6,17 +6,16 @@ so the server's own reading of this configuration waits for the real binary."""
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from appliance.roles import ROLES_DIR
 from appliance.store import S3Store, load_config, open_store
+from tests.fixtures.roles import local_play as play
+from tests.fixtures.roles import render_templates
 
 PLAN = {
     "kind": "minio",
@@ -27,41 +26,8 @@ PLAN = {
 }
 
 
-def play(tmp_path: Path, tasks: list[dict[str, Any]], extravars: dict[str, Any]) -> str:
-    """Run ``tasks`` on this machine (connection local) with the roles' path; the output. The
-    site CA's package step is skipped: openssl is on this machine, apt is not the test's."""
-    (tmp_path / "play.yml").write_text(
-        json.dumps(
-            [{"hosts": "localhost", "connection": "local", "gather_facts": False, "tasks": tasks}]
-        )
-    )
-    (tmp_path / "vars.json").write_text(
-        json.dumps({**extravars, "ansible_python_interpreter": sys.executable})
-    )
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,",
-         "--skip-tags", "site_ca_install", "-e", f"@{tmp_path / 'vars.json'}",
-         str(tmp_path / "play.yml")],
-        capture_output=True, text=True, check=False, timeout=300,
-        env={**os.environ, "ANSIBLE_ROLES_PATH": str(ROLES_DIR), "ANSIBLE_NOCOLOR": "1"},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
 def render(tmp_path: Path, templates: list[str], extravars: dict[str, Any]) -> dict[str, str]:
-    role = ROLES_DIR / "object_store"
-    tasks: list[dict[str, Any]] = [
-        {"ansible.builtin.include_vars": {"file": str(role / "defaults" / "main.yml")}},
-        {"ansible.builtin.include_vars": {"file": str(role / "vars" / "main.yml")}},
-    ]
-    tasks += [
-        {"ansible.builtin.template": {"src": str(role / "templates" / name),
-                                      "dest": str(tmp_path / name.removesuffix(".j2"))}}
-        for name in templates
-    ]  # fmt: skip
-    play(tmp_path, tasks, extravars)
-    return {name: (tmp_path / name.removesuffix(".j2")).read_text() for name in templates}
+    return render_templates(tmp_path, "object_store", templates, extravars)
 
 
 @pytest.fixture(scope="module")

@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import re
 import ssl
 import subprocess
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,32 +143,53 @@ class Client:
             raise RegistryError(f"cannot read the CA certificate {self.ca_file}: {error}") from None
         token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
         self._auth = f"Basic {token}"
+        self._connection: http.client.HTTPSConnection | None = None
+        self._reused = False
 
     def request(
         self, method: str, path: str, accept: tuple[str, ...] = ()
     ) -> tuple[int, dict[str, str], bytes]:
-        url = f"https://{self.address}{path}"
+        """One request on a kept-alive connection (a seed makes several per image: a TLS
+        handshake each would cost more than the requests), opened again once if it dropped."""
         headers = {"Authorization": self._auth}
         if accept:
             headers["Accept"] = ", ".join(accept)
-        request = urllib.request.Request(url, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(  # noqa: S310 - https only, built above
-                request, timeout=self.timeout, context=self._context
-            ) as response:
-                return response.status, dict(response.headers.items()), response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, dict(error.headers.items()), error.read()
-        except urllib.error.URLError as error:
-            reason = error.reason
-            if isinstance(reason, ssl.SSLCertVerificationError):
+        for attempt in (1, 2):
+            connection = self._connect()
+            try:
+                connection.request(method, path, headers=headers)
+                response = connection.getresponse()
+                body = response.read()
+                return response.status, dict(response.getheaders()), body
+            except ssl.SSLCertVerificationError as error:
+                self._close()
                 raise RegistryError(
                     f"the registry at {self.address} presents a certificate that the CA in "
-                    f"{self.ca_file} did not sign ({reason.verify_message}); nothing was pushed"
+                    f"{self.ca_file} did not sign ({error.verify_message}); nothing was pushed"
                 ) from None
-            raise RegistryError(f"cannot reach the registry at {self.address}: {reason}") from None
-        except OSError as error:
-            raise RegistryError(f"cannot reach the registry at {self.address}: {error}") from None
+            except (http.client.HTTPException, OSError) as error:
+                self._close()
+                if attempt == 2 or not self._reused:
+                    raise RegistryError(
+                        f"cannot reach the registry at {self.address}: {error}"
+                    ) from None
+        raise AssertionError("unreachable")
+
+    def _connect(self) -> http.client.HTTPSConnection:
+        if self._connection is None:
+            host, _, port = self.address.rpartition(":")
+            self._connection = http.client.HTTPSConnection(
+                host, int(port), timeout=self.timeout, context=self._context
+            )
+            self._reused = False
+        else:
+            self._reused = True
+        return self._connection
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+        self._connection = None
 
     def has_manifest(self, repo: str, digest: str) -> bool:
         status, headers, _ = self.request("HEAD", f"/v2/{repo}/manifests/{digest}", MANIFEST_TYPES)

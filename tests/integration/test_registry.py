@@ -6,6 +6,7 @@ with another CA is refused; `appliance verify` checks all of it. Images are made
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -173,8 +174,11 @@ def test_the_identity_files_are_root_only(installed: dict[str, Any]) -> None:
     ).stdout.split("\n")  # fmt: skip
     assert [line.split()[1:] for line in listing if line] == [["root", "600"]] * 4
     first = installed["first"].stdout + installed["second"].stdout
-    password = json.loads(host.run("cat", PULL_AUTH).stdout)["auths"][ADDRESS]["auth"]
-    assert password not in first
+    for path in (PULL_AUTH, "/etc/appliance/registry/push-auth.json"):
+        token = json.loads(host.run("cat", path).stdout)["auths"][ADDRESS]["auth"]
+        password = base64.b64decode(token).decode().partition(":")[2]
+        assert len(password) >= 40
+        assert password not in first and token not in first
 
 
 def test_a_client_with_another_ca_is_refused(installed: dict[str, Any]) -> None:

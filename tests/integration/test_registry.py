@@ -184,9 +184,9 @@ def test_the_identity_files_are_root_only(installed: dict[str, Any]) -> None:
 def test_a_client_with_another_ca_is_refused(installed: dict[str, Any]) -> None:
     host, ref = installed["host"], installed["refs"][0]
     made = host.run(
-        "sh", "-c", "mkdir -p /srv/other-ca && cd /srv/other-ca && openssl req -x509 -newkey "
-        "ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.crt -days 1 "
-        "-subj /CN=other",
+        "sh", "-c", "mkdir -p /srv/other-ca && openssl req -x509 -newkey ec -pkeyopt "
+        "ec_paramgen_curve:P-256 -nodes -keyout /srv/other-ca.key -out /srv/other-ca/ca.crt "
+        "-days 1 -subj /CN=other",
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
     refused = _skopeo(

@@ -70,6 +70,10 @@ def installed(
         f"          registry_data_dir: {SMALL}/registry\n"
         "          preflight_disk_reserve_bytes: 0\n"
     )
+    (root / "inventories" / "rotate.yml").write_text(
+        f"all:\n  children:\n    depot:\n      hosts:\n        localhost:\n          {LOCAL}\n"
+        "          registry_rotate_credentials: true\n"
+    )
     (root / "other.pub").write_text("")
     host = start_host(test_image, mounts(root))
     try:
@@ -81,9 +85,13 @@ def installed(
         first = _install(host)
         writes_after_first = _writes(host)
         second = _install(host)
+        writes_after_second = _writes(host)
+        host.run("cp", PULL_AUTH, "/srv/old-pull-auth.json")
+        rotated = _install(host, "--inventory", "/srv/inventories/rotate.yml")
         yield {"host": host, "refs": refs, "digests": digests, "small": small, "first": first,
                "second": second, "sources_after_refusal": sources_after_refusal,
-               "writes": (writes_after_first, _writes(host)), "root": root}  # fmt: skip
+               "writes": (writes_after_first, writes_after_second), "root": root,
+               "rotated": rotated, "writes_after_rotation": _writes(host)}  # fmt: skip
     finally:
         host.remove()
 
@@ -209,3 +217,20 @@ def test_verify_checks_every_image_and_the_pull_identity(installed: dict[str, An
     push = checks["registry: the pull identity cannot push"]
     assert push["passed"] and push["evidence"] == "a blob upload as the pull identity got HTTP 403"
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_rotating_the_identities_retires_the_old_passwords(installed: dict[str, Any]) -> None:
+    host, ref = installed["host"], installed["refs"][0]
+    rotated = installed["rotated"]
+    assert rotated.returncode == 0, rotated.stdout[-4000:] + rotated.stderr[-2000:]
+    image = f"docker://{ADDRESS}/{repository(ref)}@{installed['digests']['app-a']}"
+    old = _skopeo(host, "inspect", "--raw", "--cert-dir", CERTS, "--authfile",
+                  "/srv/old-pull-auth.json", image)  # fmt: skip
+    assert old.returncode != 0
+    assert "unauthorized: authentication required" in old.stderr, old.stderr
+    new = _skopeo(host, "inspect", "--raw", "--cert-dir", CERTS, "--authfile", PULL_AUTH, image)
+    assert new.returncode == 0, new.stderr
+    summary = rotated.stdout.splitlines()[-2]
+    assert "changed=0" not in summary, rotated.stdout[-3000:]
+    # The new push identity found every image there: nothing was pushed again.
+    assert installed["writes_after_rotation"] == installed["writes"][1]

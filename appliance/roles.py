@@ -62,14 +62,19 @@ def play_roles(
     if stack.get("object_store", "filesystem") != "filesystem":
         # The store's TLS comes from the site CA, which the object_store role includes.
         roles += ["site_ca", "object_store"]
-    if stack.get("registry", "none") != "none":
-        # Its TLS comes from the site CA too (included once, whichever role comes first).
-        roles += [*([] if "site_ca" in roles else ["site_ca"]), "registry"]
+    if stack.get("registry") == "harbor":
+        roles += ["site_ca", "harbor"]
+    elif stack.get("registry") == "distribution":
+        # Its TLS comes from the site CA too.
+        roles += ["site_ca", "registry"]
     if gpu:
         roles += [*GPU_ROLES, *([TOOLKIT_ROLE] if toolkit else [])]
+    if stack.get("orchestrator") == "k3s":
+        roles += ["k3s"]
     if serves_models:
         roles += ["artifacts", f"runtime_{stack.get('runtime', 'llamacpp')}", "gateway"]
-    return tuple(roles)
+    # Once each, where it first appears (the site CA serves the store and the registry).
+    return tuple(dict.fromkeys(roles))
 
 
 def required_packages(

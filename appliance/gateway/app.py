@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -25,21 +26,21 @@ from appliance.errors import ApplianceError, AuditError
 from appliance.gateway.audit import AuditLog
 from appliance.gateway.audit_writer import AuditWriter
 from appliance.gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
+from appliance.gateway.forward import cursor_name, targets
 from appliance.gateway.keys import KeyStore, load_keys
 from appliance.gateway.proxy import API_PATHS, Gateway
 from appliance.gateway.server import ConnectionGuard, GuardedSite
 
 LOG = logging.getLogger("appliance.gateway")
 GATEWAY = web.AppKey("gateway", Gateway)
+_RELOADS: set[asyncio.Task[None]] = set()
 
 
 def reload_keys(gateway: Gateway) -> None:
-    try:
-        gateway.keys = KeyStore(load_keys(gateway.config.keys_file))
-    except ApplianceError as error:
-        LOG.error("keys not reloaded, keeping the %d in use: %s", len(gateway.keys), error)
-    else:
-        LOG.info("reloaded %d keys from %s", len(gateway.keys), gateway.config.keys_file)
+    """SIGHUP: load the keys file now (the watcher would see a change within a second anyway)."""
+    task = asyncio.get_running_loop().create_task(gateway.watcher.tick(force=True))
+    _RELOADS.add(task)  # the loop keeps only a weak reference to its tasks
+    task.add_done_callback(_RELOADS.discard)
 
 
 async def expect_continue(request: web.Request) -> None:
@@ -56,12 +57,19 @@ def build_app(
     gateway = Gateway(config, keys, audit, guard)
     # A larger body makes request.read() raise, which the gateway answers with 413.
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[guard.middleware])
-    app.router.add_get("/health", gateway.health, expect_handler=expect_continue)
+    # /health is readiness (per model); /health/ready and /readyz name it as probes expect.
+    for path in ("/health", "/health/ready", "/readyz"):
+        app.router.add_get(path, gateway.health, expect_handler=expect_continue)
+    for path in ("/health/live", "/livez"):
+        app.router.add_get(path, gateway.live, expect_handler=expect_continue)
     app.router.add_get("/metrics", gateway.metrics_page, expect_handler=expect_continue)
     app.router.add_get("/v1/models", gateway.models, expect_handler=expect_continue)
+    app.router.add_get("/v1/models/{model:.+}", gateway.model, expect_handler=expect_continue)
     for path in API_PATHS:
         app.router.add_post(path, gateway.api, expect_handler=expect_continue)
     app.router.add_route("*", "/{tail:.*}", gateway.unknown, expect_handler=expect_continue)
+    if gateway.cors.enabled:
+        app.on_response_prepare.append(gateway.cors.on_prepare)
     app.on_startup.append(gateway.start_session)
     app.on_cleanup.append(gateway.close_session)
 
@@ -70,6 +78,16 @@ def build_app(
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_keys, gateway)
 
     app.on_startup.append(on_sighup)
+
+    async def watch_keys(_app: web.Application) -> AsyncIterator[None]:
+        await gateway.watcher.tick()  # changes made while the gateway was stopped
+        task = asyncio.create_task(gateway.watcher.run())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.append(watch_keys)
     app[GATEWAY] = gateway
     return app
 
@@ -145,6 +163,7 @@ async def serve(
         log,
         min_free_bytes=config.audit.min_free_bytes,
         keep_rotated_bytes=config.audit.keep_rotated_bytes,
+        forwarded=[cursor_name(target) for target in targets(config.audit.forward)],
     )
     app = build_app(config, keys, writer, guard)
     # The audit log is the access log. Request bodies are taken as sent: a compressed one is

@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from appliance.errors import GatewayConfigError, Problem
 
@@ -32,6 +40,48 @@ class Listen(_Strict):
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
 
 
+class SyslogTarget(_Strict):
+    """A syslog collector that takes RFC 5424 messages over TLS (RFC 5425)."""
+
+    host: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[^\s/]+$")]
+    port: Annotated[int, Field(ge=1, le=65535)] = 6514
+    # The CA that signed the collector's certificate (the site's PKI or the appliance's CA).
+    ca_file: Path
+    # A client certificate and its key, for collectors that authenticate senders.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # The name the collector's certificate must carry; the host when unset.
+    server_name: str | None = None
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> SyslogTarget:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (a client certificate)")
+        return self
+
+
+class ForwardSettings(_Strict):
+    """Each audit record forwarded to the site's log store (appliance-audit-forward)."""
+
+    syslog: SyslogTarget | None = None
+    # A file of RFC 5424 lines, one per record, for a SIEM agent to pick up.
+    file: Path | None = None
+    # The HOSTNAME of each message; the machine's host name when unset.
+    hostname: str | None = None
+    facility: Annotated[int, Field(ge=0, le=23)] = 13
+    # A record longer than this goes as its chain links only (content="omitted"); the
+    # collector's own limit must be at least this (rsyslog: maxMessageSize, imtcp MaxFrameSize).
+    max_message_bytes: Annotated[int, Field(ge=2048)] = 64 << 10
+    # Seconds between attempts while the collector is away (doubling up to ten times this).
+    retry_s: Annotated[float, Field(gt=0)] = 2.0
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> ForwardSettings:
+        if self.syslog is None and self.file is None:
+            raise ValueError("set syslog, file or both: where the records go")
+        return self
+
+
 class AuditSettings(_Strict):
     dir: Path = DEFAULT_AUDIT_DIR
     # Rotate once the current file passes this size; old files are renamed (see keep_rotated_bytes).
@@ -43,6 +93,33 @@ class AuditSettings(_Strict):
     # Rotated files may take this many bytes; older ones are removed once shipped
     # (appliance audit ship), never before. None: every file is kept.
     keep_rotated_bytes: Annotated[int, Field(ge=0)] | None = None
+    # With forwarding on, rotated files are removed only once forwarded to every target.
+    forward: ForwardSettings | None = None
+
+
+# What a browser sends as Origin: scheme, host (a name or an IP literal) and maybe a port.
+_ORIGIN = r"^(\*|https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?)$"
+
+
+class Cors(_Strict):
+    """Browser clients (CORS). Off while ``allow_origins`` is empty."""
+
+    # Exact origins (scheme://host[:port]) whose pages may call the API, or "*" for any page.
+    allow_origins: list[Annotated[str, Field(pattern=_ORIGIN)]] = []
+    # Let browsers send credentials (cookies, TLS client certificates) cross-origin. API keys
+    # travel in the Authorization header and do not need it.
+    allow_credentials: bool = False
+    # Seconds a browser may cache a preflight answer.
+    max_age_s: Annotated[int, Field(ge=0, le=86400)] = 600
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> Cors:
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise ValueError(
+                "allow_origins '*' cannot go with allow_credentials: any page could then call "
+                "the API with the visitor's credentials; list the origins"
+            )
+        return self
 
 
 class ModelRoute(_Strict):
@@ -52,6 +129,8 @@ class ModelRoute(_Strict):
     backend_model: str | None = None
     # What answers 200 when the runtime is up: llama.cpp and vLLM /health, Ollama /api/version.
     health_path: Annotated[str, Field(pattern=r"^/[^\s]*$")] = "/health"
+    # The spec's task: an embedding model answers /v1/embeddings only (the others get 400).
+    task: Literal["chat", "embedding"] = "chat"
 
     @property
     def upstream_name(self) -> str:
@@ -76,6 +155,10 @@ class GatewayConfig(_Strict):
     # Seconds a client may take to send a request's headers, and its body: slower ones are cut.
     header_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     body_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    # Retry-After (seconds) on the gateway's own 502 and 503: a backend not answering, the
+    # audit log not writable (it heals within a second or two), too many connections.
+    retry_after_s: Annotated[int, Field(ge=1, le=120)] = 2
+    cors: Cors = Cors()
     models: Annotated[list[ModelRoute], Field(min_length=1)]
 
     @field_validator("models")

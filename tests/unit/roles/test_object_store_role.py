@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from appliance.roles import ROLES_DIR
 from appliance.store import S3Store, load_config, open_store
-from tests.fixtures.roles import local_play as play
-from tests.fixtures.roles import render_templates
+from tests.fixtures.roles import play_locally
 
 PLAN = {
     "kind": "minio",
@@ -27,7 +27,18 @@ PLAN = {
 
 
 def render(tmp_path: Path, templates: list[str], extravars: dict[str, Any]) -> dict[str, str]:
-    return render_templates(tmp_path, "object_store", templates, extravars)
+    role = ROLES_DIR / "object_store"
+    tasks: list[dict[str, Any]] = [
+        {"ansible.builtin.include_vars": {"file": str(role / "defaults" / "main.yml")}},
+        {"ansible.builtin.include_vars": {"file": str(role / "vars" / "main.yml")}},
+    ]
+    tasks += [
+        {"ansible.builtin.template": {"src": str(role / "templates" / name),
+                                      "dest": str(tmp_path / name.removesuffix(".j2"))}}
+        for name in templates
+    ]  # fmt: skip
+    play_locally(tmp_path, tasks, extravars)
+    return {name: (tmp_path / name.removesuffix(".j2")).read_text() for name in templates}
 
 
 @pytest.fixture(scope="module")
@@ -128,9 +139,9 @@ def test_the_site_ca_issues_the_store_a_certificate_for_its_addresses(tmp_path: 
         {"ansible.builtin.include_role": {"name": "site_ca"}},
         {"ansible.builtin.include_role": {"name": "site_ca", "tasks_from": "issue"}},
     ]
-    first = play(tmp_path, tasks, issue)
+    first = play_locally(tmp_path, tasks, issue)
     assert "changed=0" not in first
-    again = play(tmp_path, tasks, issue)
+    again = play_locally(tmp_path, tasks, issue)
     assert "changed=0" in again, again  # idempotent: the CA and the certificate stay
     key = pki / "ca" / "ca.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
@@ -150,7 +161,7 @@ def test_the_site_ca_issues_the_store_a_certificate_for_its_addresses(tmp_path: 
     assert "TLS Web Server Authentication" in text
     # New names: the certificate is issued again, from the same CA.
     issue["site_ca_issue_names"] = ["IP:198.18.10.3"]
-    play(tmp_path, tasks, issue)
+    play_locally(tmp_path, tasks, issue)
     text = subprocess.run(
         ["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", str(cert)],
         capture_output=True, text=True, check=True,

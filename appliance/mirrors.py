@@ -14,8 +14,20 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-# What Docker and containerd call Docker Hub when a reference names no registry.
-DOCKER_HUB = "docker.io"
+from appliance.registry import DOCKER_HUB, RegistryError
+from appliance.registry import namespace as _namespace
+from appliance.registry import split_reference as _split
+
+__all__ = [
+    "DOCKER_HUB",
+    "local_repository",
+    "namespace",
+    "split_reference",
+    "unmirrorable_host",
+    "upstream_host",
+    "upstream_registries",
+]
+
 # A hostname (RFC 1123 labels, lowercase) or IPv4 address, with an optional port: what a
 # hosts.toml directory, a registries.yaml key and a repository path component can all hold.
 _LABEL = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"
@@ -25,18 +37,8 @@ _MIRRORABLE = re.compile(rf"^{_LABEL}(\.{_LABEL})*(:[0-9]{{1,5}})?$")
 def split_reference(ref: str) -> tuple[str, str]:
     """``(upstream host, repository path)`` of an image reference, normalised as Docker and
     containerd's CRI plugin do: no registry means Docker Hub, and a one-component Hub name is
-    ``library/<name>``."""
-    name = ref.partition("@")[0]
-    last = name.rsplit("/", 1)[-1]
-    if ":" in last:
-        name = name.rpartition(":")[0]
-    first, slash, rest = name.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost"):
-        host, path = first, rest
-    else:
-        host, path = DOCKER_HUB, name
-    if host == DOCKER_HUB and "/" not in path:
-        path = f"library/{path}"
+    ``library/<name>`` (the registry role's rule, appliance/registry.py)."""
+    host, path, _digest = _split(ref)
     return host, path
 
 
@@ -47,12 +49,18 @@ def upstream_host(ref: str) -> str:
 def unmirrorable_host(ref: str) -> str | None:
     """The upstream registry of ``ref`` when no mirror rule can name it (None: one can)."""
     host = upstream_host(ref)
-    return None if _MIRRORABLE.match(host) else host
+    if not _MIRRORABLE.match(host):
+        return host
+    try:
+        _namespace(host)
+    except RegistryError:
+        return host
+    return None
 
 
 def namespace(host: str) -> str:
     """The local registry's path prefix for the images of upstream ``host``."""
-    return host.replace(":", "_")
+    return _namespace(host)
 
 
 def local_repository(ref: str) -> str:

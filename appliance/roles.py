@@ -75,6 +75,9 @@ def play_roles(
         roles += ["site_ca", "object_store"]
     if stack.get("registry") == "harbor":
         roles += ["site_ca", "harbor"]
+    elif stack.get("registry") == "distribution":
+        # Its TLS comes from the site CA too.
+        roles += ["site_ca", "registry"]
     if gpu:
         roles += [*GPU_ROLES, *([TOOLKIT_ROLE] if toolkit else [])]
     if engines_configured(stack):

@@ -31,9 +31,13 @@ from appliance.install.releases import check_order, manifest_sha256
 from appliance.install.remote import depot_from_inventory, point_current_remote, stage_remote
 from appliance.install.sizing import gpu_sizing
 from appliance.install.stage import ansible_content, stage
+from appliance.install.topology import Registry as RegistryPlan
 from appliance.install.topology import Topology, plan
 from appliance.mirrors import upstream_registries
 from appliance.progress import NullProgress, Progress
+from appliance.registry import RegistryError
+from appliance.registry import images as registry_images
+from appliance.roles import role_defaults
 from appliance.runner import RunResult, TaskEvent, run_playbook
 from appliance.site.models import SitePaths
 from appliance.site.models import for_install as site_models_for_install
@@ -228,6 +232,7 @@ def plan_topology(
         stack=manifest.stack,
         models=manifest.models() + (site_models or []),
         nvidia=_nvidia(manifest),
+        images=_registry_images(manifest),
     )
     # An S3 store (object_store: minio) serves every node by digest; the filesystem store that
     # holds site models is the depot's own directory.
@@ -273,6 +278,20 @@ def _site_models(
             f"{options.site.site_dir}: signature good)"
         )
     return site
+
+
+def _registry_images(manifest: Manifest) -> list[dict[str, Any]]:
+    """The images a registry in the stack is seeded with (none without a registry)."""
+    if manifest.stack.get("registry", "none") == "none":
+        return []
+    try:
+        return registry_images(manifest)
+    except RegistryError as error:
+        raise InstallError(
+            f"release {manifest.release}: {error}",
+            hint="rebuild the bundle from a spec whose images name their registry by DNS name "
+            "or IPv4 address; nothing was changed",
+        ) from None
 
 
 def _nvidia(manifest: Manifest) -> dict[str, Any] | None:
@@ -325,6 +344,8 @@ def _extravars(
             c.name for c in manifest.components if c.kind == "image"
         ),
     }
+    if topology.registry is not None:
+        variables.update(registry_vars(topology.registry))
     if options.internal_cidrs:
         variables["appliance_internal_cidrs"] = list(options.internal_cidrs)
     if options.exact_versions:
@@ -340,6 +361,20 @@ def _extravars(
         variables["appliance_allow_reboot"] = options.allow_reboot
         variables["nvidia_driver_replace"] = options.replace_driver
     return variables
+
+
+def registry_vars(registry: RegistryPlan) -> dict[str, Any]:
+    """What every role on every host needs to pull from the registry (the container engines'
+    mirrors): its address, and where each host keeps the CA certificate and the pull identity's
+    root-only auth file (the registry role's defaults name both paths)."""
+    defaults = role_defaults("registry")
+    return {
+        "appliance_registry_host": registry.address,
+        "appliance_registry_port": registry.port,
+        "appliance_registry_ca_cert": defaults["registry_ca_cert"],
+        "appliance_registry_pull_auth": defaults["registry_pull_auth"],
+        "appliance_registry_upstreams": list(registry.upstreams),
+    }
 
 
 def runner_env(project: Path) -> dict[str, str]:

@@ -29,6 +29,15 @@ def check_can_install(manifest: Manifest) -> None:
             hint="build the bundle from a spec with the MinIO server under files: (see "
             "examples/production.yaml); nothing was changed",
         )
+    if manifest.stack.get("registry", "none") != "none" and not any(
+        c.kind == "image" for c in manifest.components
+    ):
+        raise InstallError(
+            f"{where}: stack.registry is {manifest.stack['registry']} but the bundle carries no "
+            "container images to seed it with",
+            hint="build the bundle from a spec that lists its images under images:; nothing was "
+            "changed",
+        )
     nvidia = manifest.nvidia
     needed = required_packages(
         manifest.stack,

@@ -9,6 +9,7 @@ own defaults (ports), read from the bundle's Ansible content that the play itsel
 Flows the firewall allows, by construction:
   - every host -> the depot's repository server, when the depot serves other hosts;
   - internal networks -> the gateway's port, on the gateway host;
+  - internal networks -> the registry's port (TLS, authenticated), on the depot;
   - the gateway host alone -> a runtime's ports, on a GPU node other than the gateway host.
 """
 
@@ -21,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from appliance.errors import InventoryError
+from appliance.registry import RegistryError, storage_bytes, upstreams
 from appliance.roles import (
     BASE_ROLES,
     ENGINES_ROLE,
@@ -64,6 +66,23 @@ class ObjectStore:
 
 
 @dataclass(frozen=True)
+class Registry:
+    """The container registry on the depot (``registry: distribution``): the address every
+    host pulls from (``appliance_registry_host``:``appliance_registry_port``, TLS from the site
+    CA), its storage and what it needs, one mirror rule per upstream registry, and the images
+    it is seeded with (appliance.registry.images)."""
+
+    kind: str
+    host: str
+    address: str
+    port: int
+    data_dir: str
+    storage_bytes: int
+    upstreams: tuple[dict[str, str], ...]
+    images: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
 class Firewall:
     # Open to the internal networks.
     service_ports: tuple[int, ...] = ()
@@ -94,6 +113,8 @@ class Topology:
     hosts: dict[str, HostPlan] = field(default_factory=dict)
     # None: models are files from the release (object_store: filesystem).
     object_store: ObjectStore | None = None
+    # None: no registry (registry: none).
+    registry: Registry | None = None
 
     def groups(self) -> dict[str, list[str]]:
         """``appliance_<role>`` -> the hosts that run it, for the generated inventory."""
@@ -118,12 +139,14 @@ def plan(
     stack: Mapping[str, Any],
     models: Sequence[Mapping[str, Any]],
     nvidia: Mapping[str, Any] | None = None,
+    images: Sequence[Mapping[str, Any]] = (),
 ) -> Topology:
     """The topology for ``hosts`` (the inventory's), ``stack`` and ``models`` (the manifest's).
 
     ``nvidia`` is the manifest's NVIDIA section (None: the bundle carries no driver, and no host
-    gets the GPU roles): every GPU node then installs the driver, and NVIDIA's container toolkit
-    when the bundle carries it, before its runtime.
+    gets the GPU roles): every GPU node then installs the driver, and NVIDIA's container
+    toolkit when the bundle carries it, before its runtime. ``images`` are the manifest's
+    (appliance.registry.images), which a registry in the stack is seeded with.
 
     Raises ``InventoryError`` naming the host and variable when the inventory asks for
     something that cannot work (a model no node can serve, a port clash, a gateway that the
@@ -171,6 +194,7 @@ def plan(
         else None
     )
     store = _object_store(stack, depot, multi, var, address)
+    registry = _registry(stack, depot, multi, var, address, images)
     remote_runtimes = [h for h, r in runtimes.items() if h != gateway_host and r.ports]
     sources: tuple[str, ...] = ()
     if remote_runtimes:
@@ -192,6 +216,8 @@ def plan(
         roles = list(BASE_ROLES)
         if store is not None and host == store.host:
             roles += ["object_store"]
+        if registry is not None and host == registry.host:
+            roles += ["registry"]
         if nvidia is not None and host in gpu_nodes:
             roles += [*GPU_ROLES, *([TOOLKIT_ROLE] if nvidia.get("container_toolkit") else [])]
         if engines_configured(stack):
@@ -204,6 +230,8 @@ def plan(
             ([repo_port] if host == depot and multi else [])
             # The nodes fetch their models from it (presigned, over TLS): the internal networks.
             + ([store.port] if store is not None and host == store.host and multi else [])
+            # Every host's container engine pulls from it (TLS, the pull identity).
+            + ([registry.port] if registry is not None and host == registry.host and multi else [])
             + ([gateway_port] if host == gateway_host and gateway_port is not None else [])
         )
         private = (
@@ -232,6 +260,7 @@ def plan(
         require_default_route=stack.get("orchestrator") == "k3s",
         hosts=plans,
         object_store=store,
+        registry=registry,
     )
 
 
@@ -252,6 +281,48 @@ def _object_store(
             hint=f"set ansible_host of {depot} to its IPv4 address on the internal network",
         )
     return ObjectStore(kind, depot, listen, port, f"https://{listen}:{port}")
+
+
+def _registry(
+    stack: Mapping[str, Any],
+    depot: str,
+    multi: bool,
+    var: Any,
+    address: Any,
+    images: Sequence[Mapping[str, Any]],
+) -> Registry | None:
+    kind = str(stack.get("registry", "none"))
+    if kind == "none":
+        return None
+    port = _port(var(depot, "registry_port", "registry"), depot, "registry_port")
+    # As the object store: loopback on a single box, the depot's IPv4 address for other hosts
+    # (the certificate names it).
+    listen = address(depot) if multi else "127.0.0.1"
+    if multi and not _is_ipv4(listen):
+        raise InventoryError(
+            f"host {depot} runs the registry for the other hosts, but its address {listen!r} "
+            "is not an IPv4 address",
+            hint=f"set ansible_host of {depot} to its IPv4 address on the internal network",
+        )
+    found = [dict(image) for image in images]
+    try:
+        rules = upstreams([image["ref"] for image in found])
+    except RegistryError as error:
+        raise InventoryError(
+            f"registry on {depot}: {error}",
+            hint="rebuild the bundle from a spec whose images name their registry by DNS name "
+            "or IPv4 address; nothing was changed",
+        ) from None
+    return Registry(
+        kind=kind,
+        host=depot,
+        address=listen,
+        port=port,
+        data_dir=str(var(depot, "registry_data_dir", "registry")),
+        storage_bytes=storage_bytes(found),
+        upstreams=tuple(rules),
+        images=tuple(found),
+    )
 
 
 def _runtimes(

@@ -20,11 +20,13 @@ from appliance.install.verify_engines import judge_engines
 from appliance.install.verify_models import (
     Allowed,
     Check,
+    judge_registry,
     judge_routes,
     judge_served,
     judge_store,
 )
 from appliance.mirrors import upstream_registries
+from appliance.registry import images as registry_images
 from appliance.runner import TaskEvent, run_playbook
 from appliance.site.models import DEFAULT_SITE_DIR
 from appliance.site.verify import site_allowed
@@ -85,6 +87,7 @@ def verify(
             "appliance_verify_image_registries": upstream_registries(
                 c.name for c in manifest.components if c.kind == "image"
             ),
+            "appliance_verify_registry_images": _registry_images(manifest),
             "appliance_root": str(options.root),
         },
         envvars=runner_env(project),
@@ -107,6 +110,14 @@ def verify(
     report = run_dir / "verify-report.json"
     report.write_text(json.dumps([asdict(c) for c in checks], indent=2) + "\n")
     return checks, report
+
+
+def _registry_images(manifest: Manifest) -> list[dict[str, str]]:
+    """The images the registry must hold (none without a registry in the stack)."""
+    if manifest.stack.get("registry", "none") == "none":
+        return []
+    keys = ("ref", "repository", "digest")
+    return [{key: image[key] for key in keys} for image in registry_images(manifest)]
 
 
 def _driver_version(manifest: Manifest) -> str | None:
@@ -168,6 +179,7 @@ def judge(
     checks.extend(_judge_runtimes(host, evidence, expect_inference))
     checks.extend(judge_store(host, evidence.get("store")))
     checks.extend(judge_engines(host, evidence.get("engines")))
+    checks.extend(judge_registry(host, evidence.get("registry")))
     if allowed is not None:
         checks.extend(judge_served(host, evidence.get("served_models") or [], allowed))
     gpu = evidence.get("gpu")

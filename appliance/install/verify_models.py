@@ -53,6 +53,34 @@ def judge_store(host: str, store: dict[str, Any] | None) -> list[Check]:
     ]
 
 
+def judge_registry(host: str, registry: dict[str, Any] | None) -> list[Check]:
+    """Every image of the manifest in the registry with its digest, as the pull identity reads
+    it; and the pull identity refused a push (403 from the front, 401 if it were unknown)."""
+    if not registry:
+        return []
+    if registry.get("error") or "images" not in registry:
+        seen = str(registry.get("error") or registry.get("msg") or "no evidence")
+        return [Check(host, "registry: every image present with its digest", False, seen)]
+    images = registry.get("images") or []
+    missing = [i for i in images if not i.get("present")]
+    seen = "; ".join(f"{i.get('ref')}: {i.get('problem')}" for i in missing[:10])
+    status = int(registry.get("push_status", -1))
+    return [
+        Check(
+            host,
+            "registry: every image present with its digest",
+            bool(images) and not missing,
+            seen or f"{len(images)} images, each by its digest, read as the pull identity",
+        ),
+        Check(
+            host,
+            "registry: the pull identity cannot push",
+            status in (401, 403),
+            f"a blob upload as the pull identity got HTTP {status}",
+        ),
+    ]
+
+
 def judge_served(host: str, served: list[dict[str, Any]], allowed: Allowed) -> list[Check]:
     """Each served model's digest list names only files of allowed models, and its files on
     disk match it now."""

@@ -20,7 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.platform.images import split_image, upstream_hosts
+from appliance.registry import namespace as registry_namespace
+from appliance.registry import split_reference, upstream_host
 
 REGISTRIES_FILE = "/etc/rancher/k3s/registries.yaml"
 NAMESPACE = "appliance"
@@ -44,8 +45,8 @@ def registries(images: Sequence[str], registry: LocalRegistry) -> dict[str, Any]
     """registries.yaml: a mirror per upstream host of ``images`` (the manifest's references)."""
     endpoint = [f"https://{registry.address}"]
     mirrors: dict[str, Any] = {
-        host: {"endpoint": endpoint, "rewrite": {"^(.*)$": f"{host}/$1"}}
-        for host in upstream_hosts(list(images))
+        host: {"endpoint": endpoint, "rewrite": {"^(.*)$": f"{registry_namespace(host)}/$1"}}
+        for host in sorted({upstream_host(ref) for ref in images})
     }
     mirrors["*"] = {"endpoint": endpoint}
     return {
@@ -136,7 +137,7 @@ def namespace() -> dict[str, Any]:
 
 def device_plugin(image: str) -> dict[str, Any]:
     """NVIDIA's device plugin as a DaemonSet on the GPU nodes, by the bundle's digest."""
-    split_image(image)  # refuses a reference that is not pinned by digest
+    split_reference(image)  # refuses a reference that is not pinned by digest
     labels = {"app.kubernetes.io/name": "nvidia-device-plugin"}
     return {
         "apiVersion": "apps/v1",
@@ -210,7 +211,7 @@ def _resource_name(model: str) -> str:
 
 def model_deployment(model: ModelWorkload) -> dict[str, Any]:
     """The Deployment of one model: image by digest, files read-only, GPUs from the sizing."""
-    split_image(model.image)
+    split_reference(model.image)
     name = _resource_name(model.name)
     labels = {
         "app.kubernetes.io/name": name,

@@ -14,7 +14,6 @@ from typing import Any
 
 from appliance.install.topology import Topology
 from appliance.platform.harbor import HarborSettings, harbor_yml, project_name
-from appliance.platform.images import upstream_hosts
 from appliance.platform.k3s import (
     LocalRegistry,
     ModelWorkload,
@@ -23,6 +22,7 @@ from appliance.platform.k3s import (
     registries,
     server_config,
 )
+from appliance.registry import upstream_host
 
 TOKEN_FILE = "/etc/appliance/k3s/token"  # noqa: S105 (a path, not a secret)
 MODELS_DIR = "/var/lib/appliance/models"
@@ -145,7 +145,7 @@ def harbor_plan(topology: Topology, images: Sequence[str], port: int = 443) -> d
         "address": address if port == 443 else f"{address}:{port}",
         "data_volume": settings.data_volume,
         "harbor_yml": harbor_yml(settings),
-        "projects": [project_name(host) for host in upstream_hosts(list(images))],
+        "projects": [project_name(host) for host in sorted({upstream_host(r) for r in images})],
         "certificate_names": sorted(
             {_san(address), "IP:127.0.0.1", "DNS:localhost", f"DNS:{topology.depot}"}
         ),

@@ -33,6 +33,7 @@ from appliance.spec.checks import (
     err,
 )
 from appliance.spec.common import ModelTask, Name, Sha256, StrictModel
+from appliance.spec.images import check_registry_images
 from appliance.spec.nvidia import Nvidia, NvidiaAptSource, NvidiaDriver, check_nvidia
 
 # Re-exported: the fetchers and tests import the packages models from here.
@@ -60,7 +61,7 @@ MINIO_FILE = "minio"
 # knows them, and validation refuses them until a release can install them, instead of letting
 # an install fail halfway.
 INSTALLABLE: dict[str, tuple[str, ...]] = {
-    "registry": ("none",),
+    "registry": ("none", "distribution"),
     "object_store": ("filesystem", "minio"),
     "orchestrator": ("systemd",),
     "runtime": ("llamacpp", "vllm", "ollama"),
@@ -292,7 +293,8 @@ class Spec(StrictModel):
     # Checked even when absent: a stack choice may need a file (object_store: minio).
     files: list[FileArtifact] = Field(default_factory=list, validate_default=True)
     packages: Packages | None = None
-    images: list[Image] = Field(default_factory=list)
+    # Checked even when absent: a registry needs images to serve.
+    images: list[Image] = Field(default_factory=list, validate_default=True)
     models: list[Model] = Field(default_factory=list)
     wheels: list[WheelSet] = Field(default_factory=list)
     gpus: list[Gpus] = Field(
@@ -364,8 +366,11 @@ class Spec(StrictModel):
 
     @field_validator("images")
     @classmethod
-    def _images(cls, value: list[Image]) -> list[Image]:
+    def _images(cls, value: list[Image], info: ValidationInfo) -> list[Image]:
         check_unique(value, "ref", "image")
+        stack = info.data.get("stack")
+        if stack is not None and stack.registry == "distribution":
+            check_registry_images([image.ref for image in value])
         return value
 
     @field_validator("models")

@@ -14,7 +14,6 @@ import yaml
 
 from appliance.gpu.facts import parse_nvidia_smi_xml
 from appliance.install.topology import plan
-from appliance.platform.images import split_image, upstream_hosts
 from appliance.platform.k3s import (
     LocalRegistry,
     ModelWorkload,
@@ -27,6 +26,7 @@ from appliance.platform.k3s import (
     server_config,
 )
 from appliance.platform.plan import k3s_plan, workloads
+from appliance.registry import RegistryError, repository, split_reference, upstream_host
 from tests.fixtures import k3s_flags
 from tests.fixtures.gpu_hosts import h200_xml
 
@@ -46,16 +46,19 @@ def validate(document: dict[str, Any]) -> None:
     kubernetes_validate.validate(document, K8S_VERSION, strict=True)
 
 
+def upstream_hosts(refs: list[str]) -> list[str]:
+    return sorted({upstream_host(ref) for ref in refs})
+
+
 def test_image_names_keep_their_upstream_host_and_docker_hub_gets_its_implicit_one() -> None:
-    assert split_image(IMAGES[0]).local("r:5000") == f"r:5000/ghcr.io/acme/llama-server@{DIGEST}"
-    hub = split_image(IMAGES[2])
-    assert (hub.host, hub.path) == ("docker.io", "library/busybox")
-    assert split_image(IMAGES[3]).host == "registry.example.internal:5000"
+    assert repository(IMAGES[0]) == "ghcr.io/acme/llama-server"
+    assert split_reference(IMAGES[2])[:2] == ("docker.io", "library/busybox")
+    assert repository(IMAGES[3]) == "registry.example.internal_5000/team/vllm"
     assert upstream_hosts(IMAGES) == sorted(
         ["docker.io", "ghcr.io", "nvcr.io", "registry.example.internal:5000"]
     )
-    with pytest.raises(ValueError, match="not pinned"):
-        split_image("ghcr.io/acme/app:1.0")
+    with pytest.raises(RegistryError, match="not pinned"):
+        split_reference("ghcr.io/acme/app:1.0")
 
 
 def test_registries_mirror_every_upstream_host_to_the_local_registry_only() -> None:
@@ -66,8 +69,10 @@ def test_registries_mirror_every_upstream_host_to_the_local_registry_only() -> N
         mirror = rendered["mirrors"][host]
         assert mirror["endpoint"] == ["https://198.18.10.2:5000"]
         # The local layout keeps the upstream host: one rule maps every image of it.
+        # The rewritten path is where the registry role seeded the image.
         ((pattern, replacement),) = mirror["rewrite"].items()
-        assert re.sub(pattern, replacement.replace("$1", r"\1"), "acme/app") == f"{host}/acme/app"
+        rewritten = re.sub(pattern, replacement.replace("$1", r"\1"), "acme/app")
+        assert rewritten == repository(f"{host}/acme/app@{DIGEST}")
     # Every other registry lands on the local one too: an image it lacks is "not found".
     assert rendered["mirrors"]["*"] == {"endpoint": ["https://198.18.10.2:5000"]}
     config = rendered["configs"]["198.18.10.2:5000"]
@@ -151,7 +156,7 @@ def test_a_model_deployment_runs_its_image_by_digest_read_only_on_its_node() -> 
     assert pod["nodeSelector"] == {"kubernetes.io/hostname": "gpu-1"}
     assert pod["automountServiceAccountToken"] is False
     assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": 8081}
-    with pytest.raises(ValueError, match="not pinned"):
+    with pytest.raises(RegistryError, match="not pinned"):
         model_deployment(ModelWorkload("m", "ghcr.io/a/b:1", "n", "/d", 1, (), "/health"))
 
 

@@ -18,6 +18,7 @@ from appliance.gpu.facts import parse_nvidia_smi_xml
 from appliance.install.topology import plan
 from appliance.platform.k3s import LocalRegistry
 from appliance.platform.plan import harbor_plan, k3s_plan
+from appliance.registry import auth_file
 from tests.fixtures.gpu_hosts import h200_xml
 from tests.fixtures.harbor_template import TEMPLATE_KEYS
 from tests.fixtures.roles import play_locally
@@ -50,14 +51,14 @@ def test_k3s_writes_its_token_config_and_registries_with_the_pull_identity(tmp_p
     registry = LocalRegistry("127.0.0.1:5000", "/etc/appliance/pki/ca.crt", "", "")
     platform = k3s_plan(topology(), images=IMAGES, registry=registry, workloads=[],
                         device_plugin_image=IMAGES[1], gpu_nodes=["localhost"])  # fmt: skip
-    pull = tmp_path / "pull.json"
-    pull.write_text(json.dumps({"username": "pull", "password": "pull-secret-from-registry"}))
+    pull = tmp_path / "pull-auth.json"
+    pull.write_text(auth_file("127.0.0.1:5000", "pull", "pull-secret-from-registry"))
     pull.chmod(0o600)
     extravars = {
         "appliance_files": files,
         "appliance_platform": {"k3s": platform},
         "appliance_gpu": parse_nvidia_smi_xml(h200_xml()),
-        "appliance_registry_pull_credentials": str(pull),
+        "appliance_registry_pull_auth": str(pull),
         "k3s_config_dir": str(tmp_path / "k3s"),
         "k3s_rancher_dir": str(tmp_path / "rancher"),
     }

@@ -342,7 +342,34 @@ CASES: list[tuple[str, str, list[str]]] = [
             "stack.orchestrator (line 7): 'k3s' cannot be installed by this release of "
             "appliance; the choices that install are: systemd",
             "stack.registry (line 8): 'harbor' cannot be installed by this release of appliance; "
-            "the choices that install are: none",
+            "the choices that install are: none, distribution",
+        ],
+    ),
+    (
+        # distribution installs since the registry landed: it serves the bundle's images.
+        "stack-registry-without-images",
+        HEAD + "stack:\n  registry: distribution\n",
+        [
+            "images (line 1): stack.registry is distribution but the spec lists no images: list "
+            "the "
+            "container images the registry serves under images: (each pinned by digest), or "
+            "choose registry: none",
+        ],
+    ),
+    (
+        # The registry keeps each image under its upstream host (one mirror rule per host): a
+        # host that cannot be a repository path component gets no rule, so the image could
+        # never be pulled by its upstream reference.
+        "stack-registry-image-without-a-mirror-rule",
+        HEAD
+        + "stack:\n  registry: distribution\nimages:\n"
+        + f"  - ref: 'ghcr.io/org/app@sha256:{SHA}'\n"
+        + f"  - ref: '[fd00::1]:5000/app@sha256:{SHA}'\n",
+        [
+            "images[1].ref (line 10): image '[fd00::1]:5000/app' comes from registry "
+            "'[fd00::1]:5000', which no mirror rule can name: the local registry, containerd's "
+            "hosts.toml and k3s's registries.yaml name an upstream by a lowercase hostname or "
+            "IPv4 address with an optional port",
         ],
     ),
     (

@@ -65,7 +65,9 @@ def play_roles(
     if gpu:
         roles += [*GPU_ROLES, *([TOOLKIT_ROLE] if toolkit else [])]
     if serves_models:
-        roles += ["artifacts", f"runtime_{stack.get('runtime', 'llamacpp')}", "gateway"]
+        roles += ["artifacts", f"runtime_{stack.get('runtime', 'llamacpp')}"]
+        # The gateway's HTTPS certificate comes from the site CA by default (gateway_tls).
+        roles += [*(["site_ca"] if "site_ca" not in roles else []), "gateway"]
     return tuple(roles)
 
 

@@ -77,16 +77,18 @@ def resolve_plan(
     """The closure of ``plan`` (which has packages), and the NVIDIA driver it carries, checked:
     one driver version, no X.org."""
     assert plan.packages is not None
+    # Packages tied to minbase packages by exact versions (perl to perl-base, gcc-12 to
+    # libgcc-s1, python3.11 to libpython3.11-minimal...): a host installed from an older point
+    # release holds older minbase versions, and apt there finds the matching ones nowhere but
+    # in the bundle. So every closure carries them.
     if plan.gpu is None or spec.nvidia is None:
-        return resolve(plan.packages, arch, workdir), None
+        return resolve(plan.packages, arch, workdir, siblings=True), None
     debs = resolve(
         plan.packages,
         arch,
         workdir,
         preferences=nvidia.preferences(spec.nvidia),
         watch=nvidia.watch(spec.nvidia, plan.gpu),
-        # DKMS needs perl and gcc on the GPU hosts, which are tied to minbase packages by
-        # exact versions: a host from an older point release must get those from the bundle.
         siblings=True,
     )
     urls = [source.url for source in plan.packages.sources if source.kind == "nvidia"]

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import ssl
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -33,15 +34,14 @@ from appliance.gateway.tls import check_files, server_context
 
 LOG = logging.getLogger("appliance.gateway")
 GATEWAY = web.AppKey("gateway", Gateway)
+_RELOADS: set[asyncio.Task[None]] = set()
 
 
 def reload_keys(gateway: Gateway) -> None:
-    try:
-        gateway.keys = KeyStore(load_keys(gateway.config.keys_file))
-    except ApplianceError as error:
-        LOG.error("keys not reloaded, keeping the %d in use: %s", len(gateway.keys), error)
-    else:
-        LOG.info("reloaded %d keys from %s", len(gateway.keys), gateway.config.keys_file)
+    """SIGHUP: load the keys file now (the watcher would see a change within a second anyway)."""
+    task = asyncio.get_running_loop().create_task(gateway.watcher.tick(force=True))
+    _RELOADS.add(task)  # the loop keeps only a weak reference to its tasks
+    task.add_done_callback(_RELOADS.discard)
 
 
 async def expect_continue(request: web.Request) -> None:
@@ -72,6 +72,16 @@ def build_app(
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_keys, gateway)
 
     app.on_startup.append(on_sighup)
+
+    async def watch_keys(_app: web.Application) -> AsyncIterator[None]:
+        await gateway.watcher.tick()  # changes made while the gateway was stopped
+        task = asyncio.create_task(gateway.watcher.run())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.append(watch_keys)
     app[GATEWAY] = gateway
     return app
 

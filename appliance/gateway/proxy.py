@@ -23,6 +23,7 @@ import json
 import logging
 import time
 from concurrent.futures import Future
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -32,7 +33,9 @@ from aiohttp.web_request import BaseRequest
 from appliance.gateway.audit_writer import AuditWriter
 from appliance.gateway.body import BodyError, canonical, parse
 from appliance.gateway.config import GatewayConfig, ModelRoute
+from appliance.gateway.key_events import KeyWatcher
 from appliance.gateway.keys import KeyRecord, KeyStore, claimed_id
+from appliance.gateway.limits import Limiter
 from appliance.gateway.metrics import Metrics
 from appliance.gateway.record import MODEL_LIMIT, Call, clean
 from appliance.gateway.server import ConnectionGuard
@@ -52,14 +55,19 @@ _STREAM_HEADERS = {**_FORWARD_HEADERS, "Connection": "close"}
 
 
 class _Refusal(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
         self.kind = (
             "server_error"
             if status >= 500
             else "permission_error"
             if status == 403
+            else "rate_limit_error"
+            if status == 429
             else "invalid_request_error"
         )
 
@@ -74,11 +82,17 @@ class Gateway:
     ) -> None:
         self.config = config
         self.guard = guard
-        self.keys = keys
         self.audit = audit
+        # The keys in use follow the keys file while the gateway runs (key_events.py).
+        self.watcher = KeyWatcher(config.keys_file, config.audit.dir, keys, audit.write)
+        self.limits = Limiter()
         self.metrics = Metrics()
         self.routes = {m.name: m for m in config.models}
         self.session: aiohttp.ClientSession | None = None
+
+    @property
+    def keys(self) -> KeyStore:
+        return self.watcher.store
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -95,7 +109,13 @@ class Gateway:
         await asyncio.get_running_loop().run_in_executor(None, self.audit.close)
 
     async def _send(
-        self, request: web.Request, call: Call, status: int, body: bytes, content_type: str
+        self,
+        request: web.Request,
+        call: Call,
+        status: int,
+        body: bytes,
+        content_type: str,
+        headers: dict[str, str] | None = None,
     ) -> web.StreamResponse:
         call.status = status
         call.response_sha256 = hashlib.sha256(body).hexdigest()
@@ -106,7 +126,11 @@ class Gateway:
         response = web.Response(
             status=status,
             body=body,
-            headers={"Content-Type": content_type, "X-Request-Id": call.request_id},
+            headers={
+                "Content-Type": content_type,
+                "X-Request-Id": call.request_id,
+                **(headers or {} if status == call.status else {}),
+            },
         )
         if status == 408:
             response.force_close()  # the rest of that body is never read
@@ -124,7 +148,9 @@ class Gateway:
     ) -> web.StreamResponse:
         call.error = call.error or f"{refusal.code}: {refusal.message}"
         body = _error_body(refusal.status, refusal.kind, refusal.code, refusal.message)
-        return await self._send(request, call, refusal.status, body, "application/json")
+        return await self._send(
+            request, call, refusal.status, body, "application/json", refusal.headers
+        )
 
     async def _record(self, call: Call) -> bool:
         """Write the call's audit record (once) and count it; False when the write failed."""
@@ -180,12 +206,15 @@ class Gateway:
                 401, "missing_api_key", "an API key is required: Authorization: Bearer <key>"
             )
         key = header[7:].strip()
-        record = self.keys.authenticate(key)
+        record, refused = self.keys.check(key, datetime.now(UTC))
         if record is None:
             claimed = claimed_id(key)
             call.error = f"invalid_api_key: unknown key{f' (claims {claimed})' if claimed else ''}"
             raise _Refusal(401, "invalid_api_key", "unknown API key")
         call.key_id = record.id
+        if refused is not None:  # the key's own secret, revoked, expired or rotated out
+            call.error = f"invalid_api_key: {refused}"
+            raise _Refusal(401, "invalid_api_key", refused)
         return record
 
     # -- handlers -------------------------------------------------------------------------------
@@ -240,6 +269,7 @@ class Gateway:
             failure = _Refusal(500, "internal_error", "the gateway failed on this call")
             return await self._refuse(request, call, failure)
         finally:
+            self.limits.finish(call)  # first: a cancelled record write must not leak its slot
             await self._record(call)
 
     async def _api(self, request: web.Request, call: Call) -> web.StreamResponse:
@@ -290,6 +320,9 @@ class Gateway:
             raise _Refusal(
                 403, "model_not_allowed", f"this key may not use the model {route.name!r}"
             )
+        if hit := self.limits.admit(key, call):
+            call.error = hit.audit_error
+            raise _Refusal(429, "rate_limit_exceeded", hit.message, hit.headers())
         return await self._forward(request, call, route, document)
 
     async def _forward(

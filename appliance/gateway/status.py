@@ -43,6 +43,8 @@ async def health_page(self: Gateway) -> web.Response:
         },
         "connections": {"open": self.guard.open, "limit": self.guard.limit},
         "keys": len(self.keys),
+        # A keys file that does not load leaves the last good keys in use; this says why.
+        "keys_file": self.watcher.error or "ok",
         "models": {m.name: p for m, p in zip(self.config.models, probes, strict=True)},
     }
     return web.json_response(document, status=200 if healthy else 503)

@@ -108,6 +108,22 @@ class EventHandler:
             )
         self.on_event(TaskEvent(kind, data.get("play", ""), task, host))
 
+    def fatal(self) -> list[TaskFailure]:
+        """The failure that stopped each host: its last one. Ansible stops a host at its first
+        failure nothing rescues, so an earlier one was rescued by a block (whose rescue may
+        well end in the failure that explains it); a host that the final stats count no
+        failure for was only rescued."""
+        last: dict[str, TaskFailure] = {}
+        for failure in self.failures:
+            last[failure.host] = failure
+        return [
+            failure
+            for host, failure in last.items()
+            if failure.unreachable
+            or not self.stats
+            or self.stats.get(host, {}).get("failed", 0) > 0
+        ]
+
 
 def run_playbook(
     *,
@@ -146,5 +162,5 @@ def run_playbook(
         seconds=time.monotonic() - started,
         stats=handler.stats,
         # Failures inside a block with a rescue are part of the plan, not of the outcome.
-        failures=handler.failures if runner.rc != 0 else [],
+        failures=handler.fatal() if runner.rc != 0 else [],
     )

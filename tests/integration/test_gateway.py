@@ -83,7 +83,7 @@ class Gateway:
 
     def record(self, answer: Answer) -> dict[str, Any]:
         request_id = answer.headers["X-Request-Id"]
-        found = [r for r in self.records() if r["request_id"] == request_id]
+        found = [r for r in self.records() if r.get("request_id") == request_id]
         assert len(found) == 1, f"{len(found)} records of {request_id}"
         return found[0]
 
@@ -493,11 +493,19 @@ def test_sighup_reloads_the_keys(gateway: Gateway) -> None:
         time.sleep(0.1)
     assert answer.status == 200
     assert gateway.record(answer)["key_id"] == record.id
+    gateway.ids["late"] = record.id
 
 
 def test_every_call_is_audited_and_tampering_is_detected(gateway: Gateway, tmp_path: Path) -> None:
     records = gateway.records()
-    assert len(records) == gateway.audited_calls
+    # Besides the calls, the chain holds each key's creation (key_events.py).
+    calls = [r for r in records if "request_id" in r]
+    assert len(calls) == gateway.audited_calls
+    assert [r["key_id"] for r in records if r.get("event") == "key_created"] == [
+        gateway.ids["operator"],
+        gateway.ids["limited"],
+        gateway.ids["late"],
+    ]
     assert [r["seq"] for r in records] == list(range(len(records)))
     verify = subprocess.run(
         [str(BIN / "appliance"), "--json", "audit", "verify", "--dir", str(gateway.audit_dir)],
@@ -511,7 +519,8 @@ def test_every_call_is_audited_and_tampering_is_detected(gateway: Gateway, tmp_p
     copy = tmp_path / "audit"
     shutil.copytree(gateway.audit_dir, copy)
     lines = (copy / "audit.jsonl").read_text().splitlines(keepends=True)
-    lines[1] = lines[1].replace('"status":200', '"status":204')
+    first_call = next(n for n, line in enumerate(lines) if '"status":200' in line)
+    lines[first_call] = lines[first_call].replace('"status":200', '"status":204')
     (copy / "audit.jsonl").write_text("".join(lines))
     tampered = subprocess.run(
         [str(BIN / "appliance"), "--json", "audit", "verify", "--dir", str(copy)],
@@ -521,7 +530,7 @@ def test_every_call_is_audited_and_tampering_is_detected(gateway: Gateway, tmp_p
     )
     assert tampered.returncode == 34, tampered.stdout + tampered.stderr
     problem = json.loads(tampered.stdout)["error"]["problems"][0]
-    assert (problem["path"], problem["line"]) == ("audit.jsonl", 2)
+    assert (problem["path"], problem["line"]) == ("audit.jsonl", first_call + 1)
     assert "does not match its hash" in problem["message"]
     shown = subprocess.run(
         [
@@ -532,13 +541,13 @@ def test_every_call_is_audited_and_tampering_is_detected(gateway: Gateway, tmp_p
             "--dir",
             str(gateway.audit_dir),
             "--request-id",
-            records[1]["request_id"],
+            calls[1]["request_id"],
         ],
         capture_output=True,
         text=True,
         check=False,
     )
-    assert json.loads(shown.stdout)["records"] == [records[1]]
+    assert json.loads(shown.stdout)["records"] == [calls[1]]
 
 
 def test_restart_continues_the_chain(gateway: Gateway) -> None:

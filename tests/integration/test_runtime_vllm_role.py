@@ -204,7 +204,7 @@ def test_a_completion_through_the_gateway_is_answered_by_vllm_and_audited(
     assert body["usage"]["prompt_tokens"] > 0
     assert 0 < body["usage"]["completion_tokens"] <= 8
     audit = served.run("sh", "-c", "cat /var/log/appliance/audit/audit*.jsonl").stdout
-    records = {r["request_id"]: r for r in map(json.loads, audit.splitlines())}
+    records = {r.get("request_id"): r for r in map(json.loads, audit.splitlines())}
     record = records[reply["headers"]["X-Request-Id"]]
     digest = json.loads((bundle / "extravars.json").read_text())["appliance_models"][0]["digest"]
     assert (record["status"], record["model"], record["model_digest"]) == (200, NAME, digest)

@@ -43,6 +43,8 @@ def test_the_view_gets_one_line_per_play_task_and_host_result(
         ("changed", "here", "Report changed"),
         ("skipped", "here", "Skip this"),
         ("failed", "here", "Fail but ignored"),
+        ("failed", "here", "Fail inside a block"),
+        ("ok", "here", "Note the recovery"),
         ("failed", "here", "Fail one loop item"),
     ]
     assert [e.play for e in seen if e.kind == "play"] == ["One of each outcome"]
@@ -52,6 +54,8 @@ def test_the_view_gets_one_line_per_play_task_and_host_result(
         "Report changed",
         "Skip this",
         "Fail but ignored",
+        "Fail inside a block",
+        "Note the recovery",
         "Fail one loop item",
     ]
     assert {e.play for e in seen} == {"One of each outcome"}
@@ -61,7 +65,7 @@ def test_failures_name_host_task_and_the_modules_words_and_skip_ignored_ones(
     recorded: list[dict[str, Any]],
 ) -> None:
     handler, _ = replay(recorded)
-    assert handler.failures == [
+    assert handler.fatal() == [
         TaskFailure(
             "gone",
             "Reach the host",
@@ -77,11 +81,11 @@ def test_failures_name_host_task_and_the_modules_words_and_skip_ignored_ones(
 def test_stats_per_host_from_the_final_event(recorded: list[dict[str, Any]]) -> None:
     handler, _ = replay(recorded)
     assert handler.stats == {
-        "here": {"ok": 4, "changed": 2, "failed": 1, "skipped": 1},
+        "here": {"ok": 5, "changed": 2, "failed": 1, "skipped": 1, "rescued": 1},
         "gone": {"unreachable": 1},
     }
     result = RunResult("failed", 2, Path("/nonexistent"), 1.0, handler.stats, handler.failures)
-    assert (result.total("ok"), result.total("changed"), result.total("failed")) == (4, 2, 1)
+    assert (result.total("ok"), result.total("changed"), result.total("failed")) == (5, 2, 1)
 
 
 def test_a_failure_marked_ignored_is_no_failure(recorded: list[dict[str, Any]]) -> None:
@@ -96,3 +100,19 @@ def test_a_failure_marked_ignored_is_no_failure(recorded: list[dict[str, Any]]) 
     unignored = {**ignored, "event_data": {**ignored["event_data"], "ignore_errors": None}}
     handler, _ = replay([unignored])
     assert handler.failures == [TaskFailure("here", "Fail but ignored", "non-zero return code")]
+
+
+def test_a_rescued_failure_is_not_what_stopped_the_host(recorded: list[dict[str, Any]]) -> None:
+    handler, _ = replay(recorded)
+    rescued = TaskFailure("here", "Fail inside a block", "non-zero return code")
+    assert rescued in handler.failures
+    assert rescued not in handler.fatal()
+    # A host whose only failure was rescued stopped for no failure of its own.
+    events = [
+        {**e, "event_data": {**e["event_data"], "failures": {}}}
+        if e["event"] == "playbook_on_stats" else e
+        for e in recorded
+        if e["event_data"].get("task") != "Fail one loop item"
+    ]  # fmt: skip
+    handler, _ = replay(events)
+    assert [f.host for f in handler.fatal()] == ["gone"]

@@ -1,0 +1,203 @@
+"""Per-key limits: requests per minute, tokens per minute, calls in flight.
+
+Requests and tokens are token buckets that hold a minute's allowance and refill continuously
+(``rpm / 60`` per second), so a key may burst its whole minute at once and then goes at the
+steady rate. A call is admitted only when every limit of its key allows it; a refused call
+uses up nothing.
+
+Tokens are charged when a call finishes, from the usage its backend reported (prompt plus
+completion tokens; a stream's from its final usage chunk). How many tokens a call will use is
+unknown when it starts, so the token limit is checked, not reserved, on admission: a call is
+admitted while the key's token bucket is not in debt, and its tokens are taken when it ends,
+which may leave the bucket in debt; the key then waits until the debt is paid off at its
+steady rate. Calls in flight are therefore not charged until they end: a key can overshoot
+by what its concurrent calls use (the ``concurrent`` limit bounds that). A call cut off before
+its backend reported usage is charged nothing.
+
+The state lives in the gateway process's memory: it starts full at each start, and a limit
+changed in the keys file applies from the next call (the bucket keeps its level, capped to the
+new size).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from appliance.gateway.keys import KeyRecord, Limits
+
+Clock = Callable[[], float]
+
+
+class Metered(Protocol):
+    """A call as the limiter sees it (record.Call): told apart by identity, charged by usage."""
+
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+_NAMES = {
+    "rpm": "requests per minute",
+    "tpm": "tokens per minute",
+    "concurrent": "concurrent requests",
+}
+
+
+class TokenBucket:
+    """``per_minute`` units, refilled continuously; may go below zero (a debt)."""
+
+    def __init__(self, per_minute: int, clock: Clock) -> None:
+        self.clock = clock
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.level = self.capacity
+        self.stamp = clock()
+
+    def _refill(self) -> None:
+        now = self.clock()
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def available(self) -> float:
+        self._refill()
+        return self.level
+
+    def wait_s(self, need: float) -> float:
+        """Seconds until ``need`` units are there (0 when they are now)."""
+        self._refill()
+        return 0.0 if self.level >= need else (need - self.level) / self.rate
+
+    def take(self, amount: float) -> None:
+        self._refill()
+        self.level -= amount
+
+    def resize(self, per_minute: int) -> None:
+        self._refill()
+        self.capacity, self.rate = float(per_minute), per_minute / 60.0
+        self.level = min(self.level, self.capacity)
+
+
+@dataclass(frozen=True)
+class LimitHit:
+    """A refused call: which limit, its value, and when to try again."""
+
+    key_id: str
+    limit: str  # rpm, tpm or concurrent
+    allowed: int
+    retry_after_s: float
+
+    @property
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self.retry_after_s))
+
+    @property
+    def message(self) -> str:
+        return (
+            f"Rate limit reached for key {self.key_id} on {_NAMES[self.limit]}: limit "
+            f"{self.allowed}. Please try again in {self.retry_after}s."
+        )
+
+    @property
+    def audit_error(self) -> str:
+        return (
+            f"rate_limit_exceeded: {self.limit} limit {self.allowed} reached; "
+            f"retry after {self.retry_after} s"
+        )
+
+    def headers(self) -> dict[str, str]:
+        # The openai SDKs read retry-after-ms first, then Retry-After; 429 is worth retrying.
+        return {
+            "Retry-After": str(self.retry_after),
+            "retry-after-ms": str(max(1, math.ceil(self.retry_after_s * 1000))),
+            "x-should-retry": "true",
+        }
+
+
+class _KeyState:
+    def __init__(self, limits: Limits, clock: Clock) -> None:
+        self.limits = limits
+        self.clock = clock
+        self.requests = TokenBucket(limits.rpm, clock) if limits.rpm else None
+        self.tokens = TokenBucket(limits.tpm, clock) if limits.tpm else None
+        self.in_flight = 0
+
+    def follow(self, limits: Limits) -> None:
+        """Take on changed limits, keeping what the key has used."""
+        if limits == self.limits:
+            return
+        self.requests = _resized(self.requests, limits.rpm, self.clock)
+        self.tokens = _resized(self.tokens, limits.tpm, self.clock)
+        self.limits = limits
+
+
+def _resized(
+    bucket: TokenBucket | None, per_minute: int | None, clock: Clock
+) -> TokenBucket | None:
+    if per_minute is None:
+        return None
+    if bucket is None:
+        return TokenBucket(per_minute, clock)
+    bucket.resize(per_minute)
+    return bucket
+
+
+class Limiter:
+    """Admits calls per key and charges them when they end (``admit`` then ``finish``)."""
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self.clock = clock
+        self._keys: dict[str, _KeyState] = {}
+        self._admitted: dict[Metered, _KeyState] = {}
+        self.hits: dict[tuple[str, str], int] = {}
+
+    def admit(self, key: KeyRecord, call: Metered) -> LimitHit | None:
+        """None and the call counted in flight, or the limit that refuses it."""
+        limits = key.limits
+        state = self._keys.get(key.id)
+        if state is None:
+            if limits == Limits():
+                return None  # no limits: nothing to keep
+            state = self._keys[key.id] = _KeyState(limits, self.clock)
+        state.follow(limits)
+        hit = self._check(key.id, state)
+        if hit is not None:
+            self.hits[(key.id, hit.limit)] = self.hits.get((key.id, hit.limit), 0) + 1
+            return hit
+        if state.requests is not None:
+            state.requests.take(1)
+        state.in_flight += 1
+        self._admitted[call] = state
+        return None
+
+    @staticmethod
+    def _check(key_id: str, state: _KeyState) -> LimitHit | None:
+        limits = state.limits
+        if limits.concurrent is not None and state.in_flight >= limits.concurrent:
+            # No telling when a call in flight ends: a second is a polite guess.
+            return LimitHit(key_id, "concurrent", limits.concurrent, 1.0)
+        if state.requests is not None and limits.rpm is not None:
+            wait = state.requests.wait_s(1)
+            if wait > 0:
+                return LimitHit(key_id, "rpm", limits.rpm, wait)
+        if state.tokens is not None and limits.tpm is not None:
+            # Out of debt is enough: a call's size is known only at its end (see above).
+            wait = state.tokens.wait_s(0)
+            if wait > 0:
+                return LimitHit(key_id, "tpm", limits.tpm, wait)
+        return None
+
+    def finish(self, call: Metered) -> None:
+        """The call ended: out of flight, and its reported tokens charged."""
+        state = self._admitted.pop(call, None)
+        if state is None:
+            return
+        state.in_flight -= 1
+        if state.tokens is not None:
+            state.tokens.take((call.prompt_tokens or 0) + (call.completion_tokens or 0))
+
+    def in_flight(self, key_id: str) -> int:
+        state = self._keys.get(key_id)
+        return state.in_flight if state else 0

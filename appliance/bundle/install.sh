@@ -1,12 +1,13 @@
 #!/bin/sh
 # Install this appliance bundle on an isolated host that has only python3. Offline.
 #
-#   ./install.sh --pubkey KEY.pub [install options]
+#   ./install.sh --pubkey KEY.pub [install options]          first install (or the same again)
+#   ./install.sh upgrade --pubkey KEY.pub [upgrade options]  from the running release: plan, apply
 #
 # 1. builds a venv for the installer from the bundle's own wheelhouse (no index, no network),
-# 2. hands over to `appliance install` with the options given here, which verifies the bundle
-#    (signature, layout, every file's digest, read once while it is copied) before any host
-#    changes.
+# 2. hands over to `appliance install` (or `appliance upgrade`) of this bundle's own installer,
+#    with the options given here, which verifies the bundle (signature, layout, every file's
+#    digest, read once while it is copied) before any host changes.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -23,7 +24,7 @@ trap 'rm -rf "$wheelhouse"' EXIT
 # The wheels are blobs named by digest; pip needs their real file names. The manifest knows
 # them: link each installer wheel under its name (nothing is copied).
 python3 - "$here" "$wheelhouse" <<'PY'
-import json, os, sys
+import hashlib, json, os, sys
 bundle, house = sys.argv[1], sys.argv[2]
 with open(os.path.join(bundle, "manifest.json"), encoding="utf-8") as handle:
     manifest = json.load(handle)
@@ -32,31 +33,64 @@ if not wheels:
     sys.exit("Error: this bundle carries no installer wheels")
 for entry in wheels:
     os.symlink(os.path.join(bundle, entry["path"]), os.path.join(house, entry["name"]))
+# The installer's identity: its wheels' digests. A bundle with other wheels gets a venv of its own.
+listing = "".join(sorted(f"{e['sha256']}  {e['name']}\n" for e in wheels))
+with open(os.path.join(house, ".id"), "w", encoding="utf-8") as out:
+    out.write(hashlib.sha256(listing.encode()).hexdigest()[:16])
 PY
 
-if [ ! -x "$venv/bin/appliance" ]; then
-  printf '==> creating the installer venv %s from the bundle (offline)\n' "$venv"
+# One venv per installer: $venv links to venvs/<id>, the venv of this bundle's wheels. Reusing
+# whatever venv an earlier release left would run that release's installer code on this
+# bundle's Ansible content; a venv per wheel set also keeps the previous release's installer
+# for going back.
+id=$(cat "$wheelhouse/.id")
+venvs="$(dirname "$venv")/venvs"
+target="$venvs/$id"
+# A venv's scripts name its directory, so it is built where it lives; .complete marks one that
+# finished (a run killed halfway leaves none, and the next run starts that venv afresh).
+if [ ! -f "$target/.complete" ]; then
+  printf '==> creating the installer venv %s from the bundle (offline): %s\n' "$venv" "$target"
+  rm -rf "$target"
+  mkdir -p "$venvs" || fail "cannot create $venvs" "set APPLIANCE_VENV to a writable directory"
   # --without-pip: Debian's python3 has no ensurepip; pip runs from its own wheel instead.
-  python3 -m venv --without-pip "$venv" ||
-    fail "cannot create a venv at $venv" "set APPLIANCE_VENV to a writable directory"
+  python3 -m venv --without-pip "$target" ||
+    fail "cannot create a venv at $target" "set APPLIANCE_VENV to a writable directory"
   pip_wheel=$(ls "$wheelhouse"/pip-*.whl 2>/dev/null | head -n 1)
   [ -n "$pip_wheel" ] || fail "the bundle's wheelhouse has no pip wheel"
-  "$venv/bin/python" "$pip_wheel/pip" install --quiet --no-index --find-links "$wheelhouse" \
+  "$target/bin/python" "$pip_wheel/pip" install --quiet --no-index --find-links "$wheelhouse" \
     --disable-pip-version-check appliance pip ||
     fail "installing the installer from the bundle's wheelhouse failed" "see pip's message above"
+  : >"$target/.complete"
 fi
-
+command=install
+case "${1:-}" in upgrade) command=upgrade; shift ;; esac
 pubkey=""
+plan_only=""
 for arg in "$@"; do
-  case "$arg" in --pubkey|--pubkey=*) pubkey=yes ;; esac
+  case "$arg" in
+    --pubkey|--pubkey=*) pubkey=yes ;;
+    --plan-only) plan_only=yes ;;
+  esac
 done
 [ -n "$pubkey" ] || fail "--pubkey is required" \
   "pass the publisher's public key, carried separately: ./install.sh --pubkey KEY.pub"
 
 status=0
-"$venv/bin/appliance" install --bundle "$here" "$@" || status=$?
+"$target/bin/appliance" "$command" --bundle "$here" "$@" || status=$?
 case $status in
   0) ;;
   10|11|12) fail "the bundle did not verify; nothing was installed" ;;  # signature, content, layout
   *) exit "$status" ;;
 esac
+[ -z "$plan_only" ] || exit 0
+
+# $venv names the installer of the release installed last (appliance verify, releases, models
+# run from it): a link, swapped in one rename once this bundle's run succeeded, so a refused or
+# failed run leaves it on the installer that matches the running release. A venv directory an
+# older install.sh made there is moved out of the way first.
+if [ -d "$venv" ] && [ ! -L "$venv" ]; then
+  rm -rf "$venv.old" && mv "$venv" "$venv.old" && rm -rf "$venv.old"
+fi
+rm -f "$venv.new"
+ln -s "venvs/$id" "$venv.new" && mv -T "$venv.new" "$venv" ||
+  fail "cannot point $venv at $target" "set APPLIANCE_VENV to a writable directory"

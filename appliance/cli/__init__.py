@@ -30,6 +30,7 @@ _COMMANDS = {
     "pack": "appliance.cli.bundle:pack_command",
     "unpack": "appliance.cli.bundle:unpack_command",
     "install": "appliance.cli.install:install_command",
+    "upgrade": "appliance.cli.upgrade:upgrade_command",
     "verify": "appliance.cli.install:verify_command",
     "releases": "appliance.cli.releases:releases_group",
     "gateway": "appliance.cli.gateway:gateway_group",
@@ -70,6 +71,9 @@ The flow:
   3. On the isolated depot host, with only python3:
        bundle/install.sh --pubkey signing-key.pub
      which verifies the bundle and runs `appliance install`.
+  4. Later releases upgrade the running one, plan first, through their own
+     installer:
+       new-bundle/install.sh upgrade --pubkey signing-key.pub --plan-only
 
 \b
 Examples:

@@ -120,7 +120,9 @@ def install_command(
     release's own bundle again stages nothing and re-checks the hosts. A
     release older than the current one (by the build sequence in its signed
     manifest) is refused unless --allow-downgrade, and so is an upgrade from
-    a release the bundle's upgrades_from does not list.
+    a release the bundle's upgrades_from does not list. To go from a running
+    release to another, use the new bundle's install.sh upgrade (appliance
+    upgrade): it shows the plan first and commits only after verify.
 
     \b
     Examples:

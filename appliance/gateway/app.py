@@ -58,12 +58,19 @@ def build_app(
     gateway = Gateway(config, keys, audit, guard)
     # A larger body makes request.read() raise, which the gateway answers with 413.
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[guard.middleware])
-    app.router.add_get("/health", gateway.health, expect_handler=expect_continue)
+    # /health is readiness (per model); /health/ready and /readyz name it as probes expect.
+    for path in ("/health", "/health/ready", "/readyz"):
+        app.router.add_get(path, gateway.health, expect_handler=expect_continue)
+    for path in ("/health/live", "/livez"):
+        app.router.add_get(path, gateway.live, expect_handler=expect_continue)
     app.router.add_get("/metrics", gateway.metrics_page, expect_handler=expect_continue)
     app.router.add_get("/v1/models", gateway.models, expect_handler=expect_continue)
+    app.router.add_get("/v1/models/{model:.+}", gateway.model, expect_handler=expect_continue)
     for path in API_PATHS:
         app.router.add_post(path, gateway.api, expect_handler=expect_continue)
     app.router.add_route("*", "/{tail:.*}", gateway.unknown, expect_handler=expect_continue)
+    if gateway.cors.enabled:
+        app.on_response_prepare.append(gateway.cors.on_prepare)
     app.on_startup.append(gateway.start_session)
     app.on_cleanup.append(gateway.close_session)
 

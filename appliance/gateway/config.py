@@ -78,6 +78,31 @@ class AuditSettings(_Strict):
     keep_rotated_bytes: Annotated[int, Field(ge=0)] | None = None
 
 
+# What a browser sends as Origin: scheme, host (a name or an IP literal) and maybe a port.
+_ORIGIN = r"^(\*|https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?)$"
+
+
+class Cors(_Strict):
+    """Browser clients (CORS). Off while ``allow_origins`` is empty."""
+
+    # Exact origins (scheme://host[:port]) whose pages may call the API, or "*" for any page.
+    allow_origins: list[Annotated[str, Field(pattern=_ORIGIN)]] = []
+    # Let browsers send credentials (cookies, TLS client certificates) cross-origin. API keys
+    # travel in the Authorization header and do not need it.
+    allow_credentials: bool = False
+    # Seconds a browser may cache a preflight answer.
+    max_age_s: Annotated[int, Field(ge=0, le=86400)] = 600
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> Cors:
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise ValueError(
+                "allow_origins '*' cannot go with allow_credentials: any page could then call "
+                "the API with the visitor's credentials; list the origins"
+            )
+        return self
+
+
 class ModelRoute(_Strict):
     name: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s]+$")]
     digest: Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
@@ -109,6 +134,10 @@ class GatewayConfig(_Strict):
     # Seconds a client may take to send a request's headers, and its body: slower ones are cut.
     header_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     body_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    # Retry-After (seconds) on the gateway's own 502 and 503: a backend not answering, the
+    # audit log not writable (it heals within a second or two), too many connections.
+    retry_after_s: Annotated[int, Field(ge=1, le=120)] = 2
+    cors: Cors = Cors()
     models: Annotated[list[ModelRoute], Field(min_length=1)]
 
     @field_validator("models")

@@ -9,9 +9,14 @@ gateway answers 503 and calls no backend; a stream whose record fails ends with 
 The backend receives the body the gateway authorised, re-serialised from the parsed object
 (see body.py for what is refused as ambiguous).
 
-Streams (``"stream": true``) are passed through chunk by chunk as they arrive. When the client
-did not set ``stream_options`` the gateway adds ``{"include_usage": true}`` so that the
-backend reports token counts in a final chunk (``choices: []``), which the client then sees too.
+Streams (``"stream": true``) are passed through chunk by chunk as they arrive (relay.py). The
+gateway always asks the runtime for ``stream_options.include_usage`` (the record needs the
+token counts, also of a client that set it false) and drops the usage-only final event
+(``choices: []``) from the client's stream unless the client asked for it itself: common client
+code reads ``chunk.choices[0]`` of every event.
+
+Error answers say whether a retry can help (answers.py), so that an SDK's automatic retries
+do not turn one refused call into three calls and three records.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any
@@ -30,50 +36,33 @@ import aiohttp
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
+from appliance.gateway.answers import AUDIT_DOWN, error_body, model_card, retry_headers
+from appliance.gateway.answers import Refusal as _Refusal
 from appliance.gateway.audit_writer import AuditWriter
 from appliance.gateway.body import BodyError, canonical, parse
 from appliance.gateway.config import GatewayConfig, ModelRoute
+from appliance.gateway.cors import CorsPolicy
 from appliance.gateway.key_events import KeyWatcher
 from appliance.gateway.keys import KeyRecord, KeyStore, claimed_id
 from appliance.gateway.limits import Limiter
 from appliance.gateway.metrics import Metrics
 from appliance.gateway.record import MODEL_LIMIT, Call, clean
+from appliance.gateway.relay import relay
 from appliance.gateway.server import ConnectionGuard
-from appliance.gateway.status import health_page, metrics_page
-from appliance.gateway.stream import DoneHolder, Renamer, UsageScanner
+from appliance.gateway.status import health_page, live_page, metrics_page
+from appliance.gateway.stream import Renamer, UsageDropper
 
 LOG = logging.getLogger("appliance.gateway")
 
 API_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 _NO_MODEL = "-"  # metrics label for calls that name no configured model
-_AUDIT_DOWN = "the audit log cannot be written right now; calls are refused until it can"
+_AUDIT_DOWN = AUDIT_DOWN
+_MODEL_PATH = "/v1/models/"
 _KNOWN_PATHS = frozenset((*API_PATHS, "/v1/models"))
 _FORWARD_HEADERS = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
 # llama.cpp's server closes the connection after every streamed answer, without saying so; a
 # pooled connection reused right after would fail. Streams get a connection of their own.
 _STREAM_HEADERS = {**_FORWARD_HEADERS, "Connection": "close"}
-
-
-class _Refusal(Exception):
-    def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.headers = headers or {}
-        self.kind = (
-            "server_error"
-            if status >= 500
-            else "permission_error"
-            if status == 403
-            else "rate_limit_error"
-            if status == 429
-            else "invalid_request_error"
-        )
-
-
-def _error_body(status: int, kind: str, code: str, message: str) -> bytes:
-    return json.dumps({"error": {"message": message, "type": kind, "code": code}}).encode()
 
 
 class Gateway:
@@ -88,6 +77,7 @@ class Gateway:
         self.limits = Limiter()
         self.metrics = Metrics()
         self.routes = {m.name: m for m in config.models}
+        self.cors = CorsPolicy(config.cors)
         self.session: aiohttp.ClientSession | None = None
 
     @property
@@ -108,6 +98,17 @@ class Gateway:
             await self.session.close()
         await asyncio.get_running_loop().run_in_executor(None, self.audit.close)
 
+    def _headers(
+        self, call: Call, status: int, upstream: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
+        """The ids, and on an error whether a retry can help."""
+        headers = {"X-Request-Id": call.request_id}
+        if (own := call.echoed_id) is not None:
+            headers["X-Client-Request-Id"] = own
+        if status >= 400:
+            headers.update(retry_headers(status, self.config.retry_after_s, upstream))
+        return headers
+
     async def _send(
         self,
         request: web.Request,
@@ -115,21 +116,23 @@ class Gateway:
         status: int,
         body: bytes,
         content_type: str,
-        headers: dict[str, str] | None = None,
+        upstream: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> web.StreamResponse:
         call.status = status
         call.response_sha256 = hashlib.sha256(body).hexdigest()
         if not await self._record(call):
             self.audit.unrecorded()
-            status, content_type = 503, "application/json"
-            body = _error_body(503, "server_error", "audit_unavailable", _AUDIT_DOWN)
+            status, content_type, upstream = 503, "application/json", None
+            body = error_body("server_error", "audit_unavailable", _AUDIT_DOWN)
         response = web.Response(
             status=status,
             body=body,
             headers={
                 "Content-Type": content_type,
-                "X-Request-Id": call.request_id,
-                **(headers or {} if status == call.status else {}),
+                **self._headers(call, status, upstream),
+                # The refusal's own (a rate limit's Retry-After) win over the defaults.
+                **(headers or {}),
             },
         )
         if status == 408:
@@ -147,9 +150,9 @@ class Gateway:
         self, request: web.Request, call: Call, refusal: _Refusal
     ) -> web.StreamResponse:
         call.error = call.error or f"{refusal.code}: {refusal.message}"
-        body = _error_body(refusal.status, refusal.kind, refusal.code, refusal.message)
+        body = error_body(refusal.kind, refusal.code, refusal.message)
         return await self._send(
-            request, call, refusal.status, body, "application/json", refusal.headers
+            request, call, refusal.status, body, "application/json", headers=refusal.headers
         )
 
     async def _record(self, call: Call) -> bool:
@@ -223,18 +226,31 @@ class Gateway:
         call = Call(request, _KNOWN_PATHS)
         try:
             key = self._authenticate(request, call)
-            data = [
-                {
-                    "id": m.name,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": "appliance",
-                    "appliance_digest": m.digest,
-                }
-                for m in self.config.models
-                if key.allows(m.name)
-            ]
+            data = [model_card(m) for m in self.config.models if key.allows(m.name)]
             body = json.dumps({"object": "list", "data": data}).encode()
+            return await self._send(request, call, 200, body, "application/json")
+        except _Refusal as refusal:
+            return await self._refuse(request, call, refusal)
+        finally:
+            await self._record(call)
+
+    async def model(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/models/{id}``: a model this key may use; any other is 404 (whether it
+        exists is none of that key's business), the record says which."""
+        call = Call(request, _KNOWN_PATHS)
+        name = request.path[len(_MODEL_PATH) :]
+        call.model = name
+        route = self.routes.get(name)
+        call.digest = route.digest if route else None
+        try:
+            key = self._authenticate(request, call)
+            if route is None or not key.allows(route.name):
+                if route is not None:
+                    call.error = f"model_not_allowed: this key may not use the model {name!r}"
+                raise _Refusal(
+                    404, "model_not_found", f"the model {clean(name, MODEL_LIMIT)!r} does not exist"
+                )
+            body = json.dumps(model_card(route)).encode()
             return await self._send(request, call, 200, body, "application/json")
         except _Refusal as refusal:
             return await self._refuse(request, call, refusal)
@@ -244,6 +260,9 @@ class Gateway:
     async def unknown(self, request: web.Request) -> web.StreamResponse:
         call = Call(request, _KNOWN_PATHS)
         try:
+            if self.cors.is_preflight(request):
+                # Browsers send no key on a preflight; only listed origins get this far.
+                return await self._preflight(request, call)
             self._authenticate(request, call)
             if request.path in API_PATHS or request.path == "/v1/models":
                 raise _Refusal(
@@ -254,6 +273,19 @@ class Gateway:
             return await self._refuse(request, call, refusal)
         finally:
             await self._record(call)
+
+    async def _preflight(self, request: web.Request, call: Call) -> web.StreamResponse:
+        call.status = 204
+        call.response_sha256 = hashlib.sha256(b"").hexdigest()
+        headers = {"X-Request-Id": call.request_id, **self.cors.preflight_headers(request)}
+        if not await self._record(call):
+            self.audit.unrecorded()
+            failure = _Refusal(503, "audit_unavailable", _AUDIT_DOWN)
+            return await self._refuse(request, call, failure)
+        response = web.Response(status=204, headers=headers)
+        await response.prepare(request)
+        await response.write_eof()
+        return response
 
     async def api(self, request: web.Request) -> web.StreamResponse:
         call = Call(request, _KNOWN_PATHS)
@@ -302,6 +334,7 @@ class Gateway:
             model = document.get("model")
             call.model = model if isinstance(model, str) else None
             call.stream = document.get("stream") is True
+            call.take_user(document)
         route = self.routes.get(call.model) if call.model else None
         call.digest = route.digest if route else None
         if key is None:
@@ -333,8 +366,7 @@ class Gateway:
         document: dict[str, Any],
     ) -> web.StreamResponse:
         document["model"] = route.upstream_name
-        if call.stream and "stream_options" not in document and request.path != API_PATHS[2]:
-            document["stream_options"] = {"include_usage": True}
+        dropper = _ask_for_usage(document) if call.stream and request.path != API_PATHS[2] else None
         body = canonical(document)
         try:
             upstream = await self._post(route.backend_base + request.path, body, call.stream)
@@ -345,7 +377,12 @@ class Gateway:
                     call.error = f"backend answered {upstream.status}"
                 if content_type.startswith("text/event-stream"):
                     renamer = Renamer(route) if route.upstream_name != route.name else None
-                    return await self._stream(request, call, upstream, content_type, renamer)
+                    headers = {
+                        "Content-Type": content_type,
+                        "Cache-Control": "no-cache",
+                        **self._headers(call, upstream.status, upstream.headers),
+                    }
+                    return await relay(self, request, call, upstream, headers, renamer, dropper)
                 answer = await upstream.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             self.metrics.backend_errors[route.name] += 1
@@ -361,7 +398,9 @@ class Gateway:
                     # Clients see the names /v1/models lists, whatever the runtime calls it.
                     parsed["model"] = route.name
                     answer = json.dumps(parsed).encode()
-        return await self._send(request, call, upstream.status, answer, content_type)
+        return await self._send(
+            request, call, upstream.status, answer, content_type, upstream.headers
+        )
 
     async def _post(self, url: str, body: bytes, stream: bool) -> aiohttp.ClientResponse:
         """POST to a backend; once more on a fresh connection when a pooled one turns out to
@@ -376,78 +415,25 @@ class Gateway:
             LOG.info("backend %s dropped a kept-alive connection; asking again", url)
             return await self.session.post(url, data=body, headers=headers)
 
-    async def _stream(
-        self,
-        request: web.Request,
-        call: Call,
-        upstream: aiohttp.ClientResponse,
-        content_type: str,
-        renamer: Renamer | None = None,
-    ) -> web.StreamResponse:
-        call.status = upstream.status
-        response = web.StreamResponse(
-            status=upstream.status,
-            headers={
-                "Content-Type": content_type,
-                "Cache-Control": "no-cache",
-                "X-Request-Id": call.request_id,
-            },
-        )
-        digest = hashlib.sha256()
-        scanner = UsageScanner()
-        holder = DoneHolder()
-        await response.prepare(request)
-        try:
-            async for received in upstream.content.iter_any():
-                chunk = renamer.feed(received) if renamer else received
-                await self._pass_on(response, chunk, digest, scanner, holder)
-            if renamer:
-                await self._pass_on(response, renamer.flush(), digest, scanner, holder)
-        except (ConnectionError, aiohttp.ClientConnectionResetError):
-            call.error = "client disconnected"
-        except (aiohttp.ClientError, TimeoutError) as error:
-            self.metrics.backend_errors[call.model or _NO_MODEL] += 1
-            call.error = f"backend stream broken: {error!r}"
-        call.response_sha256 = digest.hexdigest()
-        call.take_usage(scanner.usage)
-        # Recorded before the stream's end ([DONE] included) is sent: a client that saw the
-        # whole answer can find its record.
-        recorded = await self._record(call)
-        if not recorded:
-            self.audit.unrecorded()
-        try:
-            if call.error is None and recorded:
-                await response.write(holder.held)
-                await response.write_eof()
-                return response
-            if call.error is None:  # the answer came whole, its record did not: no success
-                event = _error_body(503, "server_error", "audit_unavailable", _AUDIT_DOWN)
-                await response.write(b"data: " + event + b"\n\n")
-                await response.write_eof()
-                return response
-        except (ConnectionError, aiohttp.ClientConnectionResetError):
-            LOG.info("call %s: the client left before the stream ended", call.request_id)
-        if request.transport is not None:
-            request.transport.close()  # no clean end: the client must not take it as whole
-        return response
+    async def health(self, request: web.Request) -> web.Response:
+        return await health_page(self, request)
 
-    @staticmethod
-    async def _pass_on(
-        response: web.StreamResponse,
-        chunk: bytes,
-        digest: Any,
-        scanner: UsageScanner,
-        holder: DoneHolder,
-    ) -> None:
-        if not chunk:
-            return
-        digest.update(chunk)
-        scanner.feed(chunk)
-        if ready := holder.feed(chunk):
-            await response.write(ready)
-
-    async def health(self, _request: web.Request) -> web.Response:
-        return await health_page(self)
+    async def live(self, _request: web.Request) -> web.Response:
+        return live_page()
 
     async def metrics_page(self, _request: web.Request) -> web.Response:
         return metrics_page(self)
+
+
+def _ask_for_usage(document: dict[str, Any]) -> UsageDropper | None:
+    """Make the runtime report a stream's usage; a dropper for the usage-only event when the
+    client did not ask for it. ``stream_options`` that is not an object is left for the
+    runtime to refuse."""
+    options = document.get("stream_options")
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        return None
+    asked = options.get("include_usage") is True
+    document["stream_options"] = {**options, "include_usage": True}
+    return None if asked else UsageDropper()

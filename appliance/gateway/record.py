@@ -11,6 +11,7 @@ therefore at most a few KiB whatever the request, and its canonical JSON always 
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 import uuid
 from datetime import UTC, datetime
@@ -22,6 +23,11 @@ from aiohttp.web_request import BaseRequest
 MODEL_LIMIT = 128
 PATH_LIMIT = 256
 ERROR_LIMIT = 512
+# A client's own request id and the request's ``user`` field (OpenAI allows any string).
+CLIENT_ID_LIMIT = 128
+USER_LIMIT = 256
+# Client request ids echoed back as they came: printable ASCII, no spaces, short.
+_ECHOABLE = re.compile(r"[\x21-\x7e]{1,128}")
 # Backend-reported token counts above this are not believed (no context is this long).
 MAX_TOKENS = 1 << 32
 
@@ -51,8 +57,10 @@ class Call:
 
     __slots__ = (
         "client",
+        "client_request_id",
         "completion_tokens",
         "digest",
+        "echoed_id",
         "error",
         "key_id",
         "method",
@@ -67,12 +75,21 @@ class Call:
         "status",
         "stream",
         "time",
+        "user",
     )
 
     def __init__(self, request: BaseRequest, known_paths: frozenset[str] = frozenset()) -> None:
         self.started = time.perf_counter()
         self.time = now_iso()
         self.request_id = str(uuid.uuid4())
+        # The client's own id (OpenAI's X-Client-Request-Id, or the common X-Request-Id) is
+        # kept beside the gateway's, which stays the record's key: it is unique, theirs need
+        # not be.
+        own = request.headers.get("X-Client-Request-Id") or request.headers.get("X-Request-Id")
+        self.client_request_id = clean(own, CLIENT_ID_LIMIT) if own else None
+        # Sent back (X-Client-Request-Id) only as it came, so only when it came printable.
+        self.echoed_id = own if own and _ECHOABLE.fullmatch(own) else None
+        self.user: str | None = None
         self.client = clean(request.remote or "", PATH_LIMIT) or None
         self.method = clean(request.method, 32)
         self.path = request.path if request.path in known_paths else clean(request.path, PATH_LIMIT)
@@ -88,6 +105,10 @@ class Call:
         self.error: str | None = None
         self.recorded = False
 
+    def take_user(self, document: dict[str, Any]) -> None:
+        user = document.get("user")
+        self.user = clean(user, USER_LIMIT) if isinstance(user, str) and user else None
+
     def take_usage(self, usage: Any) -> None:
         if isinstance(usage, dict):
             self.prompt_tokens = token_count(usage.get("prompt_tokens"))
@@ -100,12 +121,14 @@ class Call:
         return {
             "time": self.time,
             "request_id": self.request_id,
+            "client_request_id": self.client_request_id,
             "key_id": self.key_id,
             "client": self.client,
             "method": self.method,
             "path": self.path,
             "model": model,
             "model_digest": self.digest,
+            "user": self.user,
             "status": self.status,
             "prompt_sha256": self.prompt_sha256,
             "response_sha256": self.response_sha256,

@@ -30,11 +30,13 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from appliance.gateway.answers import retry_headers
+
 _BUSY_BODY = (
     b'{"error":{"message":"too many open connections","type":"server_error","code":"overloaded"}}'
 )
 _BUSY = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
     b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
 )
 
@@ -92,6 +94,8 @@ class AuditedHandler(RequestHandler):
         answer = _AfterRecord(written, status=plain.status, body=plain.body)
         answer.content_type = plain.content_type
         answer.headers["X-Request-Id"] = request_id
+        # The same bytes get the same refusal: an SDK must not send them again.
+        answer.headers.update(retry_headers(plain.status, 1))
         answer.force_close()
         return answer
 

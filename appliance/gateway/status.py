@@ -1,5 +1,5 @@
-"""``/health`` and ``/metrics``: what the gateway, its backends, its audit log and its
-connections are doing now. Neither is audited (they carry no call)."""
+"""``/health`` (readiness), ``/health/live`` and ``/metrics``: what the gateway, its backends,
+its audit log and its connections are doing now. None is audited (they carry no call)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,32 @@ import aiohttp
 from aiohttp import web
 
 from appliance.gateway.config import ModelRoute
+from appliance.gateway.keys import ALL_MODELS
 
 if TYPE_CHECKING:
     from appliance.gateway.proxy import Gateway
 
 
-async def health_page(self: Gateway) -> web.Response:
+def live_page() -> web.Response:
+    """Liveness: the gateway process serves. Always 200 while it answers at all."""
+    return web.json_response({"status": "ok"})
+
+
+def _operator(self: Gateway, request: web.Request) -> bool:
+    """An operator is a caller with a valid key for every model (``*``, as the install's
+    ``operator`` and ``appliance-verify`` keys): it may see where the backends are."""
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        return False
+    key = self.keys.authenticate(header[7:].strip())
+    return key is not None and ALL_MODELS in key.models
+
+
+async def health_page(self: Gateway, request: web.Request) -> web.Response:
+    """Readiness, per model: 200 while the gateway can serve some call (the audit log can be
+    written and at least one model's runtime is up), else 503. ``status`` says ``ok`` (all
+    up), ``degraded`` (some down) or ``unavailable``. Backend addresses, errors, connections
+    and disk figures only for an operator key; anyone sees each model's state."""
     assert self.session is not None
     session = self.session
 
@@ -30,24 +50,32 @@ async def health_page(self: Gateway) -> web.Response:
             return {"backend": route.backend_base, "status": "down", "error": repr(error)}
 
     probes = await asyncio.gather(*(probe(m) for m in self.config.models))
-    audit_ok = self.audit.failed is None
-    healthy = audit_ok and all(p["status"] == "ok" for p in probes)
     audit = self.audit
-    document = {
-        "status": "ok" if healthy else "degraded",
-        "audit": "ok" if audit_ok else f"failed since {audit.failed_since}: {audit.failed}",
-        "audit_disk": {
+    audit_ok = audit.failed is None
+    up = sum(p["status"] == "ok" for p in probes)
+    ready = audit_ok and up > 0
+    state = "ok" if ready and up == len(probes) else "degraded" if ready else "unavailable"
+    operator = _operator(self, request)
+    if not operator:
+        probes = [{"status": p["status"]} for p in probes]
+    document: dict[str, Any] = {
+        "status": state,
+        "audit": "ok" if audit_ok else f"failed since {audit.failed_since}",
+        "models": {m.name: p for m, p in zip(self.config.models, probes, strict=True)},
+    }
+    if operator:
+        if not audit_ok:
+            document["audit"] += f": {audit.failed}"
+        document["audit_disk"] = {
             "free_bytes": audit.disk_free,
             "low": audit.disk_low,
             "alarm_below_bytes": audit.min_free_bytes,
-        },
-        "connections": {"open": self.guard.open, "limit": self.guard.limit},
-        "keys": len(self.keys),
+        }
+        document["connections"] = {"open": self.guard.open, "limit": self.guard.limit}
+        document["keys"] = len(self.keys)
         # A keys file that does not load leaves the last good keys in use; this says why.
-        "keys_file": self.watcher.error or "ok",
-        "models": {m.name: p for m, p in zip(self.config.models, probes, strict=True)},
-    }
-    return web.json_response(document, status=200 if healthy else 503)
+        document["keys_file"] = self.watcher.error or "ok"
+    return web.json_response(document, status=200 if ready else 503)
 
 
 def metrics_page(self: Gateway) -> web.Response:

@@ -1,14 +1,17 @@
-"""What the gateway does to a stream as it passes: read the usage out of it, give its events
-the model's public name, and hold back its end (``data: [DONE]``) until the call is recorded."""
+"""What the gateway does to a stream as it passes: read the usage out of it, drop the
+usage-only event the client did not ask for, give its events the model's public name, and hold
+back its end (``data: [DONE]``) until the call is recorded."""
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from appliance.gateway.config import ModelRoute
 
 _DONE_MARKERS = (b"data: [DONE]", b"data:[DONE]")
+_NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 
 
 class UsageScanner:
@@ -94,3 +97,44 @@ class DoneHolder:
         )
         self.held = data[len(data) - keep :]
         return data[: len(data) - keep]
+
+
+def usage_only(line: bytes) -> bool:
+    """Whether ``line`` is the ``data:`` event a runtime adds for ``include_usage``: usage and
+    an empty ``choices``, which ``for chunk in stream: chunk.choices[0]`` cannot take."""
+    if not line.startswith(b"data:") or not _NO_CHOICES.search(line):
+        return False
+    try:
+        event = json.loads(line[5:])
+    except ValueError:
+        return False
+    return isinstance(event, dict) and event.get("choices") == [] and "usage" in event
+
+
+class UsageDropper:
+    """Removes usage-only events (and the blank line that ends each) from a stream, for a client
+    that did not ask for them; the gateway asked the runtime, for the audit record. Works on
+    whole lines, holding back at most a partial one."""
+
+    def __init__(self) -> None:
+        self.partial = b""
+        self.dropping = False  # inside a dropped event, until its blank line
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self.partial + chunk
+        cut = data.rfind(b"\n") + 1
+        self.partial = data[cut:]
+        kept = []
+        for line in data[:cut].splitlines(keepends=True):
+            if self.dropping:
+                self.dropping = bool(line.strip())
+                continue
+            if usage_only(line):
+                self.dropping = True
+                continue
+            kept.append(line)
+        return b"".join(kept)
+
+    def flush(self) -> bytes:
+        rest, self.partial = self.partial, b""
+        return b"" if self.dropping or usage_only(rest) else rest

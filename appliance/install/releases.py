@@ -52,16 +52,23 @@ def check_order(
     bundle: VerifiedBundle, root: Path, inventory: Inventory, *, allow_downgrade: bool
 ) -> Decision:
     """``decide`` for ``bundle`` against the release current on the inventory's depot."""
-    if inventory.depot_is_local:
-        current = read_current(root)
-    else:
-        depot = depot_from_inventory(inventory.depot, inventory.depot_vars)
-        data = read_current_remote(depot, str(root))
-        source = f"{depot.name}:{root}/current/{layout.MANIFEST}"
-        current = None if data is None else installed_from(data, source)
     return decide(
-        bundle.manifest, manifest_sha256(bundle), current, allow_downgrade=allow_downgrade
+        bundle.manifest,
+        manifest_sha256(bundle),
+        current_on_depot(root, inventory),
+        allow_downgrade=allow_downgrade,
     )
+
+
+def current_on_depot(root: Path, inventory: Inventory) -> Installed | None:
+    """The release ``current`` points at on the inventory's depot (read over SSH when the
+    depot is another machine), or None before the first complete install."""
+    if inventory.depot_is_local:
+        return read_current(root)
+    depot = depot_from_inventory(inventory.depot, inventory.depot_vars)
+    data = read_current_remote(depot, str(root))
+    source = f"{depot.name}:{root}/current/{layout.MANIFEST}"
+    return None if data is None else installed_from(data, source)
 
 
 def manifest_sha256(bundle: VerifiedBundle) -> str:

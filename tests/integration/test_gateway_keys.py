@@ -75,9 +75,11 @@ class Running:
         return reply
 
     def health(self) -> dict[str, Any]:
+        """/health as the operator sees it (the keys file's state is an operator's detail)."""
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
-            connection.request("GET", "/health")
+            auth = {"Authorization": f"Bearer {self.keys['operator']}"}
+            connection.request("GET", "/health", headers=auth)
             return json.loads(connection.getresponse().read())  # type: ignore[no-any-return]
         finally:
             connection.close()

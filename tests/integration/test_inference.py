@@ -173,9 +173,8 @@ def test_completion(appliance: Appliance) -> None:
 
 
 def test_streaming_passes_sse_through(appliance: Appliance) -> None:
-    reply = appliance.call(
-        "POST", "/v1/chat/completions", appliance.key, chat("tiny-llama", stream=True)
-    )
+    asked = chat("tiny-llama", stream=True, stream_options={"include_usage": True})
+    reply = appliance.call("POST", "/v1/chat/completions", appliance.key, asked)
     assert reply.status == 200
     assert reply.headers["Content-Type"].startswith("text/event-stream")
     events = [line[len("data: ") :].strip() for line in reply.lines if line.startswith("data: ")]
@@ -189,8 +188,9 @@ def test_streaming_passes_sse_through(appliance: Appliance) -> None:
         for c in chunks
         if c["choices"] and c["choices"][0].get("finish_reason")
     ]
-    # The gateway asked for usage on the client's behalf; it arrives in the stream. A token that
-    # ends inside a UTF-8 character sends no text of its own, so deltas may be fewer.
+    # The client asked for usage: it arrives in the stream (the gateway drops it for clients
+    # that did not ask). A token that ends inside a UTF-8 character sends no text of its own,
+    # so deltas may be fewer.
     usage = [c["usage"] for c in chunks if c.get("usage")]
     assert usage, "no usage chunk"
     assert len(deltas) <= usage[-1]["completion_tokens"] <= 8

@@ -27,6 +27,7 @@ def test_help_teaches_the_flow_and_lists_only_real_commands(
     assert code == 0 and err == ""
     assert "Build and install air-gapped LLM appliances." in out
     assert "appliance spec validate examples/demo.yaml" in out
+    assert "new-bundle/install.sh upgrade --pubkey signing-key.pub --plan-only" in out
     commands = out.split("Commands:\n", 1)[1].split("\n\n", 1)[0]
     assert [line.split()[0] for line in commands.splitlines()] == [
         "audit",
@@ -41,6 +42,7 @@ def test_help_teaches_the_flow_and_lists_only_real_commands(
         "size",
         "spec",
         "unpack",
+        "upgrade",
         "verify",
         "verify-bundle",
     ]

@@ -1,0 +1,210 @@
+"""``appliance upgrade``: verify the bundle, show the plan, then apply, verify and commit."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from appliance.cli.bundle import progress_for
+from appliance.cli.install import _LiveView
+from appliance.cli.output import Output
+from appliance.errors import InstallError
+from appliance.install import InstallOptions
+from appliance.install.apply import apply_upgrade
+from appliance.install.prepare import prepare_plan
+from appliance.install.upgrade_plan import UpgradePlan
+
+
+@click.command("upgrade")
+@click.option(
+    "--bundle",
+    type=click.Path(path_type=Path, exists=True),
+    required=True,
+    help="The new release's bundle: directory or packed .tar.",
+)
+@click.option(
+    "--pubkey",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    required=True,
+    help="The publisher's public key, carried separately.",
+)
+@click.option(
+    "--inventory",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The inventory used to install. Default: this machine alone.",
+)
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("/opt/appliance"),
+    show_default=True,
+    help="Where releases and the current link live on the depot.",
+)
+@click.option(
+    "--internal-cidr",
+    "internal_cidrs",
+    multiple=True,
+    help="An IPv4 network inside the boundary (repeat), as given to install.",
+)
+@click.option(
+    "--egress-target",
+    "egress_targets",
+    multiple=True,
+    help="Verify after apply: a URL outside that must NOT answer (repeat).",
+)
+@click.option(
+    "--internal-target",
+    "internal_targets",
+    multiple=True,
+    help="Verify after apply: a URL inside that must answer (repeat).",
+)
+@click.option("--allow-downgrade", is_flag=True, help="Go to a release older than the current one.")
+@click.option("--plan-only", is_flag=True, help="Show the plan and stop; nothing changes.")
+@click.option("--yes", is_flag=True, help="Apply without asking (required under --json).")
+@click.pass_obj
+def upgrade_command(
+    output: Output,
+    bundle: Path,
+    pubkey: Path,
+    inventory: Path | None,
+    root: Path,
+    internal_cidrs: tuple[str, ...],
+    egress_targets: tuple[str, ...],
+    internal_targets: tuple[str, ...],
+    allow_downgrade: bool,
+    plan_only: bool,
+    yes: bool,
+) -> None:
+    """Upgrade the running appliance to the release in BUNDLE.
+
+    Verifies the bundle (signature first), reads the running release's signed
+    manifest (ROOT/current/manifest.json on the depot), checks the release
+    order as install does, and computes the plan before anything changes:
+    packages added, removed, upgraded and downgraded; models added, removed
+    and changed (by digest); runtime, gateway and stack changes; which host
+    starts, restarts or stops which service; whether a host must reboot
+    (NVIDIA driver, kernel); data migrations; the site models, kept. With
+    --plan-only it stops there (--json: the plan for a change board).
+    Otherwise it applies the release, runs appliance verify with the
+    targets given, and commits (current moves) only then. Run it through
+    the new bundle's own installer: install.sh upgrade --pubkey KEY ...
+
+    \b
+    Examples:
+      /media/bundle/install.sh upgrade --pubkey key.pub --plan-only
+      /media/bundle/install.sh upgrade --pubkey key.pub --yes --egress-target http://198.19.255.10/
+    """
+    if not plan_only and not egress_targets:
+        raise click.UsageError(
+            "--egress-target is required to apply (verify probes it); or pass --plan-only"
+        )
+    options = InstallOptions(
+        bundle=bundle,
+        pubkey=pubkey,
+        inventory=inventory,
+        root=root,
+        internal_cidrs=internal_cidrs,
+        allow_downgrade=allow_downgrade,
+    )
+    planned = prepare_plan(options, on_note=output.info)
+    plan, decision = planned.plan, planned.decision
+    output.info(decision.note)
+    document = {"ok": True, "decision": decision.kind, "plan": plan.to_json()}
+    if plan_only:
+        output.result(document, human=None)
+        if not output.json_mode:
+            render_plan(output, plan)
+        return
+    if decision.kind == "first":
+        raise InstallError(
+            f"nothing is installed under {root} yet: there is nothing to upgrade",
+            hint="install the first release with install.sh --pubkey KEY (or appliance install)",
+        )
+    if not output.json_mode:
+        render_plan(output, plan)
+    if not yes:
+        if output.json_mode or not sys.stdin.isatty():
+            raise click.UsageError("pass --yes to apply without a terminal to confirm in")
+        click.confirm(f"Apply this plan to upgrade to {plan.to_release}?", abort=True)
+    view = _LiveView(output) if not output.json_mode else lambda _event: None
+    with progress_for(output) as progress:
+        applied = apply_upgrade(
+            options, egress_targets, internal_targets, view, progress, output.info,
+            moves_packages=bool(plan.packages_upgraded or plan.packages_downgraded),
+        )  # fmt: skip
+    output.result(
+        {
+            **document,
+            "release": applied.release,
+            "hosts": applied.hosts,
+            "verify_report": applied.report,
+        },
+        human=f"upgraded {plan.name} to {applied.release} on {len(applied.hosts)} host(s); "
+        f"verify passed {applied.checks} checks (report: {applied.report}); current is "
+        f"{applied.release}",
+    )
+
+
+def render_plan(output: Output, plan: UpgradePlan) -> None:
+    """The plan as two tables: what changes, and what each host does about it."""
+    from rich.table import Table
+
+    changes = Table(title=f"Upgrade plan: {plan.name} {_release(plan)}", title_justify="left")
+    for column in ("change", "what", "from", "to"):
+        changes.add_column(column, overflow="fold")
+    for row in _change_rows(plan):
+        changes.add_row(*row)
+    if not changes.rows:
+        changes.add_row("nothing", "the two releases install the same", "", "")
+    output.console.print(changes)
+    hosts = Table(title="Services per host", title_justify="left")
+    for column in ("host", "start", "restart", "stop", "reboot"):
+        hosts.add_column(column, overflow="fold")
+    for host in plan.hosts:
+        cells = [host.start, host.restart, host.stop, host.reboot]
+        hosts.add_row(host.host, *("\n".join(c) or "-" for c in cells))
+    output.console.print(hosts)
+    output.console.print(
+        f"reboot needed: {'yes' if plan.reboot else 'no'}\n"
+        f"data migrations: {', '.join(plan.data_migrations) or 'none'}\n"
+        "site models (data, untouched): " + (", ".join(plan.site_models) or "none")
+    )
+
+
+def _release(plan: UpgradePlan) -> str:
+    def label(release: str | None, sequence: int | None) -> str:
+        return f"{release} (sequence {sequence or '-'})" if release else "nothing installed"
+
+    before = label(plan.from_release, plan.from_sequence)
+    return f"{before} -> {label(plan.to_release, plan.to_sequence)}"
+
+
+def _change_rows(plan: UpgradePlan) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for kind, changes in (
+        ("package added", plan.packages_added),
+        ("package removed", plan.packages_removed),
+        ("package upgraded", plan.packages_upgraded),
+        ("package DOWNGRADED", plan.packages_downgraded),
+    ):
+        rows += [(kind, f"{c.name} ({c.arch})", c.old or "-", c.new or "-") for c in changes]
+    for kind, models in (
+        ("model added", plan.models_added),
+        ("model removed", plan.models_removed),
+        ("model changed", plan.models_changed),
+    ):
+        rows += [(kind, m.name, m.old or "-", m.new or "-") for m in models]
+    rows += [("wheel set changed", name, "", "") for name in plan.wheel_sets_changed]
+    rows += [("file changed", name, "", "") for name in plan.files_changed]
+    rows += [
+        ("stack", key, old or "-", new or "-") for key, (old, new) in plan.stack_changed.items()
+    ]
+    if plan.nvidia_driver is not None:
+        rows.append(
+            ("NVIDIA driver", "", plan.nvidia_driver[0] or "-", plan.nvidia_driver[1] or "-")
+        )
+    if plan.ansible_content_changed:
+        rows.append(("roles changed", "Ansible content", "", "units and config re-rendered"))
+    return rows

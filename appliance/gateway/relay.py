@@ -1,0 +1,98 @@
+"""A streamed answer (SSE) on its way from the runtime to the client, chunk by chunk, with its
+record written before the stream's end goes out."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import web
+
+from appliance.gateway.answers import AUDIT_DOWN, error_body
+from appliance.gateway.record import Call
+from appliance.gateway.stream import DoneHolder, Renamer, UsageDropper, UsageScanner
+
+if TYPE_CHECKING:
+    from appliance.gateway.proxy import Gateway
+
+LOG = logging.getLogger("appliance.gateway")
+
+
+class _Pipe:
+    """What each chunk goes through: usage read (before anything is dropped), the model
+    renamed, the unasked usage event dropped, digested as the client receives it, [DONE]
+    held back."""
+
+    def __init__(self, renamer: Renamer | None, dropper: UsageDropper | None) -> None:
+        self.scanner = UsageScanner()
+        self.renamer = renamer
+        self.dropper = dropper
+        self.digest = hashlib.sha256()
+        self.holder = DoneHolder()
+
+    def feed(self, received: bytes) -> bytes:
+        self.scanner.feed(received)
+        chunk = self.renamer.feed(received) if self.renamer else received
+        return self._out(self.dropper.feed(chunk) if self.dropper else chunk)
+
+    def flush(self) -> bytes:
+        chunk = self.renamer.flush() if self.renamer else b""
+        if self.dropper:
+            chunk = self.dropper.feed(chunk) + self.dropper.flush()
+        return self._out(chunk)
+
+    def _out(self, chunk: bytes) -> bytes:
+        if not chunk:
+            return b""
+        self.digest.update(chunk)
+        return self.holder.feed(chunk)
+
+
+async def relay(
+    gateway: Gateway,
+    request: web.Request,
+    call: Call,
+    upstream: aiohttp.ClientResponse,
+    headers: dict[str, str],
+    renamer: Renamer | None,
+    dropper: UsageDropper | None,
+) -> web.StreamResponse:
+    call.status = upstream.status
+    response = web.StreamResponse(status=upstream.status, headers=headers)
+    pipe = _Pipe(renamer, dropper)
+    await response.prepare(request)
+    try:
+        async for received in upstream.content.iter_any():
+            if ready := pipe.feed(received):
+                await response.write(ready)
+        if ready := pipe.flush():
+            await response.write(ready)
+    except (ConnectionError, aiohttp.ClientConnectionResetError):
+        call.error = "client disconnected"
+    except (aiohttp.ClientError, TimeoutError) as error:
+        gateway.metrics.backend_errors[call.model or "-"] += 1
+        call.error = f"backend stream broken: {error!r}"
+    call.response_sha256 = pipe.digest.hexdigest()
+    call.take_usage(pipe.scanner.usage)
+    # Recorded before the stream's end ([DONE] included) is sent: a client that saw the
+    # whole answer can find its record.
+    recorded = await gateway._record(call)
+    if not recorded:
+        gateway.audit.unrecorded()
+    try:
+        if call.error is None and recorded:
+            await response.write(pipe.holder.held)
+            await response.write_eof()
+            return response
+        if call.error is None:  # the answer came whole, its record did not: no success
+            event = error_body("server_error", "audit_unavailable", AUDIT_DOWN)
+            await response.write(b"data: " + event + b"\n\n")
+            await response.write_eof()
+            return response
+    except (ConnectionError, aiohttp.ClientConnectionResetError):
+        LOG.info("call %s: the client left before the stream ended", call.request_id)
+    if request.transport is not None:
+        request.transport.close()  # no clean end: the client must not take it as whole
+    return response

@@ -1,0 +1,174 @@
+"""v1 -> v2 on an air-gapped single box, through the new bundle's own ``install.sh upgrade``:
+v2 moves a package to a new version, adds a model and removes one. The plan (computed before
+anything changes, and changing nothing with --plan-only) lists exactly those, the upgrade applies
+them, verify passes, and the site's data stays: the operator's key still works, and a completion
+made under v1 is still in the audit chain, which ``appliance audit verify`` accepts.
+
+One host and one pair of bundles for the module. The package is the probe archive's stand-in
+(tests/fixtures/probe_repo.py); the models are the tiny GGUF of examples/tiny_model.py, made
+distinct by their general.name (same length, so llama.cpp still loads them).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from appliance.build import BuildOptions, build_bundle
+from appliance.bundle.signing import keygen
+from tests.fixtures.hosts import harness_image, start_host
+from tests.fixtures.inference import CALL, chat
+from tests.fixtures.install import operator_key
+from tests.fixtures.probe_repo import PACKAGE, VERSIONS, build_archive
+from tests.fixtures.specs import SYSTEMD_LLAMACPP, spec_text
+
+pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+APPLIANCE = "/opt/appliance/venv/bin/appliance"
+ADMIN = "/opt/appliance/gateway/bin/appliance"
+AUDIT_DIR = "/var/log/appliance/audit"
+EGRESS_TARGET = "http://198.19.255.10/"  # lab range: leads nowhere, must be dropped
+# Each release: its probe version and its models.
+RELEASES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "v1": (VERSIONS[0], ("tiny-a", "tiny-b")),
+    "v2": (VERSIONS[1], ("tiny-a", "tiny-c")),
+}
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("upgrade-plan")
+    source = build_archive(root / "probe")
+    model = root / "tiny.gguf"
+    subprocess.run([sys.executable, ROOT / "examples" / "tiny_model.py", "gguf", model],
+                   check=True, capture_output=True)  # fmt: skip
+    data = model.read_bytes()
+    assert data.count(b"appliance-tiny-llama") == 1
+    keygen(root / "key", "upgrade plan test")
+    for label, (version, models) in RELEASES.items():
+        (root / label / "models").mkdir(parents=True)
+        entries = []
+        for name in models:
+            (root / label / "models" / f"{name}.gguf").write_bytes(
+                data.replace(b"appliance-tiny-llama", f"appliance-{name}-llama".encode()[:20])
+            )
+            entries.append({"name": name, "source": f"models/{name}.gguf", "format": "gguf"})
+        spec: dict[str, Any] = yaml.safe_load(
+            spec_text(
+                "upgrade-test",
+                label,
+                stack=SYSTEMD_LLAMACPP,
+                packages=["nftables", "python3-apt", "libgomp1", f"{PACKAGE}={version}"],
+                models=entries,
+                wheels={"llamacpp": ["xllamacpp==2026.10.11549"]},
+            )
+        )
+        spec["sequence"] = int(label[1:])
+        spec["packages"]["sources"].append(source)
+        (root / label / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        build_bundle(
+            BuildOptions(
+                spec_path=root / label / "spec.yaml",
+                output=root / label / "bundle",
+                sign_key=root / "key",
+                cache=Path.home() / ".cache" / "appliance",
+            )
+        )
+    return root
+
+
+def test_upgrade_applies_exactly_the_plan_and_keeps_the_data(bundles: Path) -> None:
+    image = harness_image()
+    if image is None:
+        pytest.fail("no harness image: run tests/harness/setup.sh")
+    mounts = {bundles / label / "bundle": f"/srv/{label}" for label in RELEASES}
+    host = start_host(image, {**mounts, bundles / "key.pub": "/srv/key.pub"})
+    try:
+        _upgrade(host.run, bundles)
+    finally:
+        host.remove()
+
+
+def _upgrade(run: Any, bundles: Path) -> None:
+    def call(key: str, model: str) -> tuple[int, str]:
+        done = run("python3", "-c", CALL, "POST", "http://127.0.0.1:8000/v1/chat/completions",
+                   key, json.dumps(chat(model)))  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        reply = json.loads(done.stdout)
+        return reply["status"], reply["headers"]["X-Request-Id"]
+
+    first = run("/srv/v1/install.sh", "--pubkey", "/srv/key.pub")
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    key = operator_key(first.stdout)
+    status, before = call(key, "tiny-b")
+    assert status == 200
+
+    # The plan, from v2's own installer: exactly the three changes, and nothing changes yet.
+    shown = run("/srv/v2/install.sh", "upgrade", "--pubkey", "/srv/key.pub", "--plan-only",
+                "--json")  # fmt: skip
+    assert shown.returncode == 0, shown.stdout[-4000:] + shown.stderr[-4000:]
+    document = json.loads(shown.stdout)
+    assert document["decision"] == "upgrade"
+    plan = document["plan"]
+    assert plan["packages"] == {
+        "added": [],
+        "removed": [],
+        "upgraded": [{"name": PACKAGE, "arch": "amd64", "from": VERSIONS[0], "to": VERSIONS[1]}],
+        "downgraded": [],
+    }
+    models = plan["models"]
+    assert [(m["name"], m["from"] is None) for m in models["added"]] == [("tiny-c", True)]
+    assert [(m["name"], m["to"] is None) for m in models["removed"]] == [("tiny-b", True)]
+    assert models["changed"] == []
+    assert plan["runtime"] == {"wheel_sets": [], "files": [], "stack": {}, "nvidia_driver": None}
+    assert plan["ansible_content_changed"] is False
+    assert plan["hosts"] == [
+        {
+            "host": "localhost",
+            "start": ["appliance-llamacpp@tiny-c.service"],
+            "restart": ["appliance-gateway.service"],
+            "stop": ["appliance-llamacpp@tiny-b.service"],
+            "reboot": [],
+        }
+    ]
+    assert plan["reboot"] is False and plan["data_migrations"] == []
+    assert run("readlink", "/opt/appliance/current").stdout.strip() == "releases/v1"
+    assert run("test", "-e", "/opt/appliance/releases/v2").returncode == 1
+
+    table = run("/srv/v2/install.sh", "upgrade", "--pubkey", "/srv/key.pub", "--plan-only")
+    assert table.returncode == 0, table.stderr
+    assert "Upgrade plan: upgrade-test v1 (sequence 1) -> v2 (sequence 2)" in table.stdout
+    assert "data migrations: none" in table.stdout
+
+    done = run("/srv/v2/install.sh", "upgrade", "--pubkey", "/srv/key.pub", "--yes",
+               "--egress-target", EGRESS_TARGET)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "verify passed" in done.stdout and "current is v2" in done.stdout
+    assert run("readlink", "/opt/appliance/current").stdout.strip() == "releases/v2"
+    # The installer's venv is the bundle's own (one per installer wheel set), behind the link.
+    assert run("readlink", "/opt/appliance/venv").stdout.startswith("venvs/")
+    listed = json.loads(run(APPLIANCE, "releases", "--json").stdout)["releases"]
+    assert [(r["release"], r["state"]) for r in listed] == [("v2", "current"), ("v1", "previous")]
+    if importlib.util.find_spec("appliance.install.upgrade") is not None:
+        # The upgrade flow moves installed packages to the release's exact versions; the
+        # install-then-verify stand-in it replaces leaves an installed package as it is.
+        version = run("dpkg-query", "--show", "--showformat", "${Version}", PACKAGE).stdout
+        assert version == VERSIONS[1]
+    assert call(key, "tiny-c")[0] == 200  # the operator's key from v1 still opens v2
+    assert call(key, "tiny-b")[0] != 200
+    units = run("systemctl", "list-units", "--all", "--plain", "--no-legend", "appliance-llama*")
+    assert "tiny-b" not in units.stdout and "tiny-c" in units.stdout
+
+    shown_before = run(ADMIN, "--json", "audit", "show", "--dir", AUDIT_DIR, "--request-id", before)
+    assert shown_before.returncode == 0, shown_before.stderr
+    assert json.loads(shown_before.stdout)["records"][0]["model"] == "tiny-b"
+    audited = run(ADMIN, "audit", "verify", "--dir", AUDIT_DIR)
+    assert audited.returncode == 0, audited.stdout + audited.stderr

@@ -62,13 +62,19 @@ def play_roles(
     if stack.get("object_store", "filesystem") != "filesystem":
         # The store's TLS comes from the site CA, which the object_store role includes.
         roles += ["site_ca", "object_store"]
+    if stack.get("registry") == "harbor":
+        roles += ["site_ca", "harbor"]
     if gpu:
         roles += [*GPU_ROLES, *([TOOLKIT_ROLE] if toolkit else [])]
+    if stack.get("orchestrator") == "k3s":
+        roles += ["k3s"]
     if serves_models:
         roles += ["artifacts", f"runtime_{stack.get('runtime', 'llamacpp')}"]
         # The gateway's HTTPS certificate comes from the site CA by default (gateway_tls).
-        roles += [*(["site_ca"] if "site_ca" not in roles else []), "gateway"]
-    return tuple(roles)
+        roles += ["site_ca", "gateway"]
+    # Once each, where it first appears (the site CA serves the store, the registry and the
+    # gateway).
+    return tuple(dict.fromkeys(roles))
 
 
 def required_packages(

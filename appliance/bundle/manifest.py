@@ -10,7 +10,14 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 
 from appliance.errors import BundleCorruptError
 
@@ -51,6 +58,16 @@ class Component(_Frozen):
     kind: str
     version: str | None = None
     source: str | None = None
+    # A model's task when it is not chat (the spec's models[].task): "embedding". Left out of
+    # the JSON when unset, so manifests of chat models stay as they were, byte for byte.
+    task: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_task(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("task") is None:
+            data.pop("task", None)
+        return data
 
 
 class Target(_Frozen):
@@ -174,6 +191,7 @@ class Manifest(_Frozen):
                     "name": component.name,
                     "version": component.version,
                     "format": _model_format(component, files),
+                    "task": component.task or "chat",
                     "source": component.source,
                     "digest": model_digest(files),
                     "files": [

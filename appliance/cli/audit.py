@@ -11,6 +11,7 @@ import click
 from appliance.cli.output import Output
 from appliance.errors import AuditError
 from appliance.gateway.audit_retention import ship
+from appliance.gateway.audit_shipped import verify_shipped
 from appliance.gateway.audit_verify import find_record, last_records, verify_log
 from appliance.gateway.config import DEFAULT_AUDIT_DIR
 from appliance.gateway.usage import parse_time, summarise
@@ -52,8 +53,21 @@ def _anchor(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...
     help="A record's hash kept off the box (from an earlier audit.head or verify --json); "
     "a rewritten chain cannot match it. Repeat for several.",
 )
+@click.option(
+    "--shipped",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Check a shipped copy instead: the file the site's syslog collector (or SIEM agent) "
+    "wrote from appliance-audit-forward, one RFC 5424 message per line.",
+)
+@click.option("--host", help="With --shipped: the gateway host whose records to check.")
 @click.pass_obj
-def verify_command(output: Output, directory: Path, anchors: tuple[tuple[int, str], ...]) -> None:
+def verify_command(
+    output: Output,
+    directory: Path,
+    anchors: tuple[tuple[int, str], ...],
+    shipped: Path | None,
+    host: str | None,
+) -> None:
     """Check every record of the audit log, across rotated files.
 
     Recomputes each record's hash and checks that seq counts up and each
@@ -70,7 +84,30 @@ def verify_command(output: Output, directory: Path, anchors: tuple[tuple[int, st
     Examples:
       appliance audit verify --dir /var/log/appliance/audit
       appliance audit verify --anchor 1041:3f9c...e2 (from a copy kept elsewhere)
+      appliance audit verify --shipped /var/log/remote/gw1/audit.log
     """
+    if shipped is not None:
+        if anchors:
+            raise click.UsageError("--anchor checks the audit directory, not --shipped")
+        copy = verify_shipped(shipped, host)
+        output.result(
+            copy.as_dict(),
+            human=f"{shipped}: shipped audit copy OK, {copy.records} record(s) from host "
+            f"{copy.host}, seq {copy.first_seq}..{copy.last_seq}"
+            + (f", {copy.duplicates} duplicate(s) passed over" if copy.duplicates else "")
+            + (f", {copy.other_lines} other line(s)" if copy.other_lines else "")
+            + (
+                f"\ncontent too long to ship, links checked, content on the appliance only: "
+                f"seq {', '.join(map(str, copy.omitted))}"
+                if copy.omitted
+                else ""
+            )
+            + "".join(
+                f"\nGAP: seq {gap['first_seq']}..{gap['last_seq']} missing (line {gap['line']})"
+                for gap in copy.gaps
+            ),
+        )
+        return
     report = verify_log(directory, anchors)
     output.result(
         report.as_dict(),
@@ -86,6 +123,10 @@ def verify_command(output: Output, directory: Path, anchors: tuple[tuple[int, st
             f"\nGAP: seq {gap['first_seq']}..{gap['last_seq']} missing ({gap['at']}): "
             f"{gap['reason']}"
             for gap in report.gaps
+        )
+        + "".join(
+            f"\nforwarded to {target} through seq {seq} ({report.last_seq - seq} record(s) to go)"
+            for target, seq in report.forwarded.items()
         ),
     )
 

@@ -77,7 +77,13 @@ def models_part(fetched: Sequence[tuple[AnyModel, str | None, list[ModelFile]]])
     part = Part()
     for model, version, files in fetched:
         part.add(
-            Component(name=model.name, kind="model", version=version, source=model.source),
+            Component(
+                name=model.name,
+                kind="model",
+                version=version,
+                source=model.source,
+                task=None if model.task == "chat" else model.task,
+            ),
             *(blob_entry(f.sha256, f.size, "model", model.name, f.relative) for f in files),
         )
     return part

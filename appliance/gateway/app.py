@@ -27,6 +27,7 @@ from appliance.errors import ApplianceError, AuditError
 from appliance.gateway.audit import AuditLog
 from appliance.gateway.audit_writer import AuditWriter
 from appliance.gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
+from appliance.gateway.forward import cursor_name, targets
 from appliance.gateway.keys import KeyStore, load_keys
 from appliance.gateway.proxy import API_PATHS, Gateway
 from appliance.gateway.server import ConnectionGuard, GuardedSite
@@ -173,6 +174,7 @@ async def serve(
         log,
         min_free_bytes=config.audit.min_free_bytes,
         keep_rotated_bytes=config.audit.keep_rotated_bytes,
+        forwarded=[cursor_name(target) for target in targets(config.audit.forward)],
     )
     app = build_app(config, keys, writer, guard)
     # The audit log is the access log. Request bodies are taken as sent: a compressed one is

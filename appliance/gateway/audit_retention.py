@@ -10,6 +10,10 @@ more than ``keep_rotated_bytes``, but never a file holding a record after the sh
 and never when the mark does not match the log. Before each removal it replaces
 ``audit.pruned`` (``{"seq", "hash"}`` of the file's last record): verify starts the chain there,
 so a pruned log still verifies, and says from which seq.
+
+With ``audit.forward`` set, the forwarders' cursors (``audit.forwarded-<target>``, see forward)
+take the place of ``audit.shipped``: a file goes only once every target has it, and not at all
+while a forwarder has not started or its cursor names a record the log does not hold.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from appliance.errors import AuditError
-from appliance.gateway.audit import CURRENT, HEAD, log_files
+from appliance.gateway.audit import CURRENT, HEAD, log_files, read_head
 
 LOG = logging.getLogger("appliance.gateway.audit")
 
@@ -95,21 +100,65 @@ def ship(directory: Path, target: Path) -> dict[str, Any]:
     return {"shipped": copied, "seq": last["seq"], "records": report.records}
 
 
-def prune(directory: Path, keep_rotated_bytes: int | None) -> int:
+def _matches(directory: Path, files: list[Path], seq: int, digest: str) -> bool:
+    """Whether the log holds record ``seq`` with hash ``digest``: looked up in the rotated
+    file whose name says it holds it, or (past them) named by the head or before it."""
+    if files and seq > last_record(files[-1])["seq"]:
+        head = read_head(directory)
+        return head is not None and seq <= head["seq"]
+    for path in reversed(files):
+        if int(path.name[len("audit-") : -len(".jsonl")]) <= seq:
+            with path.open("rb") as handle:
+                for line in handle:
+                    record = json.loads(line)
+                    if record["seq"] == seq:
+                        return bool(record.get("hash") == digest)
+            return False
+    return False
+
+
+def _forwarded_mark(
+    directory: Path, files: list[Path], cursors: list[str]
+) -> dict[str, Any] | None:
+    """The oldest of the forwarders' cursors, when every one names a record of this log;
+    None (nothing may be removed) when one is missing or does not match."""
+    marks = []
+    for name in cursors:
+        mark = read_mark(directory / name)
+        if mark is None:
+            return None
+        marks.append((name, mark))
+    for name, mark in marks:
+        if not _matches(directory, files, mark["seq"], mark["hash"]):
+            LOG.error("audit: %s names no record of this log as marked; nothing removed", name)
+            return None
+    return min((mark for _, mark in marks), key=lambda mark: int(mark["seq"]))
+
+
+def prune(directory: Path, keep_rotated_bytes: int | None, forwarded: Sequence[str] = ()) -> int:
     """Remove shipped rotated files, oldest first, while they take more than the limit; the
-    number removed. Refuses (logs, removes nothing) when the mark does not match the log."""
+    number removed. Refuses (logs, removes nothing) when the mark does not match the log.
+    ``forwarded`` names the forwarders' cursor files (audit.forward set): then a file is
+    shipped once every forwarder is past its last record, and ``audit.shipped`` is not used."""
     if keep_rotated_bytes is None:
         return 0
-    mark = read_mark(directory / SHIPPED)
     files = rotated(directory)
     total = sum(path.stat().st_size for path in files)
-    if mark is None or total <= keep_rotated_bytes:
+    if total <= keep_rotated_bytes:
         return 0
-    # ship marks the last record of a rotated file: that record must be in the log as marked.
-    ends = {(last["seq"], last["hash"]) for last in map(last_record, files)}
-    if (mark["seq"], mark["hash"]) not in ends:
-        LOG.error("audit: %s names no record of this log as marked; nothing removed", SHIPPED)
-        return 0
+    if forwarded:
+        mark = _forwarded_mark(directory, files, list(forwarded))
+        if mark is None:
+            return 0
+    else:
+        mark = read_mark(directory / SHIPPED)
+        if mark is None:
+            return 0
+        # ship marks the last record of a rotated file: that record must be in the log as marked.
+        ends = {(last["seq"], last["hash"]) for last in map(last_record, files)}
+        if (mark["seq"], mark["hash"]) not in ends:
+            LOG.error("audit: %s names no record of this log as marked; nothing removed", SHIPPED)
+            return 0
     removed = 0
     for path in files:
         last = last_record(path)

@@ -39,6 +39,8 @@ class VerifyReport:
     beyond_head: int  # records written after the head was read (a live gateway)
     gaps: tuple[dict[str, Any], ...] = ()
     pruned_through: int | None = None  # records up to this seq were shipped and removed here
+    # appliance-audit-forward's cursors: target -> the last seq it delivered.
+    forwarded: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +55,7 @@ class VerifyReport:
             "beyond_head": self.beyond_head,
             "gaps": list(self.gaps),
             "pruned_through": self.pruned_through,
+            "forwarded": self.forwarded,
         }
 
 
@@ -316,7 +319,18 @@ def verify_log(directory: Path, anchors: tuple[tuple[int, str], ...] = ()) -> Ve
         beyond_head=last_seq - head["seq"],
         gaps=tuple(chain.gaps),
         pruned_through=None if pruned is None else pruned["seq"],
+        forwarded=_forwarded(directory),
     )
+
+
+def _forwarded(directory: Path) -> dict[str, int]:
+    """The forwarders' cursors (``audit.forwarded-<target>``), for the report only."""
+    cursors = {}
+    for path in sorted(directory.glob("audit.forwarded-*")):
+        mark = read_mark(path)
+        if mark is not None:
+            cursors[path.name.removeprefix("audit.forwarded-")] = int(mark["seq"])
+    return cursors
 
 
 def _newest_first(directory: Path) -> Iterator[dict[str, Any]]:

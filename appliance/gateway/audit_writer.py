@@ -21,6 +21,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from appliance.errors import AuditError
@@ -59,9 +60,11 @@ class AuditWriter:
         retry_s: float = 0.5,
         min_free_bytes: int = 0,
         keep_rotated_bytes: int | None = None,
+        forwarded: Sequence[str] = (),
     ) -> None:
         self.log = log
         self.keep_rotated_bytes = keep_rotated_bytes
+        self.forwarded = tuple(forwarded)  # the forwarders' cursor files (audit.forward)
         self._rotations = log.rotations
         self.retry_s = retry_s
         self.min_free_bytes = min_free_bytes
@@ -163,7 +166,7 @@ class AuditWriter:
             return
         self._rotations = self.log.rotations
         try:
-            prune(self.log.directory, self.keep_rotated_bytes)
+            prune(self.log.directory, self.keep_rotated_bytes, self.forwarded)
         except (OSError, AuditError) as error:
             LOG.error("audit: rotated files not pruned: %s", error)
 

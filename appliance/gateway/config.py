@@ -65,6 +65,48 @@ class Listen(_Strict):
         return self
 
 
+class SyslogTarget(_Strict):
+    """A syslog collector that takes RFC 5424 messages over TLS (RFC 5425)."""
+
+    host: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[^\s/]+$")]
+    port: Annotated[int, Field(ge=1, le=65535)] = 6514
+    # The CA that signed the collector's certificate (the site's PKI or the appliance's CA).
+    ca_file: Path
+    # A client certificate and its key, for collectors that authenticate senders.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # The name the collector's certificate must carry; the host when unset.
+    server_name: str | None = None
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> SyslogTarget:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (a client certificate)")
+        return self
+
+
+class ForwardSettings(_Strict):
+    """Each audit record forwarded to the site's log store (appliance-audit-forward)."""
+
+    syslog: SyslogTarget | None = None
+    # A file of RFC 5424 lines, one per record, for a SIEM agent to pick up.
+    file: Path | None = None
+    # The HOSTNAME of each message; the machine's host name when unset.
+    hostname: str | None = None
+    facility: Annotated[int, Field(ge=0, le=23)] = 13
+    # A record longer than this goes as its chain links only (content="omitted"); the
+    # collector's own limit must be at least this (rsyslog: maxMessageSize, imtcp MaxFrameSize).
+    max_message_bytes: Annotated[int, Field(ge=2048)] = 64 << 10
+    # Seconds between attempts while the collector is away (doubling up to ten times this).
+    retry_s: Annotated[float, Field(gt=0)] = 2.0
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> ForwardSettings:
+        if self.syslog is None and self.file is None:
+            raise ValueError("set syslog, file or both: where the records go")
+        return self
+
+
 class AuditSettings(_Strict):
     dir: Path = DEFAULT_AUDIT_DIR
     # Rotate once the current file passes this size; old files are renamed (see keep_rotated_bytes).
@@ -76,6 +118,8 @@ class AuditSettings(_Strict):
     # Rotated files may take this many bytes; older ones are removed once shipped
     # (appliance audit ship), never before. None: every file is kept.
     keep_rotated_bytes: Annotated[int, Field(ge=0)] | None = None
+    # With forwarding on, rotated files are removed only once forwarded to every target.
+    forward: ForwardSettings | None = None
 
 
 # What a browser sends as Origin: scheme, host (a name or an IP literal) and maybe a port.
@@ -110,6 +154,8 @@ class ModelRoute(_Strict):
     backend_model: str | None = None
     # What answers 200 when the runtime is up: llama.cpp and vLLM /health, Ollama /api/version.
     health_path: Annotated[str, Field(pattern=r"^/[^\s]*$")] = "/health"
+    # The spec's task: an embedding model answers /v1/embeddings only (the others get 400).
+    task: Literal["chat", "embedding"] = "chat"
 
     @property
     def upstream_name(self) -> str:

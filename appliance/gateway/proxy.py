@@ -353,6 +353,10 @@ class Gateway:
             raise _Refusal(
                 403, "model_not_allowed", f"this key may not use the model {route.name!r}"
             )
+        if route.task == "embedding" and request.path != API_PATHS[2]:
+            raise _Refusal(
+                400, "wrong_model_task", f"{route.name!r} is an embedding model: use /v1/embeddings"
+            )
         if hit := self.limits.admit(key, call):
             call.error = hit.audit_error
             raise _Refusal(429, "rate_limit_exceeded", hit.message, hit.headers())

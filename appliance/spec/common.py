@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -15,6 +15,12 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# What a model is served for: chat (chat and text completions) or embedding (/v1/embeddings);
+# the runtime role picks the server's settings from it.
+ModelTask = Annotated[
+    Literal["chat", "embedding"],
+    Field(description="chat (chat and completions) or embedding (/v1/embeddings)"),
+]
 Name = Annotated[
     str,
     AfterValidator(check_name),

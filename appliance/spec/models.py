@@ -32,7 +32,7 @@ from appliance.spec.checks import (
     check_url,
     err,
 )
-from appliance.spec.common import Name, Sha256, StrictModel
+from appliance.spec.common import ModelTask, Name, Sha256, StrictModel
 from appliance.spec.nvidia import Nvidia, NvidiaAptSource, NvidiaDriver, check_nvidia
 
 # Re-exported: the fetchers and tests import the packages models from here.
@@ -83,6 +83,12 @@ def _installable(field: str) -> Any:
     return AfterValidator(check)
 
 
+# The runtimes whose role serves a model with task: embedding: llama.cpp with its embedding
+# settings (runtime_llamacpp), Ollama natively (/v1/embeddings for an embedding model). The
+# vLLM role starts every model as a generator.
+EMBEDDING_RUNTIMES = ("llamacpp", "ollama")
+
+
 class Stack(StrictModel):
     """Which implementation fills each role of the appliance. The defaults install as they are:
     llama.cpp serving on systemd units, models as files, no registry."""
@@ -124,6 +130,7 @@ class HuggingFaceModel(StrictModel):
 
     name: Name
     source: str = Field(description="hf://ORG/REPO")
+    task: ModelTask = "chat"
     revision: str = Field(description="the repository commit (40 hex characters)")
     include: list[str] = Field(default_factory=list, description="glob patterns to fetch")
     exclude: list[str] = Field(default_factory=list, description="glob patterns to skip")
@@ -155,6 +162,7 @@ class OllamaModel(StrictModel):
 
     name: Name
     source: str = Field(description="ollama://[REGISTRY/]NAMESPACE/MODEL:TAG")
+    task: ModelTask = "chat"
     digest: Annotated[str, AfterValidator(check_digest)] = Field(
         description="sha256:<64 hex> of the model manifest"
     )
@@ -177,6 +185,7 @@ class LocalModel(StrictModel):
 
     name: Name
     source: str = Field(description="a path (relative to the spec) or file:// URL")
+    task: ModelTask = "chat"
     format: Literal["gguf", "safetensors"] | None = None
 
 
@@ -361,8 +370,21 @@ class Spec(StrictModel):
 
     @field_validator("models")
     @classmethod
-    def _models(cls, value: list[Any]) -> list[Any]:
+    def _models(cls, value: list[Any], info: ValidationInfo) -> list[Any]:
         check_unique(value, "name", "model name")
+        stack = info.data.get("stack")
+        runtime = stack.runtime if stack is not None else None
+        for model in value:
+            if model.task == "embedding" and runtime not in EMBEDDING_RUNTIMES:
+                raise err(
+                    "task_unsupported",
+                    "model '{name}' has task: embedding, which the {runtime} runtime role does "
+                    "not serve (embedding models run on: {runtimes}); set stack.runtime to one "
+                    "of them or remove the model",
+                    name=model.name,
+                    runtime=runtime,
+                    runtimes=", ".join(EMBEDDING_RUNTIMES),
+                )
         return value
 
     @field_validator("nvidia")

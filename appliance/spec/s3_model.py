@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from appliance.spec.checks import err
-from appliance.spec.common import Name, Sha256, StrictModel
+from appliance.spec.common import ModelTask, Name, Sha256, StrictModel
 
 # S3's bucket naming rules (3-63 characters: lowercase letters, digits, '.', '-').
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -32,6 +32,7 @@ class S3Model(StrictModel):
 
     name: Name
     source: str = Field(description="s3://BUCKET/PREFIX")
+    task: ModelTask = "chat"
     sha256: dict[str, Sha256] = Field(
         default_factory=dict, description="pinned sha256 per file, by its path under the prefix"
     )

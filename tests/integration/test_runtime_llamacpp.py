@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from appliance.roles import ROLES_DIR
+from tests.fixtures.gateway import STAND_IN_DIGEST, gateway_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = ROLES_DIR / "runtime_llamacpp" / "files" / "appliance-llamacpp"
@@ -213,3 +214,54 @@ def test_a_file_that_is_not_gguf_fails_to_start(tmp_path: Path) -> None:
     output, _ = process.communicate(timeout=30)
     assert process.returncode != 0
     assert "bogus.gguf" in output
+
+
+@pytest.fixture(scope="module")
+def embedder(gguf_model: Path) -> Iterator[Launched]:
+    """The tiny model started as the role starts a ``task: embedding`` model."""
+    port = free_port()
+    launched = Launched(launch(gguf_model, port, "--embedding", "--pooling", "mean"), port)
+    try:
+        wait_healthy(launched)
+        yield launched
+    finally:
+        launched.process.kill()
+        launched.process.wait(timeout=10)
+
+
+def test_an_embedding_model_answers_one_pooled_vector_per_input(embedder: Launched) -> None:
+    body = embedder.post("/v1/embeddings", {"model": ALIAS, "input": ["hello world", "two"]})
+    assert body["object"] == "list"
+    assert [item["index"] for item in body["data"]] == [0, 1]
+    vectors = [item["embedding"] for item in body["data"]]
+    assert len(vectors[0]) == len(vectors[1]) == 256  # the tiny model's hidden size
+    assert vectors[0] != vectors[1]
+    assert body["usage"]["prompt_tokens"] > 0
+
+
+def test_a_chat_model_refuses_embeddings(server: Launched) -> None:
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        server.post("/v1/embeddings", {"model": ALIAS, "input": "hello"})
+    assert refused.value.code == 501
+    assert "--embeddings" in refused.value.read().decode()
+
+
+def test_the_gateway_routes_embeddings_to_the_embedding_model(
+    embedder: Launched, tmp_path: Path
+) -> None:
+    route = {"name": "embed", "digest": STAND_IN_DIGEST, "backend": embedder.url("/")}
+    route |= {"backend_model": ALIAS, "task": "embedding"}
+    with gateway_in_thread(tmp_path, embedder.url("/"), models=[route]) as gateway:
+        body = json.dumps({"model": "embed", "input": ["audited text"]}).encode()
+        reply = gateway.post("/v1/embeddings", body, key=gateway.key)
+        assert reply is not None and reply.status == 200, reply
+        (item,) = reply.json()["data"]
+        assert len(item["embedding"]) == 256
+        record = gateway.record_of(reply)
+        chat = {"model": "embed", "messages": [{"role": "user", "content": "hi"}]}
+        refused = gateway.post("/v1/chat/completions", json.dumps(chat).encode(), key=gateway.key)
+        assert refused is not None and refused.status == 400
+        assert refused.json()["error"]["code"] == "wrong_model_task"
+        assert gateway.record_of(refused)["status"] == 400
+    assert (record["path"], record["model"], record["status"]) == ("/v1/embeddings", "embed", 200)
+    assert record["prompt_tokens"] == reply.json()["usage"]["prompt_tokens"]

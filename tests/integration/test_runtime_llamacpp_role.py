@@ -23,7 +23,9 @@ pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.slow]
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 WHEELS = Path.home() / ".cache" / "appliance" / "test-wheels"
-MODELS = ["tiny", "tiny-chat"]
+MODELS = ["tiny", "tiny-chat", "tiny-embed"]
+# The spec's task of each model (chat unless named here).
+TASKS = {"tiny-embed": "embedding"}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     wheels = {w.name.split("-")[0]: blob_file(bundle, w) for w in sorted(WHEELS.glob("*.whl"))}
     file = blob_file(bundle, gguf)
     models = [
-        {"name": name, "format": "gguf", "source": "./tiny.gguf",
+        {"name": name, "format": "gguf", "source": "./tiny.gguf", "task": TASKS.get(name, "chat"),
          "digest": f"sha256:{file['sha256']}", "files": [file]}
         for name in MODELS
     ]  # fmt: skip
@@ -122,8 +124,29 @@ def test_backends_are_published_for_the_gateway(served: Host, bundle: Path) -> N
     assert backends == [
         {"name": name, "digest": digest, "url": f"http://127.0.0.1:{8081 + i}",
          "backend_model": name, "runtime": "llamacpp"}
+        | ({"task": TASKS[name]} if name in TASKS else {})
         for i, name in enumerate(MODELS)
     ]  # fmt: skip
+
+
+def test_the_embedding_model_is_started_for_embeddings(served: Host) -> None:
+    embed = 8081 + MODELS.index("tiny-embed")
+    script = (
+        "import json, sys, urllib.request as u, urllib.error as e\n"
+        "for port in sys.argv[1:]:\n"
+        "    body = json.dumps({'input': ['hello', 'world']}).encode()\n"
+        "    ask = u.Request(f'http://127.0.0.1:{port}/v1/embeddings', body,\n"
+        "                    {'Content-Type': 'application/json'})\n"
+        "    try:\n"
+        "        data = json.load(u.urlopen(ask))['data']\n"
+        "        print(port, [len(d['embedding']) for d in data])\n"
+        "    except e.HTTPError as error:\n"
+        "        print(port, error.code)\n"
+    )
+    answered = served.run("python3", "-c", script, str(embed), "8081")
+    assert answered.stdout.splitlines() == [f"{embed} [256, 256]", "8081 501"], answered.stderr
+    env = served.run("cat", "/etc/appliance/llamacpp/tiny-embed.env").stdout
+    assert "LLAMACPP_TASK_ARGS=--embedding --pooling mean\n" in env
 
 
 def test_servers_run_unprivileged_and_confined(served: Host) -> None:

@@ -86,3 +86,12 @@ def test_gpu_nodes_add_the_driver_roles_and_their_packages() -> None:
     assert "initramfs-tools" not in required_packages({"runtime": "vllm"}, serves_models=True)
     toolkit = play_roles({"runtime": "vllm"}, serves_models=True, gpu=True, toolkit=True)
     assert toolkit.index("nvidia_container_toolkit") == toolkit.index("nvidia_driver") + 1
+
+
+def test_the_platform_roles_join_the_play_when_the_stack_names_them() -> None:
+    stack = {"registry": "harbor", "object_store": "minio", "orchestrator": "k3s"}
+    roles = play_roles(stack, serves_models=True)
+    assert roles.count("site_ca") == 1
+    assert roles.index("harbor") < roles.index("k3s") < roles.index("artifacts")
+    assert "docker.io" in required_packages(stack, serves_models=False)
+    assert "harbor" not in play_roles({"registry": "none"}, serves_models=True)

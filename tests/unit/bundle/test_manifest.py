@@ -116,3 +116,19 @@ def test_unknown_fields_are_refused() -> None:
     document["surprise"] = 1
     with pytest.raises(BundleCorruptError, match="surprise"):
         parse_manifest(json.dumps(document).encode(), "m")
+
+
+def test_a_models_task_is_recorded_only_when_it_is_not_chat() -> None:
+    embed = Component(name="embed", kind="model", version="gguf", source="local", task="embedding")
+    manifest = new_manifest(
+        [GGUF, entry("blobs/sha256/j", b"e", "model", "embed", name="e.gguf")],
+        [Component(name="tiny", kind="model", version="gguf", source="local"), embed],
+    )
+    components = json.loads(manifest.canonical())["components"]
+    assert [("task" in c, c.get("task")) for c in components] == [
+        (False, None),
+        (True, "embedding"),
+    ]
+    assert parse_manifest(manifest.canonical(), "m").canonical() == manifest.canonical()
+    tasks = {m["name"]: m["task"] for m in manifest.models()}
+    assert tasks == {"tiny": "chat", "embed": "embedding"}

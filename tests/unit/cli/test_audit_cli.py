@@ -10,6 +10,7 @@ import pytest
 
 from appliance.gateway.audit import AuditLog
 from appliance.gateway.audit_retention import prune, rotated
+from appliance.gateway.forward import FileSink, Forwarder
 from tests.fixtures.cli import run_cli
 
 
@@ -51,3 +52,27 @@ def test_ship_with_nothing_rotated(capsys: pytest.CaptureFixture[str], tmp_path:
         capsys, "audit", "ship", "--dir", str(tmp_path / "audit"), "--to", str(tmp_path / "t")
     )
     assert (code, out) == (0, f"{tmp_path / 'audit'}: 0 file(s) copied to {tmp_path / 't'}\n")
+
+
+def test_verify_a_shipped_copy(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    fill(tmp_path / "audit", 0, 5)
+    copy = tmp_path / "remote.log"
+    Forwarder(tmp_path / "audit", "file", FileSink(copy), "gw1").step()
+    code, out, err = run_cli(capsys, "audit", "verify", "--shipped", str(copy))
+    assert (code, err) == (0, "")
+    assert out == f"{copy}: shipped audit copy OK, 5 record(s) from host gw1, seq 0..4\n"
+    fill(tmp_path / "audit", 5, 2)  # two records not forwarded yet
+    code, out, _ = run_cli(capsys, "audit", "verify", "--dir", str(tmp_path / "audit"))
+    assert out.splitlines()[-1] == "forwarded to file through seq 4 (2 record(s) to go)"
+    lines = copy.read_bytes().splitlines(keepends=True)
+    copy.write_bytes(b"".join(lines[:2] + lines[3:]))
+    code, out, err = run_cli(capsys, "audit", "verify", "--shipped", str(copy))
+    assert code == 34
+    assert err.splitlines()[0] == f"Error: shipped audit copy {copy} fails verification: removed"
+    assert (
+        err.splitlines()[1] == "  remote.log (line 3): seq jumps from 1 to 3: 1 record(s) missing"
+    )
+    code, _, err = run_cli(
+        capsys, "audit", "verify", "--shipped", str(copy), "--anchor", f"1:{'a' * 64}"
+    )
+    assert code == 2 and "--anchor checks the audit directory, not --shipped" in err

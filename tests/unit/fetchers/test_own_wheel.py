@@ -125,6 +125,6 @@ def test_appliance_own_wheel_installs_offline_and_imports(tmp_path: Path) -> Non
         "True",
         "True",
         "0o755",
-        "['appliance', 'appliance-gateway']\n",
+        "['appliance', 'appliance-audit-forward', 'appliance-gateway']\n",
     ]
     assert (venv / "bin" / "appliance").is_file()

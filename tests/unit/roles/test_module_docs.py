@@ -39,6 +39,7 @@ def test_the_roles_ship_modules() -> None:
         "appliance_artifacts",
         "appliance_disk_space",
         "appliance_gpu_facts",
+        "appliance_harbor_accounts",
         "appliance_runtime_egress",
         "appliance_store_audit",
         "appliance_store_fetch",

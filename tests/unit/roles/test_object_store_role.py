@@ -6,10 +6,8 @@ so the server's own reading of this configuration waits for the real binary."""
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import pytest
 
 from appliance.roles import ROLES_DIR
 from appliance.store import S3Store, load_config, open_store
+from tests.fixtures.roles import play_locally
 
 PLAN = {
     "kind": "minio",
@@ -25,28 +24,6 @@ PLAN = {
     "port": 9000,
     "url": "https://198.18.10.2:9000",
 }
-
-
-def play(tmp_path: Path, tasks: list[dict[str, Any]], extravars: dict[str, Any]) -> str:
-    """Run ``tasks`` on this machine (connection local) with the roles' path; the output. The
-    site CA's package step is skipped: openssl is on this machine, apt is not the test's."""
-    (tmp_path / "play.yml").write_text(
-        json.dumps(
-            [{"hosts": "localhost", "connection": "local", "gather_facts": False, "tasks": tasks}]
-        )
-    )
-    (tmp_path / "vars.json").write_text(
-        json.dumps({**extravars, "ansible_python_interpreter": sys.executable})
-    )
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,",
-         "--skip-tags", "site_ca_install", "-e", f"@{tmp_path / 'vars.json'}",
-         str(tmp_path / "play.yml")],
-        capture_output=True, text=True, check=False, timeout=300,
-        env={**os.environ, "ANSIBLE_ROLES_PATH": str(ROLES_DIR), "ANSIBLE_NOCOLOR": "1"},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
 
 
 def render(tmp_path: Path, templates: list[str], extravars: dict[str, Any]) -> dict[str, str]:
@@ -60,7 +37,7 @@ def render(tmp_path: Path, templates: list[str], extravars: dict[str, Any]) -> d
                                       "dest": str(tmp_path / name.removesuffix(".j2"))}}
         for name in templates
     ]  # fmt: skip
-    play(tmp_path, tasks, extravars)
+    play_locally(tmp_path, tasks, extravars)
     return {name: (tmp_path / name.removesuffix(".j2")).read_text() for name in templates}
 
 
@@ -162,9 +139,9 @@ def test_the_site_ca_issues_the_store_a_certificate_for_its_addresses(tmp_path: 
         {"ansible.builtin.include_role": {"name": "site_ca"}},
         {"ansible.builtin.include_role": {"name": "site_ca", "tasks_from": "issue"}},
     ]
-    first = play(tmp_path, tasks, issue)
+    first = play_locally(tmp_path, tasks, issue)
     assert "changed=0" not in first
-    again = play(tmp_path, tasks, issue)
+    again = play_locally(tmp_path, tasks, issue)
     assert "changed=0" in again, again  # idempotent: the CA and the certificate stay
     key = pki / "ca" / "ca.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
@@ -184,7 +161,7 @@ def test_the_site_ca_issues_the_store_a_certificate_for_its_addresses(tmp_path: 
     assert "TLS Web Server Authentication" in text
     # New names: the certificate is issued again, from the same CA.
     issue["site_ca_issue_names"] = ["IP:198.18.10.3"]
-    play(tmp_path, tasks, issue)
+    play_locally(tmp_path, tasks, issue)
     text = subprocess.run(
         ["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", str(cert)],
         capture_output=True, text=True, check=True,

@@ -213,6 +213,27 @@ CASES: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
+        "embedding-task-on-a-runtime-that-cannot",
+        HEAD
+        + "stack: {runtime: vllm}\n"
+        + "models:\n  - {name: chat, source: 'hf://Qwen/Qwen2.5-7B-Instruct', revision: "
+        + "'"
+        + "b" * 40
+        + "'}\n  - {name: embed, source: 'hf://BAAI/bge-small-en-v1.5', revision: '"
+        + "c" * 40
+        + "', task: embedding}\n",
+        [
+            "models (line 7): model 'embed' has task: embedding, which the vllm runtime role "
+            "does not serve (embedding models run on: llamacpp, ollama); set stack.runtime to "
+            "one of them or remove the model"
+        ],
+    ),
+    (
+        "model-task-unknown",
+        HEAD + "models:\n  - {name: rr, source: ./rr.gguf, task: rerank}\n",
+        ["models[0].task (line 7): must be 'chat' or 'embedding' (got 'rerank')"],
+    ),
+    (
         "model-source-scheme",
         HEAD + "models:\n  - {name: qwen, source: 'gs://bucket/qwen'}\n",
         [

@@ -1,0 +1,302 @@
+"""k3s air-gapped: its config.yaml, registries.yaml and the manifests the server deploys.
+
+k3s reads one ``config.yaml`` of command-line flags, and ``registries.yaml`` for its embedded
+containerd. Every upstream registry the bundle's images come from is mirrored to the local
+registry under its own host name (one rewrite rule each); ``disable-default-registry-endpoint``
+stops containerd from falling back to the upstream host, and a ``"*"`` mirror sends every other
+registry to the local one too, where an image the bundle does not hold is simply not found.
+Nothing here names a place outside the boundary.
+
+The runtimes run as one Deployment per model, by the bundle's image digest, with the model's
+files mounted read-only from the release on its node; a NetworkPolicy lets only the gateway's
+host reach them and lets them reach nothing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.platform.images import split_image, upstream_hosts
+
+REGISTRIES_FILE = "/etc/rancher/k3s/registries.yaml"
+NAMESPACE = "appliance"
+LABEL_PREFIX = "appliance"
+# Kubernetes label values: at most 63 characters of [A-Za-z0-9._-], alphanumeric at both ends.
+_LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class LocalRegistry:
+    """The registry inside the boundary as a node reaches it: ``address`` is host:port, the
+    CA file and the pull-only identity are on the node (root-only)."""
+
+    address: str
+    ca_file: str
+    username: str
+    password: str
+
+
+def registries(images: Sequence[str], registry: LocalRegistry) -> dict[str, Any]:
+    """registries.yaml: a mirror per upstream host of ``images`` (the manifest's references)."""
+    endpoint = [f"https://{registry.address}"]
+    mirrors: dict[str, Any] = {
+        host: {"endpoint": endpoint, "rewrite": {"^(.*)$": f"{host}/$1"}}
+        for host in upstream_hosts(list(images))
+    }
+    mirrors["*"] = {"endpoint": endpoint}
+    return {
+        "mirrors": mirrors,
+        "configs": {
+            registry.address: {
+                "auth": {"username": registry.username, "password": registry.password},
+                "tls": {"ca_file": registry.ca_file},
+            }
+        },
+    }
+
+
+def label_value(text: str) -> str:
+    """``text`` as a label value (NVIDIA H200 -> NVIDIA-H200)."""
+    cleaned = _LABEL_UNSAFE.sub("-", text).strip("-._")[:63].rstrip("-._")
+    return cleaned or "unknown"
+
+
+def gpu_labels(gpu_fact: Mapping[str, Any]) -> list[str]:
+    """Node labels from a host's ``appliance_gpu`` fact (gpu_facts role): what the scheduler and
+    an operator need to place a model, as ``key=value`` for k3s's ``node-label``."""
+    gpus = list(gpu_fact.get("gpus") or [])
+    if not gpus:
+        return []
+    names = sorted({str(gpu.get("name", "unknown")) for gpu in gpus})
+    memory = min(int(gpu.get("memory_total_mib") or 0) for gpu in gpus)
+    return [
+        f"{LABEL_PREFIX}/gpu=true",
+        f"{LABEL_PREFIX}/gpu.count={len(gpus)}",
+        f"{LABEL_PREFIX}/gpu.product={label_value('_'.join(names))}",
+        f"{LABEL_PREFIX}/gpu.memory-mib={memory}",
+        f"{LABEL_PREFIX}/gpu.driver={label_value(str(gpu_fact.get('driver_version', '')))}",
+    ]
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
+def _common(node_ip: str, token_file: str, labels: Sequence[str], gpu: bool) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "token-file": token_file,
+        "private-registry": REGISTRIES_FILE,
+        "disable-default-registry-endpoint": True,
+    }
+    if _is_ip(node_ip):
+        # An inventory name (a single box's localhost): k3s picks its default route's address.
+        config["node-ip"] = node_ip
+    if labels:
+        config["node-label"] = list(labels)
+    if gpu:
+        # The NVIDIA runtime (nvidia_container_toolkit role) for every pod on a GPU node, so the
+        # device plugin and the runtimes need no RuntimeClass.
+        config["default-runtime"] = "nvidia"
+    return config
+
+
+def server_config(
+    node_ip: str, token_file: str, labels: Sequence[str] = (), gpu: bool = False
+) -> dict[str, Any]:
+    """config.yaml of the server (the depot)."""
+    return {
+        **_common(node_ip, token_file, labels, gpu),
+        "write-kubeconfig-mode": "0600",
+        "tls-san": [node_ip],
+        "secrets-encryption": True,
+        # The gateway runs on the host and no Service is exposed: k3s's ingress and load
+        # balancer would only add images and open ports.
+        "disable": ["traefik", "servicelb"],
+    }
+
+
+def agent_config(
+    server_ip: str, node_ip: str, token_file: str, labels: Sequence[str] = (), gpu: bool = False
+) -> dict[str, Any]:
+    """config.yaml of an agent (a GPU node)."""
+    return {**_common(node_ip, token_file, labels, gpu), "server": f"https://{server_ip}:6443"}
+
+
+def namespace() -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+
+
+def device_plugin(image: str) -> dict[str, Any]:
+    """NVIDIA's device plugin as a DaemonSet on the GPU nodes, by the bundle's digest."""
+    split_image(image)  # refuses a reference that is not pinned by digest
+    labels = {"app.kubernetes.io/name": "nvidia-device-plugin"}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": "nvidia-device-plugin", "namespace": "kube-system"},
+        "spec": {
+            "selector": {"matchLabels": labels},
+            "updateStrategy": {"type": "RollingUpdate"},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeSelector": {f"{LABEL_PREFIX}/gpu": "true"},
+                    "tolerations": [
+                        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+                    ],
+                    "priorityClassName": "system-node-critical",
+                    "containers": [
+                        {
+                            "name": "nvidia-device-plugin",
+                            "image": image,
+                            "imagePullPolicy": "IfNotPresent",
+                            # A node whose GPUs the plugin cannot see must show, not pass.
+                            "env": [{"name": "FAIL_ON_INIT_ERROR", "value": "true"}],
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                            "volumeMounts": [
+                                {
+                                    "name": "device-plugins",
+                                    "mountPath": "/var/lib/kubelet/device-plugins",
+                                }
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {
+                            "name": "device-plugins",
+                            "hostPath": {
+                                "path": "/var/lib/kubelet/device-plugins",
+                                "type": "Directory",
+                            },
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+@dataclass(frozen=True)
+class ModelWorkload:
+    """One model served by a runtime image on one node."""
+
+    name: str
+    image: str
+    node: str
+    model_dir: str
+    port: int
+    args: tuple[str, ...]
+    health_path: str
+    gpus: int = 0
+    env: tuple[tuple[str, str], ...] = ()
+
+
+def _resource_name(model: str) -> str:
+    """A DNS-1123 name for a model's objects (model names may hold dots and underscores)."""
+    name = re.sub(r"[^a-z0-9-]+", "-", model.lower()).strip("-")
+    return f"model-{name}"[:63].rstrip("-")
+
+
+def model_deployment(model: ModelWorkload) -> dict[str, Any]:
+    """The Deployment of one model: image by digest, files read-only, GPUs from the sizing."""
+    split_image(model.image)
+    name = _resource_name(model.name)
+    labels = {
+        "app.kubernetes.io/name": name,
+        "app.kubernetes.io/component": "runtime",
+        f"{LABEL_PREFIX}/model": label_value(model.name),
+    }
+    resources: dict[str, Any] = {}
+    if model.gpus:
+        resources = {"limits": {"nvidia.com/gpu": model.gpus}}
+    probe = {"httpGet": {"path": model.health_path, "port": model.port}, "periodSeconds": 5}
+    container: dict[str, Any] = {
+        "name": "runtime",
+        "image": model.image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": list(model.args),
+        "env": [{"name": key, "value": value} for key, value in model.env],
+        "ports": [{"containerPort": model.port, "name": "http"}],
+        "readinessProbe": probe,
+        "startupProbe": {**probe, "failureThreshold": 360},
+        "resources": resources,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "model", "mountPath": "/models", "readOnly": True}],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            # The GPUs are the node's: the old pod gives them back before the new one starts.
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeSelector": {"kubernetes.io/hostname": model.node},
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "containers": [container],
+                    "volumes": [
+                        {
+                            "name": "model",
+                            "hostPath": {"path": model.model_dir, "type": "Directory"},
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+def runtime_network_policy(gateway_ips: Sequence[str], ports: Sequence[int]) -> dict[str, Any]:
+    """Only the gateway's hosts reach the runtimes, on their ports; the runtimes reach nothing
+    (an empty egress list denies all egress, DNS included)."""
+    if not gateway_ips:
+        raise ValueError("runtime_network_policy needs the gateway's address")
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "runtimes-gateway-only", "namespace": NAMESPACE},
+        "spec": {
+            "podSelector": {"matchLabels": {"app.kubernetes.io/component": "runtime"}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [
+                {
+                    "from": [{"ipBlock": {"cidr": f"{ip}/32"}} for ip in sorted(gateway_ips)],
+                    "ports": [{"protocol": "TCP", "port": port} for port in sorted(set(ports))],
+                }
+            ],
+            "egress": [],
+        },
+    }
+
+
+def manifests(
+    workloads: Sequence[ModelWorkload], gateway_ips: Sequence[str], device_plugin_image: str | None
+) -> list[dict[str, Any]]:
+    """Everything the server deploys, in the order it must exist."""
+    docs = [namespace()]
+    if device_plugin_image:
+        docs.append(device_plugin(device_plugin_image))
+    docs.extend(model_deployment(w) for w in sorted(workloads, key=lambda w: w.name))
+    if workloads:
+        docs.append(runtime_network_policy(gateway_ips, [w.port for w in workloads]))
+    return docs

@@ -1,0 +1,152 @@
+"""The installer's plan for the container platform, handed to the roles as
+``appliance_platform``: what each k3s node's config.yaml says, the registries.yaml every node
+shares (without the pull identity's password, which the role reads on the host), the manifests
+the server applies, and harbor.yml (without its passwords, which the role generates on the
+depot). GPU labels come from each node's facts at play time (the k3s role's
+``appliance_k3s_labels`` filter, the same ``gpu_labels`` as here).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from appliance.install.topology import Topology
+from appliance.platform.harbor import HarborSettings, harbor_yml, project_name
+from appliance.platform.images import upstream_hosts
+from appliance.platform.k3s import (
+    LocalRegistry,
+    ModelWorkload,
+    agent_config,
+    manifests,
+    registries,
+    server_config,
+)
+
+TOKEN_FILE = "/etc/appliance/k3s/token"  # noqa: S105 (a path, not a secret)
+MODELS_DIR = "/var/lib/appliance/models"
+
+# Inside a pod the runtime listens on the pod's own address; the NetworkPolicy decides who
+# reaches it.
+ANY = "0.0.0.0"  # noqa: S104
+
+# How each runtime's image is told what to serve inside its pod (the model's files are at
+# /models, read-only). The images are the bundle's, named per runtime in the plan's input.
+_HEALTH = {"llamacpp": "/health", "vllm": "/health", "ollama": "/api/version"}
+
+
+def _runtime_args(kind: str, model: str, files: Sequence[str], port: int) -> tuple[str, ...]:
+    if kind == "llamacpp":
+        gguf = sorted(f for f in files if f.endswith(".gguf"))[:1] or ["model.gguf"]
+        return ("--model", f"/models/{gguf[0]}", "--alias", model,
+                "--host", ANY, "--port", str(port))  # fmt: skip
+    if kind == "vllm":
+        return ("--model", "/models", "--served-model-name", model,
+                "--host", ANY, "--port", str(port))  # fmt: skip
+    if kind == "ollama":
+        return ("serve",)
+    raise ValueError(f"no k3s workload for runtime {kind!r}")
+
+
+def _runtime_env(kind: str, port: int) -> tuple[tuple[str, str], ...]:
+    if kind == "vllm":
+        # Never reach for the hub or send usage statistics (see upstream-pins, vLLM).
+        return (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"),
+                ("VLLM_NO_USAGE_STATS", "1"), ("DO_NOT_TRACK", "1"))  # fmt: skip
+    if kind == "ollama":
+        return (("OLLAMA_HOST", f"0.0.0.0:{port}"), ("OLLAMA_MODELS", "/models"))
+    return ()
+
+
+def workloads(
+    topology: Topology,
+    models: Sequence[Mapping[str, Any]],
+    runtime_images: Mapping[str, str],
+    gpus: Mapping[str, int] | None = None,
+) -> list[ModelWorkload]:
+    """One workload per model the topology places on a node."""
+    by_name = {str(m["name"]): m for m in models}
+    found: list[ModelWorkload] = []
+    for host in sorted(topology.hosts.values(), key=lambda h: h.name):
+        runtime = host.runtime
+        if runtime is None:
+            continue
+        if runtime.kind not in runtime_images:
+            raise ValueError(f"the bundle names no image for runtime {runtime.kind!r}")
+        for model in runtime.models:
+            port = runtime.ports[model]
+            files = [str(f["name"]) for f in by_name.get(model, {}).get("files", [])]
+            found.append(
+                ModelWorkload(
+                    name=model,
+                    image=runtime_images[runtime.kind],
+                    node=host.name,
+                    model_dir=f"{MODELS_DIR}/{model}",
+                    port=port,
+                    args=_runtime_args(runtime.kind, model, files, port),
+                    health_path=_HEALTH[runtime.kind],
+                    gpus=(gpus or {}).get(model, 0),
+                    env=_runtime_env(runtime.kind, port),
+                )
+            )
+    return found
+
+
+def k3s_plan(
+    topology: Topology,
+    *,
+    images: Sequence[str],
+    registry: LocalRegistry,
+    workloads: Sequence[ModelWorkload],
+    device_plugin_image: str | None,
+    gpu_nodes: Sequence[str],
+) -> dict[str, Any]:
+    """``appliance_platform.k3s``: the server is the depot, every other host an agent."""
+    server = topology.depot
+    configs: dict[str, Any] = {}
+    for name, host in sorted(topology.hosts.items()):
+        gpu = name in gpu_nodes
+        if name == server:
+            configs[name] = server_config(host.address, TOKEN_FILE, gpu=gpu)
+        else:
+            configs[name] = agent_config(topology.depot_address, host.address, TOKEN_FILE, gpu=gpu)
+    shared = registries(images, registry)
+    # The pull identity's password never leaves the hosts: the role fills it in there.
+    shared["configs"][registry.address].pop("auth")
+    gateway = [topology.hosts[topology.gateway_host].address] if topology.gateway_host else []
+    return {
+        "server": server,
+        "configs": configs,
+        "registry_address": registry.address,
+        "registries": shared,
+        "manifests": manifests(workloads, gateway, device_plugin_image if gpu_nodes else None),
+    }
+
+
+def _san(address: str) -> str:
+    """A subjectAltName entry: an inventory address is an IP or a host name."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return f"DNS:{address}"
+    return f"IP:{address}"
+
+
+def harbor_plan(topology: Topology, images: Sequence[str], port: int = 443) -> dict[str, Any]:
+    """``appliance_platform.harbor``: Harbor on the depot, a project per upstream registry."""
+    address = topology.depot_address
+    certs = "/etc/appliance/harbor/certs"
+    settings = HarborSettings(
+        hostname=address, certificate=f"{certs}/public.crt", private_key=f"{certs}/private.key",
+        https_port=port,
+    )  # fmt: skip
+    return {
+        "address": address if port == 443 else f"{address}:{port}",
+        "data_volume": settings.data_volume,
+        "harbor_yml": harbor_yml(settings),
+        "projects": [project_name(host) for host in upstream_hosts(list(images))],
+        "certificate_names": sorted(
+            {_san(address), "IP:127.0.0.1", "DNS:localhost", f"DNS:{topology.depot}"}
+        ),
+    }

@@ -1,0 +1,134 @@
+"""The k3s and harbor roles' configuration steps, run by Ansible itself on this machine: the
+files they write from the installer's plan, the secrets they generate and merge on the host,
+their modes, and a second run that changes nothing. The k3s binary and Harbor's installer are
+not reachable here, so their service steps wait for the real artifacts (README, "Container
+platform")."""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from appliance.gpu.facts import parse_nvidia_smi_xml
+from appliance.install.topology import plan
+from appliance.platform.k3s import LocalRegistry
+from appliance.platform.plan import harbor_plan, k3s_plan
+from tests.fixtures.gpu_hosts import h200_xml
+from tests.fixtures.harbor_template import TEMPLATE_KEYS
+from tests.fixtures.roles import play_locally
+
+DIGEST = "sha256:" + "cd" * 32
+IMAGES = [f"ghcr.io/acme/llama-server@{DIGEST}", f"nvcr.io/nvidia/k8s-device-plugin@{DIGEST}"]
+
+
+def topology() -> Any:
+    return plan(
+        hosts=["localhost"], depot="localhost", gpu_nodes=["localhost"],
+        host_vars={"localhost": {"ansible_connection": "local"}},
+        stack={"runtime": "llamacpp", "orchestrator": "systemd"}, models=[],
+    )  # fmt: skip
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def changed(output: str) -> int:
+    found = re.search(r"changed=(\d+)", output)
+    assert found, output
+    return int(found.group(1))
+
+
+def test_k3s_writes_its_token_config_and_registries_with_the_pull_identity(tmp_path: Path) -> None:
+    files = [{"name": n, "path": f"files/{n}", "sha256": "0" * 64}
+             for n in ("k3s", "k3s-airgap-images", "k3s-install.sh")]  # fmt: skip
+    registry = LocalRegistry("127.0.0.1:5000", "/etc/appliance/pki/ca.crt", "", "")
+    platform = k3s_plan(topology(), images=IMAGES, registry=registry, workloads=[],
+                        device_plugin_image=IMAGES[1], gpu_nodes=["localhost"])  # fmt: skip
+    pull = tmp_path / "pull.json"
+    pull.write_text(json.dumps({"username": "pull", "password": "pull-secret-from-registry"}))
+    pull.chmod(0o600)
+    extravars = {
+        "appliance_files": files,
+        "appliance_platform": {"k3s": platform},
+        "appliance_gpu": parse_nvidia_smi_xml(h200_xml()),
+        "appliance_registry_pull_credentials": str(pull),
+        "k3s_config_dir": str(tmp_path / "k3s"),
+        "k3s_rancher_dir": str(tmp_path / "rancher"),
+    }
+    for directory in ("k3s", "rancher"):
+        (tmp_path / directory).mkdir(mode=0o700)
+    tasks = [{"ansible.builtin.include_role": {"name": "k3s", "tasks_from": step}}
+             for step in ("preflight", "configure")]  # fmt: skip
+    first = play_locally(tmp_path, tasks, extravars)
+    assert "pull-secret-from-registry" not in first  # no_log held
+
+    token = tmp_path / "k3s" / "token"
+    assert mode(token) == 0o600 and re.fullmatch(r"K10[0-9a-f]{64}\n", token.read_text())
+    config_file = tmp_path / "rancher" / "config.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    assert mode(config_file) == 0o600
+    assert config["disable-default-registry-endpoint"] is True
+    assert config["default-runtime"] == "nvidia"
+    assert "appliance/gpu.product=NVIDIA-H200" in config["node-label"]
+    registries_file = tmp_path / "rancher" / "registries.yaml"
+    registries = yaml.safe_load(registries_file.read_text())
+    assert mode(registries_file) == 0o600
+    assert registries["configs"]["127.0.0.1:5000"] == {
+        "auth": {"username": "pull", "password": "pull-secret-from-registry"},
+        "tls": {"ca_file": "/etc/appliance/pki/ca.crt"},
+    }
+    assert set(registries["mirrors"]) == {"ghcr.io", "nvcr.io", "*"}
+
+    again = play_locally(tmp_path, tasks, extravars)
+    assert changed(again) == 0
+    assert token.read_text() == token.read_text()
+
+
+def test_harbor_generates_its_passwords_and_renders_harbor_yml_root_only(tmp_path: Path) -> None:
+    files = [{"name": "harbor-offline-installer", "path": "files/h.tgz", "sha256": "0" * 64}]
+    (tmp_path / "home" / "harbor").mkdir(parents=True)
+    (tmp_path / "config").mkdir(mode=0o700)
+    extravars = {
+        "appliance_files": files,
+        "appliance_platform": {"harbor": harbor_plan(topology(), IMAGES)},
+        "harbor_home": str(tmp_path / "home"),
+        "harbor_config_dir": str(tmp_path / "config"),
+        "site_ca_dir": str(tmp_path / "pki"),
+    }
+    tasks = [{"ansible.builtin.include_role": {"name": "harbor", "tasks_from": step}}
+             for step in ("preflight", "configure")]  # fmt: skip
+    first = play_locally(tmp_path, tasks, extravars)
+    passwords = json.loads((tmp_path / "config" / "passwords.json").read_text())
+    assert mode(tmp_path / "config" / "passwords.json") == 0o600
+    assert passwords["admin"] not in first and passwords["database"] not in first
+
+    harbor_yml = tmp_path / "home" / "harbor" / "harbor.yml"
+    rendered = yaml.safe_load(harbor_yml.read_text())
+    assert mode(harbor_yml) == 0o600
+    assert rendered["harbor_admin_password"] == passwords["admin"]
+    assert rendered["database"]["password"] == passwords["database"]
+    assert rendered["database"]["max_open_conns"] == 900  # the merge kept the plan's keys
+    paths = {".".join(p) for p in _paths(rendered)}
+    assert paths <= TEMPLATE_KEYS, paths - TEMPLATE_KEYS
+    # Its certificate is the site CA's, for the depot's names.
+    assert (tmp_path / "config" / "certs" / "public.crt").is_file()
+    assert mode(tmp_path / "pki" / "ca" / "ca.key") == 0o600
+
+    again = play_locally(tmp_path, tasks, extravars)
+    assert changed(again) == 0
+    assert json.loads((tmp_path / "config" / "passwords.json").read_text()) == passwords
+
+
+def _paths(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = []
+    for key, value in tree.items():
+        found.append((*prefix, key))
+        if isinstance(value, dict):
+            found.extend(_paths(value, (*prefix, key)))
+    return found

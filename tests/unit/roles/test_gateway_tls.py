@@ -16,21 +16,8 @@ import pytest
 from appliance.gateway.config import GatewayConfig
 from appliance.roles import ROLES_DIR
 from tests.fixtures.hosts import ROOT
+from tests.fixtures.templates import render as render_templates
 
-GATEWAY = ROLES_DIR / "gateway"
-RENDER = f"""\
-- name: Render the gateway's config
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  vars_files: [{GATEWAY}/defaults/main.yml, {GATEWAY}/vars/main.yml]
-  tasks:
-    - name: Write it
-      ansible.builtin.template:
-        src: {GATEWAY}/templates/config.json.j2
-        dest: "{{{{ out }}}}"
-        mode: "0644"
-"""
 TLS_STEP = """\
 - name: Run the gateway role's TLS step
   hosts: localhost
@@ -63,24 +50,9 @@ def play(tmp_path: Path, text: str, extravars: dict[str, Any]) -> subprocess.Com
 
 
 def rendered(tmp_path: Path, **settings: Any) -> dict[str, Any]:
-    out = tmp_path / "config.json"
-    extravars = {
-        "gateway_backends": BACKENDS,
-        "gateway_listen_host": "127.0.0.1",
-        "out": str(out),
-        **settings,
-    }
-    (tmp_path / "play.yml").write_text(RENDER)
-    (tmp_path / "extravars.json").write_text(json.dumps(extravars))
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"),
-         "-e", f"@{tmp_path / 'extravars.json'}", str(tmp_path / "play.yml")],
-        capture_output=True, text=True, check=False,
-        env={**os.environ, "ANSIBLE_LOCALHOST_WARNING": "false",
-             "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false"},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    document: dict[str, Any] = json.loads(out.read_text())
+    extravars = {"gateway_backends": BACKENDS, "gateway_listen_host": "127.0.0.1", **settings}
+    files = render_templates(tmp_path, "gateway", {"config.json.j2": "config.json"}, extravars)
+    document: dict[str, Any] = json.loads(files["config.json"])
     GatewayConfig.model_validate(document)  # the gateway takes what the role writes
     return document["listen"]  # type: ignore[no-any-return]
 

@@ -160,6 +160,21 @@ class VerifyFailedError(ApplianceError):
     kind = "verify-failed"
 
 
+class UpgradeRolledBackError(ApplianceError):
+    """An upgrade (or rollback) failed in apply or verify; every host was returned to the
+    release that ran before, and that release verified."""
+
+    exit_code = 38
+    kind = "rolled-back"
+
+
+class RollbackFailedError(ApplianceError):
+    """An upgrade or rollback failed and returning to the release before it failed too."""
+
+    exit_code = 39
+    kind = "rollback-failed"
+
+
 class AuditError(ApplianceError):
     """The gateway's audit log cannot be trusted as it stands: a record was modified, removed,
     reordered or cut off, or the log cannot be read or written."""

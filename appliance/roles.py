@@ -51,6 +51,17 @@ GPU_ROLES = ("gpu_facts", "nvidia_driver")
 TOOLKIT_ROLE = "nvidia_container_toolkit"
 
 
+# containerd and Docker pull through the local registry alone. Not under k3s: it embeds its own
+# containerd, configured by its registries.yaml.
+ENGINES_ROLE = "container_engines"
+
+
+def engines_configured(stack: Mapping[str, Any]) -> bool:
+    """Whether every host's container engines are pointed at the local registry."""
+    registry, orchestrator = stack.get("registry", "none"), stack.get("orchestrator", "systemd")
+    return bool(registry != "none" and orchestrator != "k3s")
+
+
 def play_roles(
     stack: Mapping[str, Any], serves_models: bool, gpu: bool = False, toolkit: bool = False
 ) -> tuple[str, ...]:
@@ -66,6 +77,8 @@ def play_roles(
         roles += ["site_ca", "harbor"]
     if gpu:
         roles += [*GPU_ROLES, *([TOOLKIT_ROLE] if toolkit else [])]
+    if engines_configured(stack):
+        roles += [ENGINES_ROLE]
     if stack.get("orchestrator") == "k3s":
         roles += ["k3s"]
     if serves_models:

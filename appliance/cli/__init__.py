@@ -33,6 +33,7 @@ _COMMANDS = {
     "upgrade": "appliance.cli.upgrade:upgrade_command",
     "verify": "appliance.cli.install:verify_command",
     "releases": "appliance.cli.releases:releases_group",
+    "rollback": "appliance.cli.rollback:rollback_command",
     "gateway": "appliance.cli.gateway:gateway_group",
     "audit": "appliance.cli.audit:audit_group",
     "size": "appliance.cli.size:size_command",

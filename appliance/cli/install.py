@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -36,6 +37,11 @@ class _LiveView:
             self.output.detail(f"  TASK {event.task}")
         elif event.kind in {"changed", "failed", "unreachable"} or self.output.verbosity > 0:
             self.output.info(f"    {_MARK[event.kind]}: [{event.host}] {event.task}")
+
+
+def live_view(output: Output) -> Callable[[TaskEvent], None]:
+    """The play's live view for a command (silent under --json)."""
+    return _LiveView(output) if not output.json_mode else lambda _event: None
 
 
 @click.command("install")
@@ -140,7 +146,7 @@ def install_command(
         replace_driver=replace_driver,
         allow_downgrade=allow_downgrade,
     )
-    view = _LiveView(output) if not output.json_mode else lambda _event: None
+    view = live_view(output)
     with progress_for(output) as progress:
         report = install(options, on_event=view, progress=progress, on_note=output.info)
     result = report.result

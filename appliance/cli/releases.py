@@ -8,6 +8,7 @@ import click
 
 from appliance.cli.output import Output
 from appliance.install.release_state import list_releases, prune
+from appliance.install.upgrade_state import load_phase, lock_held
 
 _ROOT = click.option(
     "--root",
@@ -48,8 +49,24 @@ def releases_group(ctx: click.Context, root: Path) -> None:
         + (f"  error: {r.error}" if r.state == "failed" and r.error else "")
         for r in found
     ]
+    phase = load_phase(root)
+    if phase is not None and phase.unfinished:
+        running = (
+            "in progress"
+            if lock_held(root)
+            else "interrupted: the next install, upgrade or rollback settles it"
+        )
+        lines.append(
+            f"{phase.kind} from {phase.origin} to {phase.target}: {phase.phase} since "
+            f"{phase.updated} ({running})"
+        )
     output.result(
-        {"ok": True, "root": str(root), "releases": [r.as_dict() for r in found]},
+        {
+            "ok": True,
+            "root": str(root),
+            "releases": [r.as_dict() for r in found],
+            "transition": None if phase is None else phase.as_dict(),
+        },
         human="\n".join(lines) if lines else f"no release is staged under {root}",
     )
 

@@ -32,6 +32,7 @@ from appliance.install.remote import depot_from_inventory, point_current_remote,
 from appliance.install.sizing import gpu_sizing
 from appliance.install.stage import ansible_content, stage
 from appliance.install.topology import Topology, plan
+from appliance.mirrors import upstream_registries
 from appliance.progress import NullProgress, Progress
 from appliance.runner import RunResult, TaskEvent, run_playbook
 from appliance.site.models import SitePaths
@@ -56,6 +57,12 @@ class InstallOptions:
     allow_downgrade: bool = False
     # Site models (appliance models add): outside the release directories, kept by upgrades.
     site: SitePaths = field(default_factory=SitePaths)
+    # False: run the play but leave ``current`` and the release record to the caller (upgrade.py
+    # moves them only after verify passed).
+    commit: bool = True
+    # Move every installed package of the bundle's repository to the bundle's exact version,
+    # downgrades included (upgrades and rollbacks; a first install keeps what the host has).
+    exact_versions: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,8 @@ class InstallReport:
     hosts: list[str]
     # The gateway's operator API key, when this install created it on this machine: shown once.
     api_key: str | None = None
+    # What release order said of this bundle: first, replay, upgrade, downgrade or unordered.
+    decision: str = "first"
 
 
 def install(
@@ -73,15 +82,29 @@ def install(
     on_event: Callable[[TaskEvent], None],
     progress: Progress | None = None,
     on_note: Callable[[str], None] = lambda _note: None,
+    *,
+    before_play: Callable[[], None] = lambda: None,
+    settle: bool = True,
 ) -> InstallReport:
     """Open the bundle (its signature first, before anything else is read or checked), then
-    stage it, copying while hashing, and run the playbook; ``on_note`` hears each step."""
+    stage it, copying while hashing, and run the playbook; ``on_note`` hears each step.
+
+    ``before_play`` runs after every check and the staging, just before the first host changes.
+    With ``settle``, an upgrade or rollback that a crash interrupted on this depot is settled
+    first (its hosts returned to the release that ran before it: upgrade.py); upgrade.py, which
+    settles itself, passes False.
+    """
+    if settle:
+        # Imported here: upgrade.py drives install() itself.
+        from appliance.install.upgrade import settle_interrupted
+
+        settle_interrupted(options, on_event, progress, on_note)
     with open_bundle(options.bundle, options.pubkey) as bundle:
         on_note(
             f"{bundle.label}: verified {bundle.manifest.name} {bundle.manifest.release}: "
             "signature good; every file is checked while it is staged"
         )
-        return _install(options, bundle, on_event, progress or NullProgress(), on_note)
+        return _install(options, bundle, on_event, progress or NullProgress(), on_note, before_play)
 
 
 def _install(
@@ -90,6 +113,7 @@ def _install(
     on_event: Callable[[TaskEvent], None],
     progress: Progress,
     on_note: Callable[[str], None],
+    before_play: Callable[[], None],
 ) -> InstallReport:
     if options.inventory is None:
         run_dir = new_run_dir(options.root)
@@ -119,9 +143,8 @@ def _install(
     check_can_install(manifest)
     site = _site_models(options, manifest, inventory, on_note)
     topology = plan_topology(inventory, manifest, site)
-    on_note(
-        check_order(bundle, options.root, inventory, allow_downgrade=options.allow_downgrade).note
-    )
+    decision = check_order(bundle, options.root, inventory, allow_downgrade=options.allow_downgrade)
+    on_note(decision.note)
     # Staged here by copying while hashing, whether the depot is this machine or another (a
     # remote depot then receives this verified copy).
     local_release = stage(bundle, work, progress)
@@ -148,7 +171,14 @@ def _install(
     # The depot's release record (install/release_state.py) is kept where install runs on it.
     tracked = options.root if inventory.depot_is_local else None
     if tracked is not None:
-        record_staged(tracked, manifest.release, manifest.sequence, manifest_sha256(bundle))
+        record_staged(
+            tracked,
+            manifest.release,
+            manifest.sequence,
+            manifest_sha256(bundle),
+            _pubkey_line(options.pubkey),
+        )
+    before_play()
     result = run_playbook(
         data_dir=run_dir,
         project_dir=project,
@@ -163,15 +193,27 @@ def _install(
         if tracked is not None:
             record_failed(tracked, manifest.release, failure.message)
         raise failure
-    if depot is not None:
+    if options.commit and depot is not None:
         point_current_remote(depot, str(options.root), manifest.release)
-    else:
+    elif options.commit:
         replaced = current_release(options.root)
-        _point_current(options.root, local_release)
+        point_current(options.root, local_release)
         record_installed(options.root, manifest.release, replaced)
     return InstallReport(
-        manifest, depot_release, result, inventory.hosts, _take_new_key(options.root, "operator")
+        manifest,
+        depot_release,
+        result,
+        inventory.hosts,
+        _take_new_key(options.root, "operator"),
+        decision.kind,
     )
+
+
+def _pubkey_line(pubkey: Path) -> str | None:
+    try:
+        return pubkey.read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def plan_topology(
@@ -277,9 +319,21 @@ def _extravars(
         "appliance_models": manifest.models(),
         "appliance_wheel_sets": manifest.wheel_sets(),
         "appliance_files": manifest.plain_files(),
+        # The upstream registries of the signed manifest's images: one mirror rule each
+        # (container_engines role, k3s's registries.yaml), and no other.
+        "appliance_image_registries": upstream_registries(
+            c.name for c in manifest.components if c.kind == "image"
+        ),
     }
     if options.internal_cidrs:
         variables["appliance_internal_cidrs"] = list(options.internal_cidrs)
+    if options.exact_versions:
+        # Each package of the bundle's repository at its exact version: what an upgrade or a
+        # rollback moves installed packages to, up or down (local_repo role).
+        variables["appliance_exact_versions"] = True
+        variables["appliance_package_versions"] = {
+            c.name: c.version for c in manifest.components if c.kind == "deb" and c.version
+        }
     nvidia = _nvidia(manifest)
     if nvidia is not None:
         variables["appliance_nvidia"] = nvidia
@@ -309,7 +363,7 @@ def new_run_dir(root: Path) -> Path:
     return run_dir
 
 
-def _point_current(root: Path, release_dir: Path) -> None:
+def point_current(root: Path, release_dir: Path) -> None:
     link = root / "current"
     temporary = root / ".current.new"
     temporary.unlink(missing_ok=True)

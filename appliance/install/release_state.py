@@ -11,10 +11,9 @@ for safety, and the next install writes it whole again.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ from typing import Any
 from appliance.bundle import layout
 from appliance.bundle.manifest import parse_manifest
 from appliance.errors import ApplianceError, InstallError
+from appliance.install.atomic import write_atomically
+from appliance.install.upgrade_state import load_phase
 
 STATE_FILE = "releases.json"
 _SCHEMA = 1
@@ -61,28 +62,23 @@ class StateRecord:
             indent=2,
             sort_keys=True,
         ).encode()
-        handle, name = tempfile.mkstemp(prefix=f".{STATE_FILE}.", dir=root)
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(data + b"\n")
-                out.flush()
-                os.fsync(out.fileno())
-            Path(name).chmod(0o644)
-            Path(name).replace(root / STATE_FILE)
-        except BaseException:
-            Path(name).unlink(missing_ok=True)
-            raise
-        directory = os.open(root, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the rename itself survives a power cut
-        finally:
-            os.close(directory)
+        write_atomically(root / STATE_FILE, data + b"\n")
 
 
-def record_staged(root: Path, release: str, sequence: int | None, manifest_sha256: str) -> None:
+def record_staged(
+    root: Path,
+    release: str,
+    sequence: int | None,
+    manifest_sha256: str,
+    pubkey: str | None = None,
+) -> None:
+    """``pubkey``: the publisher key the release verified with (an OpenSSH public key line), so
+    a rollback to it later re-checks its signature with the key that admitted it."""
     record = StateRecord.load(root)
     entry = record.releases.setdefault(release, {"staged": _now()})
     entry.update(sequence=sequence, manifest_sha256=manifest_sha256)
+    if pubkey:
+        entry["pubkey"] = pubkey
     record.save(root)
 
 
@@ -109,7 +105,9 @@ def record_installed(root: Path, release: str, replaced: str | None) -> None:
 @dataclass(frozen=True)
 class Release:
     release: str
-    state: str  # current, previous, failed, staged, superseded
+    # current, previous, failed, staged, superseded; or the phase of an unfinished upgrade or
+    # rollback towards it (staged, applying, verifying, rolling-back, rollback-failed)
+    state: str
     sequence: int | None
     staged: str | None
     installed: str | None
@@ -144,6 +142,10 @@ def list_releases(root: Path) -> tuple[list[Release], str | None]:
                 error=entry.get("error"),
             )
         )
+    # A transition in progress, or one a crash interrupted: its target shows the phase it is in.
+    phase = load_phase(root)
+    if phase is not None and phase.unfinished:
+        found = [replace(r, state=phase.phase) if r.release == phase.target else r for r in found]
     # Newest first: by build sequence, then by when each was installed or staged.
     found.sort(key=lambda r: r.installed or r.staged or "", reverse=True)
     found.sort(key=lambda r: r.sequence or 0, reverse=True)
@@ -189,7 +191,11 @@ def prune(root: Path, keep: int, *, dry_run: bool = False) -> list[str]:
     if keep < 0:
         raise InstallError(f"--keep must be 0 or more, not {keep}", hint="e.g. --keep 2")
     releases, _ = list_releases(root)
+    # An unfinished upgrade or rollback still needs both ends: never prune them.
+    phase = load_phase(root)
+    busy = {phase.target, phase.origin} if phase is not None and phase.unfinished else set()
     others = [r for r in releases if r.state not in {"current", "previous"}]
+    others = [r for r in others if r.release not in busy]
     kept_previous = sum(r.state == "previous" for r in releases)
     doomed = others[max(keep - kept_previous, 0) :]
     if not dry_run:

@@ -21,7 +21,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from appliance.errors import InventoryError
-from appliance.roles import BASE_ROLES, GPU_ROLES, TOOLKIT_ROLE, role_defaults
+from appliance.roles import (
+    BASE_ROLES,
+    ENGINES_ROLE,
+    GPU_ROLES,
+    TOOLKIT_ROLE,
+    engines_configured,
+    role_defaults,
+)
 
 # The model formats each runtime serves, as Manifest.models() reports them. vLLM serves a
 # Hugging Face checkpoint directory: any model that is neither a GGUF file nor an Ollama layout
@@ -187,6 +194,8 @@ def plan(
             roles += ["object_store"]
         if nvidia is not None and host in gpu_nodes:
             roles += [*GPU_ROLES, *([TOOLKIT_ROLE] if nvidia.get("container_toolkit") else [])]
+        if engines_configured(stack):
+            roles += [ENGINES_ROLE]
         if runtime is not None:
             roles += [f"runtime_{runtime.kind}"]
         if host == gateway_host:

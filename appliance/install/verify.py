@@ -16,6 +16,7 @@ from appliance.errors import InstallError, Problem, VerifyFailedError
 from appliance.gpu.checks import judge_gpus, unit_from_show
 from appliance.install import new_run_dir, runner_env
 from appliance.install.inventory import load_inventory, single_box
+from appliance.install.verify_engines import judge_engines
 from appliance.install.verify_models import (
     Allowed,
     Check,
@@ -23,6 +24,7 @@ from appliance.install.verify_models import (
     judge_served,
     judge_store,
 )
+from appliance.mirrors import upstream_registries
 from appliance.runner import TaskEvent, run_playbook
 from appliance.site.models import DEFAULT_SITE_DIR
 from appliance.site.verify import site_allowed
@@ -35,6 +37,9 @@ class VerifyOptions:
     inventory: Path | None = None
     root: Path = Path("/opt/appliance")
     site_dir: Path = DEFAULT_SITE_DIR
+    # The release to judge the hosts against; default: the one ``current`` points at. An
+    # upgrade verifies its release before ``current`` moves to it.
+    release: Path | None = None
 
 
 def verify(
@@ -47,7 +52,7 @@ def verify(
             hint="pass --egress-target URL (an address you own, outside the internal networks); "
             "a probe that proves nothing is not evidence",
         )
-    release = (options.root / "current").resolve()
+    release = (options.release or options.root / "current").resolve()
     project = release.with_name(f"{release.name}.ansible")
     if not project.is_dir():
         raise InstallError(
@@ -77,6 +82,9 @@ def verify(
             "appliance_verify_internal_targets": list(options.internal_targets),
             "appliance_report_dir": str(evidence_dir),
             "appliance_verify_model_file_digests": sorted(allowed.files),
+            "appliance_verify_image_registries": upstream_registries(
+                c.name for c in manifest.components if c.kind == "image"
+            ),
             "appliance_root": str(options.root),
         },
         envvars=runner_env(project),
@@ -159,6 +167,7 @@ def judge(
     )
     checks.extend(_judge_runtimes(host, evidence, expect_inference))
     checks.extend(judge_store(host, evidence.get("store")))
+    checks.extend(judge_engines(host, evidence.get("engines")))
     if allowed is not None:
         checks.extend(judge_served(host, evidence.get("served_models") or [], allowed))
     gpu = evidence.get("gpu")

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from pydantic_core import PydanticCustomError
 
+from appliance.mirrors import unmirrorable_host
 from appliance.names import NAME_RE
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -167,5 +168,15 @@ def check_image_ref(value: str) -> str:
             "bad_repository",
             "invalid repository '{repo}': use lowercase letters, digits and separators",
             repo=repo,
+        )
+    host = unmirrorable_host(value)
+    if host is not None:
+        raise err(
+            "no_mirror_rule",
+            "image '{ref}' comes from registry '{host}', which no mirror rule can name: the "
+            "local registry, containerd's hosts.toml and k3s's registries.yaml name an upstream "
+            "by a lowercase hostname or IPv4 address with an optional port",
+            ref=name,
+            host=host,
         )
     return value

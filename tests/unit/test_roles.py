@@ -88,6 +88,15 @@ def test_gpu_nodes_add_the_driver_roles_and_their_packages() -> None:
     assert toolkit.index("nvidia_container_toolkit") == toolkit.index("nvidia_driver") + 1
 
 
+def test_a_registry_brings_the_container_engines_and_their_containerd() -> None:
+    stack = {"runtime": "llamacpp", "registry": "distribution", "orchestrator": "systemd"}
+    assert play_roles(stack, serves_models=False)[-1] == "container_engines"
+    assert required_packages(stack, serves_models=False)["containerd"] == ["container_engines"]
+    # k3s's own containerd takes its mirrors from registries.yaml; none at all without a registry.
+    for other in ({**stack, "orchestrator": "k3s"}, {**stack, "registry": "none"}):
+        assert "container_engines" not in play_roles(other, serves_models=False)
+
+
 def test_the_platform_roles_join_the_play_when_the_stack_names_them() -> None:
     stack = {"registry": "harbor", "object_store": "minio", "orchestrator": "k3s"}
     roles = play_roles(stack, serves_models=True)

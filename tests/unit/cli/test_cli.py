@@ -39,6 +39,7 @@ def test_help_teaches_the_flow_and_lists_only_real_commands(
         "models",
         "pack",
         "releases",
+        "rollback",
         "size",
         "spec",
         "unpack",
@@ -55,6 +56,8 @@ def test_help_teaches_the_flow_and_lists_only_real_commands(
         " 34  audit",
         " 35  gateway-config",
         " 36  release-order",
+        " 38  rolled-back",
+        " 39  rollback-failed",
     ):
         assert code_line in out
 

@@ -303,3 +303,11 @@ def test_gpu_nodes_install_the_driver_only_when_the_bundle_carries_one() -> None
     assert "nvidia_driver" not in driver.hosts["depot-1"].roles  # the depot is no GPU node here
     toolkit = plan(**common, nvidia={"container_toolkit": {"nvidia-container-toolkit": "1.20.1-1"}})
     assert toolkit.groups()["appliance_nvidia_container_toolkit"] == ["gpu-1", "gpu-2"]
+
+
+def test_with_a_registry_every_host_configures_its_container_engines() -> None:
+    topology = lab(stack={**LLAMACPP, "registry": "distribution"})
+    assert topology.groups()["appliance_container_engines"] == ["depot-1", "gpu-1", "gpu-2"]
+    assert "appliance_container_engines" not in lab().groups()
+    under_k3s = lab(stack={**LLAMACPP, "registry": "distribution", "orchestrator": "k3s"})
+    assert "appliance_container_engines" not in under_k3s.groups()

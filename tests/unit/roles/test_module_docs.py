@@ -38,6 +38,7 @@ def test_the_roles_ship_modules() -> None:
     assert [p.stem for p in MODULES] == [
         "appliance_artifacts",
         "appliance_disk_space",
+        "appliance_engine_mirrors",
         "appliance_gpu_facts",
         "appliance_harbor_accounts",
         "appliance_runtime_egress",

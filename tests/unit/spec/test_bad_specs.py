@@ -204,6 +204,26 @@ CASES: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
+        "image-registry-without-mirror-rule",
+        HEAD + f"images:\n  - ref: 'Registry.Example.com/app@sha256:{SHA}'\n",
+        [
+            "images[0].ref (line 7): image 'Registry.Example.com/app' comes from registry "
+            "'Registry.Example.com', which no mirror rule can name: the local registry, "
+            "containerd's hosts.toml and k3s's registries.yaml name an upstream by a lowercase "
+            "hostname or IPv4 address with an optional port"
+        ],
+    ),
+    (
+        "image-registry-ipv6-without-mirror-rule",
+        HEAD + f"images:\n  - ref: '[fd00::5]:5000/app@sha256:{SHA}'\n",
+        [
+            "images[0].ref (line 7): image '[fd00::5]:5000/app' comes from registry "
+            "'[fd00::5]:5000', which no mirror rule can name: the local registry, "
+            "containerd's hosts.toml and k3s's registries.yaml name an upstream by a lowercase "
+            "hostname or IPv4 address with an optional port"
+        ],
+    ),
+    (
         "hf-revision-is-a-branch",
         HEAD
         + "models:\n  - {name: qwen, source: 'hf://Qwen/Qwen2.5-7B-Instruct', revision: main}\n",

@@ -85,8 +85,11 @@ def play_roles(
     if stack.get("orchestrator") == "k3s":
         roles += ["k3s"]
     if serves_models:
-        roles += ["artifacts", f"runtime_{stack.get('runtime', 'llamacpp')}", "gateway"]
-    # Once each, where it first appears (the site CA serves the store and the registry).
+        roles += ["artifacts", f"runtime_{stack.get('runtime', 'llamacpp')}"]
+        # The gateway's HTTPS certificate comes from the site CA by default (gateway_tls).
+        roles += ["site_ca", "gateway"]
+    # Once each, where it first appears (the site CA serves the store, the registry and the
+    # gateway).
     return tuple(dict.fromkeys(roles))
 
 

@@ -1,14 +1,23 @@
 """appliance-gateway overhead: the same requests sent to the runtime directly and through the
-gateway, in one run. Prints added p50/p99 latency (goal: p50 <= 2 ms) and the throughput
-ratio (goal: >= 95%), non-streaming and streaming. Asserts nothing.
+gateway (HTTPS, as installed), in one run. Prints added p50/p99 latency (goal: p50 <= 2 ms) and
+the throughput ratio (goal: >= 95%), non-streaming and streaming. Asserts nothing.
 
-Runtimes: the real llama.cpp server (xllamacpp, through the llamacpp role's launcher) serving
-the tiny GGUF model from examples/tiny_model.py, and the stand-in backend
-(tests/fixtures/openai_backend.py), whose near-zero work isolates the gateway's own cost.
-Everything runs on this machine, on 127.0.0.1; the load generator, the gateway and the runtime
-share its cores, so the throughput ratio also counts the gateway's CPU taken from the runtime.
+Runtimes:
+- the real llama.cpp server (xllamacpp, through the llamacpp role's launcher) serving the tiny
+  GGUF model from examples/tiny_model.py, a few calls at a time (its CPU work is the limit);
+- a backend that answers like a GPU server: the stand-in (tests/fixtures/openai_backend.py)
+  with a prefill delay and a delay per token (``--gpu-prefill-ms``, ``--gpu-token-ms``), which
+  a batching GPU server keeps whatever the number of streams, with 32 calls at a time. Its
+  near-zero CPU work leaves the gateway's own cost as the difference.
 
-    .venv/bin/python benchmarks/gateway.py [--requests 300] [--concurrency 4]
+The gateway serves HTTPS (TLS 1.3, a P-256 certificate from a test CA) unless ``--plain``; the
+runtime alone is plain HTTP on loopback, as installed, so the TLS cost counts as overhead.
+Everything runs on this machine, on 127.0.0.1: the load generator, the gateway and the runtime
+share its cores, so the throughput ratio also counts the gateway's CPU taken from the others.
+Latency is measured twice: sequential calls (the gateway's added time per call), and p50 under
+the concurrent load (what a user sees when the gateway is busy).
+
+    .venv/bin/python benchmarks/gateway.py [--requests 300] [--concurrency 4] [--gpu-requests 2000]
 """
 
 from __future__ import annotations
@@ -17,6 +26,8 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
+import ssl
 import statistics
 import subprocess
 import sys
@@ -30,10 +41,13 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from appliance.gateway.audit import log_files  # noqa: E402
 from appliance.gateway.keys import add_key  # noqa: E402
+from tests.fixtures.pki import CA  # noqa: E402
 from tests.fixtures.servers import LAUNCHER, free_port, wait_for  # noqa: E402
 
 BIN = Path(sys.executable).parent
+Target = tuple[str, dict[str, str]]
 
 
 def start(command: list[str], log: Path, health: str, accept: set[int]) -> subprocess.Popen[bytes]:
@@ -43,9 +57,8 @@ def start(command: list[str], log: Path, health: str, accept: set[int]) -> subpr
     return process
 
 
-async def one(
-    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
-) -> float:
+async def one(session: aiohttp.ClientSession, target: Target, body: bytes) -> float:
+    url, headers = target
     started = time.perf_counter()
     async with session.post(url, data=body, headers=headers) as answer:
         async for _ in answer.content.iter_any():
@@ -56,32 +69,37 @@ async def one(
 
 
 async def latency(
-    session: aiohttp.ClientSession,
-    targets: dict[str, tuple[str, dict[str, str]]],
-    body: bytes,
-    n: int,
+    session: aiohttp.ClientSession, targets: dict[str, Target], body: bytes, n: int
 ) -> dict[str, list[float]]:
     """Sequential calls, alternating targets so drift hits both alike."""
     times: dict[str, list[float]] = {name: [] for name in targets}
     for _ in range(n):
-        for name, (url, headers) in targets.items():
-            times[name].append(await one(session, url, body, headers))
+        for name, target in targets.items():
+            times[name].append(await one(session, target, body))
     return times
 
 
 async def throughput(
-    session: aiohttp.ClientSession, url: str, headers: dict[str, str], body: bytes, n: int, c: int
-) -> float:
+    session: aiohttp.ClientSession, target: Target, body: bytes, n: int, c: int
+) -> tuple[float, list[float]]:
+    """Calls per second with ``c`` at a time, and each call's time."""
     queue = list(range(n))
+    times: list[float] = []
 
     async def worker() -> None:
         while queue:
             queue.pop()
-            await one(session, url, body, headers)
+            times.append(await one(session, target, body))
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(c)))
-    return n / (time.perf_counter() - started)
+    return n / (time.perf_counter() - started), times
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -89,49 +107,81 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:7.2f} ms"
+
+
 async def measure(
-    label: str, backend: str, gateway: str, key: str, body: dict[str, Any], n: int, c: int
-) -> None:
+    label: str,
+    targets: dict[str, Target],
+    client_tls: ssl.SSLContext | None,
+    body: dict[str, Any],
+    sequential: int,
+    n: int,
+    c: int,
+    gateway_pid: int,
+) -> dict[str, float]:
     data = json.dumps(body).encode()
-    plain = {"Content-Type": "application/json"}
-    # llama.cpp closes the connection after each stream: say so, or the next call fails.
-    direct = {**plain, "Connection": "close"} if body.get("stream") else plain
-    targets = {
-        "direct": (f"{backend}/v1/completions", direct),
-        "gateway": (f"{gateway}/v1/completions", {**plain, "Authorization": f"Bearer {key}"}),
-    }
-    connector = aiohttp.TCPConnector(limit=64)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        await latency(session, targets, data, 20)  # warm up connections and caches
-        times = await latency(session, targets, data, n)
-        rates = {}
-        for name, (url, headers) in targets.items():
-            rates[name] = await throughput(session, url, headers, data, n, c)
+    connector = aiohttp.TCPConnector(limit=max(64, 2 * c), ssl=client_tls or False)
+    timeout = aiohttp.ClientTimeout(total=300)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        await latency(session, targets, data, 10)  # warm up connections and caches
+        times = await latency(session, targets, data, sequential)
+        rates, loaded = {}, {}
+        for name, target in targets.items():
+            await throughput(session, target, data, min(n, 4 * c), c)  # warm up c connections
+            cpu = cpu_seconds(gateway_pid)
+            rates[name], loaded[name] = await throughput(session, target, data, n, c)
+        cpu = cpu_seconds(gateway_pid) - cpu  # the gateway's run comes last
     direct, via = times["direct"], times["gateway"]
-    added50 = (statistics.median(via) - statistics.median(direct)) * 1000
-    added99 = (pct(via, 0.99) - pct(direct, 0.99)) * 1000
+    added50 = statistics.median(via) - statistics.median(direct)
+    added99 = pct(via, 0.99) - pct(direct, 0.99)
+    loaded50 = statistics.median(loaded["gateway"]) - statistics.median(loaded["direct"])
     ratio = rates["gateway"] / rates["direct"]
-    print(f"{label}")
-    print(
-        f"  latency  direct p50 {statistics.median(direct) * 1000:7.2f} ms  p99 "
-        f"{pct(direct, 0.99) * 1000:7.2f} ms | gateway p50 {statistics.median(via) * 1000:7.2f} ms"
-        f"  p99 {pct(via, 0.99) * 1000:7.2f} ms"
-    )
-    print(
-        f"  added    p50 {added50:+.2f} ms (goal <= 2)  p99 {added99:+.2f} ms"
-        f"  [{n} sequential calls each]"
-    )
-    print(
-        f"  rate     direct {rates['direct']:7.1f}/s  gateway {rates['gateway']:7.1f}/s  "
-        f"ratio {ratio:.1%} (goal >= 95%)  [{n} calls, {c} at a time]"
-    )
+    print(label)
+    print(f"  latency  direct p50 {ms(statistics.median(direct))}  p99 {ms(pct(direct, 0.99))}"
+          f" | gateway p50 {ms(statistics.median(via))}  p99 {ms(pct(via, 0.99))}")  # fmt: skip
+    print(f"  added    p50 {added50 * 1000:+.2f} ms (goal <= 2)  p99 {added99 * 1000:+.2f} ms"
+          f"  [{sequential} sequential calls each]")  # fmt: skip
+    print(f"  loaded   direct p50 {ms(statistics.median(loaded['direct']))} | gateway p50 "
+          f"{ms(statistics.median(loaded['gateway']))}  added {loaded50 * 1000:+.2f} ms"
+          f"  [{c} at a time]")  # fmt: skip
+    print(f"  rate     direct {rates['direct']:7.1f}/s  gateway {rates['gateway']:7.1f}/s  "
+          f"ratio {ratio:.1%} (goal >= 95%)  [{n} calls, {c} at a time]")  # fmt: skip
+    # What sizes the gateway on another machine: one process serves about 1000/this calls a
+    # second on one core of this kind.
+    print(f"  cpu      gateway {cpu / n * 1000:.2f} ms of CPU per call (TLS, proxy, audit)")
+    return {"added_p50_ms": added50 * 1000, "ratio": ratio}
+
+
+def gateway_config(root: Path, port: int, models: list[dict[str, Any]], plain: bool) -> Path:
+    listen: dict[str, Any] = {"host": "127.0.0.1", "port": port}
+    if plain:
+        listen["plain_http"] = True
+    else:
+        issued = CA(root / "pki", "benchmark CA").issue("gateway")
+        listen["tls"] = {"cert": str(issued.cert), "key": str(issued.key)}
+    config = {
+        "listen": listen,
+        "keys_file": str(root / "keys.json"),
+        "audit": {"dir": str(root / "audit")},
+        "models": models,
+    }
+    (root / "config.json").write_text(json.dumps(config))
+    return root / "config.json"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--requests", type=int, default=300, help="tiny model: calls per run")
+    parser.add_argument("--concurrency", type=int, default=4, help="tiny model: at a time")
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--gpu-requests", type=int, default=2000)
+    parser.add_argument("--gpu-concurrency", type=int, default=32)
+    parser.add_argument("--gpu-prefill-ms", type=float, default=20)
+    parser.add_argument("--gpu-token-ms", type=float, default=2)
+    parser.add_argument("--plain", action="store_true", help="the gateway on plain HTTP")
+    parser.add_argument("--skip-tiny", action="store_true", help="the GPU-like backend only")
     # llama.cpp's compute threads spin while they wait; on a small machine with every thread
     # taken they starve the gateway's one Python thread, and the ratio measures that instead.
     parser.add_argument("--runtime-threads", type=int, default=1)
@@ -147,50 +197,66 @@ def main() -> None:
         llama_port, stand_in_port, gateway_port = free_port(), free_port(), free_port()
         llama, stand_in = f"http://127.0.0.1:{llama_port}", f"http://127.0.0.1:{stand_in_port}"
         try:
-            runtime = [sys.executable, str(LAUNCHER), "--model", str(model), "--alias",
-                       "tiny-llama", "--port", str(llama_port), "--ctx-size", "2048",
-                       "--parallel", str(args.concurrency),
-                       "--threads", str(args.runtime_threads)]  # fmt: skip
-            processes.append(start(runtime, root / "llama.log", llama + "/health", {200}))
+            if not args.skip_tiny:
+                runtime = [sys.executable, str(LAUNCHER), "--model", str(model), "--alias",
+                           "tiny-llama", "--port", str(llama_port), "--ctx-size", "2048",
+                           "--parallel", str(args.concurrency),
+                           "--threads", str(args.runtime_threads)]  # fmt: skip
+                processes.append(start(runtime, root / "llama.log", llama + "/health", {200}))
             fixture = "tests.fixtures.openai_backend"
             backend = [sys.executable, "-m", fixture, "--port", str(stand_in_port)]
             processes.append(
                 start(backend, root / "stand-in.log", stand_in + "/api/version", {200})
             )
             digest = "sha256:" + hashlib.sha256(model.read_bytes()).hexdigest()
-            config = {
-                "listen": {"host": "127.0.0.1", "port": gateway_port},
-                "keys_file": str(root / "keys.json"),
-                "audit": {"dir": str(root / "audit")},
-                "models": [
-                    {"name": "tiny-llama", "digest": digest, "backend": llama},
-                    {
-                        "name": "stand-in",
-                        "digest": "sha256:" + "5" * 64,
-                        "backend": stand_in,
-                        "health_path": "/api/version",
-                    },
-                ],
-            }
-            (root / "config.json").write_text(json.dumps(config))
+            routes = [{"name": "gpu-like", "digest": "sha256:" + "5" * 64, "backend": stand_in,
+                       "health_path": "/api/version"}]  # fmt: skip
+            if not args.skip_tiny:
+                routes.append({"name": "tiny-llama", "digest": digest, "backend": llama})
+            config = gateway_config(root, gateway_port, routes, args.plain)
             key, _ = add_key(root / "keys.json", "bench", ["*"])
-            gateway = f"http://127.0.0.1:{gateway_port}"
-            processes.append(start(
-                [str(BIN / "appliance-gateway"), "--config", str(root / "config.json")],
-                root / "gateway.log", gateway + "/health", {200},
-            ))  # fmt: skip
-            n, c, tokens = args.requests, args.concurrency, args.max_tokens
-            for model_name, backend in (("tiny-llama", llama), ("stand-in", stand_in)):
+            scheme = "http" if args.plain else "https"
+            gateway = f"{scheme}://127.0.0.1:{gateway_port}"
+            client_tls = None
+            if not args.plain:
+                client_tls = ssl.create_default_context(cafile=str(root / "pki" / "ca.crt"))
+            with (root / "gateway.log").open("wb") as sink:
+                processes.append(subprocess.Popen(
+                    [str(BIN / "appliance-gateway"), "--config", str(config)],
+                    stdout=sink, stderr=subprocess.STDOUT,
+                ))  # fmt: skip
+            wait_for_gateway(gateway, client_tls, processes[-1])
+            print(f"gateway: {scheme}, {'TLS 1.3' if client_tls else 'no TLS'}; "
+                  f"runtimes direct over plain HTTP")  # fmt: skip
+            tokens = args.max_tokens
+            runs: list[tuple[str, str, int, int, dict[str, Any]]] = []
+            if not args.skip_tiny:
+                runs.append(("tiny-llama", llama, args.requests, args.concurrency, {}))
+            gpu = {"x_delay": args.gpu_prefill_ms / 1000, "x_token_delay": args.gpu_token_ms / 1000}
+            runs.append(("gpu-like", stand_in, args.gpu_requests, args.gpu_concurrency, gpu))
+            for name, backend_url, n, c, extra in runs:
                 for stream in (False, True):
-                    body = {"model": model_name, "prompt": "the appliance answers",
+                    body = {"model": name, "prompt": "the appliance answers",
                             "max_tokens": tokens, "ignore_eos": True, "temperature": 0,
-                            "stream": stream}  # fmt: skip
+                            "stream": stream, **extra}  # fmt: skip
                     if stream:
                         body["stream_options"] = {"include_usage": True}  # same bytes both ways
+                    plain = {"Content-Type": "application/json"}
+                    # llama.cpp closes the connection after each stream: say so, or the next
+                    # call on it fails.
+                    closes = stream and name == "tiny-llama"
+                    targets = {
+                        "direct": (f"{backend_url}/v1/completions",
+                                   {**plain, "Connection": "close"} if closes else plain),
+                        "gateway": (f"{gateway}/v1/completions",
+                                    {**plain, "Authorization": f"Bearer {key}"}),
+                    }  # fmt: skip
                     kind = "streaming" if stream else "non-streaming"
-                    label = f"{model_name}, {kind}, {tokens} tokens"
-                    asyncio.run(measure(label, backend, gateway, key, body, n, c))
-            records = sum(1 for _ in (root / "audit" / "audit.jsonl").open())
+                    label = f"{name}, {kind}, {tokens} tokens"
+                    sequential = min(n, 200 if name == "gpu-like" else n)
+                    asyncio.run(measure(label, targets, client_tls, body, sequential, n, c,
+                                        processes[-1].pid))  # fmt: skip
+            records = sum(sum(1 for _ in path.open()) for path in log_files(root / "audit"))
             print(f"audit records written: {records}")
         except Exception:
             for log in sorted(root.glob("*.log")):
@@ -200,6 +266,31 @@ def main() -> None:
             for process in processes:
                 process.terminate()
                 process.wait(timeout=30)
+
+
+def wait_for_gateway(
+    url: str, context: ssl.SSLContext | None, process: subprocess.Popen[bytes]
+) -> None:
+    """The gateway's /health over its own scheme (wait_for speaks plain HTTP only)."""
+
+    async def ask() -> int:
+        connector = aiohttp.TCPConnector(ssl=context or False)
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.get(url + "/health") as answer,
+        ):
+            return answer.status
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if asyncio.run(ask()) in (200, 503):
+                return
+        except aiohttp.ClientError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the gateway did not answer at {url}/health")
+        time.sleep(0.2)
 
 
 if __name__ == "__main__":

@@ -384,7 +384,7 @@ def main() -> None:
                 processes.append(subprocess.Popen(command, stdout=log, stderr=log, cwd=ROOT))
             wait_for(backend + "/api/version", processes[0], {200}, root / "backend.log")
             config = {
-                "listen": {"host": "127.0.0.1", "port": port},
+                "listen": {"host": "127.0.0.1", "port": port, "plain_http": True},
                 "keys_file": str(root / "keys.json"),
                 "audit": {"dir": str(audit_dir), "max_bytes": 512 << 10,
                           "min_free_bytes": 2 << 20, "keep_rotated_bytes": 1 << 20},

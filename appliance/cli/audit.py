@@ -14,6 +14,7 @@ from appliance.gateway.audit_retention import ship
 from appliance.gateway.audit_shipped import verify_shipped
 from appliance.gateway.audit_verify import find_record, last_records, verify_log
 from appliance.gateway.config import DEFAULT_AUDIT_DIR
+from appliance.gateway.usage import parse_time, summarise
 
 _DIR = click.option(
     "--dir",
@@ -184,3 +185,64 @@ def show_command(output: Output, directory: Path, count: int, request_id: str | 
         {"ok": True, "records": records},
         human="\n".join(json.dumps(r, sort_keys=True) for r in records),
     )
+
+
+def _moment(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+@audit_group.command("usage")
+@_DIR
+@click.option(
+    "--by", type=click.Choice(["key", "model"]), default="key", show_default=True,
+    help="Group by API key id or by model.",
+)  # fmt: skip
+@click.option("--since", callback=_moment, help="From this time on: 2026-11-30, ...T14:00Z, 24h.")
+@click.option("--until", callback=_moment, help="Before this time (same forms as --since).")
+@click.pass_obj
+def usage_command(output: Output, directory: Path, by: str, since: Any, until: Any) -> None:
+    """Summarise calls, errors, tokens and latency from the audit log itself.
+
+    Reads every file of the log still in the directory, rotated files
+    included (or a shipped copy, with --dir). Errors are calls answered
+    4xx or 5xx; latency is the gateway's, from request to last byte.
+    Does not verify the chain: run `appliance audit verify` for that.
+
+    \b
+    Examples:
+      appliance audit usage --by key --since 7d
+      appliance audit usage --by model --since 2026-11-01 --until 2026-12-01 --json
+    """
+    from rich import box
+    from rich.table import Table
+
+    document = summarise(directory, by, since, until)  # type: ignore[arg-type]
+    if output.json_mode:
+        output.result(document)
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    headers = (by, "calls", "errors", "prompt tok", "completion tok", "p50 ms", "p95 ms")
+    for header in headers:
+        table.add_column(header, justify="left" if header == by else "right")
+    for row in [*document["groups"], document["total"]]:
+        table.add_row(
+            row["name"], str(row["calls"]), str(row["errors"]), str(row["prompt_tokens"]),
+            str(row["completion_tokens"]), _number(row["latency_ms_p50"]),
+            _number(row["latency_ms_p95"]),
+        )  # fmt: skip
+    window = f"{document['since'] or 'the first record'} .. {document['until'] or 'now'}"
+    output.info(
+        f"{directory}: seq {document['first_seq']}..{document['last_seq']} in "
+        f"{document['files']} file(s), calls from {window}"
+    )
+    if output.verbosity >= 0:
+        output.console.print(table)

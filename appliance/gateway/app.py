@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +31,7 @@ from appliance.gateway.forward import cursor_name, targets
 from appliance.gateway.keys import KeyStore, load_keys
 from appliance.gateway.proxy import API_PATHS, Gateway
 from appliance.gateway.server import ConnectionGuard, GuardedSite
+from appliance.gateway.tls import check_files, server_context
 
 LOG = logging.getLogger("appliance.gateway")
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -116,6 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config = load_config(args.config)
         if args.check_config:
+            if config.listen.tls is not None:
+                check_files(config.listen.tls)
             # The config may be written before the first key (an install's order): a missing
             # keys file is reported, not refused; a broken one is refused.
             found = "no keys file yet at"
@@ -124,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{args.config}: valid gateway config, {len(config.models)} model(s), {found} "
                   f"{config.keys_file}")  # fmt: skip
             return
+        context = server_context(config.listen.tls) if config.listen.tls is not None else None
         keys = KeyStore(load_keys(config.keys_file))
         log = AuditLog(config.audit.dir, config.audit.max_bytes, config.audit.fsync)
         try:
@@ -139,14 +144,16 @@ def main(argv: list[str] | None = None) -> None:
         Output().error(error)
         sys.exit(error.exit_code)
     LOG.info(
-        "audit log %s continues at seq %d; %d key(s); listening on %s:%d",
+        "audit log %s continues at seq %d; %d key(s); listening on %s://%s:%d%s",
         config.audit.dir,
         log.seq,
         len(keys),
+        "http" if context is None else "https",
         config.listen.host,
         config.listen.port,
+        " (client certificates required)" if context and context.verify_mode else "",
     )
-    asyncio.run(serve(config, keys, log, asyncio.Event()))
+    asyncio.run(serve(config, keys, log, asyncio.Event(), ssl_context=context))
 
 
 async def serve(
@@ -155,9 +162,13 @@ async def serve(
     log: AuditLog,
     stop: asyncio.Event,
     ready: Callable[[], object] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """Serve until ``stop`` is set or SIGTERM/SIGINT arrives, then finish the calls in flight
-    (up to 30 s) and close the audit log."""
+    (up to 30 s) and close the audit log. HTTPS when the config has ``listen.tls`` (with
+    ``ssl_context`` when the caller made it already)."""
+    if ssl_context is None and config.listen.tls is not None:
+        ssl_context = server_context(config.listen.tls)
     guard = ConnectionGuard(config.max_connections, config.header_timeout_s)
     writer = AuditWriter(
         log,
@@ -173,7 +184,12 @@ async def serve(
     try:
         gateway = app[GATEWAY]
         site = GuardedSite(
-            runner, config.listen.host, config.listen.port, guard, gateway.record_malformed
+            runner,
+            config.listen.host,
+            config.listen.port,
+            guard,
+            gateway.record_malformed,
+            ssl_context,
         )
         await site.start()
         loop = asyncio.get_running_loop()

@@ -35,9 +35,34 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TLSSettings(_Strict):
+    """HTTPS: the server's certificate (PEM, leaf first, then its intermediates) and key."""
+
+    cert: Path
+    key: Path
+    # Clients must present a certificate issued by a CA in this PEM file (CERT_REQUIRED).
+    # None: any client may connect; the API key alone authenticates.
+    client_ca: Path | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+
 class Listen(_Strict):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    tls: TLSSettings | None = None
+    # Plain HTTP is served only when the config says so: a config without tls is refused.
+    plain_http: bool = False
+
+    @model_validator(mode="after")
+    def _one_scheme(self) -> Listen:
+        if self.tls is None and not self.plain_http:
+            raise ValueError(
+                "no tls section: set tls (cert, key) to serve HTTPS, or plain_http: true to "
+                "serve plain HTTP on purpose"
+            )
+        if self.tls is not None and self.plain_http:
+            raise ValueError("both tls and plain_http are set: choose one")
+        return self
 
 
 class SyslogTarget(_Strict):
@@ -142,7 +167,7 @@ class ModelRoute(_Strict):
 
 
 class GatewayConfig(_Strict):
-    listen: Listen = Listen()
+    listen: Listen
     keys_file: Path = DEFAULT_KEYS_FILE
     audit: AuditSettings = AuditSettings()
     # Larger request bodies are refused with 413 before they reach a backend.

@@ -163,7 +163,7 @@ class Gateway:
         seconds = time.perf_counter() - call.started
         label = call.model if call.model in self.routes else _NO_MODEL
         self.metrics.observe(
-            label, call.status, seconds, call.prompt_tokens, call.completion_tokens
+            label, call.status, seconds, call.prompt_tokens, call.completion_tokens, call.key_id
         )
         try:
             await asyncio.shield(self.audit.write(call.fields(seconds * 1000, self.routes)))

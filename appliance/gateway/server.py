@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -195,7 +196,10 @@ class ConnectionGuard:
 
 
 class GuardedSite(web.TCPSite):
-    """aiohttp's TCP site with every connection made through ``guard``."""
+    """aiohttp's TCP site with every connection made through ``guard``; HTTPS with
+    ``ssl_context``. A TLS handshake gets the header deadline too: a client that opens a
+    connection and never finishes its handshake holds it no longer than one that sends no
+    request."""
 
     def __init__(
         self,
@@ -204,8 +208,9 @@ class GuardedSite(web.TCPSite):
         port: int,
         guard: ConnectionGuard,
         on_error: ErrorHook,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(runner, host, port)
+        super().__init__(runner, host, port, ssl_context=ssl_context)
         self._guard = guard
         self._on_error = on_error
         self._sweeper: asyncio.Task[Any] | None = None
@@ -227,6 +232,8 @@ class GuardedSite(web.TCPSite):
             self._port,
             backlog=self._backlog,
             reuse_address=self._reuse_address,
+            ssl=self._ssl_context,
+            ssl_handshake_timeout=self._guard.header_timeout_s if self._ssl_context else None,
         )
         self._sweeper = asyncio.create_task(self._guard.run())
 

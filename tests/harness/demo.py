@@ -36,15 +36,18 @@ HOST_NAME = "appliance-demo"
 # A lab address standing in for "the internet": nothing answers there, and the firewall must
 # drop the probe before it leaves. Never a real outside address.
 EGRESS_TARGET = "http://198.19.255.10/"
+# The gateway serves HTTPS with a certificate from the appliance's site CA, which the gateway
+# role keeps beside its config for clients on the host.
 CHAT = """
-import json, os, urllib.request
+import json, os, ssl, urllib.request
+context = ssl.create_default_context(cafile="/etc/appliance/gateway/tls/ca.crt")
 request = urllib.request.Request(
-    "http://127.0.0.1:8000/v1/chat/completions",
+    "https://127.0.0.1:8000/v1/chat/completions",
     data=json.dumps({"model": "tiny-llama", "max_tokens": 16,
                      "messages": [{"role": "user", "content": "Hello from the demo!"}]}).encode(),
     headers={"Authorization": "Bearer " + os.environ["APPLIANCE_KEY"],
              "Content-Type": "application/json"})
-with urllib.request.urlopen(request, timeout=120) as response:
+with urllib.request.urlopen(request, timeout=120, context=context) as response:
     print(json.dumps({"request_id": response.headers["X-Request-Id"],
                       "answer": json.load(response)}))
 """

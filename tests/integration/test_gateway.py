@@ -122,7 +122,7 @@ def gateway(
             "down": "sha256:" + "d" * 64,
         }
         config = {
-            "listen": {"host": "127.0.0.1", "port": free_port()},
+            "listen": {"host": "127.0.0.1", "port": free_port(), "plain_http": True},
             "keys_file": str(keys_file),
             "audit": {"dir": str(root / "audit"), "max_bytes": 1 << 20, "fsync": False},
             "max_body_bytes": 64 << 10,

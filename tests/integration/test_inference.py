@@ -346,8 +346,9 @@ def test_rerun_changes_nothing_and_keeps_the_keys(appliance: Appliance) -> None:
 
 def test_the_runtime_probe_reports_an_answer_when_there_is_one(appliance: Appliance) -> None:
     # The probe is not a constant "no answer": pointed (wrongly) at an address that answers,
-    # the gateway's own port on loopback, every runtime's check fails with what it saw.
-    inside = "http://127.0.0.1:8000/health"
+    # the first runtime's own port on loopback (plain HTTP; the gateway's port is HTTPS now),
+    # every runtime's check fails with what it saw.
+    inside = "http://127.0.0.1:8081/health"
     done = appliance.host.run(
         "/opt/appliance/venv/bin/appliance", "--json", "verify", "--egress-target", inside
     )

@@ -99,6 +99,8 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         },
         "runtime_vllm_health_retries": 60,
         "runtime_vllm_health_delay": 5,
+        # Plain HTTP on purpose: this play sets up no package source for the site CA's openssl.
+        "gateway_tls": "off",
     }
     (root / "extravars.json").write_text(json.dumps(extravars))
     (root / "site.yml").write_text(

@@ -53,7 +53,16 @@ def test_an_s3_store_brings_the_site_ca_and_its_openssl() -> None:
         "object_store",
     )
     assert required_packages(stack, serves_models=False)["openssl"] == ["site_ca"]
-    assert "openssl" not in required_packages({"runtime": "llamacpp"}, serves_models=True)
+    assert "openssl" not in required_packages({"runtime": "llamacpp"}, serves_models=False)
+
+
+def test_the_gateway_brings_the_site_ca_for_its_https() -> None:
+    # gateway_tls defaults to site_ca: a bundle that serves models carries openssl for it, once.
+    roles = play_roles({"runtime": "llamacpp"}, serves_models=True)
+    assert roles[-3:] == ("runtime_llamacpp", "site_ca", "gateway")
+    stack = {"runtime": "llamacpp", "object_store": "minio"}
+    assert play_roles(stack, serves_models=True).count("site_ca") == 1
+    assert required_packages({"runtime": "llamacpp"}, serves_models=True)["openssl"] == ["site_ca"]
 
 
 def test_a_templated_declaration_is_refused(

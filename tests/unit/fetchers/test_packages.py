@@ -62,9 +62,13 @@ def test_a_runtime_role_adds_its_packages_when_the_bundle_serves_models(tmp_path
     text = BASE + SOURCES + "  install: [jq]\n" + MODEL
     plan = PackagesSource().check(request(tmp_path, text))
     assert plan is not None and plan.packages is not None
-    assert plan.packages.install == ["jq", "python3-apt", "nginx-light", "nftables", "libgomp1"]
+    # openssl: the site CA's, for the gateway's HTTPS certificate (gateway_tls: site_ca).
+    assert plan.packages.install == [
+        "jq", "python3-apt", "nginx-light", "nftables", "libgomp1", "openssl"
+    ]  # fmt: skip
     assert plan.requested == ["jq"]
     assert plan.role_packages["runtime_llamacpp"] == ["libgomp1"]
+    assert plan.role_packages["site_ca"] == ["openssl"]
 
 
 def test_no_packages_section_builds_but_warns_with_every_package_and_role(

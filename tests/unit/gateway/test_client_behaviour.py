@@ -27,7 +27,8 @@ class Preflight:
 
 
 CONFIG = {
-    "models": [{"name": "m", "digest": "sha256:" + "a" * 64, "backend": "http://127.0.0.1:8081"}]
+    "listen": {"plain_http": True},  # a config must say HTTPS or plain HTTP (listen.tls)
+    "models": [{"name": "m", "digest": "sha256:" + "a" * 64, "backend": "http://127.0.0.1:8081"}],
 }
 
 

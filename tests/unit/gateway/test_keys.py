@@ -59,7 +59,7 @@ def test_missing_keys_file_says_how_to_make_one(tmp_path: Path) -> None:
 
 
 GOOD = {
-    "listen": {"host": "127.0.0.1", "port": 8000},
+    "listen": {"host": "127.0.0.1", "port": 8000, "plain_http": True},
     "keys_file": "/etc/appliance/gateway/keys.json",
     "audit": {"dir": "/var/log/appliance/audit", "max_bytes": 67108864, "fsync": False},
     "models": [
@@ -73,6 +73,17 @@ GOOD = {
     [
         ({"models": []}, "models", "List should have at least 1 item"),
         ({"listen": {"port": 0}}, "listen.port", "greater than or equal to 1"),
+        ({"listen": {"port": 8000}}, "listen", "set tls (cert, key) to serve HTTPS, or plain_http"),
+        (
+            {"listen": {"plain_http": True, "tls": {"cert": "/c", "key": "/k"}}},
+            "listen",
+            "both tls and plain_http are set",
+        ),
+        (
+            {"listen": {"tls": {"cert": "/c", "key": "/k", "min_version": "1.1"}}},
+            "listen.tls.min_version",
+            "Input should be '1.2' or '1.3'",
+        ),
         ({"audit": {"dir": "/x", "colour": 1}}, "audit.colour", "Extra inputs are not permitted"),
         (
             {"models": [{**GOOD["models"][0], "digest": "md5:00"}]},  # type: ignore[index]

@@ -30,7 +30,7 @@ def manifest(
     )
 
 
-ALL = ["nftables", "python3-apt", "nginx-light", "libgomp1", "jq"]
+ALL = ["nftables", "python3-apt", "nginx-light", "libgomp1", "jq", "openssl"]
 
 
 def test_a_bundle_with_every_role_package_passes() -> None:

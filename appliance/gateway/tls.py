@@ -1,0 +1,107 @@
+"""The gateway's HTTPS: a server context from the config's certificate, key and client CA.
+
+Everything is checked before the gateway serves (and by ``--check-config``, which the role
+runs before it replaces the config): each file readable, the certificate and key PEM that
+parse, the key the one the certificate certifies, the client CA a certificate. Each problem is
+a GatewayConfigError naming the file and the field, never OpenSSL's bare reason code.
+
+TLS 1.2 is the least version offered (1.3 when the config says so); TLS 1.2 only with
+forward-secret AEAD suites (ECDHE with AES-GCM or ChaCha20-Poly1305), as Mozilla's
+"intermediate" profile; no compression, no renegotiation. TLS 1.3's suites are OpenSSL's
+defaults, all AEAD.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+
+from appliance.errors import GatewayConfigError
+from appliance.gateway.config import TLSSettings
+
+LOG = logging.getLogger("appliance.gateway")
+
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1:!MD5"
+_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def _read(path: Path, field: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise GatewayConfigError(
+            f"listen.tls.{field}: {path} does not exist",
+            hint="give the path of the PEM file, or issue it again (gateway_tls in the role)",
+        ) from None
+    except OSError as error:
+        raise GatewayConfigError(
+            f"listen.tls.{field}: cannot read {path}: {error.strerror}",
+            hint="the gateway's user must be able to read it (the key: 0600, owned by that user)",
+        ) from None
+
+
+def _certificates(path: Path, field: str) -> list[x509.Certificate]:
+    try:
+        found = x509.load_pem_x509_certificates(_read(path, field))
+    except ValueError:
+        found = []
+    if not found:
+        raise GatewayConfigError(
+            f"listen.tls.{field}: {path} holds no PEM certificate",
+            hint="a PEM file starts with -----BEGIN CERTIFICATE-----",
+        )
+    return found
+
+
+def check_files(settings: TLSSettings) -> x509.Certificate:
+    """The server certificate, once every file is checked (see the module text)."""
+    chain = _certificates(settings.cert, "cert")
+    data = _read(settings.key, "key")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise GatewayConfigError(
+            f"listen.tls.key: {settings.key} is encrypted",
+            hint="the gateway starts unattended: give it the key without a passphrase (0600)",
+        ) from None
+    except (ValueError, UnsupportedAlgorithm) as error:
+        raise GatewayConfigError(
+            f"listen.tls.key: {settings.key} is not a PEM private key ({error})"
+        ) from None
+    raw = serialization.PublicFormat.SubjectPublicKeyInfo
+    pem = serialization.Encoding.PEM
+    if key.public_key().public_bytes(pem, raw) != chain[0].public_key().public_bytes(pem, raw):
+        raise GatewayConfigError(
+            f"listen.tls.key: {settings.key} is not the key of the certificate {settings.cert}",
+            hint="the certificate's first entry must be the server certificate made for this key",
+        )
+    if settings.client_ca is not None:
+        _certificates(settings.client_ca, "client_ca")
+    expires = chain[0].not_valid_after_utc
+    if expires < datetime.now(UTC):
+        LOG.warning("the gateway's certificate %s expired on %s", settings.cert, expires)
+    return chain[0]
+
+
+def server_context(settings: TLSSettings) -> ssl.SSLContext:
+    """The context the gateway's listener serves with."""
+    check_files(settings)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = _VERSIONS[settings.min_version]
+    context.set_ciphers(TLS12_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    try:
+        context.load_cert_chain(settings.cert, settings.key)
+        if settings.client_ca is not None:
+            context.load_verify_locations(cafile=settings.client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (ssl.SSLError, OSError) as error:  # checked above; what OpenSSL still refuses
+        raise GatewayConfigError(f"listen.tls: OpenSSL refuses the files: {error}") from None
+    return context

@@ -75,6 +75,13 @@ done
 [ -n "$pubkey" ] || fail "--pubkey is required" \
   "pass the publisher's public key, carried separately: ./install.sh --pubkey KEY.pub"
 
+# A first install has no release to protect: $venv names this installer from the start, so
+# an operator can run appliance from it after a run that failed.
+if [ ! -e "$venv" ] && [ ! -L "$venv" ] && [ -z "$plan_only" ]; then
+  mkdir -p "$(dirname "$venv")" && ln -s "venvs/$id" "$venv" ||
+    fail "cannot point $venv at $target" "set APPLIANCE_VENV to a writable directory"
+fi
+
 status=0
 "$target/bin/appliance" "$command" --bundle "$here" "$@" || status=$?
 case $status in

@@ -76,7 +76,8 @@ def test_build_reports_what_it_did(built: dict[str, object], workspace: Path) ->
     # Plus the 7 minbase packages built from the same sources (gcc-12-base, libgcc-s1 and
     # libstdc++6 beside libgomp1; libcap2; libtinfo6, ncurses-base, ncurses-bin): a host from
     # an older point release needs their exact versions and finds them only in the bundle.
-    assert kinds["deb"] == 52
+    # And openssl, for the site CA that issues the gateway's certificate: 53.
+    assert kinds["deb"] == 53
     assert kinds["repo-index"] == 6
     assert kinds["wheel"] >= 20  # the installer's closure plus six
     assert not list(workspace.glob(".out.partial-*"))
@@ -108,6 +109,8 @@ def test_manifest_lists_every_file_once_with_digest(workspace: Path) -> None:
         "firewall": ["nftables"],
         "local_repo": ["nginx-light", "python3-apt"],
         "runtime_llamacpp": ["libgomp1"],
+        # The site CA that issues the gateway's HTTPS certificate.
+        "site_ca": ["openssl"],
     }
     sbom = json.loads((bundle / "sbom.cdx.json").read_bytes())
     assert sbom["bomFormat"] == "CycloneDX" and sbom["specVersion"] == "1.5"

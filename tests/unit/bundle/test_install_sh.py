@@ -145,3 +145,17 @@ def test_a_venv_left_half_built_is_built_again(tmp_path: Path, run: Install) -> 
     assert done.returncode == again.returncode == 0, again.stderr
     assert "creating the installer venv" in again.stdout
     assert (target / ".complete").is_file()
+
+
+def test_a_first_install_that_fails_still_leaves_its_installer(
+    tmp_path: Path, run: Install
+) -> None:
+    """Nothing runs yet to protect: the operator gets appliance to look at what went wrong."""
+    install = run
+    one = _bundle(tmp_path, "1.0")
+    venv = tmp_path / "opt" / "venv"
+    failed = install(one, "--pubkey", "k.pub", code=30)
+    assert failed.returncode == 30
+    assert str(venv.readlink()).startswith("venvs/")
+    assert subprocess.run([venv / "bin" / "appliance"], capture_output=True, text=True,
+                          check=False).stdout.startswith("installer 1.0")  # fmt: skip

@@ -51,7 +51,10 @@ def test_single_box_registry_listens_on_loopback_and_opens_nothing() -> None:
     registry = planned.registry
     assert registry is not None
     assert (registry.host, registry.address, registry.port) == ("localhost", "127.0.0.1", 5000)
-    assert planned.hosts["localhost"].roles == ("preflight", "local_repo", "firewall", "registry")
+    # The engines come after the registry: their preflight reads its CA and pull identity.
+    assert planned.hosts["localhost"].roles == (
+        "preflight", "local_repo", "firewall", "registry", "container_engines",
+    )  # fmt: skip
     assert planned.hosts["localhost"].firewall.service_ports == ()
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from appliance.cli.bundle import progress_for
-from appliance.cli.install import _LiveView
+from appliance.cli.install import live_view
 from appliance.cli.output import Output
 from appliance.errors import InstallError
 from appliance.install import InstallOptions
@@ -128,11 +128,10 @@ def upgrade_command(
         if output.json_mode or not sys.stdin.isatty():
             raise click.UsageError("pass --yes to apply without a terminal to confirm in")
         click.confirm(f"Apply this plan to upgrade to {plan.to_release}?", abort=True)
-    view = _LiveView(output) if not output.json_mode else lambda _event: None
+    view = live_view(output)
     with progress_for(output) as progress:
         applied = apply_upgrade(
             options, egress_targets, internal_targets, view, progress, output.info,
-            moves_packages=bool(plan.packages_upgraded or plan.packages_downgraded),
         )  # fmt: skip
     output.result(
         {

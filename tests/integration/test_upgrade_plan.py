@@ -11,7 +11,6 @@ distinct by their general.name (same length, so llama.cpp still loads them).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -168,11 +167,9 @@ def _upgrade(run: Any, bundles: Path) -> None:
     assert run("readlink", "/opt/appliance/venv").stdout.startswith("venvs/")
     listed = json.loads(run(APPLIANCE, "releases", "--json").stdout)["releases"]
     assert [(r["release"], r["state"]) for r in listed] == [("v2", "current"), ("v1", "previous")]
-    if importlib.util.find_spec("appliance.install.upgrade") is not None:
-        # The upgrade flow moves installed packages to the release's exact versions; the
-        # install-then-verify stand-in it replaces leaves an installed package as it is.
-        version = run("dpkg-query", "--show", "--showformat", "${Version}", PACKAGE).stdout
-        assert version == VERSIONS[1]
+    # The upgrade flow moves installed packages to the release's exact versions.
+    version = run("dpkg-query", "--show", "--showformat", "${Version}", PACKAGE).stdout
+    assert version == VERSIONS[1]
     assert call(key, "tiny-c")[0] == 200  # the operator's key from v1 still opens v2
     assert call(key, "tiny-b")[0] != 200
     units = run("systemctl", "list-units", "--all", "--plain", "--no-legend", "appliance-llama*")

@@ -46,12 +46,16 @@ PY
 id=$(cat "$wheelhouse/.id")
 venvs="$(dirname "$venv")/venvs"
 target="$venvs/$id"
+mkdir -p "$venvs" || fail "cannot create $venvs" "set APPLIANCE_VENV to a writable directory"
+# One run at a time builds or checks a venv: a second install.sh would otherwise remove the
+# venv the first is building or running from. The descriptor (and the lock) lasts this run.
+exec 9>"$venvs/.lock" && flock 9 ||
+  fail "cannot lock $venvs/.lock" "set APPLIANCE_VENV to a writable directory"
 # A venv's scripts name its directory, so it is built where it lives; .complete marks one that
 # finished (a run killed halfway leaves none, and the next run starts that venv afresh).
 if [ ! -f "$target/.complete" ]; then
   printf '==> creating the installer venv %s from the bundle (offline): %s\n' "$venv" "$target"
   rm -rf "$target"
-  mkdir -p "$venvs" || fail "cannot create $venvs" "set APPLIANCE_VENV to a writable directory"
   # --without-pip: Debian's python3 has no ensurepip; pip runs from its own wheel instead.
   python3 -m venv --without-pip "$target" ||
     fail "cannot create a venv at $target" "set APPLIANCE_VENV to a writable directory"

@@ -139,10 +139,16 @@ def upgrade_command(
             "release": applied.release,
             "hosts": applied.hosts,
             "verify_report": applied.report,
+            "api_key": applied.api_key,
         },
         human=f"upgraded {plan.name} to {applied.release} on {len(applied.hosts)} host(s); "
         f"verify passed {applied.checks} checks (report: {applied.report}); current is "
-        f"{applied.release}",
+        f"{applied.release}"
+        + (
+            f"\n  gateway API key 'operator' (shown this once, store it now): {applied.api_key}"
+            if applied.api_key
+            else ""
+        ),
     )
 
 

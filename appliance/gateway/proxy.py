@@ -343,6 +343,7 @@ class Gateway:
             raise invalid
         if call.model is None:
             raise _Refusal(400, "missing_model", "the request must name a model")
+        _check_stream_fields(document)
         if route is None:
             raise _Refusal(
                 404,
@@ -429,10 +430,21 @@ class Gateway:
         return metrics_page(self)
 
 
+def _check_stream_fields(document: dict[str, Any]) -> None:
+    """``stream`` a boolean, ``stream_options`` an object (or absent): a runtime that reads
+    ``"stream": 1`` as true would stream a call the gateway records, counts and charges as a
+    whole answer, without its usage."""
+    stream = document.get("stream")
+    if stream is not None and not isinstance(stream, bool):  # 1 == True in Python
+        raise _Refusal(400, "invalid_stream", "'stream' must be true or false")
+    options = document.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise _Refusal(400, "invalid_stream_options", "'stream_options' must be an object")
+
+
 def _ask_for_usage(document: dict[str, Any]) -> UsageDropper | None:
     """Make the runtime report a stream's usage; a dropper for the usage-only event when the
-    client did not ask for it. ``stream_options`` that is not an object is left for the
-    runtime to refuse."""
+    client did not ask for it (``stream_options`` is an object: _check_stream_fields)."""
     options = document.get("stream_options")
     if options is None:
         options = {}

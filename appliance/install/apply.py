@@ -19,6 +19,9 @@ class Applied:
     hosts: list[str]
     checks: int  # verify's checks, every one passed
     report: str  # verify's JSON report
+    # The gateway's operator key, when this upgrade made it (the first release with models):
+    # shown once, as install shows it.
+    api_key: str | None = None
 
 
 def apply_upgrade(
@@ -42,4 +45,5 @@ def apply_upgrade(
     if error is not None:
         raise error
     hosts = report.install.hosts if report.install is not None else []
-    return Applied(report.target, hosts, len(report.checks), str(report.verify_report))
+    key = report.install.api_key if report.install is not None else None
+    return Applied(report.target, hosts, len(report.checks), str(report.verify_report), key)

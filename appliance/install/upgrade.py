@@ -120,7 +120,9 @@ def upgrade(
         )
         apply = replace(options.install, commit=False, exact_versions=True)
         prior = interrupted if same else None
-        return _transition(root, phase, apply, on_event, progress, on_note, prior)
+        return _transition(
+            root, phase, apply, on_event, progress, on_note, prior, options.install.pubkey
+        )
 
 
 def rollback(
@@ -171,7 +173,9 @@ def rollback(
         )
         with _release_key(root, target, options.pubkey) as key:
             apply = _staged_options(root, target, key, phase)
-            return _transition(root, phase, apply, on_event, progress, on_note)
+            return _transition(
+                root, phase, apply, on_event, progress, on_note, pubkey=options.pubkey
+            )
 
 
 def settle_interrupted(
@@ -199,9 +203,12 @@ def _transition(
     progress: Progress | None,
     on_note: Notes,
     prior: Phase | None = None,
+    pubkey: Path | None = None,
 ) -> UpgradeReport:
     """Apply ``phase.target``, verify it, commit; or return to ``phase.origin``. ``prior``: the
-    interrupted run this one finishes, whose record stays if this one is refused."""
+    interrupted run this one finishes, whose record stays if this one is refused. ``pubkey``:
+    the operator's key, for an origin whose record keeps none (installed before keys were
+    recorded)."""
     state = phase
 
     def applying() -> None:
@@ -218,16 +225,20 @@ def _transition(
             else:
                 forget(root)
             raise
-        return _return(root, state, f"{error.message}", [], on_event, progress, on_note)
+        return _return(root, state, f"{error.message}", [], on_event, progress, on_note, pubkey)
     state = advance(root, state, "verifying")
     on_note(f"verifying {state.target} before it becomes current")
-    checks, verify_report = _verify(root, state, state.target)
+    try:
+        checks, verify_report = _verify(root, state, state.target)
+    except Exception as error:  # a verify that cannot run (its evidence, its inventory) failed
+        reason = f"verify could not run: {getattr(error, 'message', None) or error}"
+        return _return(root, state, reason, [], on_event, progress, on_note, pubkey)
     failed = [c for c in checks if not c.passed]
     if failed:
         reason = f"verify failed {len(failed)} of {len(checks)} checks: " + "; ".join(
             f"{c.host}: {c.name}" for c in failed
         )
-        return _return(root, state, reason, failed, on_event, progress, on_note)
+        return _return(root, state, reason, failed, on_event, progress, on_note, pubkey)
     _commit(root, state.target, state.origin)
     state = advance(root, state, "committed")
     on_note(f"{state.target} verified and is current now")
@@ -358,7 +369,11 @@ def _staged_options(root: Path, release: str, key: Path, phase: Phase) -> Instal
 
 @contextmanager
 def _release_key(root: Path, release: str, given: Path | None) -> Iterator[Path]:
-    """The publisher key ``release`` was installed with (releases.json), else ``given``."""
+    """``given`` (the operator's: a rotated key wins), else the publisher key ``release`` was
+    installed with (releases.json)."""
+    if given is not None:
+        yield given
+        return
     line = StateRecord.load(root).releases.get(release, {}).get("pubkey")
     if not isinstance(line, str) or not line:
         if given is None:

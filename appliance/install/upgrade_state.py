@@ -24,6 +24,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -115,19 +116,28 @@ def forget(root: Path) -> None:
     (root / PHASE_FILE).unlink(missing_ok=True)
 
 
+_LOCK_TRIES = 20  # 2 s
+
+
 @contextmanager
 def transition_lock(root: Path) -> Iterator[None]:
     """Hold the depot's transition lock, or refuse at once when another run holds it."""
     root.mkdir(parents=True, exist_ok=True)
     handle = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InstallError(
-                f"another install, upgrade or rollback is running on this depot ({root})",
-                hint="wait for it to finish, then run this again; nothing was changed",
-            ) from None
+        # A few tries: `appliance releases` probes the lock for an instant (lock_held), and a
+        # monitoring loop running it must not make an upgrade refuse to start.
+        for attempt in range(_LOCK_TRIES):
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == _LOCK_TRIES - 1:
+                    raise InstallError(
+                        f"another install, upgrade or rollback is running on this depot ({root})",
+                        hint="wait for it to finish, then run this again; nothing was changed",
+                    ) from None
+                time.sleep(0.1)
         yield
     finally:
         os.close(handle)  # closing the descriptor drops the lock

@@ -335,6 +335,15 @@ def test_model_not_on_the_allow_list_is_refused_and_audited(gateway: Gateway) ->
             "request_too_large",
         ),
         (b'{"model": "down", "prompt": "x"}', 502, "backend_unavailable"),
+        # A runtime may read these as a stream the gateway would record and charge as a whole
+        # answer, without its usage.
+        (b'{"model": "stand-in", "prompt": "x", "stream": 1}', 400, "invalid_stream"),
+        (b'{"model": "stand-in", "prompt": "x", "stream": "true"}', 400, "invalid_stream"),
+        (
+            b'{"model": "stand-in", "prompt": "x", "stream": true, "stream_options": []}',
+            400,
+            "invalid_stream_options",
+        ),
     ],
 )
 def test_bad_calls_get_openai_errors(gateway: Gateway, raw: bytes, status: int, code: str) -> None:

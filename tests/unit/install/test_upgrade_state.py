@@ -10,7 +10,13 @@ import pytest
 
 from appliance.errors import InstallError, RollbackFailedError, UpgradeRolledBackError
 from appliance.install import InstallOptions
-from appliance.install.release_state import StateRecord, list_releases, prune
+from appliance.install.release_state import (
+    StateRecord,
+    list_releases,
+    prune,
+    record_installed,
+    record_staged,
+)
 from appliance.install.upgrade import settle_interrupted
 from appliance.install.upgrade_report import UpgradeReport
 from appliance.install.upgrade_state import (
@@ -136,3 +142,39 @@ def test_the_outcome_decides_the_error_and_names_the_failure() -> None:
     assert error.message == "upgrade to v3 failed: boom; and returning to v2 FAILED too: bang"
     assert error.hint is not None and "appliance rollback --to v2" in error.hint
     assert UpgradeReport("upgrade", "committed", "v3", "v2", "v3").error() is None
+
+
+def test_a_lock_probed_for_an_instant_does_not_refuse_a_run(tmp_path: Path) -> None:
+    """`appliance releases` takes the lock for an instant to see whether a run holds it."""
+    import threading
+
+    held = threading.Event()
+
+    def hold_briefly() -> None:
+        with transition_lock(tmp_path):
+            held.set()
+            threading.Event().wait(0.3)
+
+    holder = threading.Thread(target=hold_briefly)
+    holder.start()
+    held.wait(5)
+    with transition_lock(tmp_path):  # waits out the 0.3 s holder instead of refusing
+        pass
+    holder.join()
+
+
+def test_the_operators_key_wins_over_the_recorded_one(tmp_path: Path) -> None:
+    """A publisher key rotated after a compromise: rollback --pubkey NEW checks with NEW."""
+    from appliance.install.upgrade import _release_key
+
+    given = tmp_path / "new.pub"
+    given.write_text("new key\n")
+    record_staged(tmp_path, "v1", 1, "0" * 64, pubkey="ssh-ed25519 AAAA-the-old-one")
+    with _release_key(tmp_path, "v1", given) as key:
+        assert key == given
+    with _release_key(tmp_path, "v1", None) as key:  # no key given: the recorded one
+        assert key.read_text() == "ssh-ed25519 AAAA-the-old-one\n"
+    record_installed(tmp_path, "v2", None)
+    refused = pytest.raises(InstallError, match="keeps no publisher key for release v2")
+    with refused, _release_key(tmp_path, "v2", None):
+        pass

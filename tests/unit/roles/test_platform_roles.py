@@ -6,6 +6,7 @@ platform")."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import stat
@@ -133,3 +134,34 @@ def _paths(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str
         if isinstance(value, dict):
             found.extend(_paths(value, (*prefix, key)))
     return found
+
+
+def test_k3s_installs_the_bundles_files_checked_by_sha256(tmp_path: Path) -> None:
+    """copy's own checksum option is SHA-1: the role checks the bundle's SHA-256 itself."""
+    bundle = tmp_path / "bundle"
+    (bundle / "files").mkdir(parents=True)
+    files = []
+    for name, body in (("k3s", b"binary"), ("k3s-airgap-images", b"tar"), ("k3s-install.sh", b"#")):
+        (bundle / "files" / name).write_bytes(body)
+        digest = hashlib.sha256(body).hexdigest()
+        files.append({"name": name, "path": f"files/{name}", "sha256": digest})
+    registry = LocalRegistry("127.0.0.1:5000", "/etc/appliance/pki/ca.crt", "", "")
+    platform = k3s_plan(topology(), images=IMAGES, registry=registry, workloads=[],
+                        device_plugin_image=None, gpu_nodes=[])  # fmt: skip
+    extravars = {
+        "appliance_files": files,
+        "appliance_bundle_dir": str(bundle),
+        "appliance_platform": {"k3s": platform},
+        "k3s_home": str(tmp_path / "home"),
+        "k3s_config_dir": str(tmp_path / "config"),
+        "k3s_binary": str(tmp_path / "bin" / "k3s"),
+        "k3s_images_dir": str(tmp_path / "images"),
+        "k3s_rancher_dir": str(tmp_path / "rancher"),
+    }
+    (tmp_path / "bin").mkdir()
+    tasks = [{"ansible.builtin.include_role": {"name": "k3s", "tasks_from": step}}
+             for step in ("preflight", "install")]  # fmt: skip
+    play_locally(tmp_path, tasks, extravars)
+    assert (tmp_path / "bin" / "k3s").read_bytes() == b"binary"
+    assert mode(tmp_path / "bin" / "k3s") == 0o755
+    assert (tmp_path / "images" / "k3s-airgap-images.tar.zst").read_bytes() == b"tar"

@@ -235,7 +235,8 @@ def usage_command(output: Output, directory: Path, by: str, since: Any, until: A
         table.add_column(header, justify="left" if header == by else "right")
     for row in [*document["groups"], document["total"]]:
         table.add_row(
-            row["name"], str(row["calls"]), str(row["errors"]), str(row["prompt_tokens"]),
+            _printable(row["name"]), str(row["calls"]), str(row["errors"]),
+            str(row["prompt_tokens"]),
             str(row["completion_tokens"]), _number(row["latency_ms_p50"]),
             _number(row["latency_ms_p95"]),
         )  # fmt: skip
@@ -246,3 +247,9 @@ def usage_command(output: Output, directory: Path, by: str, since: Any, until: A
     )
     if output.verbosity >= 0:
         output.console.print(table)
+
+
+def _printable(name: str) -> str:
+    """A group's name as the table shows it: model names come from clients, and an escape
+    sequence in one must not reach the operator's terminal."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in name)

@@ -8,12 +8,14 @@ memory), so these functions never touch it.
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
 from appliance.errors import GatewayConfigError
 from appliance.gateway.keys import (
@@ -21,6 +23,7 @@ from appliance.gateway.keys import (
     KeysFile,
     Limits,
     OldSecret,
+    editing,
     format_time,
     hash_key,
     load_keys,
@@ -37,6 +40,9 @@ _DURATION_HINT = "a duration like 90m, 12h, 30d, 1d12h (s m h d w), or 0 for non
 _EXPIRES_HINT = (
     "give a duration from now (30d, 12h, 1w) or a UTC time: 2027-01-31, 2027-01-31T18:00:00Z"
 )
+
+
+T = TypeVar("T")
 
 
 def actor() -> str:
@@ -115,6 +121,18 @@ def _change(path: Path, which: str, update: Mapping[str, object]) -> KeyRecord:
     return record
 
 
+def _locked(change: Callable[..., T]) -> Callable[..., T]:
+    """Run a key change under the keys file's edit lock (keys.editing), from load to save."""
+
+    @functools.wraps(change)
+    def locked(path: Path, *args: Any, **kwargs: Any) -> T:
+        with editing(path):
+            return change(path, *args, **kwargs)
+
+    return locked
+
+
+@_locked
 def revoke_key(path: Path, which: str, now: datetime | None = None) -> KeyRecord:
     keys = load_keys(path)
     record = keys.keys[find_key(keys, path, which)]
@@ -127,6 +145,7 @@ def revoke_key(path: Path, which: str, now: datetime | None = None) -> KeyRecord
     return _change(path, record.id, {"revoked": stamp, "revoked_by": actor()})
 
 
+@_locked
 def rotate_key(
     path: Path,
     which: str,
@@ -159,6 +178,7 @@ def rotate_key(
     return plaintext, _change(path, record.id, update)
 
 
+@_locked
 def set_limits(path: Path, which: str, changes: dict[str, int | None]) -> KeyRecord:
     """Set (an int) or clear (None) the named limits of a key; the others stay."""
     keys = load_keys(path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
@@ -23,6 +24,7 @@ import os
 import re
 import secrets
 import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
@@ -208,6 +210,23 @@ def replace_file(path: Path, data: bytes, mode: int, keep_owner: bool = False) -
         raise
 
 
+@contextlib.contextmanager
+def editing(path: Path) -> Iterator[None]:
+    """Hold the keys file's edit lock from load to save: two key commands at once would each
+    save a change over the file the other read, and undo it (a revocation, say)."""
+    # The directory's own descriptor carries the lock: no lock file beside the keys.
+    try:
+        handle = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except (FileNotFoundError, NotADirectoryError):
+        yield  # no directory yet: the save makes it, or says why it cannot
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)
+
+
 def add_key(
     path: Path,
     name: str,
@@ -224,6 +243,19 @@ def add_key(
     whose record exists always has its plaintext somewhere: a run cut between the two steps
     leaves at most a plaintext with no record, and the next run makes a fresh key.
     """
+    with editing(path):
+        return _add_key(path, name, models, key_out, expires, limits, actor)
+
+
+def _add_key(
+    path: Path,
+    name: str,
+    models: list[str],
+    key_out: Path | None,
+    expires: str | None,
+    limits: Limits | None,
+    actor: str | None,
+) -> tuple[str, KeyRecord]:
     keys = load_keys(path) if path.exists() else KeysFile()
     if any(k.name == name for k in keys.keys):
         raise GatewayConfigError(

@@ -76,3 +76,10 @@ def test_verify_a_shipped_copy(capsys: pytest.CaptureFixture[str], tmp_path: Pat
         capsys, "audit", "verify", "--shipped", str(copy), "--anchor", f"1:{'a' * 64}"
     )
     assert code == 2 and "--anchor checks the audit directory, not --shipped" in err
+
+
+def test_usage_shows_a_hostile_model_name_without_its_escapes() -> None:
+    from appliance.cli.audit import _printable
+
+    assert _printable("tiny\x1b[2J\u202eevil") == "tiny\\x1b[2J\\x202eevil"
+    assert _printable("llama-3.1:8b") == "llama-3.1:8b"

@@ -7,6 +7,7 @@ import json
 import re
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -142,3 +143,35 @@ def test_key_out_writes_the_plaintext_first_and_root_only(tmp_path: Path) -> Non
         )
     assert (tmp_path / "secrets" / "second.key").is_file()
     assert [k.name for k in load_keys(keys_file).keys] == ["operator"]
+
+
+def test_two_key_changes_at_once_both_stay(tmp_path: Path) -> None:
+    """A revocation and a limits change running together: neither save undoes the other."""
+    import threading
+
+    from appliance.gateway import key_admin
+
+    keys_file = tmp_path / "keys.json"
+    add_key(keys_file, "a", ["*"])
+    add_key(keys_file, "b", ["*"])
+    saving = threading.Event()
+    real_save = key_admin.save_keys
+
+    def slow_save(path: Path, keys: Any) -> None:
+        saving.set()  # the revocation holds its copy of the file now
+        threading.Event().wait(0.3)
+        real_save(path, keys)
+
+    key_admin.save_keys = slow_save  # type: ignore[assignment]
+    try:
+        first = threading.Thread(target=key_admin.revoke_key, args=(keys_file, "a"))
+        first.start()
+        saving.wait(5)
+        key_admin.save_keys = real_save  # type: ignore[assignment]
+        key_admin.set_limits(keys_file, "b", {"rpm": 5})
+        first.join()
+    finally:
+        key_admin.save_keys = real_save  # type: ignore[assignment]
+    by_name = {k.name: k for k in load_keys(keys_file).keys}
+    assert by_name["a"].revoked is not None
+    assert by_name["b"].limits.rpm == 5

@@ -5,7 +5,8 @@ A second real client beside the Python SDK (test_gateway_openai.py), on the same
 model. tests/clients/node/drive.mjs runs one scenario per node process with the SDK version
 pinned in its package-lock.json (installed by tests/harness/setup.sh) and reports what the
 client saw and how many requests it put on the wire; each test ends by checking that the audit
-log gained exactly that many records (the SDK's retries and an aborted stream included).
+log gained exactly that many records (the SDK's retries and an aborted stream included). One
+test speaks HTTPS, as the gateway serves by default, with the CA given as Node users give it.
 """
 
 from __future__ import annotations
@@ -21,23 +22,34 @@ from typing import Any
 import pytest
 
 from appliance.gateway.keys import Limits
+from tests.fixtures.gateway import gateway_in_thread
 from tests.fixtures.openai_sites import Site, counted, llama_gateway, stand_in_gateway
+from tests.fixtures.pki import CA
 
 pytestmark = pytest.mark.slow
 
 NODE_CLIENT = Path(__file__).resolve().parents[1] / "clients" / "node"
 
 
-def drive(site: Site, model: str, scenario: str, **arguments: Any) -> Any:
-    """Run one scenario of drive.mjs against ``site``; count its requests as the site's calls."""
+def drive(
+    site: Site,
+    model: str,
+    scenario: str,
+    https: bool = False,
+    ca: Path | None = None,
+    **arguments: Any,
+) -> Any:
+    """Run one scenario of drive.mjs against ``site``; count its requests as the site's calls.
+    ``https`` with ``ca``: the client trusts that CA as Node users do (NODE_EXTRA_CA_CERTS)."""
     node = shutil.which("node")
     if node is None or not (NODE_CLIENT / "node_modules" / "openai" / "package.json").is_file():
         pytest.fail(
             "node or the pinned openai package is missing: run tests/harness/setup.sh",
             pytrace=False,
         )
+    scheme = "https" if https else "http"
     plan = {
-        "base_url": f"http://127.0.0.1:{site.gateway.port}/v1",
+        "base_url": f"{scheme}://localhost:{site.gateway.port}/v1",
         "key": site.gateway.key,
         "keys": site.gateway.keys,
         "model": model,
@@ -46,6 +58,7 @@ def drive(site: Site, model: str, scenario: str, **arguments: Any) -> Any:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "APPLIANCE_GATEWAY_PLAN": json.dumps(plan),
+        **({"NODE_EXTRA_CA_CERTS": str(ca)} if ca is not None else {}),
     }
     argv = [node, str(NODE_CLIENT / "drive.mjs"), scenario]
     if arguments:
@@ -179,6 +192,24 @@ def test_a_stream_the_client_leaves_early_has_one_record(site: Site) -> None:
     site.release()
     record = site.record(seen["request_id"])
     assert (record["status"], record["error"]) == (200, "client disconnected")
+
+
+def test_over_https_with_the_site_ca(tmp_path: Path) -> None:
+    # As the gateway serves by default: TLS, a certificate from a CA the client is told to trust.
+    ca = CA(tmp_path / "pki")
+    server = ca.issue("gateway")
+    listen = {"plain_http": False, "tls": {"cert": str(server.cert), "key": str(server.key)}}
+    with gateway_in_thread(tmp_path, listen=listen) as gateway:
+        site = Site(gateway)
+        seen = drive(site, "stand-in", "stream", https=True, ca=ca.cert, max_tokens=2)
+        assert seen["pieces"] == ["w0 ", "w1 "]
+        assert site.record(seen["request_id"])["status"] == 200
+        # Without the CA the client refuses the gateway before any HTTP: nothing to record.
+        refused = r"(?s)APIConnectionError.*UNABLE_TO_VERIFY_LEAF_SIGNATURE"
+        with pytest.raises(AssertionError, match=refused):
+            drive(site, "stand-in", "chat", https=True)
+        assert len(gateway.calls()) == site.calls == 1
+        gateway.verify()
 
 
 # -- the real runtime: llama.cpp's server with the tiny model ---------------------------------

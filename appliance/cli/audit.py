@@ -12,7 +12,7 @@ from appliance.cli.output import Output
 from appliance.errors import AuditError
 from appliance.gateway.audit_retention import ship
 from appliance.gateway.audit_shipped import verify_shipped
-from appliance.gateway.audit_verify import find_record, last_records, verify_log
+from appliance.gateway.audit_verify import find_records, last_records, verify_log
 from appliance.gateway.config import DEFAULT_AUDIT_DIR
 from appliance.gateway.usage import parse_time, summarise
 
@@ -164,21 +164,25 @@ def ship_command(output: Output, directory: Path, target: Path) -> None:
 @audit_group.command("show")
 @_DIR
 @click.option("--last", "count", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--request-id", help="Only the record of this call (its X-Request-Id).")
+@click.option(
+    "--request-id",
+    help="Only the records of this id: the gateway's X-Request-Id of a call, or the client's "
+    "own id (every call that sent it as X-Client-Request-Id or X-Request-Id).",
+)
 @click.pass_obj
 def show_command(output: Output, directory: Path, count: int, request_id: str | None) -> None:
-    """Print the newest records, or the one of a request id, as JSON lines.
+    """Print the newest records, or those of a request id, as JSON lines.
 
     Does not verify the chain: run `appliance audit verify` for that.
     """
     if request_id is not None:
-        record = find_record(directory, request_id)
-        if record is None:
+        records = find_records(directory, request_id)
+        if not records:
             raise AuditError(
                 f"no record of request {request_id} in {directory}",
-                hint="the id is the X-Request-Id header of the gateway's answer",
+                hint="give the X-Request-Id header of the gateway's answer, or the id the "
+                "client sent as its own",
             )
-        records = [record]
     else:
         records = last_records(directory, count)
     output.result(

@@ -25,6 +25,7 @@ from typing import Any
 from appliance.errors import AuditError, Problem
 from appliance.gateway.audit import CURRENT, HEAD, ZERO_HASH, log_files, read_head, record_hash
 from appliance.gateway.audit_retention import PRUNED, read_mark
+from appliance.gateway.record import CLIENT_ID_LIMIT, clean
 
 
 @dataclass(frozen=True)
@@ -349,6 +350,27 @@ def find_record(directory: Path, request_id: str) -> dict[str, Any] | None:
                 record: dict[str, Any] = json.loads(line)
                 return record
     return None
+
+
+def find_records(directory: Path, request_id: str) -> list[dict[str, Any]]:
+    """The records of a request id, oldest first: the one call the gateway gave that id, and
+    every call whose client sent it as its own (X-Client-Request-Id or X-Request-Id; a client
+    may reuse its id, on retries for one)."""
+    # Matched as the log writes the values (canonical JSON, the client's id as record.clean
+    # keeps it), then checked on the parsed record.
+    own = clean(request_id, CLIENT_ID_LIMIT)
+    needles = (
+        b'"request_id":' + json.dumps(request_id, ensure_ascii=False).encode(),
+        b'"client_request_id":' + json.dumps(own, ensure_ascii=False).encode(),
+    )
+    found: list[dict[str, Any]] = []
+    for path in log_files(directory):
+        for line in path.read_bytes().splitlines():
+            if any(needle in line for needle in needles):
+                record = json.loads(line)
+                if request_id == record.get("request_id") or own == record.get("client_request_id"):
+                    found.append(record)
+    return found
 
 
 def last_records(directory: Path, count: int) -> list[dict[str, Any]]:

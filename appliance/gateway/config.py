@@ -184,6 +184,9 @@ class GatewayConfig(_Strict):
     # audit log not writable (it heals within a second or two), too many connections.
     retry_after_s: Annotated[int, Field(ge=1, le=120)] = 2
     cors: Cors = Cors()
+    # SHA-256 (hex) of a bearer token that may read /metrics by key without being an operator
+    # key (a Prometheus scraper's credentials_file); the token itself is not kept here.
+    metrics_token_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     models: Annotated[list[ModelRoute], Field(min_length=1)]
 
     @field_validator("models")

@@ -4,7 +4,9 @@ library in the wheelhouse for a few counters).
 By model, and by API key: a key's series are labelled with its id (``k-<8 hex>``, also in the
 audit log), never its secret, and only for keys that authenticated, so a client cannot make up
 labels; past ``MAX_KEYS`` ids (a keys file that large, or one rotated very often between
-restarts) further keys are counted under ``key="other"``, so the page stays bounded.
+restarts) further keys are counted under ``key="other"``, so the page stays bounded. Who may
+see the series by key is the caller's decision (status.py): an operator key or the metrics
+token; anyone else gets the rest of the page and a comment saying so.
 """
 
 from __future__ import annotations
@@ -99,8 +101,14 @@ class Metrics:
             out.append(f'{p}_key_tokens_total{{key="{_label(key)}",kind="{kind}"}} {count}')
         return out
 
-    def render(self, gauges: list[tuple[str, str, str, int]] = ()) -> str:  # type: ignore[assignment]
-        """The page; ``gauges`` are (name, help, type, value) the caller reads off live parts."""
+    def render(
+        self,
+        gauges: list[tuple[str, str, str, int]] = (),  # type: ignore[assignment]
+        *,
+        by_key: bool = False,
+    ) -> str:
+        """The page; ``gauges`` are (name, help, type, value) the caller reads off live parts;
+        the series by key only with ``by_key``."""
         p = _PREFIX
         out = [
             f"# HELP {p}_requests_total Calls answered, by model and HTTP status.",
@@ -142,7 +150,11 @@ class Metrics:
             f"# HELP {p}_audit_failures_total Audit writes that failed (503 while it lasts).",
             f"# TYPE {p}_audit_failures_total counter",
             f"{p}_audit_failures_total {self.audit_failures}",
-            *self._render_keys(),
+            *(
+                self._render_keys()
+                if by_key
+                else ["# Series by API key: scrape with an operator key or the metrics token."]
+            ),
         ]
         for name, text, kind, value in gauges:
             out += [f"# HELP {p}_{name} {text}", f"# TYPE {p}_{name} {kind}", f"{p}_{name} {value}"]

@@ -426,8 +426,8 @@ class Gateway:
     async def live(self, _request: web.Request) -> web.Response:
         return live_page()
 
-    async def metrics_page(self, _request: web.Request) -> web.Response:
-        return metrics_page(self)
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        return metrics_page(self, request)
 
 
 def _check_stream_fields(document: dict[str, Any]) -> None:

@@ -19,6 +19,8 @@ from typing import Any
 
 from aiohttp.web_request import BaseRequest
 
+from appliance.gateway.tls import client_certificate
+
 # Characters kept of a value the config does not know; the rest is summarised by its digest.
 MODEL_LIMIT = 128
 PATH_LIMIT = 256
@@ -57,6 +59,7 @@ class Call:
 
     __slots__ = (
         "client",
+        "client_cert",
         "client_request_id",
         "completion_tokens",
         "digest",
@@ -91,6 +94,11 @@ class Call:
         self.echoed_id = own if own and _ECHOABLE.fullmatch(own) else None
         self.user: str | None = None
         self.client = clean(request.remote or "", PATH_LIMIT) or None
+        # Who the TLS layer let in, when the listener requires client certificates.
+        cert = client_certificate(request.transport)
+        self.client_cert = (
+            None if cert is None else {**cert, "subject": clean(cert["subject"], USER_LIMIT)}
+        )
         self.method = clean(request.method, 32)
         self.path = request.path if request.path in known_paths else clean(request.path, PATH_LIMIT)
         self.key_id: str | None = None
@@ -124,6 +132,7 @@ class Call:
             "client_request_id": self.client_request_id,
             "key_id": self.key_id,
             "client": self.client,
+            "client_cert": self.client_cert,
             "method": self.method,
             "path": self.path,
             "model": model,

@@ -1,9 +1,13 @@
 """``/health`` (readiness), ``/health/live`` and ``/metrics``: what the gateway, its backends,
-its audit log and its connections are doing now. None is audited (they carry no call)."""
+its audit log and its connections are doing now. None is audited (they carry no call). Anyone
+sees models' states and the counters by model; backend details and the series by key need an
+operator key (or, for /metrics, the config's metrics token)."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -29,6 +33,19 @@ def _operator(self: Gateway, request: web.Request) -> bool:
         return False
     key = self.keys.authenticate(header[7:].strip())
     return key is not None and ALL_MODELS in key.models
+
+
+def _sees_keys(self: Gateway, request: web.Request) -> bool:
+    """Who may read /metrics by key (which key ids call, how often, how much): an operator, or
+    a scraper with the configured metrics token, which can call no model."""
+    if _operator(self, request):
+        return True
+    wanted = self.config.metrics_token_sha256
+    header = request.headers.get("Authorization", "")
+    if wanted is None or not header.startswith("Bearer "):
+        return False
+    presented = hashlib.sha256(header[7:].strip().encode("utf-8", "surrogateescape")).hexdigest()
+    return hmac.compare_digest(presented, wanted)
 
 
 async def health_page(self: Gateway, request: web.Request) -> web.Response:
@@ -78,7 +95,7 @@ async def health_page(self: Gateway, request: web.Request) -> web.Response:
     return web.json_response(document, status=200 if ready else 503)
 
 
-def metrics_page(self: Gateway) -> web.Response:
+def metrics_page(self: Gateway, request: web.Request) -> web.Response:
     audit, guard = self.audit, self.guard
     gauges = [
         ("audit_up", "1 while the audit log can be written (calls are served).", "gauge",
@@ -95,4 +112,5 @@ def metrics_page(self: Gateway) -> web.Response:
         ("slow_clients_total", "Connections cut for sending headers or body too slowly.",
          "counter", guard.cut + self.metrics.slow_clients),
     ]  # fmt: skip
-    return web.Response(text=self.metrics.render(gauges), content_type="text/plain; version=0.0.4")
+    page = self.metrics.render(gauges, by_key=_sees_keys(self, request))
+    return web.Response(text=page, content_type="text/plain; version=0.0.4")

@@ -13,10 +13,13 @@ defaults, all AEAD.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import ssl
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -105,3 +108,20 @@ def server_context(settings: TLSSettings) -> ssl.SSLContext:
     except (ssl.SSLError, OSError) as error:  # checked above; what OpenSSL still refuses
         raise GatewayConfigError(f"listen.tls: OpenSSL refuses the files: {error}") from None
     return context
+
+
+def client_certificate(transport: Any) -> dict[str, str] | None:
+    """The subject and SHA-256 fingerprint of the certificate the client authenticated with on
+    this connection (client-certificate auth), for its calls' audit records; None without."""
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    return _describe(der) if der else None
+
+
+# Parsed once per certificate, not per call: a few hundred users keep their certificates.
+@functools.lru_cache(maxsize=1024)
+def _describe(der: bytes) -> dict[str, str]:
+    subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
+    return {"subject": subject, "sha256": hashlib.sha256(der).hexdigest()}

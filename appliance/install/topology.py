@@ -255,7 +255,10 @@ def plan(
         repo_url=f"http://{address(depot)}:{repo_port}" if multi else None,
         gateway_host=gateway_host,
         gateway_url=(
-            f"http://{address(gateway_host)}:{gateway_port}" if gateway_host is not None else None
+            f"{_gateway_scheme(var(gateway_host, 'gateway_tls', 'gateway'))}://"
+            f"{address(gateway_host)}:{gateway_port}"
+            if gateway_host is not None
+            else None
         ),
         require_default_route=stack.get("orchestrator") == "k3s",
         hosts=plans,
@@ -392,6 +395,11 @@ def _served_twice(plans: Mapping[str, Runtime]) -> tuple[str, list[str]] | None:
         if len(nodes) > 1:
             return name, nodes
     return None
+
+
+def _gateway_scheme(tls: Any) -> str:
+    # The gateway serves HTTPS unless the operator turned TLS off (the role's gateway_tls).
+    return "http" if tls == "off" else "https"
 
 
 def _port(value: Any, host: str, name: str) -> int:

@@ -6,6 +6,8 @@
 #   3. .venv with the pinned Python dependencies (requirements/constraints.txt)
 #   4. the community.docker and ansible.posix collections, offline, from a hash-pinned wheel
 #   5. the systemd test-host image (tests/harness/test-host-image.sh)
+#   6. Node.js and the openai SDK for Node, by its package-lock.json (tests/clients/node: the
+#      gateway's second real client)
 #
 # Idempotent: a second run changes nothing and takes seconds. Writes .cache/harness.env, which
 # tests/run and the molecule scenarios read. The Debian mirror is $DEBIAN_MIRROR when set, else
@@ -90,6 +92,29 @@ fi
 
 # --- 5. systemd test-host image -----------------------------------------------------------
 image=$(bash "$ROOT/tests/harness/test-host-image.sh")
+
+# --- 6. Node.js and the openai SDK for Node -------------------------------------------------
+# The machine's own Node.js when it has one, else Debian's; npm reads its own registry setting.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  step "installing Debian packages: nodejs npm"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+[ "$node_major" -ge 18 ] || die "Node.js $(node --version) is too old for the openai SDK" \
+  "install Node.js 18 or later (Debian 12's nodejs package is 18)"
+clients="$ROOT/tests/clients/node"
+node_stamp="$clients/node_modules/.appliance-stamp"
+node_want=$(sha256sum <"$clients/package-lock.json" | cut -c1-16)
+if [ -f "$node_stamp" ] && [ "$(cat "$node_stamp")" = "$node_want" ]; then
+  step "node client: $clients/node_modules up to date"
+else
+  step "installing the node client's packages by $clients/package-lock.json"
+  # npm ci installs exactly the lockfile and checks each package against its integrity hash.
+  (cd "$clients" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
+  echo "$node_want" >"$node_stamp"
+fi
 
 cat >"$CACHE/harness.env" <<ENV
 APPLIANCE_TEST_IMAGE=$image

@@ -10,13 +10,9 @@ streams the client closed early included.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
-import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,71 +22,23 @@ import pytest
 from openai import Omit
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionStreamOptionsParam
 
-from tests.fixtures.gateway import STAND_IN_DIGEST, Reply, RunningGateway, gateway_in_thread
-from tests.fixtures.llama import llama_server, write_tiny_gguf
-from tests.fixtures.openai_backend import serve_in_thread
+from tests.fixtures.gateway import STAND_IN_DIGEST, Reply, gateway_in_thread
+from tests.fixtures.openai_sites import (
+    ORIGIN,
+    Site,
+    counted,
+    llama_gateway,
+    stand_in_gateway,
+)
 from tests.fixtures.servers import free_port
 
 pytestmark = pytest.mark.slow
 
-ORIGIN = "http://chat.lab.internal:3000"
-DOWN_DIGEST = "sha256:" + "d" * 64
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 
 
-@dataclass
-class Site:
-    """A running gateway and the calls made to it."""
-
-    gateway: RunningGateway
-    calls: int = 0
-
-    def client(self, key: str | None = None, **options: Any) -> openai.OpenAI:
-        def count(_request: Any) -> None:
-            self.calls += 1
-
-        http = openai.DefaultHttpxClient(trust_env=False, event_hooks={"request": [count]})
-        return openai.OpenAI(
-            base_url=f"http://127.0.0.1:{self.gateway.port}/v1",
-            api_key=key or self.gateway.key,
-            http_client=http,
-            **options,
-        )
-
-    def raw(self, data: bytes) -> Reply:
-        self.calls += 1
-        reply = self.gateway.raw(data)
-        assert reply is not None
-        return reply
-
-    def record(self, request_id: str) -> dict[str, Any]:
-        deadline = time.monotonic() + 10
-        while True:
-            found = [r for r in self.gateway.calls() if r["request_id"] == request_id]
-            if found or time.monotonic() > deadline:
-                assert len(found) == 1, f"{len(found)} records of {request_id}"
-                return found[0]
-            time.sleep(0.05)
-
-
-def counted(site: Site) -> Iterator[Site]:
-    """The site for one test, checked afterwards: as many new records as calls made (a
-    cancelled stream's record is written once the gateway notices, so it is waited for)."""
-    records, calls = len(site.gateway.calls()), site.calls
-    yield site
-    deadline = time.monotonic() + 10
-    while len(site.gateway.calls()) - records < site.calls - calls:
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert len(site.gateway.calls()) - records == site.calls - calls
-    site.gateway.verify()
-
-
 def last_seen(site: Site) -> Any:
-    """The last request body the stand-in backend received (not a gateway call)."""
-    with urllib.request.urlopen(site.gateway.backend + "/_last", timeout=5) as answer:  # noqa: S310
-        return json.loads(answer.read())
+    return site.last_seen()
 
 
 def get(site: Site, path: str, key: str | None = None) -> Reply:
@@ -103,28 +51,8 @@ def get(site: Site, path: str, key: str | None = None) -> Reply:
 
 @pytest.fixture(scope="module")
 def stand_in_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    root = tmp_path_factory.mktemp("gateway")
-    with serve_in_thread(free_port()) as backend:
-        models = [
-            {
-                "name": "stand-in",
-                "digest": STAND_IN_DIGEST,
-                "backend": backend,
-                "backend_model": "sb",
-                "health_path": "/api/version",
-            },
-            # A model whose runtime is down: readiness per model, and 502s.
-            {"name": "down", "digest": DOWN_DIGEST, "backend": f"http://127.0.0.1:{free_port()}"},
-        ]
-        with gateway_in_thread(
-            root,
-            backend,
-            extra_keys={"limited": ["stand-in"]},
-            models=models,
-            retry_after_s=1,
-            cors={"allow_origins": [ORIGIN]},
-        ) as gateway:
-            yield Site(gateway)
+    with stand_in_gateway(tmp_path_factory.mktemp("gateway")) as site:
+        yield site
 
 
 @pytest.fixture
@@ -301,8 +229,7 @@ def test_a_stream_the_client_closes_early_has_one_record(site: Site) -> None:
     first = next(iter(stream))
     assert first.choices[0].delta.content == "w0 "
     stream.close()
-    release = urllib.request.Request(site.gateway.backend + "/_release", method="POST")  # noqa: S310
-    urllib.request.urlopen(release, timeout=5).close()  # noqa: S310 - loopback
+    site.release()
     record = site.record(stream.response.headers["x-request-id"])
     assert (record["status"], record["error"]) == (200, "client disconnected")
 
@@ -395,13 +322,8 @@ def test_with_every_runtime_down_the_gateway_is_live_but_not_ready(tmp_path: Pat
 
 @pytest.fixture(scope="module")
 def llama_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    root = tmp_path_factory.mktemp("llama-gateway")
-    gguf = write_tiny_gguf(root / "tiny.gguf")
-    digest = "sha256:" + hashlib.sha256(gguf.read_bytes()).hexdigest()
-    with llama_server(gguf, root / "llama.log") as url:
-        models = [{"name": "tiny-llama", "digest": digest, "backend": url}]
-        with gateway_in_thread(root / "gateway", url, models=models) as gateway:
-            yield Site(gateway)
+    with llama_gateway(tmp_path_factory.mktemp("llama-gateway")) as site:
+        yield site
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import pytest
 from appliance.gateway.audit import AuditLog
 from appliance.gateway.audit_retention import prune, rotated
 from appliance.gateway.forward import FileSink, Forwarder
+from appliance.gateway.record import CLIENT_ID_LIMIT, clean
 from tests.fixtures.cli import run_cli
 
 
@@ -83,3 +84,44 @@ def test_usage_shows_a_hostile_model_name_without_its_escapes() -> None:
 
     assert _printable("tiny\x1b[2J\u202eevil") == "tiny\\x1b[2J\\x202eevil"
     assert _printable("llama-3.1:8b") == "llama-3.1:8b"
+
+
+def test_show_finds_a_call_by_the_gateways_id_or_by_the_clients_own(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    long_id = "trace-" + "x" * 300
+    log = AuditLog(tmp_path, max_bytes=1024)
+    log.open()
+    calls = [
+        ("gw-1", "trace-7f3a"),
+        ("gw-2", None),
+        ("gw-3", "trace-7f3a"),  # the client's retry, with its id again
+        ("gw-4", 'caf\u00e9 "quoted"'),
+        ("gw-5", clean(long_id, CLIENT_ID_LIMIT)),  # as the gateway records a long id
+    ]
+    for gateway_id, own in calls:
+        log.append({"request_id": gateway_id, "client_request_id": own, "pad": "x" * 300})
+    log.close()
+    assert len(rotated(tmp_path)) >= 1  # the search crosses rotated files
+
+    def shown(request_id: str) -> list[str]:
+        code, out, err = run_cli(
+            capsys, "--json", "audit", "show", "--dir", str(tmp_path), "--request-id", request_id
+        )
+        assert (code, err) == (0, "")
+        return [r["request_id"] for r in json.loads(out)["records"]]
+
+    assert shown("gw-2") == ["gw-2"]
+    assert shown("trace-7f3a") == ["gw-1", "gw-3"]
+    assert shown('caf\u00e9 "quoted"') == ["gw-4"]
+    assert shown(long_id) == ["gw-5"]
+    assert shown("gw-4") == ["gw-4"]
+    code, out, err = run_cli(
+        capsys, "audit", "show", "--dir", str(tmp_path), "--request-id", "trace-7f3"
+    )
+    assert (code, out) == (34, "")
+    assert err == (
+        f"Error: no record of request trace-7f3 in {tmp_path}\n"
+        "Hint: give the X-Request-Id header of the gateway's answer, or the id the client sent "
+        "as its own\n"
+    )

@@ -6,6 +6,7 @@ CA (tests/fixtures/pki.py); clients are Python's ssl module, set up as each case
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import ssl
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from appliance.errors import GatewayConfigError
 from appliance.gateway.config import TLSSettings
@@ -99,6 +102,7 @@ def test_every_call_over_tls_is_audited(https: Any) -> None:
     _, reply = _get(gateway, _client(ca))
     record = gateway.record_of(reply)
     assert (record["path"], record["status"]) == ("/v1/models", 200)
+    assert record["client_cert"] is None  # none asked for
     gateway.verify()
 
 
@@ -173,6 +177,14 @@ def test_client_certificates_when_required(tmp_path: Path) -> None:
         ca = tmp_path / "pki" / "ca.crt"
         version, reply = _get(gateway, _client(ca, cert=alice))
         assert reply.status == 200
+        # The record says who the TLS layer let in, not only which key was used.
+        der = x509.load_pem_x509_certificate(alice.cert.read_bytes()).public_bytes(
+            serialization.Encoding.DER
+        )
+        assert gateway.record_of(reply)["client_cert"] == {
+            "subject": "CN=alice",
+            "sha256": hashlib.sha256(der).hexdigest(),
+        }
         for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
             for who in (None, mallory):
                 assert _refused(gateway, _client(ca, version, cert=who)), (version, who)

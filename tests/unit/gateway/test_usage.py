@@ -3,6 +3,7 @@ gateway app: calls made are counted from the records it wrote, rotated files inc
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +25,32 @@ def body(max_tokens: int, **extra: Any) -> bytes:
     ).encode()
 
 
+TOKEN = "metrics-scraper-token-1"  # noqa: S105 - a test token for a loopback gateway
+
+
+def test_only_an_operator_or_the_metrics_token_sees_the_series_by_key(tmp_path: Path) -> None:
+    token_sha256 = hashlib.sha256(TOKEN.encode()).hexdigest()
+    with gateway_in_thread(
+        tmp_path, extra_keys={"user": ["stand-in"]}, metrics_token_sha256=token_sha256
+    ) as gateway:
+        for key in (gateway.key, gateway.keys["user"]):
+            reply = gateway.post("/v1/completions", body(1), key=key)
+            assert reply is not None and reply.status == 200
+        series = "appliance_gateway_key_requests_total{key="
+        hidden = "# Series by API key: scrape with an operator key or the metrics token."
+        for who in (None, gateway.keys["user"], "metrics-scraper-token-2", TOKEN[:-1]):
+            page = gateway.get("/metrics", who).body.decode()
+            assert series not in page and gateway.key_id not in page, who
+            assert hidden in page.splitlines()
+            # The rest of the page is everyone's.
+            assert 'appliance_gateway_requests_total{model="stand-in",status="200"} 2' in page
+        for who in (gateway.key, TOKEN):
+            page = gateway.get("/metrics", who).body.decode()
+            assert f'{series}"{gateway.key_id}",status="200"}} 1' in page, who
+            assert hidden not in page
+            assert page.count(series) == 2  # the operator's and the user's
+
+
 def test_usage_and_metrics_from_real_calls(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -36,7 +63,7 @@ def test_usage_and_metrics_from_real_calls(
         assert failed is not None and failed.status == 500
         unknown = gateway.post("/v1/completions", body(1), key="apl_00000000_nope")
         assert unknown is not None and unknown.status == 401
-        metrics = gateway.get("/metrics").body.decode()
+        metrics = gateway.get("/metrics", gateway.key).body.decode()  # an operator's key
         records = gateway.records()
     assert any(path.name == rotated_name(0) for path in (tmp_path / "audit").iterdir())
     key = gateway.key_id
@@ -140,6 +167,6 @@ def test_key_series_are_bounded() -> None:
     metrics = Metrics()
     for number in range(MAX_KEYS + 5):
         metrics.observe("m", 200, 0.01, 1, 1, f"k-{number:08x}")
-    page = metrics.render([])
+    page = metrics.render([], by_key=True)
     assert page.count("appliance_gateway_key_requests_total{") == MAX_KEYS + 1
     assert 'appliance_gateway_key_requests_total{key="other",status="200"} 5' in page

@@ -80,7 +80,17 @@ def test_lab_depot_serves_the_repository_and_the_gateway() -> None:
     assert depot.roles == ("preflight", "local_repo", "repo_server", "firewall", "gateway")
     assert depot.firewall.service_ports == (8080, 8000)
     assert topology.repo_url == "http://198.18.10.2:8080"
-    assert topology.gateway_url == "http://198.18.10.2:8000"
+    # HTTPS, as the gateway serves by default (gateway_tls: site_ca).
+    assert topology.gateway_url == "https://198.18.10.2:8000"
+
+
+@pytest.mark.parametrize(
+    ("tls", "url"),
+    [("off", "http://198.18.10.2:8443"), ("files", "https://198.18.10.2:8443")],
+)
+def test_the_gateway_url_follows_gateway_tls(tls: str, url: str) -> None:
+    topology = lab({"depot-1": {"gateway_tls": tls, "gateway_port": 8443}})
+    assert topology.gateway_url == url
 
 
 def test_lab_runtime_ports_are_open_to_the_gateway_host_alone() -> None:

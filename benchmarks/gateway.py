@@ -224,6 +224,7 @@ def main() -> None:
     parser.add_argument("--pin", action="store_true", help="CPUs of its own for each role")
     parser.add_argument("--gateway-cpus", type=int, default=1, help="with --pin")
     parser.add_argument("--workers", type=int, help="the gateway config's workers")
+    parser.add_argument("--only", choices=("whole", "stream"), help="one kind of answer only")
     args = parser.parse_args()
     available = cpus()
     plan: Plan | None = None
@@ -295,7 +296,9 @@ def main() -> None:
             gpu = {"x_delay": args.gpu_prefill_ms / 1000, "x_token_delay": args.gpu_token_ms / 1000}
             runs.append(("gpu-like", stand_in, args.gpu_requests, args.gpu_concurrency, gpu))
             for name, backend_url, n, c, extra in runs:
-                for stream in (False, True):
+                for stream in {None: (False, True), "whole": (False,), "stream": (True,)}[
+                    args.only
+                ]:
                     body = {"model": name, "prompt": "the appliance answers",
                             "max_tokens": tokens, "ignore_eos": True, "temperature": 0,
                             "stream": stream, **extra}  # fmt: skip

@@ -93,8 +93,7 @@ async def relay(
         gateway.audit.unrecorded()
     try:
         if call.error is None and recorded:
-            await response.write(pipe.holder.held)
-            await response.write_eof()
+            await response.write_eof(pipe.holder.held)  # one write: the end and the EOF
             return response
         if call.error is None:  # the answer came whole, its record did not: no success
             event = error_body("server_error", "audit_unavailable", AUDIT_DOWN)

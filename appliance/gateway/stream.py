@@ -90,15 +90,19 @@ class DoneHolder:
         self.done = False
 
     def feed(self, chunk: bytes) -> bytes:
-        data = self.held + chunk
+        data = self.held + chunk if self.held else chunk
         if self.done:
             self.held = data
             return b""
-        for marker in _DONE_MARKERS:
-            at = data.find(marker)
-            if at >= 0:
-                self.done, self.held = True, data[at:]
-                return data[:at]
+        if b"[DONE]" in data:
+            for marker in _DONE_MARKERS:
+                at = data.find(marker)
+                if at >= 0:
+                    self.done, self.held = True, data[at:]
+                    return data[:at]
+        if data.endswith(b"\n"):  # an event's end, as nearly every chunk: nothing to hold
+            self.held = b""
+            return data
         keep = max(
             (
                 n

@@ -225,6 +225,9 @@ def main() -> None:
     parser.add_argument("--gateway-cpus", type=int, default=1, help="with --pin")
     parser.add_argument("--workers", type=int, help="the gateway config's workers")
     parser.add_argument("--only", choices=("whole", "stream"), help="one kind of answer only")
+    parser.add_argument(
+        "--gateway-source", type=Path, help="run another checkout's gateway (before/after figures)"
+    )
     args = parser.parse_args()
     available = cpus()
     plan: Plan | None = None
@@ -279,7 +282,7 @@ def main() -> None:
                 client_tls = ssl.create_default_context(cafile=str(root / "pki" / "ca.crt"))
             with (root / "gateway.log").open("wb") as sink:
                 processes.append(subprocess.Popen(
-                    [str(BIN / "appliance-gateway"), "--config", str(config)],
+                    [*gateway_command(args.gateway_source), "--config", str(config)],
                     stdout=sink, stderr=subprocess.STDOUT,
                     preexec_fn=pinned(plan["gateway"] if plan else None),
                 ))  # fmt: skip
@@ -331,6 +334,18 @@ def main() -> None:
             for process in processes:
                 process.terminate()
                 process.wait(timeout=30)
+
+
+def gateway_command(source: Path | None) -> list[str]:
+    if source is None:
+        return [str(BIN / "appliance-gateway")]
+    # The venv's editable install would import this checkout's package: out of the way.
+    code = (
+        "import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)];"
+        f"sys.path.insert(0, {str(source.resolve())!r});"
+        "from appliance.gateway.app import main; main()"
+    )
+    return [sys.executable, "-c", code]
 
 
 def wait_for_gateway(

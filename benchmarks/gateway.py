@@ -17,7 +17,15 @@ share its cores, so the throughput ratio also counts the gateway's CPU taken fro
 Latency is measured twice: sequential calls (the gateway's added time per call), and p50 under
 the concurrent load (what a user sees when the gateway is busy).
 
+``--pin`` makes the comparison fair on a small machine: the gateway gets CPUs of its own
+(``--gateway-cpus``, default 1), the runtimes and the load generator share the others out, so
+neither can take the gateway's core nor the gateway theirs (with 2 CPUs: the gateway on one, the
+rest on the other). Every run prints the CPUs, the load average before and after each
+measurement, and the gateway's CPU time per call (its process and any worker processes).
+``--workers N`` is passed through to the gateway's config as ``workers``.
+
     .venv/bin/python benchmarks/gateway.py [--requests 300] [--concurrency 4] [--gpu-requests 2000]
+        [--pin] [--gateway-cpus 1] [--workers N]
 """
 
 from __future__ import annotations
@@ -43,6 +51,15 @@ sys.path.insert(0, str(ROOT))
 
 from appliance.gateway.audit import log_files  # noqa: E402
 from appliance.gateway.keys import add_key  # noqa: E402
+from benchmarks.machine import (  # noqa: E402
+    Plan,
+    cpu_seconds,
+    cpus,
+    describe,
+    load,
+    pinned,
+    plan_cpus,
+)
 from tests.fixtures.pki import CA  # noqa: E402
 from tests.fixtures.servers import LAUNCHER, free_port, wait_for  # noqa: E402
 
@@ -50,9 +67,13 @@ BIN = Path(sys.executable).parent
 Target = tuple[str, dict[str, str]]
 
 
-def start(command: list[str], log: Path, health: str, accept: set[int]) -> subprocess.Popen[bytes]:
+def start(
+    command: list[str], log: Path, health: str, accept: set[int], cpu_set: set[int] | None
+) -> subprocess.Popen[bytes]:
     with log.open("wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, stdout=sink, stderr=subprocess.STDOUT, preexec_fn=pinned(cpu_set)
+        )
     wait_for(health, process, accept, log)
     return process
 
@@ -96,12 +117,6 @@ async def throughput(
     return n / (time.perf_counter() - started), times
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time the process has used (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -122,6 +137,7 @@ async def measure(
     gateway_pid: int,
 ) -> dict[str, float]:
     data = json.dumps(body).encode()
+    load_before = load()
     connector = aiohttp.TCPConnector(limit=max(64, 2 * c), ssl=client_tls or False)
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -138,6 +154,7 @@ async def measure(
     added99 = pct(via, 0.99) - pct(direct, 0.99)
     loaded50 = statistics.median(loaded["gateway"]) - statistics.median(loaded["direct"])
     ratio = rates["gateway"] / rates["direct"]
+    cpu_ms = cpu / n * 1000
     print(label)
     print(f"  latency  direct p50 {ms(statistics.median(direct))}  p99 {ms(pct(direct, 0.99))}"
           f" | gateway p50 {ms(statistics.median(via))}  p99 {ms(pct(via, 0.99))}")  # fmt: skip
@@ -150,23 +167,42 @@ async def measure(
           f"ratio {ratio:.1%} (goal >= 95%)  [{n} calls, {c} at a time]")  # fmt: skip
     # What sizes the gateway on another machine: one process serves about 1000/this calls a
     # second on one core of this kind.
-    print(f"  cpu      gateway {cpu / n * 1000:.2f} ms of CPU per call (TLS, proxy, audit)")
-    return {"added_p50_ms": added50 * 1000, "ratio": ratio}
+    print(f"  cpu      gateway {cpu_ms:.2f} ms of CPU per call (TLS, proxy, audit)")
+    print(f"  load     average {load_before} before, {load()} after (1, 5, 15 min)")
+    return {
+        "added_p50_ms": added50 * 1000,
+        "loaded_p50_ms": loaded50 * 1000,
+        "ratio": ratio,
+        "cpu_ms": cpu_ms,
+    }
 
 
-def gateway_config(root: Path, port: int, models: list[dict[str, Any]], plain: bool) -> Path:
+def summary(results: list[tuple[str, dict[str, float]]]) -> None:
+    """One line per measurement, against the goals (added p50 <= 2 ms, ratio >= 95%)."""
+    print("\nsummary                                  added p50   ratio    cpu/call  goals")
+    for label, figures in results:
+        met = figures["added_p50_ms"] <= 2 and figures["ratio"] >= 0.95
+        print(f"  {label:38} {figures['added_p50_ms']:+7.2f} ms  {figures['ratio']:6.1%}  "
+              f"{figures['cpu_ms']:5.2f} ms  {'met' if met else 'NOT met'}")  # fmt: skip
+
+
+def gateway_config(
+    root: Path, port: int, models: list[dict[str, Any]], plain: bool, workers: int | None
+) -> Path:
     listen: dict[str, Any] = {"host": "127.0.0.1", "port": port}
     if plain:
         listen["plain_http"] = True
     else:
         issued = CA(root / "pki", "benchmark CA").issue("gateway")
         listen["tls"] = {"cert": str(issued.cert), "key": str(issued.key)}
-    config = {
+    config: dict[str, Any] = {
         "listen": listen,
         "keys_file": str(root / "keys.json"),
         "audit": {"dir": str(root / "audit")},
         "models": models,
     }
+    if workers is not None:  # the gateway's own option; passed through as given
+        config["workers"] = workers
     (root / "config.json").write_text(json.dumps(config))
     return root / "config.json"
 
@@ -185,7 +221,27 @@ def main() -> None:
     # llama.cpp's compute threads spin while they wait; on a small machine with every thread
     # taken they starve the gateway's one Python thread, and the ratio measures that instead.
     parser.add_argument("--runtime-threads", type=int, default=1)
+    parser.add_argument("--pin", action="store_true", help="CPUs of its own for each role")
+    parser.add_argument("--gateway-cpus", type=int, default=1, help="with --pin")
+    parser.add_argument("--workers", type=int, help="the gateway config's workers")
+    parser.add_argument("--only", choices=("whole", "stream"), help="one kind of answer only")
+    parser.add_argument(
+        "--gateway-source", type=Path, help="run another checkout's gateway (before/after figures)"
+    )
     args = parser.parse_args()
+    available = cpus()
+    plan: Plan | None = None
+    if args.pin:
+        plan = plan_cpus(["gateway", "runtime", "load generator"], available, args.gateway_cpus)
+        if plan is None and len(available) > args.gateway_cpus:
+            plan = plan_cpus(["gateway", "runtime"], available, args.gateway_cpus)
+            if plan is not None:
+                plan["load generator"] = plan["runtime"]
+        if plan is None:
+            print(f"--pin: {len(available)} CPU(s) is too few to give the gateway its own")
+    print(f"machine: {os.cpu_count()} CPUs, this run may use {len(available)}; "
+          f"{describe(plan)}; load average {load()}")  # fmt: skip
+    runtime_cpus = plan["runtime"] if plan else None
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
@@ -202,18 +258,22 @@ def main() -> None:
                            "tiny-llama", "--port", str(llama_port), "--ctx-size", "2048",
                            "--parallel", str(args.concurrency),
                            "--threads", str(args.runtime_threads)]  # fmt: skip
-                processes.append(start(runtime, root / "llama.log", llama + "/health", {200}))
+                processes.append(
+                    start(runtime, root / "llama.log", llama + "/health", {200}, runtime_cpus)
+                )
             fixture = "tests.fixtures.openai_backend"
             backend = [sys.executable, "-m", fixture, "--port", str(stand_in_port)]
             processes.append(
-                start(backend, root / "stand-in.log", stand_in + "/api/version", {200})
+                start(
+                    backend, root / "stand-in.log", stand_in + "/api/version", {200}, runtime_cpus
+                )
             )
             digest = "sha256:" + hashlib.sha256(model.read_bytes()).hexdigest()
             routes = [{"name": "gpu-like", "digest": "sha256:" + "5" * 64, "backend": stand_in,
                        "health_path": "/api/version"}]  # fmt: skip
             if not args.skip_tiny:
                 routes.append({"name": "tiny-llama", "digest": digest, "backend": llama})
-            config = gateway_config(root, gateway_port, routes, args.plain)
+            config = gateway_config(root, gateway_port, routes, args.plain, args.workers)
             key, _ = add_key(root / "keys.json", "bench", ["*"])
             scheme = "http" if args.plain else "https"
             gateway = f"{scheme}://127.0.0.1:{gateway_port}"
@@ -222,20 +282,26 @@ def main() -> None:
                 client_tls = ssl.create_default_context(cafile=str(root / "pki" / "ca.crt"))
             with (root / "gateway.log").open("wb") as sink:
                 processes.append(subprocess.Popen(
-                    [str(BIN / "appliance-gateway"), "--config", str(config)],
+                    [*gateway_command(args.gateway_source), "--config", str(config)],
                     stdout=sink, stderr=subprocess.STDOUT,
+                    preexec_fn=pinned(plan["gateway"] if plan else None),
                 ))  # fmt: skip
+            if plan is not None:
+                os.sched_setaffinity(0, plan["load generator"])
             wait_for_gateway(gateway, client_tls, processes[-1])
             print(f"gateway: {scheme}, {'TLS 1.3' if client_tls else 'no TLS'}; "
                   f"runtimes direct over plain HTTP")  # fmt: skip
             tokens = args.max_tokens
             runs: list[tuple[str, str, int, int, dict[str, Any]]] = []
+            results: list[tuple[str, dict[str, float]]] = []
             if not args.skip_tiny:
                 runs.append(("tiny-llama", llama, args.requests, args.concurrency, {}))
             gpu = {"x_delay": args.gpu_prefill_ms / 1000, "x_token_delay": args.gpu_token_ms / 1000}
             runs.append(("gpu-like", stand_in, args.gpu_requests, args.gpu_concurrency, gpu))
             for name, backend_url, n, c, extra in runs:
-                for stream in (False, True):
+                for stream in {None: (False, True), "whole": (False,), "stream": (True,)}[
+                    args.only
+                ]:
                     body = {"model": name, "prompt": "the appliance answers",
                             "max_tokens": tokens, "ignore_eos": True, "temperature": 0,
                             "stream": stream, **extra}  # fmt: skip
@@ -254,8 +320,10 @@ def main() -> None:
                     kind = "streaming" if stream else "non-streaming"
                     label = f"{name}, {kind}, {tokens} tokens"
                     sequential = min(n, 200 if name == "gpu-like" else n)
-                    asyncio.run(measure(label, targets, client_tls, body, sequential, n, c,
-                                        processes[-1].pid))  # fmt: skip
+                    figures = asyncio.run(measure(label, targets, client_tls, body, sequential,
+                                                  n, c, processes[-1].pid))  # fmt: skip
+                    results.append((f"{name}, {kind}", figures))
+            summary(results)
             records = sum(sum(1 for _ in path.open()) for path in log_files(root / "audit"))
             print(f"audit records written: {records}")
         except Exception:
@@ -266,6 +334,18 @@ def main() -> None:
             for process in processes:
                 process.terminate()
                 process.wait(timeout=30)
+
+
+def gateway_command(source: Path | None) -> list[str]:
+    if source is None:
+        return [str(BIN / "appliance-gateway")]
+    # The venv's editable install would import this checkout's package: out of the way.
+    code = (
+        "import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)];"
+        f"sys.path.insert(0, {str(source.resolve())!r});"
+        "from appliance.gateway.app import main; main()"
+    )
+    return [sys.executable, "-c", code]
 
 
 def wait_for_gateway(

@@ -11,8 +11,15 @@ unknown when it starts, so the token limit is checked, not reserved, on admissio
 admitted while the key's token bucket is not in debt, and its tokens are taken when it ends,
 which may leave the bucket in debt; the key then waits until the debt is paid off at its
 steady rate. Calls in flight are therefore not charged until they end: a key can overshoot
-by what its concurrent calls use (the ``concurrent`` limit bounds that). A call cut off before
-its backend reported usage is charged nothing.
+by what its concurrent calls use (the ``concurrent`` limit bounds that). A stream cut off
+before its backend reported usage (the client left, the backend broke) is charged one
+completion token per event with generated text the client was sent (relay.py), and its record
+says so; the prompt's tokens are then unknown and not charged.
+
+A refused call (429) uses up nothing, as in LiteLLM's proxy (its parallel-request limiter
+raises 429 before it increments the minute's request count); vLLM's server has no limits. A
+client that ignores ``Retry-After`` and asks again at once is refused again at no cost to the
+backend, and each refusal is still audited.
 
 The state lives in the gateway process's memory: it starts full at each start, and a limit
 changed in the keys file applies from the next call (the bucket keeps its level, capped to the

@@ -39,6 +39,7 @@ from aiohttp.web_request import BaseRequest
 from appliance.gateway.answers import AUDIT_DOWN, error_body, model_card, retry_headers
 from appliance.gateway.answers import Refusal as _Refusal
 from appliance.gateway.audit_writer import AuditWriter
+from appliance.gateway.backends import Backends
 from appliance.gateway.body import BodyError, canonical, parse
 from appliance.gateway.config import GatewayConfig, ModelRoute
 from appliance.gateway.cors import CorsPolicy
@@ -59,10 +60,6 @@ _NO_MODEL = "-"  # metrics label for calls that name no configured model
 _AUDIT_DOWN = AUDIT_DOWN
 _MODEL_PATH = "/v1/models/"
 _KNOWN_PATHS = frozenset((*API_PATHS, "/v1/models"))
-_FORWARD_HEADERS = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
-# llama.cpp's server closes the connection after every streamed answer, without saying so; a
-# pooled connection reused right after would fail. Streams get a connection of their own.
-_STREAM_HEADERS = {**_FORWARD_HEADERS, "Connection": "close"}
 
 
 class Gateway:
@@ -78,7 +75,7 @@ class Gateway:
         self.metrics = Metrics()
         self.routes = {m.name: m for m in config.models}
         self.cors = CorsPolicy(config.cors)
-        self.session: aiohttp.ClientSession | None = None
+        self.backends = Backends(config.backend_timeout_s)
 
     @property
     def keys(self) -> KeyStore:
@@ -86,16 +83,15 @@ class Gateway:
 
     # -- plumbing -------------------------------------------------------------------------------
 
+    @property
+    def session(self) -> aiohttp.ClientSession | None:
+        return self.backends.session
+
     async def start_session(self, _app: web.Application) -> None:
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=60),
-            timeout=aiohttp.ClientTimeout(total=self.config.backend_timeout_s, sock_connect=5),
-            auto_decompress=False,
-        )
+        await self.backends.start()
 
     async def close_session(self, _app: web.Application) -> None:
-        if self.session is not None:
-            await self.session.close()
+        await self.backends.close()
         await asyncio.get_running_loop().run_in_executor(None, self.audit.close)
 
     def _headers(
@@ -374,7 +370,7 @@ class Gateway:
         dropper = _ask_for_usage(document) if call.stream and request.path != API_PATHS[2] else None
         body = canonical(document)
         try:
-            upstream = await self._post(route.backend_base + request.path, body, call.stream)
+            upstream = await self.backends.post(route.backend_base, request.path, body, call.stream)
             async with upstream:
                 content_type = upstream.headers.get("Content-Type", "application/json")
                 if upstream.status >= 500:
@@ -406,19 +402,6 @@ class Gateway:
         return await self._send(
             request, call, upstream.status, answer, content_type, upstream.headers
         )
-
-    async def _post(self, url: str, body: bytes, stream: bool) -> aiohttp.ClientResponse:
-        """POST to a backend; once more on a fresh connection when a pooled one turns out to
-        have been closed by the backend before any answer came."""
-        assert self.session is not None
-        headers = _STREAM_HEADERS if stream else _FORWARD_HEADERS
-        try:
-            return await self.session.post(url, data=body, headers=headers)
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as error:
-            if isinstance(error, aiohttp.ClientConnectorError):
-                raise  # nothing listens: no point in asking again
-            LOG.info("backend %s dropped a kept-alive connection; asking again", url)
-            return await self.session.post(url, data=body, headers=headers)
 
     async def health(self, request: web.Request) -> web.Response:
         return await health_page(self, request)

@@ -62,20 +62,30 @@ async def relay(
     call.status = upstream.status
     response = web.StreamResponse(status=upstream.status, headers=headers)
     pipe = _Pipe(renamer, dropper)
-    await response.prepare(request)
+    relayed = 0  # events with generated text the client was sent
     try:
+        # In the try: a client gone before the headers is a disconnect like any other, and
+        # the call's one record says so (api() writes it, never a second).
+        await response.prepare(request)
         async for received in upstream.content.iter_any():
             if ready := pipe.feed(received):
                 await response.write(ready)
+                relayed = pipe.scanner.generated
         if ready := pipe.flush():
             await response.write(ready)
+        relayed = pipe.scanner.generated
     except (ConnectionError, aiohttp.ClientConnectionResetError):
         call.error = "client disconnected"
     except (aiohttp.ClientError, TimeoutError) as error:
         gateway.metrics.backend_errors[call.model or "-"] += 1
         call.error = f"backend stream broken: {error!r}"
+        relayed = pipe.scanner.generated
     call.response_sha256 = pipe.digest.hexdigest()
     call.take_usage(pipe.scanner.usage)
+    if pipe.scanner.usage is None and call.error is not None:
+        # Cut off before the runtime's usage event: charged (and recorded) for the tokens
+        # the client was sent, one per event; the prompt's count is unknown.
+        call.completion_tokens = relayed
     # Recorded before the stream's end ([DONE] included) is sent: a client that saw the
     # whole answer can find its record.
     recorded = await gateway._record(call)
@@ -83,8 +93,7 @@ async def relay(
         gateway.audit.unrecorded()
     try:
         if call.error is None and recorded:
-            await response.write(pipe.holder.held)
-            await response.write_eof()
+            await response.write_eof(pipe.holder.held)  # one write: the end and the EOF
             return response
         if call.error is None:  # the answer came whole, its record did not: no success
             event = error_body("server_error", "audit_unavailable", AUDIT_DOWN)

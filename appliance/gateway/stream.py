@@ -12,14 +12,23 @@ from appliance.gateway.config import ModelRoute
 
 _DONE_MARKERS = (b"data: [DONE]", b"data:[DONE]")
 _NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+# A usage object, not the ``"usage": null`` vLLM puts in every event of a stream that asked
+# for usage: only the lines that carry one are parsed.
+_USAGE = re.compile(rb'"usage"\s*:\s*\{')
+# An event that carries generated text (a completion's text, a chat delta's content or
+# reasoning, a tool call's arguments): runtimes send one such event per token.
+_GENERATED = re.compile(rb'"(?:text|content|reasoning_content|arguments)"\s*:\s*"(?!")')
 
 
 class UsageScanner:
-    """Picks ``usage`` out of SSE ``data:`` lines as they pass, holding only a partial line."""
+    """Picks ``usage`` out of SSE ``data:`` lines as they pass, holding only a partial line,
+    and counts the events that carry generated text (``generated``): what a stream cut off
+    before its usage event is charged (one token per event, as runtimes stream)."""
 
     def __init__(self) -> None:
         self.partial = b""
         self.usage: Any = None
+        self.generated = 0
 
     def feed(self, chunk: bytes) -> None:
         if b"\n" not in chunk:
@@ -28,13 +37,17 @@ class UsageScanner:
         lines = (self.partial + chunk).split(b"\n")
         self.partial = lines.pop()
         for line in lines:
-            if line.startswith(b"data:") and b'"usage"' in line:
+            if not line.startswith(b"data:"):
+                continue
+            if b'"usage"' in line and _USAGE.search(line):
                 try:
                     usage = json.loads(line[5:]).get("usage")
                 except (ValueError, AttributeError):
-                    continue
+                    usage = None
                 if usage:
                     self.usage = usage
+            if _GENERATED.search(line):
+                self.generated += 1
 
 
 class Renamer:
@@ -77,15 +90,19 @@ class DoneHolder:
         self.done = False
 
     def feed(self, chunk: bytes) -> bytes:
-        data = self.held + chunk
+        data = self.held + chunk if self.held else chunk
         if self.done:
             self.held = data
             return b""
-        for marker in _DONE_MARKERS:
-            at = data.find(marker)
-            if at >= 0:
-                self.done, self.held = True, data[at:]
-                return data[:at]
+        if b"[DONE]" in data:
+            for marker in _DONE_MARKERS:
+                at = data.find(marker)
+                if at >= 0:
+                    self.done, self.held = True, data[at:]
+                    return data[:at]
+        if data.endswith(b"\n"):  # an event's end, as nearly every chunk: nothing to hold
+            self.held = b""
+            return data
         keep = max(
             (
                 n

@@ -167,10 +167,11 @@ def gateway(
                 stdout=sink,
                 stderr=subprocess.STDOUT,
             )
+        running: Gateway | None = None
         try:
             # The "down" backend makes /health answer 503: the gateway is up all the same.
             wait_for(f"http://127.0.0.1:{port}/health", process, {200, 503}, log)
-            yield Gateway(
+            running = Gateway(
                 url=f"http://127.0.0.1:{port}",
                 port=port,
                 audit_dir=root / "audit",
@@ -182,7 +183,10 @@ def gateway(
                 keys=keys,
                 ids=ids,
             )
+            yield running
         finally:
+            # A test may have restarted the gateway: stop the one running now.
+            process = running.process if running is not None else process
             process.terminate()
             assert process.wait(timeout=30) == 0, log.read_text()
 

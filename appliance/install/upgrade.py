@@ -25,6 +25,7 @@ from appliance.bundle.verify import open_bundle
 from appliance.errors import ApplianceError, InstallError
 from appliance.install import InstallOptions, install, point_current
 from appliance.install.inventory import load_inventory
+from appliance.install.package_removal import remove_added
 from appliance.install.release_state import (
     StateRecord,
     current_release,
@@ -216,6 +217,8 @@ def _transition(
     def applying() -> None:
         nonlocal state
         state = advance(root, state, "applying")
+        if state.kind == "rollback" and state.origin is not None:  # the release left behind's
+            remove_added(root, state.origin, state.target, state.inventory, on_event, on_note)
 
     try:
         report = install(apply, on_event, progress, on_note, before_play=applying, settle=False)
@@ -292,6 +295,7 @@ def _return(
         advance(root, state, "rollback-failed")
         return report("rollback-failed", f"{origin} itself is the release that failed", [])
     try:
+        remove_added(root, phase.target, origin, state.inventory, on_event, on_note)
         with _release_key(root, origin, pubkey) as key:
             install(
                 _staged_options(root, origin, key, state),

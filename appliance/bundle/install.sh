@@ -86,6 +86,9 @@ if [ ! -e "$venv" ] && [ ! -L "$venv" ] && [ -z "$plan_only" ]; then
     fail "cannot point $venv at $target" "set APPLIANCE_VENV to a writable directory"
 fi
 
+# The installer names the link when a rollback points it back at another release's venv, and
+# prune spares what the link names (appliance/install/venvs.py).
+export APPLIANCE_VENV="$venv"
 status=0
 "$target/bin/appliance" "$command" --bundle "$here" "$@" || status=$?
 case $status in

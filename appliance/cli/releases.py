@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from appliance.cli.output import Output
-from appliance.install.release_state import list_releases, prune
+from appliance.cli.output import Output, human_bytes
+from appliance.install.prune import prune_depot
+from appliance.install.release_state import list_releases
 from appliance.install.upgrade_state import load_phase, lock_held
 
 _ROOT = click.option(
@@ -29,7 +30,8 @@ def releases_group(ctx: click.Context, root: Path) -> None:
     States: current (what runs), previous (what current replaced: the
     first to go back to), failed (its last install run failed), staged
     (never installed completely), superseded (installed once, replaced
-    since). Run on the depot itself.
+    since); with the bytes only that release holds on disk (what pruning it
+    frees) and, under --json, its installer venv. Run on the depot itself.
 
     \b
     Examples:
@@ -46,6 +48,7 @@ def releases_group(ctx: click.Context, root: Path) -> None:
     lines = [
         f"{r.release:<{width}}  {r.state:<10}  sequence {r.sequence or '-'}"
         + (f"  installed {r.installed}" if r.installed else f"  staged {r.staged or '?'}")
+        + (f"  {human_bytes(r.size)}" if r.size is not None else "")
         + (f"  error: {r.error}" if r.state == "failed" and r.error else "")
         for r in found
     ]
@@ -54,6 +57,8 @@ def releases_group(ctx: click.Context, root: Path) -> None:
         running = (
             "in progress"
             if lock_held(root)
+            else "rollback --to RELEASE, or an install of a release's bundle, recovers from it"
+            if phase.phase == "rollback-failed"
             else "interrupted: the next install, upgrade or rollback settles it"
         )
         lines.append(
@@ -86,12 +91,28 @@ def prune_command(output: Output, root: Path, keep: int, dry_run: bool) -> None:
     """Remove old releases from the depot: never current, never previous.
 
     Keeps current, previous and the newest others up to KEEP releases
-    before current; removes the rest with their unpacked Ansible content.
+    before current; removes the rest with their unpacked Ansible content,
+    and the installer venvs (install.sh's, beside the venv link) that only
+    they used: never the venv of a kept release, the one the link names or
+    the one running. Says how many bytes that frees. Waits for no install,
+    upgrade or rollback: refused while one runs.
     """
-    removed = prune(root, keep, dry_run=dry_run)
+    pruned = prune_depot(root, keep, dry_run=dry_run)
+    removed = pruned.releases
     verb = "would remove" if dry_run else "removed"
+    venvs = len(pruned.venvs)
     output.result(
-        {"ok": True, "dry_run": dry_run, "removed": removed, "keep": keep},
+        {
+            "ok": True,
+            "dry_run": dry_run,
+            "removed": removed,
+            "keep": keep,
+            "venvs": pruned.venvs,
+            "freed_bytes": pruned.freed,
+        },
         human=f"{verb} {len(removed)} release{'s' if len(removed) != 1 else ''}"
-        + (f": {', '.join(removed)}" if removed else ""),
+        + (f": {', '.join(removed)}" if removed else "")
+        + (f"\n{verb} {venvs} installer venv{'s' if venvs != 1 else ''}: " if venvs else "")
+        + ", ".join(pruned.venvs)
+        + f"\n{'would free' if dry_run else 'freed'} {human_bytes(pruned.freed)}",
     )

@@ -94,15 +94,18 @@ def install(
     stage it, copying while hashing, and run the playbook; ``on_note`` hears each step.
 
     ``before_play`` runs after every check and the staging, just before the first host changes.
-    With ``settle``, an upgrade or rollback that a crash interrupted on this depot is settled
-    first (its hosts returned to the release that ran before it: upgrade.py); upgrade.py, which
-    settles itself, passes False.
+    With ``settle`` (a plain install), the run holds the depot's transition lock throughout, and
+    an upgrade or rollback that a crash interrupted on this depot is settled first (its hosts
+    returned to the release that ran before it: upgrade.py); upgrade.py, which holds the lock
+    and settles itself, passes False.
     """
     if settle:
-        # Imported here: upgrade.py drives install() itself.
-        from appliance.install.upgrade import settle_interrupted
+        # Imported here: upgrade.py drives install() itself, holding the lock already.
+        from appliance.install.install_lock import install_lock
 
-        settle_interrupted(options, on_event, progress, on_note)
+        with install_lock(options, on_event, progress, on_note):
+            return install(options, on_event, progress, on_note, before_play=before_play,
+                           settle=False)  # fmt: skip
     with open_bundle(options.bundle, options.pubkey) as bundle:
         on_note(
             f"{bundle.label}: verified {bundle.manifest.name} {bundle.manifest.release}: "

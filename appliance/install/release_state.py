@@ -23,6 +23,7 @@ from appliance.bundle.manifest import parse_manifest
 from appliance.errors import ApplianceError, InstallError
 from appliance.install.atomic import write_atomically
 from appliance.install.upgrade_state import load_phase
+from appliance.install.venvs import freed_bytes, release_venv
 
 STATE_FILE = "releases.json"
 _SCHEMA = 1
@@ -112,6 +113,8 @@ class Release:
     staged: str | None
     installed: str | None
     error: str | None
+    size: int | None = None  # bytes on disk of its directory and unpacked Ansible content
+    venv: str | None = None  # its installer venv (install.sh's), when that is on this machine
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -140,6 +143,8 @@ def list_releases(root: Path) -> tuple[list[Release], str | None]:
                 staged=entry.get("staged"),
                 installed=entry.get("installed"),
                 error=entry.get("error"),
+                size=freed_bytes([directory, directory.with_name(f"{directory.name}.ansible")]),
+                venv=_venv(root, directory.name),
             )
         )
     # A transition in progress, or one a crash interrupted: its target shows the phase it is in.
@@ -151,6 +156,11 @@ def list_releases(root: Path) -> tuple[list[Release], str | None]:
     found.sort(key=lambda r: r.sequence or 0, reverse=True)
     found.sort(key=lambda r: {"current": 0, "previous": 1}.get(r.state, 2))
     return found, record.warning
+
+
+def _venv(root: Path, release: str) -> str | None:
+    venv = release_venv(root, release)
+    return str(venv) if venv is not None and venv.is_dir() else None
 
 
 def _state(name: str, entry: dict[str, Any], current: str | None, previous: str | None) -> str:

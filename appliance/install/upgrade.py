@@ -25,6 +25,7 @@ from appliance.bundle.verify import open_bundle
 from appliance.errors import ApplianceError, InstallError
 from appliance.install import InstallOptions, install, point_current
 from appliance.install.inventory import load_inventory
+from appliance.install.package_removal import remove_added
 from appliance.install.release_state import (
     StateRecord,
     current_release,
@@ -39,13 +40,22 @@ from appliance.install.upgrade_state import (
     load_phase,
     save_phase,
     transition_lock,
+    wedged_message,
 )
+from appliance.install.venvs import point_venv
 from appliance.install.verify import VerifyOptions, verify
 from appliance.install.verify_models import Check
 from appliance.progress import Progress
 from appliance.runner import TaskEvent
 
-__all__ = ["RollbackOptions", "UpgradeOptions", "UpgradeReport", "rollback", "upgrade"]
+__all__ = [
+    "RollbackOptions",
+    "UpgradeOptions",
+    "UpgradeReport",
+    "rollback",
+    "settle",
+    "upgrade",
+]
 
 Events = Callable[[TaskEvent], None]
 Notes = Callable[[str], None]
@@ -80,7 +90,7 @@ def upgrade(
     """Apply the bundle, verify, commit; roll back by itself when apply or verify fails."""
     root = options.install.root
     _need_local_depot(options.install.inventory)
-    with transition_lock(root):
+    with transition_lock(root, "appliance upgrade"):
         with open_bundle(options.install.bundle, options.install.pubkey) as bundle:
             target = bundle.manifest.release
         interrupted = load_phase(root)
@@ -96,7 +106,7 @@ def upgrade(
                 f"finishing the upgrade to {target} that was interrupted while {_what(interrupted)}"
             )
         else:
-            settled = _settle(root, options.install.pubkey, on_event, progress, on_note)
+            settled = settle(root, options.install.pubkey, on_event, progress, on_note)
             if settled is not None and settled.outcome == "rollback-failed":
                 return settled  # the hosts are in no state to take another release
         origin = current_release(root)
@@ -134,10 +144,17 @@ def rollback(
     """Return every host to the previous release (or ``options.to``) still on the depot."""
     root = options.root
     _need_local_depot(options.inventory)
-    with transition_lock(root):
-        settled = _settle(root, options.pubkey, on_event, progress, on_note)
-        if settled is not None and (options.to is None or settled.outcome == "rollback-failed"):
-            return settled  # going back from an interrupted upgrade is the rollback asked for
+    with transition_lock(root, "appliance rollback"):
+        # After a failed rollback, --to names the way out: that release goes on every host at
+        # once (no other attempt at the origin first), and its commit clears the record.
+        wedged = load_phase(root)
+        recovering = wedged is not None and wedged.phase == "rollback-failed" and bool(options.to)
+        if recovering and wedged is not None:
+            on_note(f"{wedged_message(wedged)}: recovering with release {options.to}")
+        else:
+            settled = settle(root, options.pubkey, on_event, progress, on_note)
+            if settled is not None and (options.to is None or settled.outcome == "rollback-failed"):
+                return settled  # going back from an interrupted upgrade is the rollback asked for
         origin = current_release(root)
         record = StateRecord.load(root)
         target = options.to or record.previous
@@ -148,7 +165,7 @@ def rollback(
                 f"{root}/releases.json names no previous release to go back to",
                 hint="name the release with --to (appliance releases lists them)",
             )
-        if target == origin:
+        if target == origin and not recovering:
             raise InstallError(
                 f"release {target} is already current", hint="name another release with --to"
             )
@@ -158,41 +175,27 @@ def rollback(
                 hint=f"carry release {target}'s bundle to the depot and install it with "
                 "--allow-downgrade; nothing was changed",
             )
-        phase = save_phase(
-            root,
-            Phase(
-                kind="rollback",
-                phase="staged",
-                target=target,
-                origin=origin,
-                egress_targets=options.egress_targets,
-                internal_targets=options.internal_targets,
-                inventory=_path(options.inventory),
-                internal_cidrs=options.internal_cidrs,
-            ),
-        )
+        # The key first: a release whose key is unknown is refused before anything is recorded.
         with _release_key(root, target, options.pubkey) as key:
-            apply = _staged_options(root, target, key, phase)
-            return _transition(
-                root, phase, apply, on_event, progress, on_note, pubkey=options.pubkey
+            phase = save_phase(
+                root,
+                Phase(
+                    kind="rollback",
+                    phase="staged",
+                    target=target,
+                    origin=origin,
+                    egress_targets=options.egress_targets,
+                    internal_targets=options.internal_targets,
+                    inventory=_path(options.inventory),
+                    internal_cidrs=options.internal_cidrs,
+                ),
             )
-
-
-def settle_interrupted(
-    options: InstallOptions, on_event: Events, progress: Progress | None, on_note: Notes
-) -> None:
-    """For a plain install: settle an interrupted upgrade or rollback on this depot first."""
-    phase = load_phase(options.root)
-    if phase is None or not phase.unfinished:
-        return  # the common case: nothing is locked or created
-    if options.inventory is not None and not load_inventory(options.inventory).depot_is_local:
-        return
-    with transition_lock(options.root):
-        settled = _settle(options.root, options.pubkey, on_event, progress, on_note)
-    if settled is not None and settled.outcome == "rollback-failed":
-        error = settled.error()
-        assert error is not None
-        raise error
+            apply = _staged_options(root, target, key, phase)
+            # A recovery refused before any host changed leaves the failed rollback's record.
+            prior = wedged if recovering else None
+            return _transition(
+                root, phase, apply, on_event, progress, on_note, prior, options.pubkey
+            )
 
 
 def _transition(
@@ -214,6 +217,8 @@ def _transition(
     def applying() -> None:
         nonlocal state
         state = advance(root, state, "applying")
+        if state.kind == "rollback" and state.origin is not None:  # the release left behind's
+            remove_added(root, state.origin, state.target, state.inventory, on_event, on_note)
 
     try:
         report = install(apply, on_event, progress, on_note, before_play=applying, settle=False)
@@ -239,7 +244,7 @@ def _transition(
             f"{c.host}: {c.name}" for c in failed
         )
         return _return(root, state, reason, failed, on_event, progress, on_note, pubkey)
-    _commit(root, state.target, state.origin)
+    _commit(root, state.target, state.origin, on_note)
     state = advance(root, state, "committed")
     on_note(f"{state.target} verified and is current now")
     return UpgradeReport(
@@ -286,7 +291,11 @@ def _return(
     if origin is None:
         advance(root, state, "rollback-failed")
         return report("rollback-failed", "no release ran before it", [])
+    if origin == phase.target:  # a recovery that reapplied the origin itself: no other try
+        advance(root, state, "rollback-failed")
+        return report("rollback-failed", f"{origin} itself is the release that failed", [])
     try:
+        remove_added(root, phase.target, origin, state.inventory, on_event, on_note)
         with _release_key(root, origin, pubkey) as key:
             install(
                 _staged_options(root, origin, key, state),
@@ -304,14 +313,13 @@ def _return(
         advance(root, state, "rollback-failed")
         problem = "verify failed: " + "; ".join(f"{c.host}: {c.name}" for c in bad)
         return report("rollback-failed", problem, checks)
-    if current_release(root) != origin:
-        _commit(root, origin, current_release(root))
+    _commit(root, origin, current_release(root), on_note)
     advance(root, state, "rolled-back")
     on_note(f"rolled back: {origin} runs again and verified")
     return report("rolled-back", None, checks)
 
 
-def _settle(
+def settle(
     root: Path,
     pubkey: Path | None,
     on_event: Events,
@@ -324,7 +332,7 @@ def _settle(
         return None
     if phase.phase == "verifying" and current_release(root) == phase.target != phase.origin:
         # Killed between the commit's link and its record: verify had passed.
-        record_installed(root, phase.target, phase.origin)
+        _commit(root, phase.target, phase.origin, on_note)
         advance(root, phase, "committed")
         return None
     on_note(
@@ -335,9 +343,14 @@ def _settle(
     return _return(root, phase, reason, [], on_event, progress, on_note, pubkey)
 
 
-def _commit(root: Path, release: str, replaced: str | None) -> None:
-    point_current(root, root / "releases" / release)
-    record_installed(root, release, replaced)
+def _commit(root: Path, release: str, replaced: str | None, on_note: Notes) -> None:
+    """``release`` runs and verified: ``current``, the record and the venv link name it."""
+    if replaced != release:
+        point_current(root, root / "releases" / release)
+        record_installed(root, release, replaced)
+    stayed = point_venv(root, release)
+    if stayed is not None:
+        on_note(stayed)
 
 
 def _verify(root: Path, phase: Phase, release: str) -> tuple[list[Check], Path]:

@@ -47,9 +47,11 @@ class UpgradeReport:
                 f"{self.kind} to {self.target} failed: {self.failure}; and returning to "
                 f"{self.origin} FAILED too: {self.rollback_failure}",
                 hint="the hosts may run parts of both releases: check `appliance releases` and "
-                "the run records under <root>/runs/, fix the cause, then run `appliance rollback "
-                f"--to {self.origin}` (or install a fixed release); the next install, upgrade or "
-                "rollback settles this one first",
+                "the run records under <root>/runs/ and fix the cause; then `appliance rollback` "
+                f"tries {self.origin} again, while `appliance rollback --to {self.origin}` (or "
+                "--to another release on this depot) or an install of a release's bundle "
+                "(install.sh) puts that release on every host at once and, once it succeeded, "
+                "clears this state; an upgrade first tries the rollback again",
                 problems=problems,
             )
         return None

@@ -68,6 +68,14 @@ class Phase:
         return asdict(self)
 
 
+def wedged_message(phase: Phase) -> str:
+    """What a ``rollback-failed`` record says happened."""
+    return (
+        f"the {phase.kind} to {phase.target} failed ({phase.failure}) and so did the rollback "
+        f"to {phase.origin}"
+    )
+
+
 def load_phase(root: Path) -> Phase | None:
     """The last transition's record, or None when there is none (or it cannot be read: then
     ``current`` is the only truth, as before upgrades were recorded)."""
@@ -120,8 +128,10 @@ _LOCK_TRIES = 20  # 2 s
 
 
 @contextmanager
-def transition_lock(root: Path) -> Iterator[None]:
-    """Hold the depot's transition lock, or refuse at once when another run holds it."""
+def transition_lock(root: Path, holder: str | None = None) -> Iterator[None]:
+    """Hold the depot's transition lock, or refuse at once when another run holds it, naming
+    that run. ``holder``: what this run is (``appliance install``), written into the lock file
+    for a refused run to name."""
     root.mkdir(parents=True, exist_ok=True)
     handle = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -133,14 +143,32 @@ def transition_lock(root: Path) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if attempt == _LOCK_TRIES - 1:
-                    raise InstallError(
-                        f"another install, upgrade or rollback is running on this depot ({root})",
-                        hint="wait for it to finish, then run this again; nothing was changed",
-                    ) from None
+                    raise _refusal(root) from None
                 time.sleep(0.1)
+        os.ftruncate(handle, 0)
+        if holder is not None:
+            os.pwrite(handle, f"{holder} (pid {os.getpid()}, since {_now()})\n".encode(), 0)
         yield
     finally:
         os.close(handle)  # closing the descriptor drops the lock
+
+
+def _refusal(root: Path) -> InstallError:
+    try:
+        holder = (root / LOCK_FILE).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        holder = ""
+    if not holder:  # a run that names nothing, or one that has not written its name yet
+        return InstallError(
+            f"another install, upgrade or rollback is running on this depot ({root})",
+            hint="wait for it to finish, then run this again; nothing was changed",
+        )
+    return InstallError(
+        f"{holder} holds this depot's transition lock ({root / LOCK_FILE}): one install, "
+        "upgrade, rollback or prune runs at a time",
+        hint="wait for it to finish (appliance releases shows where it stands), then run this "
+        "again; nothing was changed",
+    )
 
 
 def lock_held(root: Path) -> bool:

@@ -53,6 +53,17 @@ NEWER_JQ = (
     "'Description: stand-in for a newer jq' > /srv/jq/DEBIAN/control "
     "&& dpkg-deb --build /srv/jq /srv/jq.deb && dpkg -i /srv/jq.deb"
 )
+# A stand-in for bc that the site installed itself before v3 (which declares bc too): the
+# rollback from v3 must leave it, while tree, which v3 alone brought, comes off.
+SITE_BC = (
+    "mkdir -p /srv/bc/DEBIAN && printf '%s\\n' 'Package: bc' 'Version: 0.1' "
+    "'Architecture: amd64' 'Maintainer: appliance tests <dev@appliance.invalid>' "
+    "'Description: stand-in for a package the site installed' > /srv/bc/DEBIAN/control "
+    "&& dpkg-deb --build /srv/bc /srv/bc.deb && dpkg -i /srv/bc.deb"
+)
+PACKAGES = ["nftables", "python3-apt", "libgomp1", "jq"]
+# v3's spec adds packages v2 lacks: a rollback from v3 removes those v3 installed.
+V3_PACKAGES = [*PACKAGES, "tree", "bc"]
 GOOD = {"source": "models/tiny-llama.gguf", "format": "gguf"}
 # Each release: (sequence, models).
 RELEASES: dict[str, tuple[int, list[dict[str, Any]]]] = {
@@ -147,7 +158,7 @@ def depot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Depot]:
                 "upgrade-test",
                 label,
                 stack=SYSTEMD_LLAMACPP,
-                packages=["nftables", "python3-apt", "libgomp1", "jq"],
+                packages=V3_PACKAGES if label == "v3" else PACKAGES,
                 models=models,
                 wheels={"llamacpp": ["xllamacpp==2026.10.11549"]},
             )
@@ -177,6 +188,7 @@ def depot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Depot]:
 def test_a_failed_upgrade_rolls_back_by_itself(depot: Depot) -> None:
     before = depot.complete("tiny-llama")
     keys = depot.run("sha256sum", "/etc/appliance/gateway/keys.json").stdout
+    assert depot.run("sh", "-c", SITE_BC).returncode == 0
 
     done = depot.upgrade("v3")
     report = _report(done)
@@ -192,6 +204,11 @@ def test_a_failed_upgrade_rolls_back_by_itself(depot: Depot) -> None:
     assert depot.models() == ["tiny-llama"]
     after = depot.complete("tiny-llama")
     assert depot.run("systemctl", "is-active", "appliance-llamacpp@tiny-broken").returncode != 0
+    # What v3 alone installed came off; what the site had installed before v3 stayed.
+    assert "removing what v3 alone installed of: bc, tree" in done.stdout, done.stdout[-4000:]
+    assert depot.run("dpkg-query", "--show", "tree").returncode != 0
+    assert depot.run("dpkg-query", "--show", "bc").returncode == 0
+    assert depot.run("test", "-e", "/var/lib/appliance/packages/before-v3.list").returncode != 0
     # Data kept: the keys as they were, one audit chain with the calls before and after.
     assert depot.run("sha256sum", "/etc/appliance/gateway/keys.json").stdout == keys
     log = depot.run("sh", "-c", "cat /var/log/appliance/audit/audit*.jsonl").stdout

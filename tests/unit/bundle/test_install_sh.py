@@ -24,12 +24,15 @@ from pathlib import Path
 import pytest
 
 from appliance.bundle import layout
+from appliance.bundle.manifest import FileEntry
+from appliance.install.venvs import installer_id
 
 Install = Callable[..., subprocess.CompletedProcess[str]]
 
 STUB = """import sys
 def main():
     print("installer {version}:", " ".join(sys.argv[1:]))
+    print("link:", __import__("os").environ.get("APPLIANCE_VENV"))
     sys.exit(int(__import__("os").environ.get("STUB_EXIT", "0")))
 """
 
@@ -159,3 +162,18 @@ def test_a_first_install_that_fails_still_leaves_its_installer(
     assert str(venv.readlink()).startswith("venvs/")
     assert subprocess.run([venv / "bin" / "appliance"], capture_output=True, text=True,
                           check=False).stdout.startswith("installer 1.0")  # fmt: skip
+
+
+def test_the_venv_is_the_one_the_installer_finds_by_the_manifest(
+    tmp_path: Path, run: Install
+) -> None:
+    """Rollback and prune find a release's venv from its signed manifest alone (venvs.py), and
+    the link from APPLIANCE_VENV, which install.sh hands to the installer."""
+    one = _bundle(tmp_path, "1.0")
+    done = run(one, "--pubkey", "k.pub")
+    assert done.returncode == 0, done.stderr
+    venv = tmp_path / "opt" / "venv"
+    assert f"link: {venv}" in done.stdout
+    entries = json.loads((one / layout.MANIFEST).read_text())["files"]
+    files = [FileEntry(size=1, **entry) for entry in entries]
+    assert venv.readlink() == Path("venvs") / str(installer_id(files))

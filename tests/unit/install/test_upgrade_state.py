@@ -10,6 +10,7 @@ import pytest
 
 from appliance.errors import InstallError, RollbackFailedError, UpgradeRolledBackError
 from appliance.install import InstallOptions
+from appliance.install.install_lock import settle_interrupted
 from appliance.install.release_state import (
     StateRecord,
     list_releases,
@@ -17,7 +18,6 @@ from appliance.install.release_state import (
     record_installed,
     record_staged,
 )
-from appliance.install.upgrade import settle_interrupted
 from appliance.install.upgrade_report import UpgradeReport
 from appliance.install.upgrade_state import (
     PHASE_FILE,

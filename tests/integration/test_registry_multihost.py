@@ -36,7 +36,7 @@ from tests.fixtures.bundles import signed_bundle_from_upstreams
 from tests.fixtures.hosts import Host, authorize_ssh, harness_image, lab_inventory, start_host
 from tests.fixtures.install import mounts
 from tests.fixtures.lab import INTERNET_URL, lab_around
-from tests.fixtures.registry import layer, push_image, registry, write_image
+from tests.fixtures.registry import layer, push_image, push_index, registry, write_image
 from tests.fixtures.specs import spec_text
 
 pytestmark = [
@@ -58,6 +58,7 @@ CA = "/etc/appliance/pki/ca.crt"
 PULL_AUTH = "/etc/appliance/registry/pull-auth.json"
 HOSTS_DIR = "/etc/containerd/certs.d"
 MARKER = b"registry multihost test\n"
+MULTI_MARKER = b"amd64 of a two-platform index\n"
 
 # Probes one TCP port from inside a host: "open", "refused" or "dropped" (no answer).
 PORT_PROBE = r"""
@@ -78,6 +79,7 @@ class Lab:
     node: Host
     internet: str  # the namespace around the node
     app: str  # ghcr.io/acme/app@sha256:..., in the bundle
+    multi: str  # ghcr.io/acme/multi@sha256:<index>, in the bundle with every platform
     absent: str  # ghcr.io/acme/absent@sha256:..., not in the bundle
     installed: subprocess.CompletedProcess[str]
 
@@ -128,9 +130,15 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     with registry(root / "upstream") as address:
         digest = push_image(root / "oci-app", f"{address}/acme/app:1", [busybox, marker])
         app = f"ghcr.io/acme/app@{digest}"
+        index = push_index(
+            root / "oci-multi", f"{address}/acme/multi:1",
+            {"amd64": [busybox, layer({"etc/appliance-image": MULTI_MARKER})],
+             "arm64": [layer({"etc/appliance-image": b"arm64\n"})]},
+        )  # fmt: skip
+        multi = f"ghcr.io/acme/multi@{index}"
         spec = spec_text(
             "registry-multihost", "2026.12.1", stack={"registry": "distribution"},
-            packages=["jq"], images=[app],
+            packages=["jq"], images=[app, {"ref": multi, "platforms": "all"}],
         )  # fmt: skip
         signed_bundle_from_upstreams(root, spec, "registry multihost test", {"ghcr.io": address})
     absent = f"ghcr.io/acme/absent@{write_image(root / 'oci-absent', [marker])}"
@@ -170,7 +178,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                 "/srv/bundle/install.sh", "--pubkey", "/srv/key.pub", "--inventory", INVENTORY,
                 "--internal-cidr", SUBNET,
             )  # fmt: skip
-            yield Lab(depot, node, around.internet, app, absent, installed)
+            yield Lab(depot, node, around.internet, app, multi, absent, installed)
     finally:
         if len(hosts) > 1:
             # The cgroups `ctr run` made under the machine's tree (the host shares it).
@@ -240,6 +248,24 @@ def test_an_upstream_reference_runs_on_the_node_from_the_depots_registry(lab: La
     assert " appliance-pull " in served[0], served[0]
 
 
+def test_a_multi_platform_index_is_pulled_by_its_digest_and_runs_the_nodes_platform(
+    lab: Lab,
+) -> None:
+    """platforms: all keeps the index in the bundle, so the depot's registry holds it (and each
+    platform), and containerd resolves the index digest through the mirror, then picks amd64."""
+    before = packets_from_node(lab)
+    pulled = pull(lab, lab.multi)
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    name = f"multi-{uuid.uuid4().hex[:6]}"
+    ran = lab.node.run(
+        "ctr", "--namespace", "appliance-test", "run", "--rm", "--cgroup",
+        f"/{lab.node.name}/{name}", lab.multi, name, "/bin/busybox", "cat", "/etc/appliance-image",
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert ran.stdout == MULTI_MARKER.decode()
+    assert packets_from_node(lab) == before
+
+
 @pytest.mark.parametrize("registry_name", ["ghcr.io", "quay.io"])
 def test_an_image_the_bundle_does_not_hold_fails_and_no_packet_leaves(
     lab: Lab, registry_name: str
@@ -277,7 +303,7 @@ def test_verify_passes_on_both_hosts(lab: Lab) -> None:
     checks = {(c["host"], c["name"]): c for c in json.loads(done.stdout)["checks"]}
     assert all(c["passed"] for c in checks.values())
     images = checks[("depot-1", "registry: every image present with its digest")]
-    assert images["evidence"] == "1 images, each by its digest, read as the pull identity"
+    assert images["evidence"] == "2 images, each by its digest, read as the pull identity"
     engines = [c for (host, n), c in checks.items() if host == "gpu-1" and "engines" in n]
     assert [c["evidence"] for c in engines] == ["containerd mirrors _default, ghcr.io"]
 

@@ -1,7 +1,9 @@
 """registry: distribution across hosts, from one install: the depot runs the registry seeded
 from the bundle, and a node's containerd pulls and runs an image by its upstream reference
 (``ghcr.io/acme/app@sha256:...``) from the depot's registry over the lab network (TLS with the
-site CA, the pull identity), while its egress is denied.
+site CA, the pull identity), while its egress is denied. A two-platform index kept with
+``platforms: all`` is pulled by the index digest; kept as the default (the target's platform
+alone), only its amd64 manifest's digest is there.
 
 The lab: the depot and the node on an internal docker network (install.sh runs on the depot and
 reaches the node over SSH); around the node, "the internet" is a namespace on 198.19.255.10
@@ -36,7 +38,14 @@ from tests.fixtures.bundles import signed_bundle_from_upstreams
 from tests.fixtures.hosts import Host, authorize_ssh, harness_image, lab_inventory, start_host
 from tests.fixtures.install import mounts
 from tests.fixtures.lab import INTERNET_URL, lab_around
-from tests.fixtures.registry import layer, push_image, push_index, registry, write_image
+from tests.fixtures.registry import (
+    layer,
+    push_image,
+    push_index,
+    raw_manifest,
+    registry,
+    write_image,
+)
 from tests.fixtures.specs import spec_text
 
 pytestmark = [
@@ -80,6 +89,8 @@ class Lab:
     internet: str  # the namespace around the node
     app: str  # ghcr.io/acme/app@sha256:..., in the bundle
     multi: str  # ghcr.io/acme/multi@sha256:<index>, in the bundle with every platform
+    single: str  # ghcr.io/acme/single@sha256:<the same index>, the target's platform alone
+    single_amd64: str  # ghcr.io/acme/single@sha256:<its amd64 manifest>
     absent: str  # ghcr.io/acme/absent@sha256:..., not in the bundle
     installed: subprocess.CompletedProcess[str]
 
@@ -136,10 +147,23 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
              "arm64": [layer({"etc/appliance-image": b"arm64\n"})]},
         )  # fmt: skip
         multi = f"ghcr.io/acme/multi@{index}"
+        # The same index under another name, kept as the default keeps one: the target's
+        # platform alone.
+        subprocess.run(
+            ["skopeo", "copy", "--quiet", "--all", "--preserve-digests", "--src-tls-verify=false",
+             "--dest-tls-verify=false", f"docker://{address}/acme/multi@{index}",
+             f"docker://{address}/acme/single:1"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        single = f"ghcr.io/acme/single@{index}"
         spec = spec_text(
             "registry-multihost", "2026.12.1", stack={"registry": "distribution"},
-            packages=["jq"], images=[app, {"ref": multi, "platforms": "all"}],
+            packages=["jq"], images=[app, {"ref": multi, "platforms": "all"}, single],
         )  # fmt: skip
+        platforms = raw_manifest(f"{address}/acme/single@{index}")["manifests"]
+        assert isinstance(platforms, list)
+        (amd64,) = [m["digest"] for m in platforms if m["platform"]["architecture"] == "amd64"]
+        single_amd64 = f"ghcr.io/acme/single@{amd64}"
         signed_bundle_from_upstreams(root, spec, "registry multihost test", {"ghcr.io": address})
     absent = f"ghcr.io/acme/absent@{write_image(root / 'oci-absent', [marker])}"
     (root / "inventories").mkdir()
@@ -178,7 +202,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                 "/srv/bundle/install.sh", "--pubkey", "/srv/key.pub", "--inventory", INVENTORY,
                 "--internal-cidr", SUBNET,
             )  # fmt: skip
-            yield Lab(depot, node, around.internet, app, multi, absent, installed)
+            yield Lab(
+                depot, node, around.internet, app, multi, single, single_amd64, absent, installed
+            )
     finally:
         if len(hosts) > 1:
             # The cgroups `ctr run` made under the machine's tree (the host shares it).
@@ -266,6 +292,20 @@ def test_a_multi_platform_index_is_pulled_by_its_digest_and_runs_the_nodes_platf
     assert packets_from_node(lab) == before
 
 
+def test_an_index_kept_as_the_target_platform_is_pulled_by_that_platforms_digest(
+    lab: Lab,
+) -> None:
+    """The default, platforms: target: the registry holds the amd64 manifest, not the index
+    (README, "Container registry"), so the index digest is not found, inside."""
+    before = packets_from_node(lab)
+    failed = pull(lab, lab.single)
+    assert failed.returncode != 0
+    assert failed.stderr.endswith(f"{lab.single}: not found\n"), failed.stderr
+    pulled = pull(lab, lab.single_amd64)
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    assert packets_from_node(lab) == before
+
+
 @pytest.mark.parametrize("registry_name", ["ghcr.io", "quay.io"])
 def test_an_image_the_bundle_does_not_hold_fails_and_no_packet_leaves(
     lab: Lab, registry_name: str
@@ -303,7 +343,7 @@ def test_verify_passes_on_both_hosts(lab: Lab) -> None:
     checks = {(c["host"], c["name"]): c for c in json.loads(done.stdout)["checks"]}
     assert all(c["passed"] for c in checks.values())
     images = checks[("depot-1", "registry: every image present with its digest")]
-    assert images["evidence"] == "2 images, each by its digest, read as the pull identity"
+    assert images["evidence"] == "3 images, each by its digest, read as the pull identity"
     engines = [c for (host, n), c in checks.items() if host == "gpu-1" and "engines" in n]
     assert [c["evidence"] for c in engines] == ["containerd mirrors _default, ghcr.io"]
 

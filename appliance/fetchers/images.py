@@ -2,7 +2,9 @@
 whose blobs are the bundle's own blob store, so a layer shared by several images is stored once.
 
 skopeo is the tool regulated teams already trust for mirroring; ``--preserve-digests`` keeps
-every manifest's digest, and the target architecture is picked from multi-arch indexes. skopeo
+every manifest's digest, and the target architecture is picked from multi-arch indexes (or, with
+``platforms: all``, the index and every platform are kept, so the index digest can be pulled from
+the local registry: docker-registry refuses an index whose platforms it does not hold). skopeo
 checks every blob against its digest while copying, so the layout it keeps in the cache is
 trusted by name: a rebuild takes an image whose pinned manifest and blobs are all there without
 asking the registry, and files each blob into the store only once.
@@ -33,8 +35,9 @@ REF_NAME = "org.opencontainers.image.ref.name"
 class FetchedImage:
     ref: str
     pinned: str  # the digest the spec names
-    manifest_digest: str  # the digest of the manifest stored (a platform's, for an index)
-    blobs: list[tuple[str, int]]  # (sha256 hex, size) of manifest, config and layers
+    # The digest of the manifest stored: a platform's for an index, unless platforms is all.
+    manifest_digest: str
+    blobs: list[tuple[str, int]]  # (sha256 hex, size): the index, each manifest, config, layers
     descriptor: dict[str, Any]
 
 
@@ -73,10 +76,11 @@ def fetch_images(
         )
         # skopeo 1.9 refuses tag and digest together; the digest is what pins it anyway. A
         # layout reference per pinned digest and architecture (an index names one per arch).
-        tag = f"{pinned.replace(':', '-')}-{arch}"
+        every = image.platforms == "all"
+        tag = f"{pinned.replace(':', '-')}-{'all' if every else arch}"
         if not _complete(work, tag):
             _copy(skopeo, image, repository, pinned, arch, work, tag)
-        fetched.append(_file_image(image.ref, pinned, tag, work, store, bundle))
+        fetched.append(_file_image(image.ref, pinned, tag, work, store, bundle, every))
     return fetched
 
 
@@ -88,10 +92,11 @@ def _copy(
         "copy",
         "--quiet",
         "--preserve-digests",
-        "--override-os",
-        "linux",
-        "--override-arch",
-        arch,
+        *(
+            ["--all"]
+            if image.platforms == "all"
+            else ["--override-os", "linux", "--override-arch", arch]
+        ),
         *(["--src-tls-verify=false"] if _loopback(image.ref) else []),
         f"docker://{repository}@{pinned}",
         f"oci:{work}:{tag}",
@@ -111,16 +116,32 @@ def _complete(work: Path, tag: str) -> bool:
         (descriptor,) = [
             d for d in index["manifests"] if d.get("annotations", {}).get(REF_NAME) == tag
         ]
-        blobs = work / "blobs" / "sha256"
-        manifest = json.loads((blobs / descriptor["digest"].split(":", 1)[1]).read_bytes())
-        digests = [manifest["config"]["digest"], *(x["digest"] for x in manifest["layers"])]
+        digests = _blobs_of(work / "blobs" / "sha256", descriptor["digest"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
-    return all((blobs / digest.split(":", 1)[1]).is_file() for digest in digests)
+    return all((work / "blobs" / "sha256" / d.split(":", 1)[1]).is_file() for d in digests)
+
+
+def _blobs_of(blobs_dir: Path, digest: str) -> list[str]:
+    """The digests ``digest`` names, itself first: an index's manifests and theirs, a manifest's
+    config and layers. Raises OSError for a manifest the layout lacks."""
+    manifest = json.loads((blobs_dir / digest.split(":", 1)[1]).read_bytes())
+    found = [digest]
+    if "manifests" in manifest:
+        for child in manifest["manifests"]:
+            found += _blobs_of(blobs_dir, child["digest"])
+        return found
+    return [*found, manifest["config"]["digest"], *(x["digest"] for x in manifest["layers"])]
 
 
 def _file_image(
-    ref: str, pinned: str, tag: str, work: Path, store: BlobStore, bundle: BlobStore | None
+    ref: str,
+    pinned: str,
+    tag: str,
+    work: Path,
+    store: BlobStore,
+    bundle: BlobStore | None,
+    every: bool = False,
 ) -> FetchedImage:
     index = json.loads((work / OCI_INDEX).read_text())
     (descriptor,) = [d for d in index["manifests"] if d.get("annotations", {}).get(REF_NAME) == tag]
@@ -136,10 +157,10 @@ def _file_image(
         return hexdigest, store.size(hexdigest)
 
     manifest = json.loads((blobs_dir / manifest_digest.split(":", 1)[1]).read_bytes())
-    blobs = [add(manifest_digest), add(manifest["config"]["digest"])]
-    blobs += [add(layer["digest"]) for layer in manifest.get("layers", [])]
-    if pinned != manifest_digest and manifest.get("mediaType", "").endswith("index.v1+json"):
+    if "manifests" in manifest and not every:
         raise FetchError(f"image {ref}: expected one platform's manifest, got an index")
+    # A layer shared by two platforms is one blob: each listed once.
+    blobs = [add(digest) for digest in dict.fromkeys(_blobs_of(blobs_dir, manifest_digest))]
     entry = {k: v for k, v in descriptor.items() if k != "annotations"}
     entry["annotations"] = {REF_NAME: ref}
     return FetchedImage(ref, pinned, manifest_digest, blobs, entry)

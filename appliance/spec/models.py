@@ -124,6 +124,12 @@ class Image(StrictModel):
     ref: Annotated[str, AfterValidator(check_image_ref)] = Field(
         description="[registry/]repository[:tag]@sha256:<64 hex>"
     )
+    platforms: Literal["target", "all"] = Field(
+        default="target",
+        description="for a ref pinned to a multi-platform index: 'target' keeps the target's "
+        "platform alone (its manifest digest, not the index's, is what engines can pull); "
+        "'all' keeps the index and every platform, so engines pull by the index digest",
+    )
 
 
 class HuggingFaceModel(StrictModel):

@@ -14,8 +14,11 @@ import pytest
 from appliance.build import BuildOptions, build_bundle
 from appliance.bundle import layout
 from appliance.bundle.signing import keygen
+from appliance.bundle.store import BlobStore
 from appliance.bundle.verify import verify_dir
-from tests.fixtures.registry import layer, push_image, raw_manifest, registry
+from appliance.fetchers.images import fetch_images
+from appliance.spec.models import Image
+from tests.fixtures.registry import layer, push_image, push_index, raw_manifest, registry
 from tests.fixtures.specs import spec_text
 
 pytestmark = [pytest.mark.network]  # the installer wheels come from PyPI (cached after once)
@@ -131,3 +134,31 @@ def test_delta_after_one_changed_layer_holds_only_what_changed(
     manifest = json.loads((tmp_path / "delta" / layout.MANIFEST).read_bytes())
     assert manifest["base"]["release"] == "1"
     verify_dir(tmp_path / "delta", root / "key.pub", base=root / "bundle")
+
+
+def test_a_pinned_index_keeps_the_target_platform_or_every_platform(tmp_path: Path) -> None:
+    """platforms: target (the default) keeps the target's manifest alone, whose digest is not
+    the pinned index's; platforms: all keeps the index and every platform's blobs, so the index
+    digest itself can be seeded and pulled."""
+    shared = layer({"lib/shared.bin": os.urandom(20_000)})
+    with registry(tmp_path / "registry") as address:
+        pinned = push_index(
+            tmp_path / "src",
+            f"{address}/appliance/multi:1",
+            {"amd64": [shared, layer({"a": b"amd64"})], "arm64": [shared, layer({"a": b"arm"})]},
+        )
+        ref = f"{address}/appliance/multi:1@{pinned}"
+        store = BlobStore(tmp_path / "store")
+        target, every = fetch_images(
+            [Image(ref=ref), Image(ref=ref, platforms="all")], "amd64", store, tmp_path / "oci"
+        )
+    index = json.loads(store.path(pinned.split(":")[1]).read_bytes())
+    amd64, arm64 = (m["digest"] for m in index["manifests"])
+    assert target.manifest_digest == amd64
+    assert every.manifest_digest == pinned
+    assert [f"sha256:{d}" for d, _ in every.blobs][:2] == [pinned, amd64]
+    # The index, two manifests, two configs, the shared layer once and each platform's own.
+    assert len(every.blobs) == 8 == len({d for d, _ in every.blobs})
+    assert {d for d, _ in target.blobs} < {d for d, _ in every.blobs}
+    assert arm64.split(":")[1] in {d for d, _ in every.blobs}
+    assert every.descriptor["mediaType"] == "application/vnd.oci.image.index.v1+json"

@@ -224,6 +224,11 @@ CASES: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
+        "image-platforms-unknown",
+        HEAD + f"images:\n  - ref: 'ghcr.io/org/app@sha256:{SHA}'\n    platforms: amd64\n",
+        ["images[0].platforms (line 8): must be 'target' or 'all' (got 'amd64')"],
+    ),
+    (
         "hf-revision-is-a-branch",
         HEAD
         + "models:\n  - {name: qwen, source: 'hf://Qwen/Qwen2.5-7B-Instruct', revision: main}\n",

@@ -8,6 +8,7 @@ to fix.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
@@ -27,6 +28,8 @@ DEFAULT_CONFIG = Path("/etc/appliance/gateway/config.json")
 DEFAULT_KEYS_FILE = Path("/etc/appliance/gateway/keys.json")
 DEFAULT_AUDIT_DIR = Path("/var/log/appliance/audit")
 
+
+AUTO_WORKERS = 4
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -184,6 +187,10 @@ class GatewayConfig(_Strict):
     # audit log not writable (it heals within a second or two), too many connections.
     retry_after_s: Annotated[int, Field(ge=1, le=120)] = 2
     cors: Cors = Cors()
+    # Worker processes serving the port: one process owns the audit chain, the per-key limits
+    # and the key events, the workers serve calls (supervisor.py). "auto": the CPUs this
+    # process may use, at most AUTO_WORKERS. 1: a single process, no supervisor.
+    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = 1
     models: Annotated[list[ModelRoute], Field(min_length=1)]
 
     @field_validator("models")
@@ -197,6 +204,13 @@ class GatewayConfig(_Strict):
 
     def model(self, name: str) -> ModelRoute | None:
         return next((m for m in self.models if m.name == name), None)
+
+    def worker_count(self) -> int:
+        if self.workers != "auto":
+            return self.workers
+        # Past four, one audit owner's writes and the shared port's accepts gain little more
+        # (benchmarks/gateway.py --workers); the runtimes want the rest of the cores.
+        return max(1, min(len(os.sched_getaffinity(0)), AUTO_WORKERS))
 
 
 def validation_problems(error: ValidationError) -> list[Problem]:

@@ -16,6 +16,11 @@ expiry passes, noticed within ``POLL_S``). Each names the key id, when the chang
 (``at``) and by whom (``by``, as the CLI wrote it; null for a hand edit); never a secret or
 its hash. What was already recorded is kept in ``keys.state.json`` in the audit directory, so
 changes made while the gateway was stopped are recorded at its next start, and nothing twice.
+
+With several worker processes (supervisor.py) the owner of the audit chain runs the one
+recording watcher; each worker follows the file with a watcher of its own (``follow``) that,
+on a change, first has the owner record it, then uses the new keys: every worker revokes within
+``POLL_S``, and each event is in the chain once, before the calls it concerns.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ LOG = logging.getLogger("appliance.gateway.keys")
 POLL_S = 0.25
 STATE_FILE = "keys.state.json"
 Write = Callable[[dict[str, Any]], Awaitable[Any]]
+Follow = Callable[[], Awaitable[None]]
 Snapshot = dict[str, Any]
 
 
@@ -119,8 +125,16 @@ def _identity(path: Path) -> tuple[int, int, int, int] | None:
 class KeyWatcher:
     """Keeps ``store`` equal to the keys file and the audit chain told of every change."""
 
-    def __init__(self, path: Path, audit_dir: Path, store: KeyStore, write: Write) -> None:
+    def __init__(
+        self,
+        path: Path,
+        audit_dir: Path,
+        store: KeyStore,
+        write: Write,
+        follow: Follow | None = None,
+    ) -> None:
         self.path = path
+        self.follow = follow  # a worker's: the owner records, this watcher only follows
         self.state_path = audit_dir / STATE_FILE
         self.store = store
         self.write = write
@@ -170,13 +184,24 @@ class KeyWatcher:
             if force or _identity(self.path) != self._identity:
                 loaded = self._load()
                 if loaded is not None:
-                    self._pending = True
-                    await self._record(loaded)
+                    if self.follow is not None:
+                        await self._followed()
+                    else:
+                        self._pending = True
+                        await self._record(loaded)
                     self.store, self.error, self.loaded_at = loaded, None, now_iso()
                     LOG.info("reloaded %d keys from %s", len(loaded), self.path)
                     return
-            if self.due():
+            if self.follow is None and self.due():
                 await self._record(self.store)
+
+    async def _followed(self) -> None:
+        """Have the owner record the file's changes; a revocation is used even when not."""
+        assert self.follow is not None
+        try:
+            await self.follow()
+        except Exception as error:  # the owner's own watcher records it within POLL_S
+            LOG.error("key changes not recorded by the audit owner yet: %s", error)
 
     async def _record(self, store: KeyStore) -> None:
         events, after = changes(self._seen, store.records(), datetime.now(UTC))

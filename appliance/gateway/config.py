@@ -30,6 +30,7 @@ DEFAULT_AUDIT_DIR = Path("/var/log/appliance/audit")
 
 
 AUTO_WORKERS = 4
+MAX_WORKERS = 64
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -190,8 +191,15 @@ class GatewayConfig(_Strict):
     # Worker processes serving the port: one process owns the audit chain, the per-key limits
     # and the key events, the workers serve calls (supervisor.py). "auto": the CPUs this
     # process may use, at most AUTO_WORKERS. 1: a single process, no supervisor.
-    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = 1
+    workers: int | Literal["auto"] = 1
     models: Annotated[list[ModelRoute], Field(min_length=1)]
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _worker_count(cls, value: object) -> object:
+        if value == "auto" or (type(value) is int and 1 <= value <= MAX_WORKERS):
+            return value
+        raise ValueError(f"a number of worker processes from 1 to {MAX_WORKERS}, or 'auto'")
 
     @field_validator("models")
     @classmethod

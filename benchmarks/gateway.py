@@ -18,6 +18,10 @@ Latency is measured twice: sequential calls (the gateway's added time per call),
 the concurrent load (what a user sees when the gateway is busy).
 
     .venv/bin/python benchmarks/gateway.py [--requests 300] [--concurrency 4] [--gpu-requests 2000]
+        [--workers 2]
+
+With ``--workers`` above 1 the gateway's CPU is that of the supervisor (the audit owner) and
+its workers together.
 """
 
 from __future__ import annotations
@@ -97,9 +101,14 @@ async def throughput(
 
 
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time the process has used (Linux /proc)."""
+    """User plus system CPU time the process and its children (a supervisor's workers) have
+    used (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    for child in children.read_text().split() if children.exists() else []:
+        total += cpu_seconds(int(child))
+    return total
 
 
 def pct(values: list[float], q: float) -> float:
@@ -154,7 +163,9 @@ async def measure(
     return {"added_p50_ms": added50 * 1000, "ratio": ratio}
 
 
-def gateway_config(root: Path, port: int, models: list[dict[str, Any]], plain: bool) -> Path:
+def gateway_config(
+    root: Path, port: int, models: list[dict[str, Any]], plain: bool, workers: int
+) -> Path:
     listen: dict[str, Any] = {"host": "127.0.0.1", "port": port}
     if plain:
         listen["plain_http"] = True
@@ -165,6 +176,7 @@ def gateway_config(root: Path, port: int, models: list[dict[str, Any]], plain: b
         "listen": listen,
         "keys_file": str(root / "keys.json"),
         "audit": {"dir": str(root / "audit")},
+        "workers": workers,
         "models": models,
     }
     (root / "config.json").write_text(json.dumps(config))
@@ -182,6 +194,7 @@ def main() -> None:
     parser.add_argument("--gpu-token-ms", type=float, default=2)
     parser.add_argument("--plain", action="store_true", help="the gateway on plain HTTP")
     parser.add_argument("--skip-tiny", action="store_true", help="the GPU-like backend only")
+    parser.add_argument("--workers", type=int, default=1, help="gateway worker processes")
     # llama.cpp's compute threads spin while they wait; on a small machine with every thread
     # taken they starve the gateway's one Python thread, and the ratio measures that instead.
     parser.add_argument("--runtime-threads", type=int, default=1)
@@ -213,7 +226,7 @@ def main() -> None:
                        "health_path": "/api/version"}]  # fmt: skip
             if not args.skip_tiny:
                 routes.append({"name": "tiny-llama", "digest": digest, "backend": llama})
-            config = gateway_config(root, gateway_port, routes, args.plain)
+            config = gateway_config(root, gateway_port, routes, args.plain, args.workers)
             key, _ = add_key(root / "keys.json", "bench", ["*"])
             scheme = "http" if args.plain else "https"
             gateway = f"{scheme}://127.0.0.1:{gateway_port}"
@@ -226,8 +239,8 @@ def main() -> None:
                     stdout=sink, stderr=subprocess.STDOUT,
                 ))  # fmt: skip
             wait_for_gateway(gateway, client_tls, processes[-1])
-            print(f"gateway: {scheme}, {'TLS 1.3' if client_tls else 'no TLS'}; "
-                  f"runtimes direct over plain HTTP")  # fmt: skip
+            print(f"gateway: {scheme}, {'TLS 1.3' if client_tls else 'no TLS'}, "
+                  f"{args.workers} worker(s); runtimes direct over plain HTTP")  # fmt: skip
             tokens = args.max_tokens
             runs: list[tuple[str, str, int, int, dict[str, Any]]] = []
             if not args.skip_tiny:

@@ -29,6 +29,25 @@ def frame(message: dict[str, Any]) -> bytes:
     return _LENGTH.pack(len(data)) + data
 
 
+class Outbox:
+    """Messages sent in one turn of the event loop leave in one write (one system call): under
+    load a worker's records, and the owner's answers, travel in batches."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self._pending: list[bytes] = []
+
+    def put(self, message: dict[str, Any]) -> None:
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._pending.append(frame(message))
+
+    def flush(self) -> None:
+        if self._pending and not self.writer.is_closing():
+            self.writer.write(b"".join(self._pending))
+        self._pending.clear()
+
+
 async def read_message(reader: asyncio.StreamReader) -> dict[str, Any]:
     try:
         (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))

@@ -143,6 +143,7 @@ class KeyWatcher:
         self._identity = _identity(path)
         self._seen = self._read_state()
         self._pending = True  # compare with what the chain was told, at the first tick
+        self._generation = 0  # loads of the file so far
         self._lock = asyncio.Lock()
 
     def _read_state(self) -> dict[str, Snapshot]:
@@ -159,6 +160,7 @@ class KeyWatcher:
     def _load(self) -> KeyStore | None:
         """The keys file as it is now, or None (and the last good keys kept) when it is bad."""
         self._identity = _identity(self.path)
+        self._generation += 1
         try:
             return KeyStore(load_keys(self.path))
         except ApplianceError as error:
@@ -185,7 +187,10 @@ class KeyWatcher:
                 loaded = self._load()
                 if loaded is not None:
                     if self.follow is not None:
+                        generation = self._generation
                         await self._followed()
+                        if generation != self._generation:
+                            return  # adopt() took a newer file meanwhile
                     else:
                         self._pending = True
                         await self._record(loaded)
@@ -194,6 +199,14 @@ class KeyWatcher:
                     return
             if self.follow is None and self.due():
                 await self._record(self.store)
+
+    def adopt(self) -> None:
+        """A follower told by the owner that the keys file changed (and is recorded): use it
+        now. No lock and no await: a tick waiting for the owner must not hold this up."""
+        loaded = self._load()
+        if loaded is not None:
+            self.store, self.error, self.loaded_at = loaded, None, now_iso()
+            LOG.info("reloaded %d keys from %s", len(loaded), self.path)
 
     async def _followed(self) -> None:
         """Have the owner record the file's changes; a revocation is used even when not."""

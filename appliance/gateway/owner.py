@@ -28,10 +28,10 @@ from typing import Any
 
 from appliance.gateway.audit import AuditLog
 from appliance.gateway.audit_writer import AuditWriter
-from appliance.gateway.channel import ChannelClosed, frame, read_message
+from appliance.gateway.channel import ChannelClosed, Outbox, read_message
 from appliance.gateway.config import GatewayConfig
 from appliance.gateway.forward import cursor_name, targets
-from appliance.gateway.key_events import KeyWatcher
+from appliance.gateway.key_events import POLL_S, KeyWatcher
 from appliance.gateway.keys import KeyStore, Limits
 from appliance.gateway.limits import Limiter
 from appliance.gateway.metrics import Metrics, _label
@@ -41,6 +41,7 @@ LOG = logging.getLogger("appliance.gateway.owner")
 
 _NO_MODEL = "-"  # as proxy.py labels calls that name no configured model
 _STATE_EVERY_S = 0.2
+_ADOPT_S = 0.5
 _DISK_EVERY_S = 2.0
 _COUNTERS = ("slow", "refused")  # what a worker reports that never goes backwards
 
@@ -76,9 +77,12 @@ class Link:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
 
+    def __post_init__(self) -> None:
+        self.outbox = Outbox(self.writer)
+
     def send(self, message: dict[str, Any]) -> None:
-        if not self.closed and not self.writer.is_closing():
-            self.writer.write(frame(message))
+        if not self.closed:
+            self.outbox.put(message)
 
 
 class Owner:
@@ -97,6 +101,8 @@ class Owner:
         self.links: dict[int, Link] = {}
         self.restarts = 0
         self._tickets = itertools.count(1)
+        self._pushes = itertools.count(1)
+        self._adopted: dict[int, asyncio.Future[None]] = {}
         self._retired_errors: defaultdict[str, int] = defaultdict(int)
         self._retired = dict.fromkeys(_COUNTERS, 0)
         self._state: tuple[Any, ...] | None = None
@@ -173,13 +179,11 @@ class Owner:
         if "stats" in message:
             link.stats = message["stats"]
         if op == "write":
+            if "finish" in message:  # the call ends with its record (worker.RemoteLimiter)
+                self._finish(link, message["finish"], message["fields"])
             self._write(link, message["id"], message["fields"])
         elif op == "finish":
-            ticket = link.tickets.pop(message["ticket"], None)
-            if ticket is not None:
-                ticket.prompt_tokens = message.get("prompt_tokens")
-                ticket.completion_tokens = message.get("completion_tokens")
-                self.limiter.finish(ticket)
+            self._finish(link, message["ticket"], message)
         elif op == "admit":
             self._admit(link, message)
         elif op == "unrecorded":
@@ -190,10 +194,21 @@ class Owner:
             link.send({"id": message["id"], "text": self.render()})
         elif op == "health":
             link.send({"id": message["id"], "open": self._open(), "workers": len(self.links)})
+        elif op == "keys_adopted":
+            adopted = self._adopted.pop(message["ack"], None)
+            if adopted is not None and not adopted.done():
+                adopted.set_result(None)
         elif op == "ready":
             link.ready.set()
         elif op != "stats":
             raise ValueError(f"unknown operation {op!r}")
+
+    def _finish(self, link: Link, number: int, usage: dict[str, Any]) -> None:
+        ticket = link.tickets.pop(number, None)
+        if ticket is not None:
+            ticket.prompt_tokens = usage.get("prompt_tokens")
+            ticket.completion_tokens = usage.get("completion_tokens")
+            self.limiter.finish(ticket)
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -240,9 +255,37 @@ class Owner:
 
     async def _keys(self, link: Link, request: int) -> None:
         try:
-            await self.watcher.tick()
+            await self.sync_keys(link)
         finally:
             link.send({"id": request})
+
+    async def sync_keys(self, source: Link | None = None, force: bool = False) -> None:
+        """Record a change of the keys file, then have every worker but ``source`` (which asked,
+        and uses it once answered) use it: a key created or revoked is in force in all workers
+        within moments of one another, never before its event is in the chain."""
+        before = self.watcher.store
+        await self.watcher.tick(force=force)
+        if self.watcher.store is before:
+            return
+        loop = asyncio.get_running_loop()
+        waiting: dict[int, asyncio.Future[None]] = {}
+        for link in list(self.links.values()):
+            if link is not source:
+                number = next(self._pushes)
+                waiting[number] = self._adopted[number] = loop.create_future()
+                link.send({"push": "keys", "ack": number})
+        if waiting:  # a worker that does not answer in time follows the file by itself
+            await asyncio.wait(waiting.values(), timeout=_ADOPT_S)
+        for number in waiting:
+            self._adopted.pop(number, None)
+
+    async def watch_keys(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_S)
+            try:
+                await self.sync_keys()
+            except Exception:  # the watcher must live on: revocations depend on it
+                LOG.exception("key watcher: unexpected failure")
 
     # -- /metrics for the whole gateway ---------------------------------------------------------
 

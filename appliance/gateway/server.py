@@ -42,6 +42,9 @@ _BUSY = (
 )
 
 
+# The listening queue of a socket shared by worker processes (supervisor.py binds it so).
+SHARED_BACKLOG = 1024
+
 # Records a request the parser refused: its request id, and the record's write in progress.
 ErrorHook = Callable[[BaseRequest, int, str], tuple[str, "Future[Any]"]]
 
@@ -232,13 +235,18 @@ class GuardedSite(web.TCPSite):
 
         handshake = self._guard.header_timeout_s if self._ssl_context else None
         if self._sock is not None:
+            # asyncio accepts up to ``backlog`` connections each time the socket is readable:
+            # the first worker to wake would take a whole burst of clients (and, with
+            # keep-alive, keep their calls). One at a time spreads them over the workers that
+            # are free; the kernel's queue keeps the size the supervisor gave it.
             self._server = await loop.create_server(
                 lambda: self._guard.protocol(handler),
                 sock=self._sock,
-                backlog=self._backlog,
+                backlog=1,
                 ssl=self._ssl_context,
                 ssl_handshake_timeout=handshake,
             )
+            self._sock.listen(SHARED_BACKLOG)
         else:
             self._server = await loop.create_server(
                 lambda: self._guard.protocol(handler),

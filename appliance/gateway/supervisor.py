@@ -32,10 +32,10 @@ from appliance.gateway.channel import open_channel
 from appliance.gateway.config import GatewayConfig
 from appliance.gateway.keys import KeyStore
 from appliance.gateway.owner import Owner
+from appliance.gateway.server import SHARED_BACKLOG
 
 LOG = logging.getLogger("appliance.gateway.supervisor")
 
-_BACKLOG = 1024
 _START_S = 60.0  # for a worker to import, read the keys and listen
 _STOP_S = 45.0  # the workers' own 30 s for calls in flight, and their last records
 _RESTART_MAX_S = 30.0
@@ -53,7 +53,7 @@ def bind(host: str, port: int) -> list[socket.socket]:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
-            sock.listen(_BACKLOG)
+            sock.listen(SHARED_BACKLOG)
     except OSError:
         for sock in sockets:
             sock.close()
@@ -130,7 +130,7 @@ class Supervisor:
             loop.add_signal_handler(signum, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         await self.owner.watcher.tick()  # key changes made while the gateway was stopped
-        watchers = [asyncio.create_task(self.owner.watcher.run()),
+        watchers = [asyncio.create_task(self.owner.watch_keys()),
                     asyncio.create_task(self.owner.watch_state())]  # fmt: skip
         starts = [asyncio.Event() for _ in range(self.count)]
         keepers = [asyncio.create_task(self.keep(i, starts[i])) for i in range(self.count)]
@@ -154,7 +154,7 @@ class Supervisor:
         await loop.run_in_executor(None, self.owner.writer.close)
 
     def _reload(self) -> None:
-        self.owner._spawn(self.owner.watcher.tick(force=True))
+        self.owner._spawn(self.owner.sync_keys(force=True))
         for process in self.processes.values():
             if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):

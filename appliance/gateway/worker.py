@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from appliance.errors import AuditError
-from appliance.gateway.channel import ChannelClosed, frame, open_channel, read_message
+from appliance.gateway.channel import ChannelClosed, Outbox, open_channel, read_message
 from appliance.gateway.config import GatewayConfig
 from appliance.gateway.key_events import KeyWatcher
 from appliance.gateway.keys import KeyRecord, KeyStore, Limits, load_keys
@@ -56,6 +56,7 @@ class OwnerLink:
         self.sock = sock
         self.writer: asyncio.StreamWriter | None = None
         self.closed = asyncio.Event()
+        self.closing = False  # this worker is done: the channel's end is no news
         self.hello: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.on_push: Callable[[dict[str, Any]], None] = lambda _message: None
         self.stats: Callable[[], dict[str, Any]] = dict
@@ -66,6 +67,7 @@ class OwnerLink:
 
     async def start(self) -> dict[str, Any]:
         reader, self.writer = await open_channel(self.sock)
+        self.outbox = Outbox(self.writer)
         self._reader_task = asyncio.create_task(self._read(reader))
         return await asyncio.wait_for(asyncio.shield(self.hello), 30)
 
@@ -81,7 +83,8 @@ class OwnerLink:
                 elif (answer := self._waiting.pop(message.get("id", 0), None)) is not None:
                     answer(message)
         except ChannelClosed as error:
-            LOG.error("the channel to the audit owner closed (%s): stopping", error)
+            if not self.closing:
+                LOG.error("the channel to the audit owner closed (%s): stopping", error)
         finally:
             self.closed.set()
             if not self.hello.done():
@@ -105,7 +108,7 @@ class OwnerLink:
         if answer is not None:
             message["id"] = number = next(self._ids)
             self._waiting[number] = answer
-        self.writer.write(frame(message))
+        self.outbox.put(message)
 
     async def request(self, op: str, **fields: Any) -> dict[str, Any]:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -125,7 +128,9 @@ class OwnerLink:
                 self.send("stats")
 
     async def close(self) -> None:
+        self.closing = True
         if self.writer is not None:
+            self.outbox.flush()
             with contextlib.suppress(ConnectionError):
                 await self.writer.drain()
             self.writer.close()
@@ -142,6 +147,7 @@ class RemoteAudit:
         self.disk_free: int | None = None
         self.disk_low = False
         self.min_free_bytes = 0
+        self.settle: Callable[[object], int | None] = lambda _request_id: None
         self.take_state(state)
 
     def take_state(self, state: dict[str, Any]) -> None:
@@ -164,7 +170,11 @@ class RemoteAudit:
             else:
                 future.set_result({"seq": message.get("seq"), "hash": message.get("hash")})
 
-        self.link.send("write", answer, fields=fields)
+        ticket = self.settle(fields.get("request_id"))
+        if ticket is None:
+            self.link.send("write", answer, fields=fields)
+        else:
+            self.link.send("write", answer, fields=fields, finish=ticket)
         return future
 
     async def write(self, fields: dict[str, Any]) -> dict[str, Any]:
@@ -183,6 +193,14 @@ class RemoteLimiter:
     def __init__(self, link: OwnerLink) -> None:
         self.link = link
         self._admitted: dict[Metered, int] = {}
+        self._by_request: dict[str, Metered] = {}
+
+    def settle(self, request_id: object) -> int | None:
+        """The ticket of the call whose record is being sent, which ends it for the owner: its
+        tokens are charged and its slot freed before its answer goes out, so the client's next
+        call, whichever worker takes it, finds the key's limits as a single process would."""
+        call = self._by_request.pop(request_id, None) if isinstance(request_id, str) else None
+        return None if call is None else self._admitted.pop(call, None)
 
     async def acquire(self, key: KeyRecord, call: Metered) -> LimitHit | None:
         if key.limits == _NO_LIMITS:
@@ -201,6 +219,8 @@ class RemoteLimiter:
             return LimitHit(key.id, limit, allowed, wait)
         if "ticket" in answer:
             self._admitted[call] = answer["ticket"]
+            if (request_id := getattr(call, "request_id", None)) is not None:
+                self._by_request[request_id] = call
         return None  # the owner is gone: this worker is stopping, the call goes on
 
     def _give_back(self, answer: dict[str, Any]) -> None:
@@ -210,6 +230,7 @@ class RemoteLimiter:
     def finish(self, call: Metered) -> None:
         ticket = self._admitted.pop(call, None)
         if ticket is not None:
+            self._by_request.pop(getattr(call, "request_id", ""), None)
             self.link.send("finish", ticket=ticket, prompt_tokens=call.prompt_tokens,
                            completion_tokens=call.completion_tokens)  # fmt: skip
 
@@ -243,7 +264,9 @@ def attach(gateway: Gateway, link: OwnerLink) -> None:
     gateway.watcher = KeyWatcher(
         config.keys_file, config.audit.dir, gateway.keys, gateway.audit.write, follow=follow
     )
-    gateway.limits = RemoteLimiter(link)
+    gateway.limits = limiter = RemoteLimiter(link)
+    if isinstance(gateway.audit, RemoteAudit):
+        gateway.audit.settle = limiter.settle
     gateway.shared = OwnerView(link)
     guard, metrics = gateway.guard, gateway.metrics
     link.stats = lambda: {
@@ -262,7 +285,17 @@ async def run(index: int, channel: socket.socket, listeners: list[socket.socket]
     config = GatewayConfig.model_validate(hello["config"])
     keys = KeyStore(load_keys(config.keys_file))
     audit = RemoteAudit(link, hello["audit"])
-    link.on_push = lambda message: audit.take_state(message)
+    adopt: list[Callable[[], None]] = []
+
+    def pushed(message: dict[str, Any]) -> None:
+        if message["push"] == "keys":  # recorded by the owner: use the file now
+            for step in adopt:
+                step()
+            link.send("keys_adopted", ack=message["ack"])
+        else:
+            audit.take_state(message)
+
+    link.on_push = pushed
     stop = asyncio.Event()
     watch = asyncio.create_task(link.closed.wait())
     watch.add_done_callback(lambda _done: stop.set())
@@ -273,8 +306,12 @@ async def run(index: int, channel: socket.socket, listeners: list[socket.socket]
         LOG.info("worker %d (pid %d) serving", index, os.getpid())
 
     try:
-        await serve_app(config, keys, audit, stop, ready, socks=listeners,
-                        attach=lambda gateway: attach(gateway, link))  # fmt: skip
+
+        def fit(gateway: Gateway) -> None:
+            attach(gateway, link)
+            adopt.append(lambda: gateway.watcher.adopt())
+
+        await serve_app(config, keys, audit, stop, ready, socks=listeners, attach=fit)
     finally:
         reporter.cancel()
         watch.cancel()

@@ -19,8 +19,10 @@ changes made while the gateway was stopped are recorded at its next start, and n
 
 With several worker processes (supervisor.py) the owner of the audit chain runs the one
 recording watcher; each worker follows the file with a watcher of its own (``follow``) that,
-on a change, first has the owner record it, then uses the new keys: every worker revokes within
-``POLL_S``, and each event is in the chain once, before the calls it concerns.
+on a change, first has the owner record it, then uses the new keys. The owner, once it recorded
+a change, has every other worker ``adopt`` the file before it answers the one that asked (or,
+when its own watcher saw it first, tells them all): every worker revokes within ``POLL_S`` plus a
+round trip, and each event is in the chain once, before the calls it concerns.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ The owner also keeps:
   when it ended, so a key's rpm/tpm/concurrent limits hold across workers; a worker that dies
   gives back the slots of its calls;
 - the key events (key_events.KeyWatcher): recorded once, here; a worker that sees the keys file
-  change asks the owner to record it before it uses the new keys;
+  change asks the owner to record it, and the owner has every other worker adopt it first;
 - ``/metrics`` for the whole gateway: request counts, latencies and tokens are taken from the
   records it commits (every call has one), the few counters no record carries (backend errors,
   slow clients, connections) from what each worker reports with its records and every second.

@@ -13,7 +13,8 @@ path is the single-process gateway's (proxy.py); only what it holds differs:
   (failed, disk) is what the owner last pushed;
 - ``RemoteLimiter`` (limits.LimitGate): a call of a key with limits is admitted by the owner;
   keys without limits cost no round trip;
-- a key watcher that follows the keys file and has the owner record each change first;
+- a key watcher that follows the keys file and has the owner record each change first (and
+  adopts, when the owner says so, a change another worker or the owner noticed);
 - ``/metrics`` and the connection count of ``/health`` come from the owner (status.Shared).
 
 The worker stops when told (SIGTERM: after the calls in flight, their records written) and

@@ -92,7 +92,19 @@ class Supervisor:
         delay = 0.0
         while not self.stopping.is_set():
             began = time.monotonic()
-            process, serving = await self._spawn(index)
+            try:
+                process, serving = await self._spawn(index)
+            except OSError as error:  # out of processes or descriptors: later, as for a crash
+                delay = min(_RESTART_MAX_S, max(1.0, delay * 2))
+                LOG.error("worker %d could not be started (%s); trying again in %.0f s",
+                          index, error, delay)  # fmt: skip
+                if not started.is_set():
+                    self.failed_start = f"worker {index} could not be started: {error}"
+                    self.stopping.set()
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+                continue
             link = self.owner.links[index]
             ready = asyncio.create_task(link.ready.wait())
             exited = asyncio.create_task(process.wait())

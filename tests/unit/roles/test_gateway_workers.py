@@ -39,7 +39,7 @@ def test_auto_by_default_one_worker_per_cpu_up_to_four(tmp_path: Path) -> None:
     assert "\nKillMode=mixed\n" in unit and "\nTimeoutStopSec=60\n" in unit
 
 
-@pytest.mark.parametrize("workers", [1, 3, "2"])
+@pytest.mark.parametrize("workers", [3, "2"])
 def test_a_set_number_of_workers(tmp_path: Path, workers: int | str) -> None:
     config, _ = render(tmp_path, gateway_workers=workers)
     assert load_config(config).worker_count() == int(workers)

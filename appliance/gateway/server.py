@@ -42,7 +42,7 @@ _BUSY = (
 )
 
 
-# The listening queue of a socket shared by worker processes (supervisor.py binds it so).
+# The listening queue of a worker's socket (supervisor.py binds it so).
 SHARED_BACKLOG = 1024
 
 # Records a request the parser refused: its request id, and the record's write in progress.
@@ -204,7 +204,7 @@ class GuardedSite(web.TCPSite):
     ``ssl_context``. A TLS handshake gets the header deadline too: a client that opens a
     connection and never finishes its handshake holds it no longer than one that sends no
     request. With ``sock`` it accepts on that listening socket (a worker's, bound by the
-    supervisor and shared by every worker) instead of binding host and port."""
+    supervisor) instead of binding host and port."""
 
     def __init__(
         self,
@@ -235,18 +235,13 @@ class GuardedSite(web.TCPSite):
 
         handshake = self._guard.header_timeout_s if self._ssl_context else None
         if self._sock is not None:
-            # asyncio accepts up to ``backlog`` connections each time the socket is readable:
-            # the first worker to wake would take a whole burst of clients (and, with
-            # keep-alive, keep their calls). One at a time spreads them over the workers that
-            # are free; the kernel's queue keeps the size the supervisor gave it.
             self._server = await loop.create_server(
                 lambda: self._guard.protocol(handler),
                 sock=self._sock,
-                backlog=1,
+                backlog=SHARED_BACKLOG,
                 ssl=self._ssl_context,
                 ssl_handshake_timeout=handshake,
             )
-            self._sock.listen(SHARED_BACKLOG)
         else:
             self._server = await loop.create_server(
                 lambda: self._guard.protocol(handler),

@@ -1,11 +1,11 @@
 """The gateway with several worker processes (config ``workers`` above 1).
 
-The process systemd starts (``appliance-gateway``) binds the listening socket(s), opens the
+The process systemd starts (``appliance-gateway``) binds the listening sockets, opens the
 audit log, and becomes the supervisor and the owner of the audit chain (owner.py). It starts
-``workers`` worker processes (worker.py), each with the listening sockets and one end of a
-socketpair as inherited descriptors: every worker accepts on the same port (the kernel hands
-each connection to one of them), TLS as configured, and connections that arrive while a worker
-restarts wait in the shared backlog.
+``workers`` worker processes (worker.py), each with a listening socket of its own on the
+gateway's port (SO_REUSEPORT: the kernel spreads connections over them) and one end of a
+socketpair as inherited descriptors; TLS as configured. The supervisor keeps every socket open:
+connections that arrive for a worker while it restarts wait in its queue for the new one.
 
 - A worker that exits unexpectedly is logged and started again (at once; after a second, then
   longer, while it keeps failing before it serves). The limit slots of its calls in flight are
@@ -41,38 +41,45 @@ _STOP_S = 45.0  # the workers' own 30 s for calls in flight, and their last reco
 _RESTART_MAX_S = 30.0
 
 
-def bind(host: str, port: int) -> list[socket.socket]:
-    """Listening sockets for ``host`` (every address it resolves to), as asyncio would bind."""
+def bind(host: str, port: int, workers: int) -> list[list[socket.socket]]:
+    """For each worker, a listening socket on every address ``host`` resolves to (as asyncio
+    would bind), all on the same port with SO_REUSEPORT: the kernel spreads connections over
+    the workers by their addresses and ports, also those of a client that keeps its few
+    connections open (one shared socket would let whichever worker wakes first take them all).
+    The supervisor keeps every socket open, so the queue of a worker that died holds its
+    connections for the worker started in its place."""
     found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    sockets: list[socket.socket] = []
+    sockets: list[list[socket.socket]] = [[] for _ in range(workers)]
     try:
         for family, kind, proto, _name, address in dict.fromkeys(found):
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            sock.listen(SHARED_BACKLOG)
+            for own in sockets:
+                sock = socket.socket(family, kind, proto)
+                own.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+                sock.listen(SHARED_BACKLOG)
     except OSError:
-        for sock in sockets:
+        for sock in (s for own in sockets for s in own):
             sock.close()
         raise
     return sockets
 
 
 class Supervisor:
-    def __init__(self, owner: Owner, listeners: list[socket.socket], workers: int) -> None:
+    def __init__(self, owner: Owner, listeners: list[list[socket.socket]]) -> None:
         self.owner = owner
-        self.listeners = listeners
-        self.count = workers
+        self.listeners = listeners  # each worker's
+        self.count = len(listeners)
         self.stopping = asyncio.Event()
         self.processes: dict[int, asyncio.subprocess.Process] = {}
         self.failed_start: str | None = None
 
     async def _spawn(self, index: int) -> tuple[asyncio.subprocess.Process, asyncio.Task[None]]:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        fds = [sock.fileno() for sock in self.listeners]
+        fds = [sock.fileno() for sock in self.listeners[index]]
         argv = [sys.executable, "-m", "appliance.gateway.worker", "--index", str(index),
                 "--channel-fd", str(theirs.fileno()),
                 *(f"--listen-fd={fd}" for fd in fds)]  # fmt: skip
@@ -182,10 +189,10 @@ def _how(code: int) -> str:
 
 def supervise(config: GatewayConfig, keys: KeyStore, log: AuditLog, workers: int) -> int:
     """Run the gateway as a supervisor of ``workers`` processes; the exit code."""
-    listeners = bind(config.listen.host, config.listen.port)
+    listeners = bind(config.listen.host, config.listen.port, workers)
 
     async def main() -> int:
-        supervisor = Supervisor(Owner(config, keys, log), listeners, workers)
+        supervisor = Supervisor(Owner(config, keys, log), listeners)
         await supervisor.run()
         if supervisor.failed_start is not None:
             LOG.error("%s: the gateway stops", supervisor.failed_start)
@@ -195,6 +202,6 @@ def supervise(config: GatewayConfig, keys: KeyStore, log: AuditLog, workers: int
     try:
         return asyncio.run(main())
     finally:
-        for sock in listeners:
+        for sock in (s for own in listeners for s in own):
             sock.close()
         LOG.info("gateway (pid %d) stopped", os.getpid())

@@ -47,6 +47,7 @@ from appliance.gateway.proxy import Gateway
 LOG = logging.getLogger("appliance.gateway.worker")
 
 _STATS_EVERY_S = 1.0
+_Settable = concurrent.futures.Future[dict[str, Any]] | asyncio.Future[dict[str, Any]]
 _NO_LIMITS = Limits()
 
 
@@ -160,9 +161,7 @@ class RemoteAudit:
         self.disk_low = bool(state.get("disk_low"))
         self.min_free_bytes = int(state.get("min_free_bytes") or 0)
 
-    def submit(self, fields: dict[str, Any]) -> concurrent.futures.Future[dict[str, Any]]:
-        future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
-
+    def _send(self, fields: dict[str, Any], future: _Settable) -> None:
         def answer(message: dict[str, Any]) -> None:
             if future.done():
                 return
@@ -176,10 +175,18 @@ class RemoteAudit:
             self.link.send("write", answer, fields=fields)
         else:
             self.link.send("write", answer, fields=fields, finish=ticket)
+
+    def submit(self, fields: dict[str, Any]) -> concurrent.futures.Future[dict[str, Any]]:
+        future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        self._send(fields, future)
         return future
 
     async def write(self, fields: dict[str, Any]) -> dict[str, Any]:
-        return await asyncio.wrap_future(self.submit(fields))
+        # The answer arrives in this loop's thread: an asyncio future, with no wake-up through
+        # the loop's self-pipe as a wrapped concurrent one would cost.
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._send(fields, future)
+        return await future
 
     def unrecorded(self) -> None:
         self.link.send("unrecorded")

@@ -190,7 +190,8 @@ class GatewayConfig(_Strict):
     cors: Cors = Cors()
     # Worker processes serving the port: one process owns the audit chain, the per-key limits
     # and the key events, the workers serve calls (supervisor.py). "auto": the CPUs this
-    # process may use, at most AUTO_WORKERS. 1: a single process, no supervisor.
+    # process may use but one (the audit owner's), at most AUTO_WORKERS: a single process on one
+    # or two CPUs. 1: a single process, no supervisor.
     workers: int | Literal["auto"] = 1
     models: Annotated[list[ModelRoute], Field(min_length=1)]
 
@@ -216,9 +217,10 @@ class GatewayConfig(_Strict):
     def worker_count(self) -> int:
         if self.workers != "auto":
             return self.workers
-        # Past four, one audit owner's writes and the shared port's accepts gain little more
-        # (benchmarks/gateway.py --workers); the runtimes want the rest of the cores.
-        return max(1, min(len(os.sched_getaffinity(0)), AUTO_WORKERS))
+        # The owner takes about a third of a worker's CPU per call on top (0.2 of 0.6 ms,
+        # benchmarks/gateway.py --workers 2): on two CPUs two workers only cost more CPU per call
+        # (README: Worker processes). Past four the runtimes want the rest of the cores.
+        return max(1, min(len(os.sched_getaffinity(0)) - 1, AUTO_WORKERS))
 
 
 def validation_problems(error: ValidationError) -> list[Problem]:

@@ -30,11 +30,11 @@ def render(tmp_path: Path, **settings: Any) -> tuple[Path, str]:
     return tmp_path / "config.json", files["gateway.service"]
 
 
-def test_auto_by_default_one_worker_per_cpu_up_to_four(tmp_path: Path) -> None:
+def test_auto_by_default_one_worker_per_cpu_but_one_up_to_four(tmp_path: Path) -> None:
     config, unit = render(tmp_path)
     loaded = load_config(config)
     assert loaded.workers == "auto"
-    assert loaded.worker_count() == min(len(os.sched_getaffinity(0)), AUTO_WORKERS)
+    assert loaded.worker_count() == max(1, min(len(os.sched_getaffinity(0)) - 1, AUTO_WORKERS))
     # SIGTERM to the supervisor alone: it stops the workers, then closes the audit log.
     assert "\nKillMode=mixed\n" in unit and "\nTimeoutStopSec=60\n" in unit
 

@@ -26,6 +26,9 @@ measurement, and the gateway's CPU time per call (its process and any worker pro
 
     .venv/bin/python benchmarks/gateway.py [--requests 300] [--concurrency 4] [--gpu-requests 2000]
         [--pin] [--gateway-cpus 1] [--workers N]
+
+With ``--workers`` above 1 the gateway's CPU is that of the supervisor (the audit owner) and
+its workers together.
 """
 
 from __future__ import annotations
@@ -289,8 +292,8 @@ def main() -> None:
             if plan is not None:
                 os.sched_setaffinity(0, plan["load generator"])
             wait_for_gateway(gateway, client_tls, processes[-1])
-            print(f"gateway: {scheme}, {'TLS 1.3' if client_tls else 'no TLS'}; "
-                  f"runtimes direct over plain HTTP")  # fmt: skip
+            print(f"gateway: {scheme}, {'TLS 1.3' if client_tls else 'no TLS'}, "
+                  f"{args.workers or 1} worker(s); runtimes direct over plain HTTP")  # fmt: skip
             tokens = args.max_tokens
             runs: list[tuple[str, str, int, int, dict[str, Any]]] = []
             results: list[tuple[str, dict[str, float]]] = []

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import ssl
 import sys
 import threading
@@ -25,7 +26,7 @@ from aiohttp import web
 from appliance import __version__
 from appliance.errors import ApplianceError, AuditError
 from appliance.gateway.audit import AuditLog
-from appliance.gateway.audit_writer import AuditWriter
+from appliance.gateway.audit_writer import AuditSink, AuditWriter
 from appliance.gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
 from appliance.gateway.forward import cursor_name, targets
 from appliance.gateway.keys import KeyStore, load_keys
@@ -54,7 +55,7 @@ async def expect_continue(request: web.Request) -> None:
 
 
 def build_app(
-    config: GatewayConfig, keys: KeyStore, audit: AuditWriter, guard: ConnectionGuard
+    config: GatewayConfig, keys: KeyStore, audit: AuditSink, guard: ConnectionGuard
 ) -> web.Application:
     gateway = Gateway(config, keys, audit, guard)
     # A larger body makes request.read() raise, which the gateway answers with 413.
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         Output().error(error)
         sys.exit(error.exit_code)
     LOG.info(
-        "audit log %s continues at seq %d; %d key(s); listening on %s://%s:%d%s",
+        "audit log %s continues at seq %d; %d key(s); listening on %s://%s:%d%s%s",
         config.audit.dir,
         log.seq,
         len(keys),
@@ -152,7 +153,13 @@ def main(argv: list[str] | None = None) -> None:
         config.listen.host,
         config.listen.port,
         " (client certificates required)" if context and context.verify_mode else "",
+        f" with {config.worker_count()} worker processes" if config.worker_count() > 1 else "",
     )
+    workers = config.worker_count()
+    if workers > 1:
+        from appliance.gateway.supervisor import supervise
+
+        sys.exit(supervise(config, keys, log, workers))
     asyncio.run(serve(config, keys, log, asyncio.Event(), ssl_context=context))
 
 
@@ -167,31 +174,50 @@ async def serve(
     """Serve until ``stop`` is set or SIGTERM/SIGINT arrives, then finish the calls in flight
     (up to 30 s) and close the audit log. HTTPS when the config has ``listen.tls`` (with
     ``ssl_context`` when the caller made it already)."""
-    if ssl_context is None and config.listen.tls is not None:
-        ssl_context = server_context(config.listen.tls)
-    guard = ConnectionGuard(config.max_connections, config.header_timeout_s)
     writer = AuditWriter(
         log,
         min_free_bytes=config.audit.min_free_bytes,
         keep_rotated_bytes=config.audit.keep_rotated_bytes,
         forwarded=[cursor_name(target) for target in targets(config.audit.forward)],
     )
-    app = build_app(config, keys, writer, guard)
+    await serve_app(config, keys, writer, stop, ready, ssl_context)
+
+
+async def serve_app(
+    config: GatewayConfig,
+    keys: KeyStore,
+    audit: AuditSink,
+    stop: asyncio.Event,
+    ready: Callable[[], object] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    socks: list[socket.socket] | None = None,
+    attach: Callable[[Gateway], None] | None = None,
+) -> None:
+    """The gateway app on ``config.listen``, or on ``socks`` already listening (a worker's);
+    ``attach`` fits the Gateway into a worker before it serves."""
+    if ssl_context is None and config.listen.tls is not None:
+        ssl_context = server_context(config.listen.tls)
+    guard = ConnectionGuard(config.max_connections, config.header_timeout_s)
+    app = build_app(config, keys, audit, guard)
+    gateway = app[GATEWAY]
+    if attach is not None:
+        attach(gateway)
     # The audit log is the access log. Request bodies are taken as sent: a compressed one is
     # not JSON (400), and no decompression bomb is inflated.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=30, auto_decompress=False)
     await runner.setup()
     try:
-        gateway = app[GATEWAY]
-        site = GuardedSite(
-            runner,
-            config.listen.host,
-            config.listen.port,
-            guard,
-            gateway.record_malformed,
-            ssl_context,
-        )
-        await site.start()
+        for sock in socks or [None]:  # type: ignore[list-item]
+            site = GuardedSite(
+                runner,
+                config.listen.host,
+                config.listen.port,
+                guard,
+                gateway.record_malformed,
+                ssl_context,
+                sock,
+            )
+            await site.start()
         loop = asyncio.get_running_loop()
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):

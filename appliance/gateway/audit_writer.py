@@ -22,7 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from appliance.errors import AuditError
 from appliance.gateway.audit import AuditLog
@@ -48,6 +48,26 @@ def _settle(
             future.set_exception(error)
         else:
             future.set_result(record or {})
+
+
+class AuditSink(Protocol):
+    """Where the request path's records go: this process's writer, or a worker's link to the
+    owner's (worker.py); the audit log's state as /health and /metrics show it."""
+
+    failed: BaseException | None
+    failed_since: str | None
+    outages: int
+    disk_free: int | None
+    disk_low: bool
+    min_free_bytes: int
+
+    def submit(self, fields: dict[str, Any]) -> concurrent.futures.Future[dict[str, Any]]: ...
+
+    async def write(self, fields: dict[str, Any]) -> dict[str, Any]: ...
+
+    def unrecorded(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class AuditWriter:

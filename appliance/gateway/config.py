@@ -8,6 +8,7 @@ to fix.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
@@ -27,6 +28,9 @@ DEFAULT_CONFIG = Path("/etc/appliance/gateway/config.json")
 DEFAULT_KEYS_FILE = Path("/etc/appliance/gateway/keys.json")
 DEFAULT_AUDIT_DIR = Path("/var/log/appliance/audit")
 
+
+AUTO_WORKERS = 4
+MAX_WORKERS = 64
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -187,7 +191,19 @@ class GatewayConfig(_Strict):
     # SHA-256 (hex) of a bearer token that may read /metrics by key without being an operator
     # key (a Prometheus scraper's credentials_file); the token itself is not kept here.
     metrics_token_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    # Worker processes serving the port: one process owns the audit chain, the per-key limits
+    # and the key events, the workers serve calls (supervisor.py). "auto": the CPUs this
+    # process may use but one (the audit owner's), at most AUTO_WORKERS: a single process on one
+    # or two CPUs. 1: a single process, no supervisor.
+    workers: int | Literal["auto"] = 1
     models: Annotated[list[ModelRoute], Field(min_length=1)]
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _worker_count(cls, value: object) -> object:
+        if value == "auto" or (type(value) is int and 1 <= value <= MAX_WORKERS):
+            return value
+        raise ValueError(f"a number of worker processes from 1 to {MAX_WORKERS}, or 'auto'")
 
     @field_validator("models")
     @classmethod
@@ -200,6 +216,14 @@ class GatewayConfig(_Strict):
 
     def model(self, name: str) -> ModelRoute | None:
         return next((m for m in self.models if m.name == name), None)
+
+    def worker_count(self) -> int:
+        if self.workers != "auto":
+            return self.workers
+        # The owner takes about a third of a worker's CPU per call on top (0.2 of 0.6 ms,
+        # benchmarks/gateway.py --workers 2): on two CPUs two workers only cost more CPU per call
+        # (README: Worker processes). Past four the runtimes want the rest of the cores.
+        return max(1, min(len(os.sched_getaffinity(0)) - 1, AUTO_WORKERS))
 
 
 def validation_problems(error: ValidationError) -> list[Problem]:

@@ -16,6 +16,13 @@ expiry passes, noticed within ``POLL_S``). Each names the key id, when the chang
 (``at``) and by whom (``by``, as the CLI wrote it; null for a hand edit); never a secret or
 its hash. What was already recorded is kept in ``keys.state.json`` in the audit directory, so
 changes made while the gateway was stopped are recorded at its next start, and nothing twice.
+
+With several worker processes (supervisor.py) the owner of the audit chain runs the one
+recording watcher; each worker follows the file with a watcher of its own (``follow``) that,
+on a change, first has the owner record it, then uses the new keys. The owner, once it recorded
+a change, has every other worker ``adopt`` the file before it answers the one that asked (or,
+when its own watcher saw it first, tells them all): every worker revokes within ``POLL_S`` plus a
+round trip, and each event is in the chain once, before the calls it concerns.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ LOG = logging.getLogger("appliance.gateway.keys")
 POLL_S = 0.25
 STATE_FILE = "keys.state.json"
 Write = Callable[[dict[str, Any]], Awaitable[Any]]
+Follow = Callable[[], Awaitable[None]]
 Snapshot = dict[str, Any]
 
 
@@ -119,8 +127,16 @@ def _identity(path: Path) -> tuple[int, int, int, int] | None:
 class KeyWatcher:
     """Keeps ``store`` equal to the keys file and the audit chain told of every change."""
 
-    def __init__(self, path: Path, audit_dir: Path, store: KeyStore, write: Write) -> None:
+    def __init__(
+        self,
+        path: Path,
+        audit_dir: Path,
+        store: KeyStore,
+        write: Write,
+        follow: Follow | None = None,
+    ) -> None:
         self.path = path
+        self.follow = follow  # a worker's: the owner records, this watcher only follows
         self.state_path = audit_dir / STATE_FILE
         self.store = store
         self.write = write
@@ -129,6 +145,7 @@ class KeyWatcher:
         self._identity = _identity(path)
         self._seen = self._read_state()
         self._pending = True  # compare with what the chain was told, at the first tick
+        self._generation = 0  # loads of the file so far
         self._lock = asyncio.Lock()
 
     def _read_state(self) -> dict[str, Snapshot]:
@@ -145,6 +162,7 @@ class KeyWatcher:
     def _load(self) -> KeyStore | None:
         """The keys file as it is now, or None (and the last good keys kept) when it is bad."""
         self._identity = _identity(self.path)
+        self._generation += 1
         try:
             return KeyStore(load_keys(self.path))
         except ApplianceError as error:
@@ -170,13 +188,35 @@ class KeyWatcher:
             if force or _identity(self.path) != self._identity:
                 loaded = self._load()
                 if loaded is not None:
-                    self._pending = True
-                    await self._record(loaded)
+                    if self.follow is not None:
+                        generation = self._generation
+                        await self._followed()
+                        if generation != self._generation:
+                            return  # adopt() took a newer file meanwhile
+                    else:
+                        self._pending = True
+                        await self._record(loaded)
                     self.store, self.error, self.loaded_at = loaded, None, now_iso()
                     LOG.info("reloaded %d keys from %s", len(loaded), self.path)
                     return
-            if self.due():
+            if self.follow is None and self.due():
                 await self._record(self.store)
+
+    def adopt(self) -> None:
+        """A follower told by the owner that the keys file changed (and is recorded): use it
+        now. No lock and no await: a tick waiting for the owner must not hold this up."""
+        loaded = self._load()
+        if loaded is not None:
+            self.store, self.error, self.loaded_at = loaded, None, now_iso()
+            LOG.info("reloaded %d keys from %s", len(loaded), self.path)
+
+    async def _followed(self) -> None:
+        """Have the owner record the file's changes; a revocation is used even when not."""
+        assert self.follow is not None
+        try:
+            await self.follow()
+        except Exception as error:  # the owner's own watcher records it within POLL_S
+            LOG.error("key changes not recorded by the audit owner yet: %s", error)
 
     async def _record(self, store: KeyStore) -> None:
         events, after = changes(self._seen, store.records(), datetime.now(UTC))

@@ -21,9 +21,11 @@ raises 429 before it increments the minute's request count); vLLM's server has n
 client that ignores ``Retry-After`` and asks again at once is refused again at no cost to the
 backend, and each refusal is still audited.
 
-The state lives in the gateway process's memory: it starts full at each start, and a limit
-changed in the keys file applies from the next call (the bucket keeps its level, capped to the
-new size).
+The state lives in the memory of one process: the gateway's, or with several workers the
+owner's (supervisor.py), which admits and charges the calls of every worker over their channels
+(``LimitGate`` is what a worker holds), so a key's limits hold across workers. It starts full at
+each start, and a limit changed in the keys file applies from the next call (the bucket keeps its
+level, capped to the new size).
 """
 
 from __future__ import annotations
@@ -39,11 +41,29 @@ from appliance.gateway.keys import KeyRecord, Limits
 Clock = Callable[[], float]
 
 
+class LimitGate(Protocol):
+    """What the request path holds: this process's Limiter, or a worker's link to the owner's."""
+
+    async def acquire(self, key: KeyRecord, call: Metered) -> LimitHit | None: ...
+
+    def finish(self, call: Metered) -> None: ...
+
+
 class Metered(Protocol):
     """A call as the limiter sees it (record.Call): told apart by identity, charged by usage."""
 
     prompt_tokens: int | None
     completion_tokens: int | None
+
+
+class Limited(Protocol):
+    """A key as the limiter sees it: its id and its limits (a KeyRecord, or a worker's word)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def limits(self) -> Limits: ...
 
 
 _NAMES = {
@@ -160,7 +180,10 @@ class Limiter:
         self._admitted: dict[Metered, _KeyState] = {}
         self.hits: dict[tuple[str, str], int] = {}
 
-    def admit(self, key: KeyRecord, call: Metered) -> LimitHit | None:
+    async def acquire(self, key: KeyRecord, call: Metered) -> LimitHit | None:
+        return self.admit(key, call)
+
+    def admit(self, key: KeyRecord | Limited, call: Metered) -> LimitHit | None:
         """None and the call counted in flight, or the limit that refuses it."""
         limits = key.limits
         state = self._keys.get(key.id)

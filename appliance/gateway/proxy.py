@@ -38,19 +38,19 @@ from aiohttp.web_request import BaseRequest
 
 from appliance.gateway.answers import AUDIT_DOWN, error_body, model_card, retry_headers
 from appliance.gateway.answers import Refusal as _Refusal
-from appliance.gateway.audit_writer import AuditWriter
+from appliance.gateway.audit_writer import AuditSink
 from appliance.gateway.backends import Backends
 from appliance.gateway.body import BodyError, canonical, parse
 from appliance.gateway.config import GatewayConfig, ModelRoute
 from appliance.gateway.cors import CorsPolicy
 from appliance.gateway.key_events import KeyWatcher
 from appliance.gateway.keys import KeyRecord, KeyStore, claimed_id
-from appliance.gateway.limits import Limiter
+from appliance.gateway.limits import Limiter, LimitGate
 from appliance.gateway.metrics import Metrics
 from appliance.gateway.record import MODEL_LIMIT, Call, clean
 from appliance.gateway.relay import relay
 from appliance.gateway.server import ConnectionGuard
-from appliance.gateway.status import health_page, live_page, metrics_page
+from appliance.gateway.status import Shared, health_page, live_page, metrics_page
 from appliance.gateway.stream import Renamer, UsageDropper
 
 LOG = logging.getLogger("appliance.gateway")
@@ -64,15 +64,16 @@ _KNOWN_PATHS = frozenset((*API_PATHS, "/v1/models"))
 
 class Gateway:
     def __init__(
-        self, config: GatewayConfig, keys: KeyStore, audit: AuditWriter, guard: ConnectionGuard
+        self, config: GatewayConfig, keys: KeyStore, audit: AuditSink, guard: ConnectionGuard
     ) -> None:
         self.config = config
         self.guard = guard
         self.audit = audit
         # The keys in use follow the keys file while the gateway runs (key_events.py).
         self.watcher = KeyWatcher(config.keys_file, config.audit.dir, keys, audit.write)
-        self.limits = Limiter()
+        self.limits: LimitGate = Limiter()
         self.metrics = Metrics()
+        self.shared: Shared | None = None  # a worker's view of the whole gateway (worker.py)
         self.routes = {m.name: m for m in config.models}
         self.cors = CorsPolicy(config.cors)
         self.backends = Backends(config.backend_timeout_s)
@@ -354,7 +355,7 @@ class Gateway:
             raise _Refusal(
                 400, "wrong_model_task", f"{route.name!r} is an embedding model: use /v1/embeddings"
             )
-        if hit := self.limits.admit(key, call):
+        if hit := await self.limits.acquire(key, call):
             call.error = hit.audit_error
             raise _Refusal(429, "rate_limit_exceeded", hit.message, hit.headers())
         return await self._forward(request, call, route, document)
@@ -410,7 +411,7 @@ class Gateway:
         return live_page()
 
     async def metrics_page(self, request: web.Request) -> web.Response:
-        return metrics_page(self, request)
+        return await metrics_page(self, request)
 
 
 def _check_stream_fields(document: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -40,6 +41,9 @@ _BUSY = (
     b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
 )
 
+
+# The listening queue of a worker's socket (supervisor.py binds it so).
+SHARED_BACKLOG = 1024
 
 # Records a request the parser refused: its request id, and the record's write in progress.
 ErrorHook = Callable[[BaseRequest, int, str], tuple[str, "Future[Any]"]]
@@ -199,7 +203,8 @@ class GuardedSite(web.TCPSite):
     """aiohttp's TCP site with every connection made through ``guard``; HTTPS with
     ``ssl_context``. A TLS handshake gets the header deadline too: a client that opens a
     connection and never finishes its handshake holds it no longer than one that sends no
-    request."""
+    request. With ``sock`` it accepts on that listening socket (a worker's, bound by the
+    supervisor) instead of binding host and port."""
 
     def __init__(
         self,
@@ -209,8 +214,10 @@ class GuardedSite(web.TCPSite):
         guard: ConnectionGuard,
         on_error: ErrorHook,
         ssl_context: ssl.SSLContext | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
         super().__init__(runner, host, port, ssl_context=ssl_context)
+        self._sock = sock
         self._guard = guard
         self._on_error = on_error
         self._sweeper: asyncio.Task[Any] | None = None
@@ -226,15 +233,25 @@ class GuardedSite(web.TCPSite):
         def handler() -> RequestHandler:
             return AuditedHandler(server, self._on_error, **settings)
 
-        self._server = await loop.create_server(
-            lambda: self._guard.protocol(handler),
-            self._host,
-            self._port,
-            backlog=self._backlog,
-            reuse_address=self._reuse_address,
-            ssl=self._ssl_context,
-            ssl_handshake_timeout=self._guard.header_timeout_s if self._ssl_context else None,
-        )
+        handshake = self._guard.header_timeout_s if self._ssl_context else None
+        if self._sock is not None:
+            self._server = await loop.create_server(
+                lambda: self._guard.protocol(handler),
+                sock=self._sock,
+                backlog=SHARED_BACKLOG,
+                ssl=self._ssl_context,
+                ssl_handshake_timeout=handshake,
+            )
+        else:
+            self._server = await loop.create_server(
+                lambda: self._guard.protocol(handler),
+                self._host,
+                self._port,
+                backlog=self._backlog,
+                reuse_address=self._reuse_address,
+                ssl=self._ssl_context,
+                ssl_handshake_timeout=handshake,
+            )
         self._sweeper = asyncio.create_task(self._guard.run())
 
     async def stop(self) -> None:

@@ -1,14 +1,18 @@
 """``/health`` (readiness), ``/health/live`` and ``/metrics``: what the gateway, its backends,
 its audit log and its connections are doing now. None is audited (they carry no call). Anyone
 sees models' states and the counters by model; backend details and the series by key need an
-operator key (or, for /metrics, the config's metrics token)."""
+operator key (or, for /metrics, the config's metrics token).
+
+With several worker processes each page is the whole gateway's: a worker asks the owner of the
+audit chain (owner.py) for the metrics page and the connection count (``Shared``), and knows
+the audit log's state from what the owner pushes to it."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import hmac
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -17,7 +21,22 @@ from appliance.gateway.config import ModelRoute
 from appliance.gateway.keys import ALL_MODELS
 
 if TYPE_CHECKING:
+    from appliance.gateway.audit_writer import AuditSink
     from appliance.gateway.proxy import Gateway
+
+Gauge = tuple[str, str, str, int]
+
+
+class Shared(Protocol):
+    """What a worker asks the owner: the whole gateway's figures."""
+
+    async def metrics_text(self, by_key: bool) -> str:
+        """The whole gateway's page; the series by API key only with ``by_key``."""
+        ...
+
+    async def connections(self) -> tuple[int, int]:
+        """Client connections open in all workers, and the number of workers."""
+        ...
 
 
 def live_page() -> web.Response:
@@ -89,15 +108,18 @@ async def health_page(self: Gateway, request: web.Request) -> web.Response:
             "alarm_below_bytes": audit.min_free_bytes,
         }
         document["connections"] = {"open": self.guard.open, "limit": self.guard.limit}
+        if self.shared is not None:  # each worker takes up to the limit
+            open_, workers = await self.shared.connections()
+            document["connections"] = {"open": open_, "limit": self.guard.limit * workers,
+                                       "workers": workers}  # fmt: skip
         document["keys"] = len(self.keys)
         # A keys file that does not load leaves the last good keys in use; this says why.
         document["keys_file"] = self.watcher.error or "ok"
     return web.json_response(document, status=200 if ready else 503)
 
 
-def metrics_page(self: Gateway, request: web.Request) -> web.Response:
-    audit, guard = self.audit, self.guard
-    gauges = [
+def audit_gauges(audit: AuditSink) -> list[Gauge]:
+    return [
         ("audit_up", "1 while the audit log can be written (calls are served).", "gauge",
          int(audit.failed is None)),
         ("audit_outages_total", "Times the audit log could not be written.", "counter",
@@ -106,11 +128,27 @@ def metrics_page(self: Gateway, request: web.Request) -> web.Response:
          audit.disk_free if audit.disk_free is not None else -1),
         ("audit_disk_low", "1 while the audit filesystem is below its free-space alarm.",
          "gauge", int(audit.disk_low)),
-        ("connections_open", "Client connections open now.", "gauge", guard.open),
-        ("connections_refused_total", "Connections closed at once: over the limit.",
-         "counter", guard.refused),
-        ("slow_clients_total", "Connections cut for sending headers or body too slowly.",
-         "counter", guard.cut + self.metrics.slow_clients),
     ]  # fmt: skip
-    page = self.metrics.render(gauges, by_key=_sees_keys(self, request))
-    return web.Response(text=page, content_type="text/plain; version=0.0.4")
+
+
+def connection_gauges(open_: int, refused: int, slow: int) -> list[Gauge]:
+    return [
+        ("connections_open", "Client connections open now.", "gauge", open_),
+        ("connections_refused_total", "Connections closed at once: over the limit.",
+         "counter", refused),
+        ("slow_clients_total", "Connections cut for sending headers or body too slowly.",
+         "counter", slow),
+    ]  # fmt: skip
+
+
+async def metrics_page(self: Gateway, request: web.Request) -> web.Response:
+    by_key = _sees_keys(self, request)
+    if self.shared is not None:
+        text = await self.shared.metrics_text(by_key)
+    else:
+        guard = self.guard
+        gauges = audit_gauges(self.audit) + connection_gauges(
+            guard.open, guard.refused, guard.cut + self.metrics.slow_clients
+        )
+        text = self.metrics.render(gauges, by_key=by_key)
+    return web.Response(text=text, content_type="text/plain; version=0.0.4")

@@ -9,125 +9,39 @@ gateway's own decisions, and the stand-in reports usage and holds calls (``x_del
 
 from __future__ import annotations
 
-import http.client
 import json
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from appliance.gateway.audit import CURRENT
 from appliance.gateway.key_admin import actor
-from tests.fixtures.gateway import Reply, gateway_config
+from tests.fixtures.gateway import Reply
+from tests.fixtures.gateway_process import Running, gateway_process
 from tests.fixtures.openai_backend import serve_in_thread
-from tests.fixtures.servers import free_port, wait_for
+from tests.fixtures.servers import free_port
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class Running:
-    port: int
-    root: Path
-    keys_file: Path
-    audit_dir: Path
-    log: Path
-    calls: int = 0  # API calls made, each of which must have exactly one record
-    keys: dict[str, str] = field(default_factory=dict)  # name -> plaintext
-    ids: dict[str, str] = field(default_factory=dict)  # name -> key id
-
-    def cli(self, *argv: str) -> dict[str, Any]:
-        done = subprocess.run(
-            [str(BIN / "appliance"), "--json", "gateway", argv[0], "--keys-file",
-             str(self.keys_file), *argv[1:]],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)  # type: ignore[no-any-return]
-
-    def new_key(self, name: str, *options: str) -> str:
-        made = self.cli("new-key", "--name", name, "--model", "*", *options)
-        self.keys[name], self.ids[name] = made["key"], made["id"]
-        return str(made["key"])
-
-    def call(self, key: str, **extra: Any) -> Reply:
-        body = json.dumps({"model": "stand-in", "prompt": "hi", "max_tokens": 2, **extra})
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            connection.request(
-                "POST", "/v1/completions", body=body,
-                headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-            )  # fmt: skip
-            response = connection.getresponse()
-            reply = Reply(
-                response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-            )
-        finally:
-            connection.close()
-        self.calls += 1
-        return reply
-
-    def health(self) -> dict[str, Any]:
-        """/health as the operator sees it (the keys file's state is an operator's detail)."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            auth = {"Authorization": f"Bearer {self.keys['operator']}"}
-            connection.request("GET", "/health", headers=auth)
-            return json.loads(connection.getresponse().read())  # type: ignore[no-any-return]
-        finally:
-            connection.close()
-
-    def records(self) -> list[dict[str, Any]]:
-        paths = [*sorted(self.audit_dir.glob("audit-*.jsonl")), self.audit_dir / CURRENT]
-        return [json.loads(line) for path in paths for line in path.read_text().splitlines()]
-
-    def record(self, reply: Reply) -> dict[str, Any]:
-        (found,) = [
-            r for r in self.records() if r.get("request_id") == reply.headers["x-request-id"]
-        ]
-        return found
-
-    def events(self, key: str, kind: str) -> list[dict[str, Any]]:
-        return [
-            r for r in self.records() if r.get("event") == kind and r["key_id"] == self.ids[key]
-        ]
-
-    def until(self, check: Any, seconds: float = 5.0) -> Any:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if value := check():
-                return value
-            time.sleep(0.05)
-        raise AssertionError(f"not so after {seconds} s: {check}")
-
-
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-worker", "2-workers"])
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Running]:
+    """The whole suite once with the single-process gateway, once with two worker processes
+    (one owner of the chain, the limits and the key events for both)."""
     root = tmp_path_factory.mktemp("gateway-keys")
-    with serve_in_thread(free_port()) as backend:
-        config = gateway_config(root, backend)
-        (root / "config.json").write_text(config.model_dump_json())
-        running = Running(config.listen.port, root, config.keys_file, config.audit.dir,
-                          root / "gateway.log")  # fmt: skip
-        running.new_key("operator")
-        with running.log.open("wb") as sink:
-            process = subprocess.Popen(
-                [str(BIN / "appliance-gateway"), "--config", str(root / "config.json")],
-                stdout=sink, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        try:
-            wait_for(f"http://127.0.0.1:{running.port}/health", process, {200}, running.log)
-            yield running
-        finally:
-            process.terminate()
-            assert process.wait(timeout=30) == 0, running.log.read_text()
+    with (
+        serve_in_thread(free_port()) as backend,
+        gateway_process(root, backend, request.param) as running,
+    ):
+        yield running
 
 
 def test_revocation_takes_effect_within_a_second(gateway: Running) -> None:

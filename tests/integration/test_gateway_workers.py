@@ -140,6 +140,18 @@ def test_metrics_count_the_whole_gateway(gateway: Running) -> None:
     assert sum(per_worker(gateway).values()) == len(calls)
 
 
+def test_series_by_key_follow_the_caller_across_workers(gateway: Running) -> None:
+    """The owner renders the page for whichever worker asks: the series by API key only for an
+    operator key, as a single process does."""
+    series = "appliance_gateway_key_requests_total{"
+    anyone = gateway.get("/metrics").body.decode()
+    assert series not in anyone
+    assert "# Series by API key: scrape with an operator key or the metrics token." in anyone
+    for _ in range(4):  # connections land on either worker: each must pass the right on
+        operator = gateway.get("/metrics", gateway.keys["operator"]).body.decode()
+        assert series in operator
+
+
 def test_a_killed_worker_is_started_again_and_no_record_is_lost(gateway: Running) -> None:
     victim = min(per_worker(gateway))
     key = gateway.keys["operator"]

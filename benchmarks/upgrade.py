@@ -2,10 +2,13 @@
 install, and a one-model upgrade carried by a delta bundle. Prints figures and ratios; asserts
 nothing.
 
-An upgrade here is the whole transition (appliance.install.upgrade): open the bundle, stage it,
-run the play with exact package versions, run ``appliance verify`` against the new release, and
-commit. The first install does not verify, so ``appliance verify`` alone is timed as well, to
-show the upgrade's own share. Needs the test harness (tests/harness/setup.sh) and, to build the
+An upgrade here is the whole transition (appliance.install.upgrade): open the bundle, plan,
+stage it (files of the running release linked), run the play's roles that the plan changes
+(none for the no-change upgrade; the runtime, the gateway and preflight for the added model),
+verify the new release (skipping the evidence the play could not change) and commit. The first
+install does not verify, so ``appliance verify`` alone (which checks everything) is timed as
+well, to show the upgrade's own share. The load average is printed: on a shared machine the
+figures move with it. Needs the test harness (tests/harness/setup.sh) and, to build the
 bundles once, Debian's archive and PyPI.
 
     .venv/bin/python benchmarks/upgrade.py
@@ -14,6 +17,7 @@ bundles once, Debian's archive and PyPI.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -104,13 +108,15 @@ def main() -> None:
         mounts[ROOT / "tests" / "fixtures" / "upgrade_driver.py"] = DRIVER
         host = start_host(image, mounts)
         try:
+            started_load = os.getloadavg()[0]
             first = timed(host, "/srv/v1/install.sh", "--pubkey", "/srv/key.pub")
             check = timed(host, APPLIANCE, "verify", "--egress-target", EGRESS_TARGET)
             same = upgrade(host, "v2")
             delta = upgrade(host, "v3")
         finally:
             host.remove()
-        print("single box, air-gapped, one llama.cpp model:")
+        load = f"{started_load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+        print(f"single box, air-gapped, one llama.cpp model (1-minute load average {load}):")
         print(f"  first install (install.sh, no verify)   {first:6.1f} s")
         print(f"  appliance verify alone                  {check:6.1f} s")
         print(

@@ -160,6 +160,7 @@ class VerifiedBundle:
         destination: Path,
         *,
         installed_base: InstalledBase | None = None,
+        previous: Path | None = None,
         jobs: int = 2,
         progress: Progress | None = None,
     ) -> VerifyReport:
@@ -168,7 +169,9 @@ class VerifiedBundle:
         A delta comes out complete when its base was given to ``open_bundle`` or is found by
         ``installed_base`` among the releases this installer staged and verified itself: files
         from there are hard-linked, not read again. ``destination`` appears only when everything
-        matched; on any failure nothing is left behind.
+        matched; on any failure nothing is left behind. ``previous``: another release this
+        installer staged (an upgrade's running one), whose files of the same path and sha256 are
+        hard-linked as a delta's base files are, instead of read from a bundle directory again.
         """
         if destination.exists():
             raise BundleLayoutError(
@@ -180,7 +183,9 @@ class VerifiedBundle:
             for name, data in self.trust.items():
                 with _create(partial, name) as out:
                     out.write(data)
-            report = self._transfer(partial, installed_base, jobs, progress or NullProgress())
+            report = self._transfer(
+                partial, installed_base, jobs, progress or NullProgress(), previous
+            )
             partial.chmod(0o755)
             partial.rename(destination)
             return report
@@ -199,6 +204,7 @@ class VerifiedBundle:
         installed_base: InstalledBase | None,
         jobs: int,
         progress: Progress,
+        previous: Path | None = None,
     ) -> VerifyReport:
         if self._read and self._source.sequential:
             raise RuntimeError(f"{self.label} is a stream and was read already")
@@ -215,7 +221,11 @@ class VerifiedBundle:
             with open_body() as body:
                 return _take(entry, body, into, task.advance)
 
-        problems = _each(take, self._source.bodies(self.expected), self._source.sequential, jobs)
+        reuse = _reusable(previous) if into and not self._source.sequential else None
+        linked = [] if reuse is None else [e for e in self.expected.values() if _in(reuse, e)]
+        problems = _each(take, [(e, _from(reuse, e, into)) for e in linked if reuse], False, jobs)
+        others = {path: e for path, e in self.expected.items() if path not in done}
+        problems += _each(take, self._source.bodies(others), self._source.sequential, jobs)
         rest = [entry for path, entry in sorted(self.expected.items()) if path not in done]
         problems += [Problem(e.path, "missing") for e in rest if not e.from_base]
         if base is not None:
@@ -263,6 +273,22 @@ class VerifiedBundle:
             return _Base(directory, frozenset())
         listed = parse_manifest(data, str(directory / layout.MANIFEST)).files
         return _Base(directory, frozenset((e.path, e.sha256, e.size) for e in listed))
+
+
+def _reusable(previous: Path | None) -> _Base | None:
+    """``previous``'s files that an extract may link (None: no such release here)."""
+    if previous is None:
+        return None
+    try:
+        listed = parse_manifest((previous / layout.MANIFEST).read_bytes(), str(previous)).files
+    except (OSError, ApplianceError):
+        return None  # every file is then read from the bundle
+    return _Base(previous, frozenset((e.path, e.sha256, e.size) for e in listed))
+
+
+def _in(base: _Base, entry: FileEntry) -> bool:
+    listed = (entry.path, entry.sha256, entry.size) in base.linkable
+    return listed and not entry.from_base and only_ours(base.directory, entry.path)
 
 
 def _each(

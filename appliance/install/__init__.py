@@ -67,6 +67,9 @@ class InstallOptions:
     # Move every installed package of the bundle's repository to the bundle's exact version,
     # downgrades included (upgrades and rollbacks; a first install keeps what the host has).
     exact_versions: bool = False
+    # The roles the play runs (upgrade_scope.py: those whose inputs the upgrade's plan changes);
+    # None: every role.
+    run_roles: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -358,6 +361,8 @@ def _extravars(
         variables["appliance_package_versions"] = {
             c.name: c.version for c in manifest.components if c.kind == "deb" and c.version
         }
+    if options.run_roles is not None:
+        variables["appliance_run_roles"] = sorted(options.run_roles)
     nvidia = _nvidia(manifest)
     if nvidia is not None:
         variables["appliance_nvidia"] = nvidia

@@ -24,6 +24,7 @@ from appliance.install.inventory import Inventory, load_inventory, single_box
 from appliance.install.releases import Decision, current_on_depot, decide, manifest_sha256
 from appliance.install.topology import Topology
 from appliance.install.upgrade_plan import UpgradePlan, plan_upgrade
+from appliance.install.upgrade_scope import Scope, upgrade_scope
 from appliance.site.models import for_install as site_models_for_install
 
 
@@ -31,6 +32,7 @@ from appliance.site.models import for_install as site_models_for_install
 class PlannedUpgrade:
     plan: UpgradePlan
     decision: Decision  # first, replay, upgrade, downgrade or unordered, with its note
+    scope: Scope  # the roles the upgrade's play runs (upgrade_scope.py)
 
 
 def prepare_plan(
@@ -66,7 +68,14 @@ def prepare_plan(
             old_topology,
             site_models=[m["name"] for m in site],
         )
-    return PlannedUpgrade(plan, decision)
+        scope = upgrade_scope(
+            plan,
+            current.manifest if current is not None else None,
+            manifest,
+            old_topology,
+            new_topology,
+        )
+    return PlannedUpgrade(plan, decision, scope)
 
 
 def _inventory(options: InstallOptions, scratch: Path) -> Inventory:

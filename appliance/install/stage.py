@@ -25,7 +25,8 @@ def stage(bundle: VerifiedBundle, root: Path, progress: Progress | None = None) 
 
     The same signed bundle staged before is reused as it is (nothing is read); another bundle
     with the same release label is refused. A delta becomes a complete release: its own files
-    copied, the rest linked from its base release, which must be on this machine.
+    copied, the rest linked from its base release, which must be on this machine. Files the
+    running release (``current``) holds with the same path and sha256 are linked from it.
     """
     releases = root / "releases"
     release_dir = releases / bundle.manifest.release
@@ -41,8 +42,13 @@ def stage(bundle: VerifiedBundle, root: Path, progress: Progress | None = None) 
     # Copied beside releases/, so that releases/ only ever holds complete releases.
     incoming = Path(tempfile.mkdtemp(prefix=".incoming-", dir=root))
     try:
+        # The running release's files of the same digest are linked, not copied again.
+        previous = (root / "current").resolve() if (root / "current").is_symlink() else None
         bundle.extract(
-            incoming / "release", installed_base=_base_release(releases), progress=progress
+            incoming / "release",
+            installed_base=_base_release(releases),
+            previous=previous if previous and previous.parent == releases.resolve() else None,
+            progress=progress,
         )
         releases.mkdir(exist_ok=True)
         (incoming / "release").rename(release_dir)

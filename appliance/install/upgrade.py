@@ -26,6 +26,7 @@ from appliance.errors import ApplianceError, InstallError
 from appliance.install import InstallOptions, install, point_current
 from appliance.install.inventory import load_inventory
 from appliance.install.package_removal import remove_added
+from appliance.install.prepare import prepare_plan
 from appliance.install.release_state import (
     StateRecord,
     current_release,
@@ -33,6 +34,7 @@ from appliance.install.release_state import (
     record_installed,
 )
 from appliance.install.upgrade_report import UpgradeReport
+from appliance.install.upgrade_scope import verify_skips
 from appliance.install.upgrade_state import (
     Phase,
     advance,
@@ -115,6 +117,12 @@ def upgrade(
                 f"nothing is installed under {root} yet: there is nothing to upgrade",
                 hint="install the first release with install.sh (or appliance install)",
             )
+        # Only the roles whose inputs the plan changes; the whole play when this run finishes
+        # an interrupted one (what it left half done is not in any plan). Planned before the
+        # phase is saved: a refusal here changes nothing.
+        scope = None if same else prepare_plan(options.install).scope
+        if scope is not None:
+            on_note(scope.note())
         phase = save_phase(
             root,
             Phase(
@@ -128,7 +136,12 @@ def upgrade(
                 internal_cidrs=options.install.internal_cidrs,
             ),
         )
-        apply = replace(options.install, commit=False, exact_versions=True)
+        apply = replace(
+            options.install,
+            commit=False,
+            exact_versions=True,
+            run_roles=None if scope is None else scope.roles,
+        )
         prior = interrupted if same else None
         return _transition(
             root, phase, apply, on_event, progress, on_note, prior, options.install.pubkey
@@ -233,8 +246,11 @@ def _transition(
         return _return(root, state, f"{error.message}", [], on_event, progress, on_note, pubkey)
     state = advance(root, state, "verifying")
     on_note(f"verifying {state.target} before it becomes current")
+    skip = verify_skips(apply.run_roles)
+    if skip:
+        on_note("verify skips the evidence this play could not change: " + ", ".join(skip))
     try:
-        checks, verify_report = _verify(root, state, state.target)
+        checks, verify_report = _verify(root, state, state.target, skip)
     except Exception as error:  # a verify that cannot run (its evidence, its inventory) failed
         reason = f"verify could not run: {getattr(error, 'message', None) or error}"
         return _return(root, state, reason, [], on_event, progress, on_note, pubkey)
@@ -353,9 +369,12 @@ def _commit(root: Path, release: str, replaced: str | None, on_note: Notes) -> N
         on_note(stayed)
 
 
-def _verify(root: Path, phase: Phase, release: str) -> tuple[list[Check], Path]:
+def _verify(
+    root: Path, phase: Phase, release: str, skip: tuple[str, ...] = ()
+) -> tuple[list[Check], Path]:
     return verify(
         VerifyOptions(
+            skip=skip,
             egress_targets=phase.egress_targets,
             internal_targets=phase.internal_targets,
             inventory=Path(phase.inventory) if phase.inventory else None,

@@ -42,6 +42,9 @@ class VerifyOptions:
     # The release to judge the hosts against; default: the one ``current`` points at. An
     # upgrade verifies its release before ``current`` moves to it.
     release: Path | None = None
+    # Evidence not gathered (verify role tags): an upgrade skips what its play did not touch
+    # (upgrade_scope.verify_skips); appliance verify itself gathers everything.
+    skip: tuple[str, ...] = ()
 
 
 def verify(
@@ -92,6 +95,7 @@ def verify(
         },
         envvars=runner_env(project),
         on_event=on_event,
+        skip_tags=options.skip,
     )
     checks: list[Check] = [site_check] if site_check is not None else []
     for host in inventory.hosts:

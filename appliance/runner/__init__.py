@@ -135,8 +135,10 @@ def run_playbook(
     envvars: dict[str, str],
     on_event: Callable[[TaskEvent], None] = lambda _event: None,
     limit: str | None = None,
+    skip_tags: tuple[str, ...] = (),
 ) -> RunResult:
-    """Run ``playbook`` from ``project_dir`` with ansible-runner in ``data_dir``."""
+    """Run ``playbook`` from ``project_dir`` with ansible-runner in ``data_dir``; tasks tagged
+    with any of ``skip_tags`` do not run."""
     handler = EventHandler(on_event)
     # The venv appliance runs from holds ansible-playbook; it need not be on PATH (install.sh
     # does not activate the venv).
@@ -153,6 +155,7 @@ def run_playbook(
         event_handler=handler,
         quiet=True,
         limit=limit,
+        skip_tags=",".join(skip_tags) or None,
         rotate_artifacts=0,
     )
     return RunResult(

@@ -2,7 +2,9 @@
 v2 moves a package to a new version, adds a model and removes one. The plan (computed before
 anything changes, and changing nothing with --plan-only) lists exactly those, the upgrade applies
 them, verify passes, and the site's data stays: the operator's key still works, and a completion
-made under v1 is still in the audit chain, which ``appliance audit verify`` accepts.
+made under v1 is still in the audit chain, which ``appliance audit verify`` accepts. Then v3,
+which changes nothing: its play runs no role, yet verify passes, ``current`` moves and the audit
+chain still holds.
 
 One host and one pair of bundles for the module. The package is the probe archive's stand-in
 (tests/fixtures/probe_repo.py); the models are the tiny GGUF of examples/tiny_model.py, made
@@ -50,6 +52,7 @@ EGRESS_TARGET = "http://198.19.255.10/"  # lab range: leads nowhere, must be dro
 RELEASES: dict[str, tuple[str, tuple[str, ...]]] = {
     "v1": (VERSIONS[0], ("tiny-a", "tiny-b")),
     "v2": (VERSIONS[1], ("tiny-a", "tiny-c")),
+    "v3": (VERSIONS[1], ("tiny-a", "tiny-c")),  # v2's content again: a no-change upgrade
 }
 
 
@@ -177,6 +180,29 @@ def _upgrade(run: Any, bundles: Path) -> None:
 
     shown_before = run(ADMIN, "--json", "audit", "show", "--dir", AUDIT_DIR, "--request-id", before)
     assert shown_before.returncode == 0, shown_before.stderr
+    assert json.loads(shown_before.stdout)["records"][0]["model"] == "tiny-b"
+    audited = run(ADMIN, "audit", "verify", "--dir", AUDIT_DIR)
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+
+    # v3 changes nothing: the play runs no role (upgrade_scope.py), verify still proves egress
+    # denial, health and an audited completion, and only then does current move.
+    same = run("/srv/v3/install.sh", "upgrade", "--pubkey", "/srv/key.pub", "--yes",
+               "--egress-target", EGRESS_TARGET)  # fmt: skip
+    assert same.returncode == 0, same.stdout[-4000:] + same.stderr[-4000:]
+    assert "the play runs no role" in same.stdout + same.stderr
+    assert "verify passed" in same.stdout and "current is v3" in same.stdout
+    assert run("readlink", "/opt/appliance/current").stdout.strip() == "releases/v3"
+    listed = json.loads(run(APPLIANCE, "releases", "--json").stdout)["releases"]
+    states = [(r["release"], r["state"]) for r in listed]
+    assert states[:2] == [("v3", "current"), ("v2", "previous")]
+    # v3's files are v2's, linked rather than copied again: the same inodes.
+    inodes = [
+        run("sh", "-c", f"stat -c %i /opt/appliance/releases/{label}/blobs/sha256/* | sort").stdout
+        for label in ("v2", "v3")
+    ]
+    assert inodes[0] and inodes[0] == inodes[1]
+    assert call(key, "tiny-c")[0] == 200
+    shown_before = run(ADMIN, "--json", "audit", "show", "--dir", AUDIT_DIR, "--request-id", before)
     assert json.loads(shown_before.stdout)["records"][0]["model"] == "tiny-b"
     audited = run(ADMIN, "audit", "verify", "--dir", AUDIT_DIR)
     assert audited.returncode == 0, audited.stdout + audited.stderr

@@ -158,3 +158,26 @@ def test_ansible_content_with_an_unsafe_member_is_refused(tmp_path: Path) -> Non
     ):
         ansible_content(release, manifest)
     assert sorted(p.name for p in release.parent.iterdir()) == ["1"]
+
+
+def test_a_full_bundle_links_the_running_releases_files_of_the_same_digest(
+    tmp_path: Path, keys: Keys
+) -> None:
+    root = tmp_path / "root"
+    _, running = staged(make_bundle(tmp_path, keys[0]), keys[1], root)
+    (root / "current").symlink_to("releases/1")
+    newer = make_bundle(tmp_path, keys[0], name="v2", payload=b"new weights", release="2")
+    manifest, release = staged(newer, keys[1], root)
+    held = {(e.path, e.sha256) for e in read_entries(running).files}
+    shared = [e for e in manifest.files if (e.path, e.sha256) in held]
+    assert shared and len(shared) < len(manifest.files)  # every file but the new weights
+    for entry in manifest.files:
+        placed = release / entry.path
+        assert (running / entry.path).exists() == (entry in shared)
+        assert entry not in shared or placed.samefile(running / entry.path)
+        assert not placed.samefile(newer / entry.path)
+    assert verify_dir(release, keys[1]).files == len(manifest.files)
+    # Without a running release (or a packed bundle, read once as a stream) every file is copied.
+    (root / "current").unlink()
+    _, copied = staged(make_bundle(tmp_path, keys[0], name="v3", release="3"), keys[1], root)
+    assert not inodes(copied) & inodes(running)

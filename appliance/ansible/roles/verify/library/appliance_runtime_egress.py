@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
@@ -173,6 +174,7 @@ def main() -> None:
     ).stdout  # fmt: skip
     host_net = os.readlink("/proc/1/ns/net")
     runtimes: list[dict[str, Any]] = []
+    pending: list[tuple[dict[str, Any], int, int | None, int | None, bool]] = []
     for unit in sorted(line.split()[0] for line in listed.splitlines() if line.strip()):
         props = _show(unit)
         pid = int(props.get("MainPID", "0") or 0)
@@ -193,14 +195,22 @@ def main() -> None:
             )
         entry: dict[str, Any] = {"unit": unit, "pid": pid, "uid": uid, "gid": gid, "netns": net,
                                  "shares_host_netns": shared, "probes": []}  # fmt: skip
-        for target in module.params["targets"]:
+        pending.append((entry, pid, uid, gid, shared))
+        runtimes.append(entry)
+    # Every probe that gets no answer waits out its timeout: run them all at once, so verify
+    # waits one timeout however many runtimes and targets there are.
+    jobs = [(entry, target, pid, uid, gid, shared) for entry, pid, uid, gid, shared in pending
+            for target in module.params["targets"]]  # fmt: skip
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(jobs)))) as pool:
+        futures = [
+            pool.submit(_probe, pid, uid, gid, shared, target, module.params["timeout"])
+            for _entry, target, pid, uid, gid, shared in jobs
+        ]
+        for (entry, target, *_), future in zip(jobs, futures, strict=True):
             try:
-                entry["probes"].append(
-                    _probe(pid, uid, gid, shared, target, module.params["timeout"])
-                )
+                entry["probes"].append(future.result())
             except (OSError, subprocess.SubprocessError) as exc:
                 entry["probes"].append({"target": target, "reached": None, "detail": str(exc)})
-        runtimes.append(entry)
     module.exit_json(changed=False, runtimes=runtimes)
 
 

@@ -140,13 +140,13 @@ def judge(
     host = evidence["host"]
     checks = []
     for probe in evidence["egress"]:
-        reached = int(probe.get("status", -1)) != -1
-        seen = (
-            f"answered HTTP {probe.get('status')}"
-            if reached
-            else f"no answer ({probe.get('msg', '').strip() or 'timed out'})"
-        )
-        checks.append(Check(host, f"egress blocked: {probe['item']}", not reached, seen))
+        # reached: true (it answered), false (no answer), null (the probe could not run: that
+        # proves nothing, so it fails too).
+        reached = probe.get("reached")
+        seen = str(probe.get("detail") or "")
+        if reached is None:
+            seen = f"the probe could not run: {seen}"
+        checks.append(Check(host, f"egress blocked: {probe['target']}", reached is False, seen))
     for probe in evidence["internal"]:
         reached = int(probe.get("status", -1)) != -1
         seen = f"answered HTTP {probe.get('status')}" if reached else probe.get("msg", "")

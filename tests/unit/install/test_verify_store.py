@@ -92,3 +92,25 @@ def test_judge_adds_the_model_checks_to_a_hosts_evidence() -> None:
     assert "served model in the manifest: /etc/appliance/llamacpp/tiny.sha256" in names
     # Without the manifests' digests (an older caller), the served models are not judged.
     assert not any(n.startswith("served model") for n in (c.name for c in judge(evidence)))
+
+
+def test_an_egress_probe_passes_only_on_no_answer() -> None:
+    """The host's probes come from appliance_runtime_egress: reached true fails, false passes,
+    and null (the probe could not run, so it proves nothing) fails too."""
+    url = "http://198.19.255.10/"
+    evidence = {
+        "host": "depot-1", "internal": [], "counter": {"rc": 1, "stdout": ""},
+        "firewall_unit": "active", "sources": [], "legacy_sources_bytes": 0,
+        "egress": [
+            {"target": url, "reached": False, "detail": "no answer (timed out)"},
+            {"target": url + "a", "reached": True, "detail": "answered HTTP 200"},
+            {"target": url + "b", "reached": None, "detail": "[Errno 2] python3"},
+        ],
+    }  # fmt: skip
+    checks = {c.name: c for c in judge(evidence) if c.name.startswith("egress blocked")}
+    assert checks[f"egress blocked: {url}"].passed
+    assert checks[f"egress blocked: {url}"].evidence == "no answer (timed out)"
+    assert not checks[f"egress blocked: {url}a"].passed
+    assert checks[f"egress blocked: {url}a"].evidence == "answered HTTP 200"
+    assert not checks[f"egress blocked: {url}b"].passed
+    assert checks[f"egress blocked: {url}b"].evidence.startswith("the probe could not run")

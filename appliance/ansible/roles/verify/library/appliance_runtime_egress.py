@@ -1,5 +1,6 @@
 #!/usr/bin/python
-"""Ansible module: probe egress from inside each running runtime's own context."""
+"""Ansible module: probe egress from the host and from inside each running runtime's own
+context, every probe at once."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ description:
   - Finds the running units that match the patterns, reads each one's main process, its user
     and group and its network namespace, and runs an HTTP probe to every target as that user,
     inside that namespace. A runtime that answers a probe could send prompts out.
+  - Probes C(host_targets) from the host itself as well (as root, in the host's namespace).
+  - Every probe runs at the same time: one that gets no answer (the good case) waits out its
+    timeout, so the module takes about one timeout however many runtimes and targets.
   - Reads only; the probes are GET requests. Supports check mode.
 options:
   units:
@@ -30,6 +34,11 @@ options:
     type: list
     elements: str
     required: true
+  host_targets:
+    description: URLs probed from the host itself; none by default.
+    type: list
+    elements: str
+    default: []
   timeout:
     description: Seconds before a probe counts as no answer.
     type: int
@@ -57,6 +66,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+host:
+  description: One entry per host target, as in C(probes) below.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{target: http://198.19.255.10/, reached: false, detail: no answer (timed out)}]
 runtimes:
   description: One entry per running runtime unit, sorted by unit name.
   returned: always
@@ -142,9 +157,11 @@ def _ids(pid: int) -> tuple[int | None, int | None]:
 def _probe(
     pid: int, uid: int | None, gid: int | None, shared: bool, target: str, timeout: int
 ) -> dict[str, Any]:
-    command = ["setpriv", f"--reuid={uid:d}", f"--regid={gid:d}", "--clear-groups",
-               "python3", "-c", PROBE, target, str(timeout)]  # fmt: skip
-    if not shared:
+    """``pid`` 0: from the host itself, as this module's user (root)."""
+    command = ["python3", "-c", PROBE, target, str(timeout)]
+    if pid:
+        command = ["setpriv", f"--reuid={uid:d}", f"--regid={gid:d}", "--clear-groups", *command]
+    if pid and not shared:
         command = ["nsenter", "--target", str(pid), "--net", "--", *command]
     # argv only, no shell; target is one argument of the probe script, never parsed by a shell.
     done = subprocess.run(  # noqa: S603
@@ -163,6 +180,7 @@ def main() -> None:
         argument_spec={
             "units": {"type": "list", "elements": "str", "required": True},
             "targets": {"type": "list", "elements": "str", "required": True},
+            "host_targets": {"type": "list", "elements": "str", "default": []},
             "timeout": {"type": "int", "default": 3},
         },
         supports_check_mode=True,
@@ -199,8 +217,10 @@ def main() -> None:
         runtimes.append(entry)
     # Every probe that gets no answer waits out its timeout: run them all at once, so verify
     # waits one timeout however many runtimes and targets there are.
+    host: dict[str, Any] = {"probes": []}
     jobs = [(entry, target, pid, uid, gid, shared) for entry, pid, uid, gid, shared in pending
             for target in module.params["targets"]]  # fmt: skip
+    jobs += [(host, target, 0, None, None, True) for target in module.params["host_targets"]]
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(jobs)))) as pool:
         futures = [
             pool.submit(_probe, pid, uid, gid, shared, target, module.params["timeout"])
@@ -211,7 +231,7 @@ def main() -> None:
                 entry["probes"].append(future.result())
             except (OSError, subprocess.SubprocessError) as exc:
                 entry["probes"].append({"target": target, "reached": None, "detail": str(exc)})
-    module.exit_json(changed=False, runtimes=runtimes)
+    module.exit_json(changed=False, runtimes=runtimes, host=host["probes"])
 
 
 if __name__ == "__main__":

@@ -164,11 +164,16 @@ def render_plan(output: Output, plan: UpgradePlan) -> None:
     if not changes.rows:
         changes.add_row("nothing", "the two releases install the same", "", "")
     output.console.print(changes)
-    hosts = Table(title="Services per host", title_justify="left")
-    for column in ("host", "start", "restart", "stop", "reboot"):
+    hosts = Table(title="Services and packages per host", title_justify="left")
+    for column in ("host", "start", "restart", "stop", "reboot", "packages"):
         hosts.add_column(column, overflow="fold")
     for host in plan.hosts:
-        cells = [host.start, host.restart, host.stop, host.reboot]
+        moved = [
+            f"{c.name} {c.old or '-'} -> {c.new or '-'}"
+            for changes in plan.host_packages.get(host.host, {}).values()
+            for c in changes
+        ]
+        cells = [host.start, host.restart, host.stop, host.reboot, moved]
         hosts.add_row(host.host, *("\n".join(c) or "-" for c in cells))
     output.console.print(hosts)
     output.console.print(

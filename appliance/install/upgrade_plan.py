@@ -11,6 +11,7 @@ firewall). ``UpgradePlan.to_json`` is the document a change board reviews: its k
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +94,11 @@ class UpgradePlan:
     nvidia_driver: tuple[str | None, str | None] | None = None  # (old, new) when it changes
     ansible_content_changed: bool = False
     hosts: tuple[HostServices, ...] = ()
+    # Per host, the changes above among the packages that host installs by name: the spec's
+    # packages.install (every host) and its roles' own (``<role>_packages``).
+    host_packages: Mapping[str, Mapping[str, tuple[PackageChange, ...]]] = field(
+        default_factory=dict
+    )
     # None are defined yet: the field is here so a change board sees that, not a silence.
     data_migrations: tuple[str, ...] = ()
     site_models: tuple[str, ...] = ()  # kept untouched: data, outside every release
@@ -138,6 +144,10 @@ class UpgradePlan:
             },
             "ansible_content_changed": self.ansible_content_changed,
             "hosts": [h.as_dict() for h in self.hosts],
+            "host_packages": {
+                host: {kind: [c.as_dict() for c in found] for kind, found in kinds.items()}
+                for host, kinds in self.host_packages.items()
+            },
             "reboot": self.reboot,
             "data_migrations": list(self.data_migrations),
             "site_models": list(self.site_models),
@@ -211,6 +221,11 @@ def plan_upgrade(
         nvidia_driver=changes.driver,
         ansible_content_changed=_ansible(current) != _ansible(new),
         hosts=_host_services(old_topology, new_topology, changes),
+        host_packages=_host_packages(
+            (current, old_topology),
+            (new, new_topology),
+            {"added": added, "removed": removed, "upgraded": upgraded, "downgraded": downgraded},
+        ),
         site_models=tuple(sorted(site_models)),
     )
 
@@ -254,6 +269,37 @@ def _host_services(
         )
         found.append(services)
     return tuple(found)
+
+
+def _host_packages(
+    old: tuple[Manifest | None, Topology | None],
+    new: tuple[Manifest, Topology],
+    changes: Mapping[str, list[PackageChange]],
+) -> dict[str, dict[str, tuple[PackageChange, ...]]]:
+    """Each host's share of the package changes: those it installs by name under either release.
+    (The local_repo role moves every installed package of the repository to the release's
+    version, so a dependency that changes moves too wherever it is installed: the plan's
+    ``packages`` lists those.)"""
+    hosts = set(new[1].hosts) | set(old[1].hosts if old[1] is not None else ())
+    found: dict[str, dict[str, tuple[PackageChange, ...]]] = {}
+    for host in sorted(hosts):
+        names = _named(*old, host) | _named(*new, host)
+        found[host] = {k: tuple(c for c in cs if c.name in names) for k, cs in changes.items()}
+    return found
+
+
+def _named(manifest: Manifest | None, topology: Topology | None, host: str) -> set[str]:
+    plan = topology.hosts.get(host) if topology is not None else None
+    if manifest is None or plan is None:
+        return set()
+    # local_repo's own packages (nginx-light) are its serve tasks', run by the repository server;
+    # local_repo installs the spec's list on every host (a version pin or an arch after a name).
+    owners = {"local_repo" if r == "repo_server" else "" if r == "local_repo" else r
+              for r in plan.roles}  # fmt: skip
+    names = {p for role in owners for p in manifest.role_packages.get(role, [])}
+    if "local_repo" in plan.roles:
+        names |= {re.split(r"[=:]", p, maxsplit=1)[0] for p in manifest.packages}
+    return names
 
 
 # What a unit is built from: (kind, settings, the models it serves, the wheel set and files it

@@ -13,6 +13,7 @@ from appliance.cli.output import Output
 from appliance.errors import InstallError
 from appliance.install import InstallOptions
 from appliance.install.apply import apply_upgrade
+from appliance.install.hosts_record import hosts_for
 from appliance.install.prepare import prepare_plan
 from appliance.install.upgrade_plan import UpgradePlan
 
@@ -33,7 +34,8 @@ from appliance.install.upgrade_plan import UpgradePlan
 @click.option(
     "--inventory",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="The inventory used to install. Default: this machine alone.",
+    help="The inventory used to install. Default: the last install's on this depot, else "
+    "this machine alone.",
 )
 @click.option(
     "--root",
@@ -100,6 +102,7 @@ def upgrade_command(
         raise click.UsageError(
             "--egress-target is required to apply (verify probes it); or pass --plan-only"
         )
+    inventory, internal_cidrs = hosts_for(root, inventory, internal_cidrs, output.info)
     options = InstallOptions(
         bundle=bundle,
         pubkey=pubkey,

@@ -11,13 +11,13 @@ firewall). ``UpgradePlan.to_json`` is the document a change board reviews: its k
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.bundle.manifest import Manifest
 from appliance.install.debversion import compare
+from appliance.install.host_packages import installed_by_name
 from appliance.install.topology import HostPlan, Topology
 from appliance.roles import role_defaults
 
@@ -276,30 +276,14 @@ def _host_packages(
     new: tuple[Manifest, Topology],
     changes: Mapping[str, list[PackageChange]],
 ) -> dict[str, dict[str, tuple[PackageChange, ...]]]:
-    """Each host's share of the package changes: those it installs by name under either release.
-    (The local_repo role moves every installed package of the repository to the release's
-    version, so a dependency that changes moves too wherever it is installed: the plan's
-    ``packages`` lists those.)"""
+    """Each host's share of the package changes: those it installs by name under either release
+    (a dependency moves wherever it is installed: ``packages`` lists those)."""
     hosts = set(new[1].hosts) | set(old[1].hosts if old[1] is not None else ())
     found: dict[str, dict[str, tuple[PackageChange, ...]]] = {}
     for host in sorted(hosts):
-        names = _named(*old, host) | _named(*new, host)
+        names = installed_by_name(*old, host) | installed_by_name(*new, host)
         found[host] = {k: tuple(c for c in cs if c.name in names) for k, cs in changes.items()}
     return found
-
-
-def _named(manifest: Manifest | None, topology: Topology | None, host: str) -> set[str]:
-    plan = topology.hosts.get(host) if topology is not None else None
-    if manifest is None or plan is None:
-        return set()
-    # local_repo's own packages (nginx-light) are its serve tasks', run by the repository server;
-    # local_repo installs the spec's list on every host (a version pin or an arch after a name).
-    owners = {"local_repo" if r == "repo_server" else "" if r == "local_repo" else r
-              for r in plan.roles}  # fmt: skip
-    names = {p for role in owners for p in manifest.role_packages.get(role, [])}
-    if "local_repo" in plan.roles:
-        names |= {re.split(r"[=:]", p, maxsplit=1)[0] for p in manifest.packages}
-    return names
 
 
 # What a unit is built from: (kind, settings, the models it serves, the wheel set and files it

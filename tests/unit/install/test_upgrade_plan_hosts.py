@@ -17,6 +17,7 @@ ROLE_PACKAGES = {
     "gateway": ["openssl"],
     "local_repo": ["python3-apt", "nginx-light"],
     "runtime_llamacpp": ["libgomp1"],
+    "site_ca": ["openssl"],
 }
 
 
@@ -37,7 +38,8 @@ def versions(**changed: str) -> Manifest:
 def test_each_host_lists_the_changes_of_the_packages_it_installs() -> None:
     serves = {"gpu-1": ["alpha"], "gpu-2": ["beta"]}
     old = versions()
-    new = versions(**{"jq": "1.7", "nginx-light": "1.22.1-10", "libgomp1": "12.2.0-15"})
+    new = versions(**{"jq": "1.7", "nginx-light": "1.22.1-10", "libgomp1": "12.2.0-15",
+                      "openssl": "3.0.18-1~deb12u1"})  # fmt: skip
     new = new.model_copy(update={"release": "v2", "sequence": 2})
     found = plan_upgrade(old, new, lab(new, serves), lab(old, serves)).to_json()
 
@@ -46,10 +48,10 @@ def test_each_host_lists_the_changes_of_the_packages_it_installs() -> None:
         assert len(upgraded) == len(names)
         return {"added": [], "removed": [], "upgraded": upgraded, "downgraded": []}
 
-    # jq (the spec's) everywhere; nginx-light on the depot, which serves the repository;
-    # libgomp1 where llama.cpp runs.
+    # jq (the spec's) everywhere; nginx-light on the depot, which serves the repository, and
+    # openssl, which the gateway's site CA needs; libgomp1 where llama.cpp runs.
     assert found["host_packages"] == {
-        "depot": moved("jq", "nginx-light"),
+        "depot": moved("jq", "nginx-light", "openssl"),
         "gpu-1": moved("jq", "libgomp1"),
         "gpu-2": moved("jq", "libgomp1"),
     }

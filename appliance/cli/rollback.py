@@ -9,6 +9,7 @@ import click
 from appliance.cli.bundle import progress_for
 from appliance.cli.install import live_view
 from appliance.cli.output import Output
+from appliance.install.hosts_record import hosts_for
 from appliance.install.upgrade import RollbackOptions, UpgradeReport, rollback
 
 
@@ -37,7 +38,8 @@ from appliance.install.upgrade import RollbackOptions, UpgradeReport, rollback
 @click.option(
     "--inventory",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="The inventory used to install. Default: this machine alone.",
+    help="The inventory used to install. Default: the last install's on this depot, else "
+    "this machine alone.",
 )
 @click.option(
     "--root",
@@ -78,6 +80,7 @@ def rollback_command(
       appliance rollback --egress-target http://198.19.255.10/
       appliance rollback --to 2026.11.0 --egress-target http://198.19.255.10/ --json
     """
+    inventory, internal_cidrs = hosts_for(root, inventory, internal_cidrs, output.info)
     options = RollbackOptions(
         egress_targets=egress_targets,
         internal_targets=internal_targets,

@@ -13,6 +13,7 @@ from appliance.cli.output import Output
 from appliance.errors import InstallError
 from appliance.install import InstallOptions
 from appliance.install.apply import apply_upgrade
+from appliance.install.hosts_record import hosts_for
 from appliance.install.prepare import prepare_plan
 from appliance.install.upgrade_plan import UpgradePlan
 
@@ -33,7 +34,8 @@ from appliance.install.upgrade_plan import UpgradePlan
 @click.option(
     "--inventory",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="The inventory used to install. Default: this machine alone.",
+    help="The inventory used to install. Default: the last install's on this depot, else "
+    "this machine alone.",
 )
 @click.option(
     "--root",
@@ -100,6 +102,7 @@ def upgrade_command(
         raise click.UsageError(
             "--egress-target is required to apply (verify probes it); or pass --plan-only"
         )
+    inventory, internal_cidrs = hosts_for(root, inventory, internal_cidrs, output.info)
     options = InstallOptions(
         bundle=bundle,
         pubkey=pubkey,
@@ -164,11 +167,16 @@ def render_plan(output: Output, plan: UpgradePlan) -> None:
     if not changes.rows:
         changes.add_row("nothing", "the two releases install the same", "", "")
     output.console.print(changes)
-    hosts = Table(title="Services per host", title_justify="left")
-    for column in ("host", "start", "restart", "stop", "reboot"):
+    hosts = Table(title="Services and packages per host", title_justify="left")
+    for column in ("host", "start", "restart", "stop", "reboot", "packages"):
         hosts.add_column(column, overflow="fold")
     for host in plan.hosts:
-        cells = [host.start, host.restart, host.stop, host.reboot]
+        moved = [
+            f"{c.name} {c.old or '-'} -> {c.new or '-'}"
+            for changes in plan.host_packages.get(host.host, {}).values()
+            for c in changes
+        ]
+        cells = [host.start, host.restart, host.stop, host.reboot, moved]
         hosts.add_row(host.host, *("\n".join(c) or "-" for c in cells))
     output.console.print(hosts)
     output.console.print(

@@ -20,6 +20,7 @@ from appliance.bundle.manifest import Manifest
 from appliance.bundle.verify import VerifiedBundle, open_bundle
 from appliance.errors import InstallError, InventoryError, PlaybookFailedError
 from appliance.install.checks import check_can_install
+from appliance.install.hosts_record import remember as remember_hosts
 from appliance.install.inventory import Inventory, load_inventory, single_box
 from appliance.install.release_state import (
     current_release,
@@ -203,6 +204,8 @@ def _install(
         if tracked is not None:
             record_failed(tracked, manifest.release, failure.message)
         raise failure
+    if tracked is not None:
+        remember_hosts(tracked, options.inventory, options.internal_cidrs)
     if options.commit and depot is not None:
         point_current_remote(depot, str(options.root), manifest.release)
     elif options.commit:

@@ -17,6 +17,7 @@ from typing import Any
 
 from appliance.bundle.manifest import Manifest
 from appliance.install.debversion import compare
+from appliance.install.host_packages import installed_by_name
 from appliance.install.topology import HostPlan, Topology
 from appliance.roles import role_defaults
 
@@ -93,6 +94,11 @@ class UpgradePlan:
     nvidia_driver: tuple[str | None, str | None] | None = None  # (old, new) when it changes
     ansible_content_changed: bool = False
     hosts: tuple[HostServices, ...] = ()
+    # Per host, the changes above among the packages that host installs by name: the spec's
+    # packages.install (every host) and its roles' own (``<role>_packages``).
+    host_packages: Mapping[str, Mapping[str, tuple[PackageChange, ...]]] = field(
+        default_factory=dict
+    )
     # None are defined yet: the field is here so a change board sees that, not a silence.
     data_migrations: tuple[str, ...] = ()
     site_models: tuple[str, ...] = ()  # kept untouched: data, outside every release
@@ -138,6 +144,10 @@ class UpgradePlan:
             },
             "ansible_content_changed": self.ansible_content_changed,
             "hosts": [h.as_dict() for h in self.hosts],
+            "host_packages": {
+                host: {kind: [c.as_dict() for c in found] for kind, found in kinds.items()}
+                for host, kinds in self.host_packages.items()
+            },
             "reboot": self.reboot,
             "data_migrations": list(self.data_migrations),
             "site_models": list(self.site_models),
@@ -211,6 +221,11 @@ def plan_upgrade(
         nvidia_driver=changes.driver,
         ansible_content_changed=_ansible(current) != _ansible(new),
         hosts=_host_services(old_topology, new_topology, changes),
+        host_packages=_host_packages(
+            (current, old_topology),
+            (new, new_topology),
+            {"added": added, "removed": removed, "upgraded": upgraded, "downgraded": downgraded},
+        ),
         site_models=tuple(sorted(site_models)),
     )
 
@@ -254,6 +269,21 @@ def _host_services(
         )
         found.append(services)
     return tuple(found)
+
+
+def _host_packages(
+    old: tuple[Manifest | None, Topology | None],
+    new: tuple[Manifest, Topology],
+    changes: Mapping[str, list[PackageChange]],
+) -> dict[str, dict[str, tuple[PackageChange, ...]]]:
+    """Each host's share of the package changes: those it installs by name under either release
+    (a dependency moves wherever it is installed: ``packages`` lists those)."""
+    hosts = set(new[1].hosts) | set(old[1].hosts if old[1] is not None else ())
+    found: dict[str, dict[str, tuple[PackageChange, ...]]] = {}
+    for host in sorted(hosts):
+        names = installed_by_name(*old, host) | installed_by_name(*new, host)
+        found[host] = {k: tuple(c for c in cs if c.name in names) for k, cs in changes.items()}
+    return found
 
 
 # What a unit is built from: (kind, settings, the models it serves, the wheel set and files it

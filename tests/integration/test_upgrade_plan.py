@@ -6,30 +6,24 @@ made under v1 is still in the audit chain, which ``appliance audit verify`` acce
 which changes nothing: its play runs no role, yet verify passes, ``current`` moves and the audit
 chain still holds.
 
-One host and one pair of bundles for the module. The package is the probe archive's stand-in
-(tests/fixtures/probe_repo.py); the models are the tiny GGUF of examples/tiny_model.py, made
-distinct by their general.name (same length, so llama.cpp still loads them).
+One host and one pair of bundles for the module (tests/fixtures/upgrade_bundles.py; the depot +
+node test moves between the same releases).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from appliance.build import BuildOptions, build_bundle
-from appliance.bundle.signing import keygen
 from tests.fixtures.hosts import harness_image, start_host
 from tests.fixtures.inference import CALL, chat
 from tests.fixtures.install import operator_key
-from tests.fixtures.probe_repo import PACKAGE, VERSIONS, build_archive
-from tests.fixtures.specs import SYSTEMD_LLAMACPP, spec_text
+from tests.fixtures.probe_repo import PACKAGE, VERSIONS
+from tests.fixtures.upgrade_bundles import build_releases
 
 pytestmark = [
     pytest.mark.network,
@@ -43,7 +37,6 @@ pytestmark = [
     ),
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
 APPLIANCE = "/opt/appliance/venv/bin/appliance"
 ADMIN = "/opt/appliance/gateway/bin/appliance"
 AUDIT_DIR = "/var/log/appliance/audit"
@@ -58,44 +51,7 @@ RELEASES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("upgrade-plan")
-    source = build_archive(root / "probe")
-    model = root / "tiny.gguf"
-    subprocess.run([sys.executable, ROOT / "examples" / "tiny_model.py", "gguf", model],
-                   check=True, capture_output=True)  # fmt: skip
-    data = model.read_bytes()
-    assert data.count(b"appliance-tiny-llama") == 1
-    keygen(root / "key", "upgrade plan test")
-    for label, (version, models) in RELEASES.items():
-        (root / label / "models").mkdir(parents=True)
-        entries = []
-        for name in models:
-            (root / label / "models" / f"{name}.gguf").write_bytes(
-                data.replace(b"appliance-tiny-llama", f"appliance-{name}-llama".encode()[:20])
-            )
-            entries.append({"name": name, "source": f"models/{name}.gguf", "format": "gguf"})
-        spec: dict[str, Any] = yaml.safe_load(
-            spec_text(
-                "upgrade-test",
-                label,
-                stack=SYSTEMD_LLAMACPP,
-                packages=["nftables", "python3-apt", "libgomp1", f"{PACKAGE}={version}"],
-                models=entries,
-                wheels={"llamacpp": ["xllamacpp==2026.10.11549"]},
-            )
-        )
-        spec["sequence"] = int(label[1:])
-        spec["packages"]["sources"].append(source)
-        (root / label / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-        build_bundle(
-            BuildOptions(
-                spec_path=root / label / "spec.yaml",
-                output=root / label / "bundle",
-                sign_key=root / "key",
-                cache=Path.home() / ".cache" / "appliance",
-            )
-        )
-    return root
+    return build_releases(tmp_path_factory.mktemp("upgrade-plan"), RELEASES, "upgrade plan test")
 
 
 def test_upgrade_applies_exactly_the_plan_and_keeps_the_data(bundles: Path) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.install.hosts_record import remember
 from appliance.install.upgrade_state import PHASE_FILE, transition_lock
 from tests.fixtures.cli import run_cli
 from tests.fixtures.releases import install, stage
@@ -56,3 +57,25 @@ def test_egress_target_is_required(capsys: pytest.CaptureFixture[str], tmp_path:
     code, _, err = run_cli(capsys, "rollback", "--root", str(tmp_path))
     assert code == 2
     assert "Missing option '--egress-target'" in err
+
+
+def test_a_depot_whose_inventory_is_gone_refuses_to_guess_its_hosts(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Installed with an inventory of a depot and nodes: rolling back this machine alone would
+    # leave the nodes on the release it leaves.
+    stage(tmp_path, "r1", 1)
+    install(tmp_path, "r1")
+    stage(tmp_path, "r2", 2)
+    install(tmp_path, "r2")
+    inventory = tmp_path / "lab.yml"
+    remember(tmp_path, inventory, ("198.18.53.0/24",))
+    code, err = rollback(capsys, tmp_path)
+    assert (code, err) == (
+        31,
+        f"Error: this depot's hosts were installed with the inventory {inventory}, which is "
+        "gone\nHint: pass that inventory again with --inventory FILE (and --internal-cidr as "
+        "given to install); nothing was changed\n",
+    )
+    assert (tmp_path / "current").readlink() == Path("releases/r2")
+    assert not (tmp_path / PHASE_FILE).exists()

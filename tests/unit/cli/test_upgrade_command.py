@@ -10,8 +10,10 @@ import pytest
 
 from appliance.bundle import layout
 from appliance.bundle.signing import keygen
+from appliance.install.hosts_record import remember
 from tests.fixtures.bundles import sign_bundle
 from tests.fixtures.cli import run_cli
+from tests.fixtures.hosts import lab_inventory
 from tests.fixtures.releases import DEBS, release
 
 
@@ -97,3 +99,43 @@ def test_nothing_installed_is_not_an_upgrade(
     code, _, err = _upgrade(capsys, depot, "--yes", "--egress-target", "http://198.19.255.10/")
     assert code != 0
     assert "nothing is installed under" in err and "there is nothing to upgrade" in err
+
+
+def test_a_depot_and_node_plan_per_host_with_the_inventory_of_the_last_install(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    keygen(tmp_path / "key", "upgrade test")
+    root = tmp_path / "root"
+    (root / "releases" / "v1").mkdir(parents=True)
+    fields = {"packages": ["jq"], "role_packages": {"runtime_llamacpp": ["libgomp1"]}}
+    v1 = release("v1", 1, **fields)
+    (root / "releases" / "v1" / layout.MANIFEST).write_bytes(v1.canonical())
+    (root / "current").symlink_to("releases/v1")
+    debs = {**DEBS, "jq": "1.7.1-3", "libgomp1": "12.2.0-15"}
+    (tmp_path / "v2").mkdir()
+    sign_bundle(tmp_path / "v2", release("v2", 2, debs=debs, **fields), tmp_path / "key")
+    inventory = tmp_path / "lab.yml"
+    inventory.write_text(lab_inventory("198.18.53.10", {"gpu-1": "198.18.53.11"}))
+    remember(root, inventory, ("198.18.53.0/24",))
+
+    code, out, err = _upgrade(capsys, tmp_path, "--plan-only", "--json")
+    assert code == 0, err
+    plan = json.loads(out)["plan"]
+    jq = {"name": "jq", "arch": "amd64", "from": "1.6-2.1", "to": "1.7.1-3"}
+    libgomp = {"name": "libgomp1", "arch": "amd64", "from": "12.2.0-14", "to": "12.2.0-15"}
+    assert {h: kinds["upgraded"] for h, kinds in plan["host_packages"].items()} == {
+        "depot-1": [jq],
+        "gpu-1": [jq, libgomp],
+    }
+    assert [(h["host"], h["restart"]) for h in plan["hosts"]] == [
+        ("depot-1", []),
+        ("gpu-1", []),
+    ]
+    code, out, err = _upgrade(capsys, tmp_path, "--plan-only")
+    assert code == 0
+    assert out.startswith(f"hosts: the inventory {inventory} of the last install on this depot")
+    rows = [line for line in out.splitlines() if "1.7.1-3" in line and "->" in line]
+    assert [row.split()[1] for row in rows] == ["depot-1", "gpu-1"], out
+    assert any(
+        row.split()[-4:] == ["12.2.0-14", "->", "12.2.0-15", "│"] for row in out.splitlines()
+    )

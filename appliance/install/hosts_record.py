@@ -1,0 +1,69 @@
+"""Which hosts the depot's releases run on: the inventory (and internal networks) of the last
+complete play, so ``upgrade`` and ``rollback`` reach every host of a depot + nodes appliance
+without the operator naming them again.
+
+Without it, an upgrade or rollback run with no ``--inventory`` on such a depot would plan and
+play a single box: the depot would take the nodes' models and the nodes would keep the release
+they ran, two releases half active. ``<root>/hosts.json`` (beside ``releases.json``, written
+whole: atomic.py) holds the inventory's absolute path and the ``--internal-cidr`` values; a
+single-box play removes it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from appliance.errors import InstallError
+from appliance.install.atomic import write_atomically
+
+HOSTS_FILE = "hosts.json"
+
+
+def remember(root: Path, inventory: Path | None, internal_cidrs: tuple[str, ...]) -> None:
+    """After a play on the depot: the inventory it ran with (None: this machine alone)."""
+    if inventory is None:
+        (root / HOSTS_FILE).unlink(missing_ok=True)
+        return
+    document = {"inventory": str(inventory.resolve()), "internal_cidrs": list(internal_cidrs)}
+    write_atomically(root / HOSTS_FILE, json.dumps(document, indent=2).encode() + b"\n")
+
+
+def recall(root: Path) -> tuple[Path | None, tuple[str, ...]]:
+    """The inventory and internal networks of the last play; (None, ()) for a single box, or
+    when nothing (readable) was recorded."""
+    try:
+        document = json.loads((root / HOSTS_FILE).read_bytes())
+    except (OSError, ValueError):
+        return None, ()
+    if not isinstance(document, dict) or not isinstance(document.get("inventory"), str):
+        return None, ()
+    cidrs = document.get("internal_cidrs") or []
+    return Path(document["inventory"]), tuple(str(c) for c in cidrs)
+
+
+def hosts_for(
+    root: Path,
+    inventory: Path | None,
+    internal_cidrs: tuple[str, ...],
+    on_note: Callable[[str], None],
+) -> tuple[Path | None, tuple[str, ...]]:
+    """``inventory`` and ``internal_cidrs`` as given, or, with no ``--inventory``, those of the
+    depot's last play (its nodes must follow the release too)."""
+    if inventory is not None:
+        return inventory, internal_cidrs
+    recorded, cidrs = recall(root)
+    if recorded is None:
+        return None, internal_cidrs
+    if not recorded.is_file():
+        raise InstallError(
+            f"this depot's hosts were installed with the inventory {recorded}, which is gone",
+            hint="pass that inventory again with --inventory FILE (and --internal-cidr as "
+            "given to install); nothing was changed",
+        )
+    on_note(
+        f"hosts: the inventory {recorded} of the last install on this depot "
+        "(--inventory names another)"
+    )
+    return recorded, internal_cidrs or cidrs

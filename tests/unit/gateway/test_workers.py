@@ -5,6 +5,7 @@ slots of a worker that went away given back, and the worker count in the config.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from appliance.gateway.channel import frame, open_channel, read_message
 from appliance.gateway.config import load_config
 from appliance.gateway.keys import KeyStore, add_key, load_keys
 from appliance.gateway.owner import Owner
+from appliance.gateway.supervisor import bind
 from tests.fixtures.gateway import gateway_config
 
 
@@ -126,3 +128,21 @@ def test_the_worker_count_is_checked(tmp_path: Path, workers: object) -> None:
     assert [(p.path, p.message) for p in caught.value.problems] == [
         ("workers", "Value error, a number of worker processes from 1 to 64, or 'auto'")
     ]
+
+
+def test_a_second_gateway_cannot_share_the_port() -> None:
+    """SO_REUSEPORT lets any process of the same user join the port: a second gateway started by
+    mistake would take half the connections and append to the same audit chain as a second
+    owner. The port is refused when anything listens on it already, as a single process is."""
+    first = bind("127.0.0.1", 0, 1)
+    port = first[0][0].getsockname()[1]
+    try:
+        with pytest.raises(OSError) as refused:
+            bind("127.0.0.1", port, 2)
+        assert refused.value.errno == errno.EADDRINUSE
+    finally:
+        for sock in first[0]:
+            sock.close()
+    again = bind("127.0.0.1", port, 2)  # free again: a restart binds at once
+    for sock in (s for own in again for s in own):
+        sock.close()

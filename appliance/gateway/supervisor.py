@@ -127,6 +127,10 @@ class Supervisor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), delay)
                 continue
+            if self.stopping.is_set():
+                # The stop came while this worker was being started: run() had no pid to tell.
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
             link = self.owner.links[index]
             ready = asyncio.create_task(link.ready.wait())
             exited = asyncio.create_task(process.wait())
@@ -135,7 +139,7 @@ class Supervisor:
             if ready in done:
                 started.set()
                 delay = 0.0
-            elif not started.is_set():  # never served: the gateway cannot start
+            elif not started.is_set() and not self.stopping.is_set():  # the gateway cannot start
                 self.failed_start = f"worker {index} did not start (exit {process.returncode})"
                 ready.cancel()
                 with contextlib.suppress(ProcessLookupError):

@@ -214,7 +214,9 @@ def test_a_worker_started_again_while_the_keys_file_is_broken_serves_the_last_go
         gw.keys_file.write_text("{ not the keys file")
         gw.until(lambda: "keys not reloaded" in gw.log.read_text())
         os.kill(victim, signal.SIGKILL)
-        workers = gw.until(lambda: len(w := per_worker(gw)) == 2 and victim not in w and w)
+        workers = gw.until(
+            lambda: len(w := per_worker(gw)) == 2 and victim not in w and w, seconds=15
+        )
         assert victim not in workers
         for _ in range(4):
             replies, _pids = burst(gw, key, 20)

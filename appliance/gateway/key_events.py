@@ -142,7 +142,9 @@ class KeyWatcher:
         self.write = write
         self.error: str | None = None  # why the file on disk is not the keys in use
         self.loaded_at = now_iso()
-        self._identity = _identity(path)
+        # A follower's keys come from the owner, maybe older than the file (a change the owner
+        # is recording): it reads the file at its first tick, not taking it as seen.
+        self._identity = None if follow is not None else _identity(path)
         self._seen = self._read_state()
         self._pending = True  # compare with what the chain was told, at the first tick
         self._generation = 0  # loads of the file so far

@@ -32,7 +32,7 @@ from appliance.gateway.channel import ChannelClosed, Outbox, read_message
 from appliance.gateway.config import GatewayConfig
 from appliance.gateway.forward import cursor_name, targets
 from appliance.gateway.key_events import POLL_S, KeyWatcher
-from appliance.gateway.keys import KeyStore, Limits
+from appliance.gateway.keys import KeysFile, KeyStore, Limits
 from appliance.gateway.limits import Limiter
 from appliance.gateway.metrics import Metrics, _label
 from appliance.gateway.status import audit_gauges, connection_gauges
@@ -143,7 +143,11 @@ class Owner:
         link = Link(index, pid, writer)
         self.links[index] = link
         config = self.config.model_dump(mode="json")
-        link.send({"push": "hello", "index": index, "config": config, "audit": self.audit_state()})
+        # The keys in use, as recorded: a worker started again while the keys file does not
+        # load starts with the last good keys, as the single process keeps them.
+        keys = KeysFile(keys=self.watcher.store.records()).model_dump(mode="json")
+        link.send({"push": "hello", "index": index, "config": config, "keys": keys,
+                   "audit": self.audit_state()})  # fmt: skip
         return link
 
     async def serve(self, link: Link, reader: asyncio.StreamReader) -> None:

@@ -26,6 +26,7 @@ import signal
 import socket
 import sys
 import time
+from typing import Any
 
 from appliance.gateway.audit import AuditLog
 from appliance.gateway.channel import open_channel
@@ -47,11 +48,17 @@ def bind(host: str, port: int, workers: int) -> list[list[socket.socket]]:
     the workers by their addresses and ports, also those of a client that keeps its few
     connections open (one shared socket would let whichever worker wakes first take them all).
     The supervisor keeps every socket open, so the queue of a worker that died holds its
-    connections for the worker started in its place."""
+    connections for the worker started in its place.
+
+    SO_REUSEPORT lets any process of the same user join a port whose sockets all have it: a
+    second gateway started by mistake would bind, take its share of the connections and append
+    to the same audit chain as a second owner. Each address is first bound by a socket without
+    it, which fails (EADDRINUSE) while anything listens there, as a single process's bind does."""
     found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[list[socket.socket]] = [[] for _ in range(workers)]
     try:
         for family, kind, proto, _name, address in dict.fromkeys(found):
+            _refuse_taken(family, kind, proto, address)
             for own in sockets:
                 sock = socket.socket(family, kind, proto)
                 own.append(sock)
@@ -66,6 +73,14 @@ def bind(host: str, port: int, workers: int) -> list[list[socket.socket]]:
             sock.close()
         raise
     return sockets
+
+
+def _refuse_taken(family: int, kind: int, proto: int, address: Any) -> None:
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT, as asyncio
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        probe.bind(address)
 
 
 class Supervisor:
@@ -112,6 +127,10 @@ class Supervisor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), delay)
                 continue
+            if self.stopping.is_set():
+                # The stop came while this worker was being started: run() had no pid to tell.
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
             link = self.owner.links[index]
             ready = asyncio.create_task(link.ready.wait())
             exited = asyncio.create_task(process.wait())
@@ -120,7 +139,7 @@ class Supervisor:
             if ready in done:
                 started.set()
                 delay = 0.0
-            elif not started.is_set():  # never served: the gateway cannot start
+            elif not started.is_set() and not self.stopping.is_set():  # the gateway cannot start
                 self.failed_start = f"worker {index} did not start (exit {process.returncode})"
                 ready.cancel()
                 with contextlib.suppress(ProcessLookupError):

@@ -4,9 +4,10 @@ chain, the per-key limits and the key events to the owner (owner.py) over its ch
     python -m appliance.gateway.worker --index 0 --channel-fd 5 --listen-fd 3 [--listen-fd 4]
 
 Started by the supervisor (supervisor.py), never by hand: the channel and the listening
-sockets are descriptors it passes, and the config comes over the channel (every worker serves
-the config the supervisor validated at its start, also one started again later). The request
-path is the single-process gateway's (proxy.py); only what it holds differs:
+sockets are descriptors it passes, and the config and the keys come over the channel (every
+worker serves the config the supervisor validated at its start, also one started again later,
+and the keys the owner has in use, which a keys file that does not load leaves as they were).
+The request path is the single-process gateway's (proxy.py); only what it holds differs:
 
 - ``RemoteAudit`` (audit_writer.AuditSink): a record's fields go to the owner, and the call
   awaits the committed record as it would await the writer thread; the audit log's state
@@ -40,7 +41,7 @@ from appliance.errors import AuditError
 from appliance.gateway.channel import ChannelClosed, Outbox, open_channel, read_message
 from appliance.gateway.config import GatewayConfig
 from appliance.gateway.key_events import KeyWatcher
-from appliance.gateway.keys import KeyRecord, KeyStore, Limits, load_keys
+from appliance.gateway.keys import KeyRecord, KeysFile, KeyStore, Limits
 from appliance.gateway.limits import LimitHit, Metered
 from appliance.gateway.proxy import Gateway
 
@@ -291,7 +292,9 @@ async def run(index: int, channel: socket.socket, listeners: list[socket.socket]
     link = OwnerLink(channel)
     hello = await link.start()
     config = GatewayConfig.model_validate(hello["config"])
-    keys = KeyStore(load_keys(config.keys_file))
+    # The owner's keys, not the file's: the file may not load now (key_events.py keeps the last
+    # good keys in use, and so does a worker started again meanwhile).
+    keys = KeyStore(KeysFile.model_validate(hello["keys"]))
     audit = RemoteAudit(link, hello["audit"])
     adopt: list[Callable[[], None]] = []
 

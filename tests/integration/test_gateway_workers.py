@@ -200,3 +200,24 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_a_worker_started_again_while_the_keys_file_is_broken_serves_the_last_good_keys(
+    tmp_path: Path,
+) -> None:
+    """A keys file that does not load leaves the last good keys in use (key_events.py): also
+    in a worker started again meanwhile, which takes them from the owner, not the file (else it
+    could not start, and the connections the kernel queues for it would wait in vain)."""
+    with serve_in_thread(free_port()) as backend, gateway_process(tmp_path, backend, 2) as gw:
+        key = gw.keys["operator"]
+        victim = min(gw.until(lambda: len(w := per_worker(gw)) == 2 and w))
+        gw.keys_file.write_text("{ not the keys file")
+        gw.until(lambda: "keys not reloaded" in gw.log.read_text())
+        os.kill(victim, signal.SIGKILL)
+        workers = gw.until(
+            lambda: len(w := per_worker(gw)) == 2 and victim not in w and w, seconds=15
+        )
+        assert victim not in workers
+        for _ in range(4):
+            replies, _pids = burst(gw, key, 20)
+            assert [r.status for r in replies] == [200] * 20

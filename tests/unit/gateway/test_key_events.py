@@ -142,3 +142,26 @@ def test_events_that_cannot_be_written_are_tried_again(tmp_path: Path) -> None:
     recorder.fail = False
     asyncio.run(watch.tick())
     assert [e["event"] for e in recorder.events] == ["key_created"]
+
+
+def test_a_follower_reads_the_file_at_its_first_tick(tmp_path: Path) -> None:
+    """A worker starts with the owner's keys, which may be older than the file (the owner still
+    recording a revocation): its watcher takes the file at its first tick, not as already seen,
+    else the revoked key would stay usable in that worker until the file changed again."""
+    path = tmp_path / "keys.json"
+    plaintext, _record = add_key(path, "leaver", ["*"])
+    owners_keys = KeyStore(load_keys(path))
+    revoke_key(path, "leaver", now=NOW)
+    asked: list[str] = []
+
+    async def follow() -> None:
+        asked.append("record")
+
+    async def nowhere(_event: dict[str, Any]) -> None:
+        raise AssertionError("a follower records nothing itself")
+
+    watcher = KeyWatcher(path, tmp_path, owners_keys, nowhere, follow=follow)
+    assert watcher.store.authenticate(plaintext) is not None
+    asyncio.run(watcher.tick())
+    assert asked == ["record"]  # the owner asked to record the file first
+    assert watcher.store.authenticate(plaintext) is None

@@ -5,6 +5,7 @@ slots of a worker that went away given back, and the worker count in the config.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from appliance.gateway.channel import frame, open_channel, read_message
 from appliance.gateway.config import load_config
 from appliance.gateway.keys import KeyStore, add_key, load_keys
 from appliance.gateway.owner import Owner
+from appliance.gateway.supervisor import Supervisor, bind
 from tests.fixtures.gateway import gateway_config
 
 
@@ -126,3 +128,52 @@ def test_the_worker_count_is_checked(tmp_path: Path, workers: object) -> None:
     assert [(p.path, p.message) for p in caught.value.problems] == [
         ("workers", "Value error, a number of worker processes from 1 to 64, or 'auto'")
     ]
+
+
+def test_a_second_gateway_cannot_share_the_port() -> None:
+    """SO_REUSEPORT lets any process of the same user join the port: a second gateway started by
+    mistake would take half the connections and append to the same audit chain as a second
+    owner. The port is refused when anything listens on it already, as a single process is."""
+    first = bind("127.0.0.1", 0, 1)
+    port = first[0][0].getsockname()[1]
+    try:
+        with pytest.raises(OSError) as refused:
+            bind("127.0.0.1", port, 2)
+        assert refused.value.errno == errno.EADDRINUSE
+    finally:
+        for sock in first[0]:
+            sock.close()
+    again = bind("127.0.0.1", port, 2)  # free again: a restart binds at once
+    for sock in (s for own in again for s in own):
+        sock.close()
+
+
+def test_a_worker_started_while_the_gateway_stops_is_stopped_too(tmp_path: Path) -> None:
+    """SIGTERM while a worker is being started (again): that worker is told to stop as well,
+    not left serving until the supervisor's 45 s are up and it is killed mid-call."""
+    config = gateway_config(tmp_path, "http://127.0.0.1:9", workers=1)
+    add_key(config.keys_file, "tester", ["*"])
+    log = AuditLog(config.audit.dir)
+    log.open()
+    listeners = bind(config.listen.host, config.listen.port, 1)
+
+    async def scenario() -> Supervisor:
+        supervisor = Supervisor(Owner(config, KeyStore(load_keys(config.keys_file)), log),
+                                listeners)  # fmt: skip
+        spawn = supervisor._spawn
+
+        async def spawn_as_sigterm_comes(index: int) -> Any:
+            supervisor.stopping.set()
+            return await spawn(index)
+
+        supervisor._spawn = spawn_as_sigterm_comes  # type: ignore[method-assign]
+        await asyncio.wait_for(supervisor.run(), 20)
+        return supervisor
+
+    try:
+        supervisor = asyncio.run(scenario())
+    finally:
+        for sock in listeners[0]:
+            sock.close()
+    assert supervisor.failed_start is None  # a stop, not a worker that failed to start
+    assert all(p.returncode is not None for p in supervisor.processes.values())

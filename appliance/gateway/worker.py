@@ -44,6 +44,7 @@ from appliance.gateway.key_events import KeyWatcher
 from appliance.gateway.keys import KeyRecord, KeysFile, KeyStore, Limits
 from appliance.gateway.limits import LimitHit, Metered
 from appliance.gateway.proxy import Gateway
+from appliance.gateway.record import now_iso
 
 LOG = logging.getLogger("appliance.gateway.worker")
 
@@ -152,6 +153,13 @@ class RemoteAudit:
         self.min_free_bytes = 0
         self.settle: Callable[[object], int | None] = lambda _request_id: None
         self.take_state(state)
+
+    def owner_gone(self) -> None:
+        """No record can be written any more: calls still arriving on kept-alive connections
+        while the worker drains get 503 before any backend is called, and /health says so."""
+        if self.failed is None:
+            self.failed = AuditError("the audit owner is gone")
+            self.failed_since = now_iso()
 
     def take_state(self, state: dict[str, Any]) -> None:
         failed = state.get("failed")
@@ -309,7 +317,12 @@ async def run(index: int, channel: socket.socket, listeners: list[socket.socket]
     link.on_push = pushed
     stop = asyncio.Event()
     watch = asyncio.create_task(link.closed.wait())
-    watch.add_done_callback(lambda _done: stop.set())
+
+    def owner_gone(_done: object) -> None:
+        audit.owner_gone()
+        stop.set()
+
+    watch.add_done_callback(owner_gone)
     reporter = asyncio.create_task(link.report())
 
     def ready() -> None:

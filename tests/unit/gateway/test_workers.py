@@ -23,6 +23,7 @@ from appliance.gateway.config import load_config
 from appliance.gateway.keys import KeyStore, add_key, load_keys
 from appliance.gateway.owner import Owner
 from appliance.gateway.supervisor import Supervisor, bind
+from appliance.gateway.worker import RemoteAudit
 from tests.fixtures.gateway import gateway_config
 
 
@@ -177,3 +178,13 @@ def test_a_worker_started_while_the_gateway_stops_is_stopped_too(tmp_path: Path)
             sock.close()
     assert supervisor.failed_start is None  # a stop, not a worker that failed to start
     assert all(p.returncode is not None for p in supervisor.processes.values())
+
+
+def test_a_worker_whose_owner_is_gone_serves_no_call() -> None:
+    """The request path refuses calls (503) while the audit sink says it failed; a worker that
+    lost its owner must say so, not keep the owner's last 'ok' while it drains."""
+    audit = RemoteAudit(None, {"failed": None})  # type: ignore[arg-type]  # no call sent
+    assert audit.failed is None
+    audit.owner_gone()
+    assert str(audit.failed) == "the audit owner is gone"
+    assert audit.failed_since is not None

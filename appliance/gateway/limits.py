@@ -13,8 +13,11 @@ which may leave the bucket in debt; the key then waits until the debt is paid of
 steady rate. Calls in flight are therefore not charged until they end: a key can overshoot
 by what its concurrent calls use (the ``concurrent`` limit bounds that). A stream cut off
 before its backend reported usage (the client left, the backend broke) is charged one
-completion token per event with generated text the client was sent (relay.py), and its record
-says so; the prompt's tokens are then unknown and not charged.
+completion token per event with generated text the client was sent (relay.py), and for its
+prompt by an estimate from the request body's size (one token per ``BYTES_PER_TOKEN`` bytes,
+OpenAI's rule of thumb for English text; JSON framing makes it an over-estimate): a key cannot
+have large prompts prefilled for free by leaving before the usage. The record keeps
+``prompt_tokens`` null and gives ``prompt_tokens_estimated``.
 
 A refused call (429) uses up nothing, as in LiteLLM's proxy (its parallel-request limiter
 raises 429 before it increments the minute's request count); vLLM's server has no limits. A
@@ -53,7 +56,22 @@ class Metered(Protocol):
     """A call as the limiter sees it (record.Call): told apart by identity, charged by usage."""
 
     prompt_tokens: int | None
+    prompt_tokens_estimated: int | None
     completion_tokens: int | None
+
+
+BYTES_PER_TOKEN = 4
+
+
+def estimate_prompt_tokens(body_bytes: int) -> int:
+    """A prompt's tokens when its backend never said (a stream cut off before its usage)."""
+    return -(-body_bytes // BYTES_PER_TOKEN)
+
+
+def charge(call: Metered) -> int:
+    """The tokens a finished call costs its key: as reported, else as estimated."""
+    prompt = call.prompt_tokens if call.prompt_tokens is not None else call.prompt_tokens_estimated
+    return (prompt or 0) + (call.completion_tokens or 0)
 
 
 class Limited(Protocol):
@@ -226,7 +244,7 @@ class Limiter:
             return
         state.in_flight -= 1
         if state.tokens is not None:
-            state.tokens.take((call.prompt_tokens or 0) + (call.completion_tokens or 0))
+            state.tokens.take(charge(call))
 
     def in_flight(self, key_id: str) -> int:
         state = self._keys.get(key_id)

@@ -57,10 +57,11 @@ class _Claimed:
 class _Ticket:
     """A call admitted for a worker, charged when the worker says it ended (limits.Metered)."""
 
-    __slots__ = ("completion_tokens", "prompt_tokens")
+    __slots__ = ("completion_tokens", "prompt_tokens", "prompt_tokens_estimated")
 
     def __init__(self) -> None:
         self.prompt_tokens: int | None = None
+        self.prompt_tokens_estimated: int | None = None
         self.completion_tokens: int | None = None
 
 
@@ -212,6 +213,7 @@ class Owner:
         ticket = link.tickets.pop(number, None)
         if ticket is not None:
             ticket.prompt_tokens = usage.get("prompt_tokens")
+            ticket.prompt_tokens_estimated = usage.get("prompt_tokens_estimated")
             ticket.completion_tokens = usage.get("completion_tokens")
             self.limiter.finish(ticket)
 

@@ -322,6 +322,7 @@ class Gateway:
                 408, "request_timeout", f"the body took over {self.config.body_timeout_s} s"
             ) from None
         call.prompt_sha256 = hashlib.sha256(body).hexdigest()
+        call.prompt_bytes = len(body)
         document: dict[str, Any] | None = None
         try:
             document = parse(body)

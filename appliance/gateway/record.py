@@ -69,8 +69,10 @@ class Call:
         "method",
         "model",
         "path",
+        "prompt_bytes",
         "prompt_sha256",
         "prompt_tokens",
+        "prompt_tokens_estimated",
         "recorded",
         "request_id",
         "response_sha256",
@@ -108,6 +110,10 @@ class Call:
         self.prompt_sha256: str | None = None
         self.response_sha256: str | None = None
         self.prompt_tokens: int | None = None
+        # A stream cut off before its usage: the prompt's tokens estimated from its size, so
+        # a key cannot send large prompts and leave before the usage for free (limits.py).
+        self.prompt_bytes = 0
+        self.prompt_tokens_estimated: int | None = None
         self.completion_tokens: int | None = None
         self.stream = False
         self.error: str | None = None
@@ -146,4 +152,9 @@ class Call:
             "latency_ms": round(latency_ms, 3),
             "stream": self.stream,
             "error": None if self.error is None else clean(self.error, ERROR_LIMIT),
+            **(
+                {}
+                if self.prompt_tokens_estimated is None
+                else {"prompt_tokens_estimated": self.prompt_tokens_estimated}
+            ),
         }

@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from appliance.gateway.answers import AUDIT_DOWN, error_body
+from appliance.gateway.limits import estimate_prompt_tokens
 from appliance.gateway.record import Call
 from appliance.gateway.stream import DoneHolder, Renamer, UsageDropper, UsageScanner
 
@@ -84,8 +85,10 @@ async def relay(
     call.take_usage(pipe.scanner.usage)
     if pipe.scanner.usage is None and call.error is not None:
         # Cut off before the runtime's usage event: charged (and recorded) for the tokens
-        # the client was sent, one per event; the prompt's count is unknown.
+        # the client was sent, one per event, and for the prompt by an estimate from its size
+        # (its count is unknown; the record keeps prompt_tokens null and says it estimated).
         call.completion_tokens = relayed
+        call.prompt_tokens_estimated = estimate_prompt_tokens(call.prompt_bytes)
     # Recorded before the stream's end ([DONE] included) is sent: a client that saw the
     # whole answer can find its record.
     recorded = await gateway._record(call)

@@ -249,6 +249,7 @@ class RemoteLimiter:
         if ticket is not None:
             self._by_request.pop(getattr(call, "request_id", ""), None)
             self.link.send("finish", ticket=ticket, prompt_tokens=call.prompt_tokens,
+                           prompt_tokens_estimated=call.prompt_tokens_estimated,
                            completion_tokens=call.completion_tokens)  # fmt: skip
 
 

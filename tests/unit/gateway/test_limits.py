@@ -7,7 +7,13 @@ from dataclasses import dataclass
 import pytest
 
 from appliance.gateway.keys import KeyRecord, Limits, new_key
-from appliance.gateway.limits import Limiter, LimitHit, TokenBucket
+from appliance.gateway.limits import (
+    Limiter,
+    LimitHit,
+    TokenBucket,
+    charge,
+    estimate_prompt_tokens,
+)
 
 
 class Clock:
@@ -28,6 +34,7 @@ class Usage:
 
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    prompt_tokens_estimated: int | None = None
 
 
 def call(prompt: int | None = None, completion: int | None = None) -> Usage:
@@ -139,6 +146,19 @@ def test_a_call_without_reported_usage_is_charged_nothing() -> None:
         made = call()
         assert limiter.admit(limited, made) is None
         limiter.finish(made)
+
+
+def test_a_cut_off_call_is_charged_its_prompt_estimate_unless_usage_says() -> None:
+    limiter = Limiter(Clock())
+    limited = key(tpm=100)
+    cut = Usage(None, 3, estimate_prompt_tokens(401))  # 401 bytes: 101 tokens
+    assert estimate_prompt_tokens(401) == 101 and estimate_prompt_tokens(0) == 0
+    assert limiter.admit(limited, cut) is None
+    limiter.finish(cut)
+    hit = limiter.admit(limited, call())  # 104 taken of 100: in debt
+    assert hit is not None and hit.limit == "tpm"
+    # Reported usage wins over an estimate.
+    assert charge(Usage(7, 2, 500)) == 9 and charge(Usage(None, 2, 500)) == 502
 
 
 def test_concurrency_counts_calls_in_flight_and_frees_them_at_the_end() -> None:

@@ -69,6 +69,10 @@ def test_a_client_that_leaves_mid_stream_is_charged_what_it_was_sent(tmp_path: P
         assert record["completion_tokens"] is not None
         assert 2 <= sent <= record["completion_tokens"] <= sent + 1 < 8
         assert record["prompt_tokens"] is None  # only the runtime's usage event says that
+        # ... but the prompt is charged by its size: leaving early does not make it free.
+        body = stream_request(gateway, key, {"x_gate": True, "x_token_delay": 0.05})
+        size = len(body.split(b"\r\n\r\n", 1)[1])
+        assert record["prompt_tokens_estimated"] == -(-size // 4)
         refused = gateway.post("/v1/completions", b'{"model": "stand-in", "prompt": "x"}', key=key)
         assert refused is not None and refused.status == 429, refused
         assert gateway.record_of(refused)["error"].startswith("rate_limit_exceeded: tpm")
@@ -86,6 +90,7 @@ def test_a_client_gone_before_the_stream_starts_has_one_record_saying_so(
         assert len([r for r in gateway.calls() if r["stream"]]) == 1
         assert (record["status"], record["error"]) == (200, "client disconnected")
         assert record["completion_tokens"] == 0  # nothing reached the client
+        assert record["prompt_tokens_estimated"] > 0  # the prompt reached the backend
 
 
 def test_the_scanner_counts_generated_events_and_parses_only_usage_objects() -> None:

@@ -70,7 +70,7 @@ def test_usage_and_metrics_from_real_calls(
     assert f'appliance_gateway_key_requests_total{{key="{key}",status="200"}} 4' in metrics
     assert f'appliance_gateway_key_requests_total{{key="{key}",status="500"}} 1' in metrics
     assert f'appliance_gateway_key_tokens_total{{key="{key}",kind="completion"}} 10' in metrics
-    assert gateway.key.split("_")[2] not in metrics  # ids only, never the secret
+    assert gateway.key.split("_", 2)[2] not in metrics  # never the secret, "_" and all
     assert 'key="-"' not in metrics and "nope" not in metrics  # unknown keys make no series
 
     usage = summarise(tmp_path / "audit", "key")

@@ -20,7 +20,7 @@ description:
     and group and its network namespace, and runs an HTTP probe to every target as that user,
     inside that namespace. A runtime that answers a probe could send prompts out.
   - Probes C(host_targets) from the host itself as well (as root, in the host's namespace).
-  - Every probe runs at the same time: one that gets no answer (the good case) waits out its
+  - Every probe runs at the same time. One that gets no answer (the good case) waits out its
     timeout, so the module takes about one timeout however many runtimes and targets.
   - Reads only; the probes are GET requests. Supports check mode.
 options:

@@ -233,7 +233,9 @@ def test_llamacpp_chat_stream_completion_and_models(llama: Site) -> None:
     assert (record["user"], record["client_request_id"]) == ("carol@lab", "node-trace-7")
     assert record["completion_tokens"] == chat["usage"]["completion_tokens"]
     stream = drive(llama, "tiny-llama", "stream", max_tokens=7, ignore_eos=True)
-    assert len(stream["pieces"]) >= 7 and stream["finish"][-1] == "length"
+    # Streamed in pieces, each read as chunk.choices[0]; llama.cpp holds a token that ends in
+    # part of a UTF-8 character back and sends it with the next, so there may be fewer than 7.
+    assert len(stream["pieces"]) >= 3 and stream["finish"][-1] == "length"
     assert llama.record(stream["request_id"])["completion_tokens"] == 7
     asked = drive(
         llama, "tiny-llama", "completion_stream_with_usage", max_tokens=5, ignore_eos=True

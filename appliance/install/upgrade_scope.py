@@ -14,8 +14,10 @@ every input is the same.
 Two steps run on every upgrade whatever the plan says, because the new release lives in a new
 directory: the depot's package source moves to the new release's repository (the play's depot
 ``local_repo`` play, always run) and, with other hosts, the depot's repository server serves it
-(``repo_server``). Without them a later ``releases prune`` of the old release would leave apt
-pointing at nothing.
+(``repo_server``) under ``/releases/<release>/`` and no longer the old release's, so the other
+hosts' package source moves to that URL too (``local_repo`` on them, which also lays out their
+package list for a later rollback). Without them apt on a host would read an old release's
+repository that a later ``releases prune`` removes (or, on a node, one nothing serves any more).
 """
 
 from __future__ import annotations
@@ -100,6 +102,11 @@ def upgrade_scope(
             if role not in roles:
                 why.append(f"{host.host} changes {unit}")
             roles.add(role)
+    if "repo_server" in planned and "local_repo" not in roles:
+        # The depot serves the new release alone, under /releases/<release>/ (repo_server): the
+        # other hosts' source still names the old release's URL, which nothing serves any more.
+        roles.add("local_repo")
+        why.append("the other hosts' package source moves to the new release")
     if "gateway" in roles:
         roles |= runtimes  # the gateway routes to what they publish (appliance_backends)
     if roles & runtimes:

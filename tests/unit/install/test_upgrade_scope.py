@@ -42,8 +42,12 @@ def test_nothing_changed_runs_no_role() -> None:
 
 def test_nothing_changed_with_other_hosts_still_serves_the_new_release() -> None:
     found = scope(release("v1", 1), release("v2", 2), hosts=("depot", "gpu-1"))
-    # The depot's repository server points at the new release's directory.
-    assert found.roles == frozenset({"repo_server"})
+    # The depot's repository server serves the new release's directory alone, under
+    # /releases/v2/: the other hosts' package source must move there too (local_repo on them),
+    # or they keep reading /releases/v1/, which nothing serves any more.
+    assert found.roles == frozenset({"repo_server", "local_repo", "preflight"})
+    assert found.note().startswith("the play runs only local_repo, preflight: ")
+    assert "the other hosts' package source moves to the new release" in found.note()
 
 
 def test_a_package_change_runs_local_repo_and_the_roles_that_install_packages() -> None:

@@ -8,8 +8,8 @@ wheel set the role that builds a venv from it; a service the plan starts, restar
 role that owns it. The gateway reads the runtimes' ``appliance_backends`` facts, so the runtime
 roles run whenever it does. Whatever this module cannot tie to a role (new Ansible content, a
 stack setting, a spec file, a container image, the NVIDIA driver, a reboot, another set of hosts
-or roles) runs the whole play, as a first install does: a role that is skipped must be one whose
-every input is the same.
+or roles, an inventory or internal networks other than the last complete play's) runs the whole
+play, as a first install does: a role that is skipped must be one whose every input is the same.
 
 Two steps run on every upgrade whatever the plan says, because the new release lives in a new
 directory: the depot's package source moves to the new release's repository (the play's depot
@@ -69,9 +69,18 @@ def upgrade_scope(
     new: Manifest,
     old_topology: Topology | None,
     new_topology: Topology,
+    hosts_as_played: bool = True,
 ) -> Scope:
-    """The roles moving from ``current`` to ``new`` must run, from the ``plan`` between them."""
+    """The roles moving from ``current`` to ``new`` must run, from the ``plan`` between them.
+    ``hosts_as_played``: the inventory and internal networks are those of the last complete
+    play (hosts_record.played_digest); ``old_topology`` is planned on today's inventory, so
+    without that no edit to it since shows in the plan."""
     whole = _whole_play(plan, current, new, old_topology, new_topology)
+    if not whole and not hosts_as_played:
+        whole = [
+            "the inventory or the internal networks changed since the last play (or it left no "
+            "record of them)"
+        ]
     if whole:
         return Scope(None, tuple(whole))
     planned = {role for host in new_topology.hosts.values() for role in host.roles}

@@ -96,3 +96,16 @@ def test_what_no_role_is_tied_to_runs_the_whole_play() -> None:
     one, two = box(old), box(release("v2", 2), ("depot", "gpu-1"))
     planned = plan_upgrade(old, release("v2", 2), two, one)
     assert upgrade_scope(planned, old, release("v2", 2), one, two).roles is None
+
+
+def test_hosts_changed_since_the_last_play_run_the_whole_play() -> None:
+    """The old topology is planned on today's inventory: an inventory edited since the last
+    play (a node's address, its variables) or other internal networks look like no change to
+    the plan, so the installer says whether the hosts are those of the last complete play."""
+    old, new = release("v1", 1), release("v2", 2)
+    one, two = box(old, ("depot", "gpu-1")), box(new, ("depot", "gpu-1"))
+    planned = plan_upgrade(old, new, two, one)
+    found = upgrade_scope(planned, old, new, one, two, hosts_as_played=False)
+    assert found.roles is None
+    assert "the inventory or the internal networks changed since the last play" in found.why[0]
+    assert upgrade_scope(planned, old, new, one, two).roles is not None

@@ -6,7 +6,7 @@ Without it, an upgrade or rollback run with no ``--inventory`` on such a depot w
 play a single box: the depot would take the nodes' models and the nodes would keep the release
 they ran, two releases half active. ``<root>/hosts.json`` (beside ``releases.json``, written
 whole: atomic.py) holds the inventory's absolute path and the ``--internal-cidr`` values; a
-single-box play removes it.
+single-box play keeps only the latter (none: it removes the file).
 
 ``<root>/played.json`` holds one digest of what the last complete play ran on: its topology, the
 inventory file's text and the internal networks (``played_digest``). An upgrade plans the
@@ -32,10 +32,12 @@ PLAYED_FILE = "played.json"
 
 def remember(root: Path, inventory: Path | None, internal_cidrs: tuple[str, ...]) -> None:
     """After a play on the depot: the inventory it ran with (None: this machine alone)."""
-    if inventory is None:
+    if inventory is None and not internal_cidrs:
         (root / HOSTS_FILE).unlink(missing_ok=True)
         return
-    document = {"inventory": str(inventory.resolve()), "internal_cidrs": list(internal_cidrs)}
+    # A single box keeps its internal networks: the firewall's, and its admin access's.
+    path = None if inventory is None else str(inventory.resolve())
+    document = {"inventory": path, "internal_cidrs": list(internal_cidrs)}
     write_atomically(root / HOSTS_FILE, json.dumps(document, indent=2).encode() + b"\n")
 
 
@@ -46,10 +48,13 @@ def recall(root: Path) -> tuple[Path | None, tuple[str, ...]]:
         document = json.loads((root / HOSTS_FILE).read_bytes())
     except (OSError, ValueError):
         return None, ()
-    if not isinstance(document, dict) or not isinstance(document.get("inventory"), str):
+    if not isinstance(document, dict) or not isinstance(document.get("inventory"), str | None):
         return None, ()
     cidrs = document.get("internal_cidrs") or []
-    return Path(document["inventory"]), tuple(str(c) for c in cidrs)
+    if not isinstance(cidrs, list):
+        return None, ()
+    inventory = document.get("inventory")
+    return (None if inventory is None else Path(inventory)), tuple(str(c) for c in cidrs)
 
 
 def hosts_for(
@@ -64,7 +69,9 @@ def hosts_for(
         return inventory, internal_cidrs
     recorded, cidrs = recall(root)
     if recorded is None:
-        return None, internal_cidrs
+        if not internal_cidrs and cidrs:
+            on_note(f"internal networks: {', '.join(cidrs)}, as the last install on this depot")
+        return None, internal_cidrs or cidrs
     if not recorded.is_file():
         raise InstallError(
             f"this depot's hosts were installed with the inventory {recorded}, which is gone",

@@ -79,3 +79,16 @@ def test_the_last_complete_plays_hosts_are_one_digest(tmp_path: Path) -> None:
     assert played_digest(topology("198.18.10.11"), inventory, ("198.18.10.0/24",)) != digest
     forget_played(root)
     assert played(root) is None
+
+
+def test_a_single_boxs_internal_networks_are_recalled(tmp_path: Path) -> None:
+    """A single box installed with --internal-cidr: an upgrade or rollback without it plays the
+    firewall with the same networks (admin access from them is not cut off)."""
+    remember(tmp_path, None, ("198.18.53.0/24",))
+    assert recall(tmp_path) == (None, ("198.18.53.0/24",))
+    notes: list[str] = []
+    assert hosts_for(tmp_path, None, (), notes.append) == (None, ("198.18.53.0/24",))
+    assert notes == ["internal networks: 198.18.53.0/24, as the last install on this depot"]
+    assert hosts_for(tmp_path, None, ("10.0.0.0/8",), notes.append) == (None, ("10.0.0.0/8",))
+    remember(tmp_path, None, ())
+    assert not (tmp_path / HOSTS_FILE).exists()

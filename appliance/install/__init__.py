@@ -20,6 +20,7 @@ from appliance.bundle.manifest import Manifest
 from appliance.bundle.verify import VerifiedBundle, open_bundle
 from appliance.errors import InstallError, InventoryError, PlaybookFailedError
 from appliance.install.checks import check_can_install
+from appliance.install.hosts_record import forget_played, played_digest, remember_played
 from appliance.install.hosts_record import remember as remember_hosts
 from appliance.install.inventory import Inventory, load_inventory, single_box
 from appliance.install.release_state import (
@@ -190,6 +191,8 @@ def _install(
             _pubkey_line(options.pubkey),
         )
     before_play()
+    if tracked is not None:
+        forget_played(tracked)
     result = run_playbook(
         data_dir=run_dir,
         project_dir=project,
@@ -206,6 +209,7 @@ def _install(
         raise failure
     if tracked is not None:
         remember_hosts(tracked, options.inventory, options.internal_cidrs)
+        remember_played(tracked, played_digest(topology, options.inventory, options.internal_cidrs))
     if options.commit and depot is not None:
         point_current_remote(depot, str(options.root), manifest.release)
     elif options.commit:

@@ -13,6 +13,7 @@ packages it leaves stay installed, and nothing runs them.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -39,9 +40,18 @@ def declared(root: Path, release: str) -> set[str] | None:
 
 
 def added_by(root: Path, left: str, back_to: str) -> list[str]:
-    """The packages ``left`` declares and ``back_to`` does not (none when either is unknown)."""
+    """The packages ``left`` declares and ``back_to`` does not (none when either is unknown),
+    compared by name: a spec's ``jq=1.6-2.1`` or ``jq:amd64`` is the package ``jq`` another
+    release declares plainly. Each as dpkg-query names it: without a version pin, its arch kept."""
     gone, kept = declared(root, left), declared(root, back_to)
-    return [] if gone is None or kept is None else sorted(gone - kept)
+    if gone is None or kept is None:
+        return []
+    names = {_name(p) for p in kept}
+    return sorted({p.split("=", 1)[0] for p in gone if _name(p) not in names})
+
+
+def _name(package: str) -> str:
+    return re.split(r"[=:]", package, maxsplit=1)[0]
 
 
 def remove_added(

@@ -20,6 +20,7 @@ from appliance.bundle.verify import open_bundle
 from appliance.errors import ApplianceError
 from appliance.install import InstallOptions, plan_topology
 from appliance.install.checks import check_can_install
+from appliance.install.hosts_record import played, played_digest
 from appliance.install.inventory import Inventory, load_inventory, single_box
 from appliance.install.releases import Decision, current_on_depot, decide, manifest_sha256
 from appliance.install.topology import Topology
@@ -74,6 +75,9 @@ def prepare_plan(
             manifest,
             old_topology,
             new_topology,
+            hosts_as_played=old_topology is not None
+            and played(options.root)
+            == played_digest(old_topology, options.inventory, options.internal_cidrs),
         )
     return PlannedUpgrade(plan, decision, scope)
 

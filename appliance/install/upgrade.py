@@ -47,6 +47,7 @@ from appliance.install.upgrade_state import (
 from appliance.install.venvs import point_venv
 from appliance.install.verify import VerifyOptions, verify
 from appliance.install.verify_models import Check
+from appliance.names import RELEASE_RE
 from appliance.progress import Progress
 from appliance.runner import TaskEvent
 
@@ -156,6 +157,12 @@ def rollback(
 ) -> UpgradeReport:
     """Return every host to the previous release (or ``options.to``) still on the depot."""
     root = options.root
+    if options.to is not None and not RELEASE_RE.fullmatch(options.to):
+        # A release is a directory name under releases/, never a path (.. is the root itself).
+        raise InstallError(
+            f"{options.to!r} is not a release label",
+            hint="name a release as appliance releases lists it; nothing was changed",
+        )
     _need_local_depot(options.inventory)
     with transition_lock(root, "appliance rollback"):
         # After a failed rollback, --to names the way out: that release goes on every host at

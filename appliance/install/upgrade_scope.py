@@ -8,14 +8,16 @@ wheel set the role that builds a venv from it; a service the plan starts, restar
 role that owns it. The gateway reads the runtimes' ``appliance_backends`` facts, so the runtime
 roles run whenever it does. Whatever this module cannot tie to a role (new Ansible content, a
 stack setting, a spec file, a container image, the NVIDIA driver, a reboot, another set of hosts
-or roles) runs the whole play, as a first install does: a role that is skipped must be one whose
-every input is the same.
+or roles, an inventory or internal networks other than the last complete play's) runs the whole
+play, as a first install does: a role that is skipped must be one whose every input is the same.
 
 Two steps run on every upgrade whatever the plan says, because the new release lives in a new
 directory: the depot's package source moves to the new release's repository (the play's depot
 ``local_repo`` play, always run) and, with other hosts, the depot's repository server serves it
-(``repo_server``). Without them a later ``releases prune`` of the old release would leave apt
-pointing at nothing.
+(``repo_server``) under ``/releases/<release>/`` and no longer the old release's, so the other
+hosts' package source moves to that URL too (``local_repo`` on them, which also lays out their
+package list for a later rollback). Without them apt on a host would read an old release's
+repository that a later ``releases prune`` removes (or, on a node, one nothing serves any more).
 """
 
 from __future__ import annotations
@@ -67,9 +69,18 @@ def upgrade_scope(
     new: Manifest,
     old_topology: Topology | None,
     new_topology: Topology,
+    hosts_as_played: bool = True,
 ) -> Scope:
-    """The roles moving from ``current`` to ``new`` must run, from the ``plan`` between them."""
+    """The roles moving from ``current`` to ``new`` must run, from the ``plan`` between them.
+    ``hosts_as_played``: the inventory and internal networks are those of the last complete
+    play (hosts_record.played_digest); ``old_topology`` is planned on today's inventory, so
+    without that no edit to it since shows in the plan."""
     whole = _whole_play(plan, current, new, old_topology, new_topology)
+    if not whole and not hosts_as_played:
+        whole = [
+            "the inventory or the internal networks changed since the last play (or it left no "
+            "record of them)"
+        ]
     if whole:
         return Scope(None, tuple(whole))
     planned = {role for host in new_topology.hosts.values() for role in host.roles}
@@ -100,6 +111,11 @@ def upgrade_scope(
             if role not in roles:
                 why.append(f"{host.host} changes {unit}")
             roles.add(role)
+    if "repo_server" in planned and "local_repo" not in roles:
+        # The depot serves the new release alone, under /releases/<release>/ (repo_server): the
+        # other hosts' source still names the old release's URL, which nothing serves any more.
+        roles.add("local_repo")
+        why.append("the other hosts' package source moves to the new release")
     if "gateway" in roles:
         roles |= runtimes  # the gateway routes to what they publish (appliance_backends)
     if roles & runtimes:

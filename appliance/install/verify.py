@@ -139,6 +139,12 @@ def judge(
     the model checks are not judged); ``driver_version``: the NVIDIA driver the bundle carries."""
     host = evidence["host"]
     checks = []
+    if not evidence["egress"]:
+        # verify always has a target to probe: no result means the background probe job failed,
+        # timed out or never started, and proves nothing (nor do the runtimes' probes it ran).
+        seen = str(evidence.get("egress_error") or "")
+        seen = "no egress probe result" + (f": {seen}" if seen else " (the probe job gave none)")
+        checks.append(Check(host, "egress probes ran", False, seen))
     for probe in evidence["egress"]:
         # reached: true (it answered), false (no answer), null (the probe could not run: that
         # proves nothing, so it fails too).

@@ -45,6 +45,13 @@ def test_refusals_name_the_release_and_change_nothing(
         "Hint: carry release r0's bundle to the depot and install it with --allow-downgrade; "
         "nothing was changed\n"
     )
+    # A release is a directory name: --to never names a path (.. would be the root itself,
+    # a directory, and the rollback would go on to record it as its target).
+    (tmp_path / "k").write_text("")
+    for label in ("..", "../releases/r1", "r1/", "r1\n"):
+        code, err = rollback(capsys, tmp_path, "--to", label, "--pubkey", str(tmp_path / "k"))
+        assert (code, err.splitlines()[0]) == (31, f"Error: {label!r} is not a release label")
+        assert not (tmp_path / PHASE_FILE).exists()
     with transition_lock(tmp_path):
         code, err = rollback(capsys, tmp_path)
     assert code == 31

@@ -42,8 +42,12 @@ def test_nothing_changed_runs_no_role() -> None:
 
 def test_nothing_changed_with_other_hosts_still_serves_the_new_release() -> None:
     found = scope(release("v1", 1), release("v2", 2), hosts=("depot", "gpu-1"))
-    # The depot's repository server points at the new release's directory.
-    assert found.roles == frozenset({"repo_server"})
+    # The depot's repository server serves the new release's directory alone, under
+    # /releases/v2/: the other hosts' package source must move there too (local_repo on them),
+    # or they keep reading /releases/v1/, which nothing serves any more.
+    assert found.roles == frozenset({"repo_server", "local_repo", "preflight"})
+    assert found.note().startswith("the play runs only local_repo, preflight: ")
+    assert "the other hosts' package source moves to the new release" in found.note()
 
 
 def test_a_package_change_runs_local_repo_and_the_roles_that_install_packages() -> None:
@@ -92,3 +96,16 @@ def test_what_no_role_is_tied_to_runs_the_whole_play() -> None:
     one, two = box(old), box(release("v2", 2), ("depot", "gpu-1"))
     planned = plan_upgrade(old, release("v2", 2), two, one)
     assert upgrade_scope(planned, old, release("v2", 2), one, two).roles is None
+
+
+def test_hosts_changed_since_the_last_play_run_the_whole_play() -> None:
+    """The old topology is planned on today's inventory: an inventory edited since the last
+    play (a node's address, its variables) or other internal networks look like no change to
+    the plan, so the installer says whether the hosts are those of the last complete play."""
+    old, new = release("v1", 1), release("v2", 2)
+    one, two = box(old, ("depot", "gpu-1")), box(new, ("depot", "gpu-1"))
+    planned = plan_upgrade(old, new, two, one)
+    found = upgrade_scope(planned, old, new, one, two, hosts_as_played=False)
+    assert found.roles is None
+    assert "the inventory or the internal networks changed since the last play" in found.why[0]
+    assert upgrade_scope(planned, old, new, one, two).roles is not None

@@ -114,7 +114,8 @@ runtimes:
       sample: true
     probes:
       description: One per target. C(reached) is true when the target answered, false when
-        it did not, null when the probe itself could not run; C(detail) is its last line.
+        it did not, null when the probe itself could not run (any exit but the probe's own
+        answer or no answer); C(detail) is its last line.
       type: list
       elements: dict
       sample: [{target: http://198.19.255.10/, reached: false, detail: no answer (timed out)}]
@@ -131,6 +132,7 @@ except urllib.error.HTTPError as error:
 except Exception as error:
     print("no answer (%s)" % (getattr(error, "reason", None) or error)); sys.exit(3)
 """
+NO_ANSWER = 3  # PROBE's exit when the target did not answer
 
 
 def _show(unit: str) -> dict[str, str]:
@@ -168,10 +170,14 @@ def _probe(
         command, capture_output=True, text=True, timeout=timeout + 10, check=False
     )
     detail = (done.stdout or done.stderr).strip().splitlines()
+    # Only PROBE's own exits say what happened: 0 answered, 3 no answer. Any other (nsenter or
+    # setpriv refused, python3 missing, the probe crashed or was killed) proves nothing: None.
+    reached = {0: True, NO_ANSWER: False}.get(done.returncode)
     return {
         "target": target,
-        "reached": done.returncode == 0,
-        "detail": detail[-1] if detail else f"rc {done.returncode:d}",
+        "reached": reached,
+        "detail": (detail[-1] if detail else "")
+        + ("" if reached is not None else f" (the probe could not run: rc {done.returncode:d})"),
     }
 
 

@@ -13,6 +13,7 @@ import itertools
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,6 +313,29 @@ def test_verify_proves_an_audited_round_trip_and_no_route_out(appliance: Applian
             f"runtime appliance-llamacpp@tiny-llama.service: egress blocked: {EGRESS_TARGET}"
         ]["evidence"]
     )
+
+
+def test_a_keys_reload_while_the_gateway_starts_does_not_leave_it_down(
+    appliance: Appliance,
+) -> None:
+    """An install restarts the gateway and reloads its keys (SIGHUP) one task after the other.
+    A SIGHUP that lands while the new process still imports kills it, which systemd counts as
+    a clean exit: without RestartForceExitStatus=SIGHUP the gateway stayed down."""
+    run = appliance.host.run
+    unit = "appliance-gateway.service"
+    # Right after the restart the process is still importing (hundreds of milliseconds).
+    race = f"systemctl restart {unit} && systemctl kill -s HUP --kill-whom=main {unit}"
+    assert run("sh", "-c", race).returncode == 0
+    deadline = time.monotonic() + 60
+    while True:
+        done = run("python3", "-c", CALL, "GET", GATEWAY + "/health/live", "", "")
+        if done.returncode == 0 and json.loads(done.stdout)["status"] == 200:
+            break
+        assert time.monotonic() < deadline, run("systemctl", "status", unit).stdout
+        time.sleep(1)
+    assert run("systemctl", "is-active", unit).stdout.strip() == "active"
+    models = appliance.call("GET", "/v1/models", appliance.key)
+    assert models.status == 200
 
 
 def test_verify_fails_when_a_runtime_is_down(appliance: Appliance) -> None:

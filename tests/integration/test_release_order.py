@@ -5,6 +5,7 @@ release's own bundle again stages nothing; upgrades_from is enforced; releases l
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -122,7 +123,9 @@ def test_release_order_on_a_host(releases: Path, systemd_host: Host) -> None:
     assert run("test", "-d", "/opt/appliance/releases/r2").returncode == 0
     pruned = run(APPLIANCE, "releases", "prune", "--keep", "0")
     assert pruned.returncode == 0, pruned.stdout + pruned.stderr
-    assert pruned.stdout.strip() == "removed 1 release: r2"
+    removed, freed = pruned.stdout.strip().splitlines()
+    assert removed == "removed 1 release: r2"
+    assert re.fullmatch(r"freed \d+(\.\d+)? (B|KiB|MiB|GiB)", freed), freed
     assert run("ls", "/opt/appliance/releases").stdout.split() == [
         "r1",
         "r1.ansible",

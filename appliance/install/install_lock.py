@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
+from appliance.errors import ApplianceError
 from appliance.install import InstallOptions
 from appliance.install.inventory import load_inventory
 from appliance.install.release_state import current_release
@@ -38,7 +39,12 @@ def install_lock(
     prune meanwhile), settling an interrupted upgrade or rollback on this depot first. After a
     failed rollback, the install is the way out: it runs without another attempt at the origin,
     and once it completed its release is current and the record says so."""
-    local = options.inventory is None or load_inventory(options.inventory).depot_is_local
+    try:
+        local = options.inventory is None or load_inventory(options.inventory).depot_is_local
+    except ApplianceError:
+        # Reported by install itself, after the bundle's signature (checked before anything
+        # else is read): meanwhile this machine's own lock keeps two runs apart.
+        local = True
     # A remote depot's lock is on the depot; this one keeps two runs of this machine apart.
     with transition_lock(options.root if local else options.work_dir or options.root,
                          "appliance install"):  # fmt: skip

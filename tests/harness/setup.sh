@@ -16,7 +16,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 CACHE="${APPLIANCE_CACHE:-$ROOT/.cache}"
-VENV="${APPLIANCE_VENV:-$ROOT/.venv}"
+VENV="${APPLIANCE_TEST_VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -119,7 +119,7 @@ fi
 cat >"$CACHE/harness.env" <<ENV
 APPLIANCE_TEST_IMAGE=$image
 ANSIBLE_COLLECTIONS_PATH=$collections
-APPLIANCE_VENV=$VENV
+APPLIANCE_TEST_VENV=$VENV
 DEBIAN_MIRROR=$DEBIAN_MIRROR
 ENV
 step "harness ready: $CACHE/harness.env"

@@ -165,6 +165,33 @@ def _probe_path(deployment: Mapping[str, Any]) -> str | None:
     return ((containers[0].get("readinessProbe") or {}).get("httpGet") or {}).get("path")
 
 
+def drift(plan: Any, live: Any, where: str) -> list[str]:
+    """Where ``live`` departs from ``plan``: every field the plan sets must be there with its
+    value; what the API server adds (defaults, status) is not drift. Scalars compare as text:
+    the server gives quantities back as strings (``nvidia.com/gpu: 1`` -> ``"1"``), and leaves
+    out empty lists and maps (``omitempty``)."""
+    if plan in ([], {}) and live is None:
+        return []
+    if isinstance(plan, dict):
+        if not isinstance(live, dict):
+            return [f"{where}: {json.dumps(live)[:120]}, planned {json.dumps(plan)[:120]}"]
+        return [
+            d for key, value in plan.items() for d in drift(value, live.get(key), f"{where}.{key}")
+        ]
+    if isinstance(plan, list):
+        if not isinstance(live, list) or len(live) != len(plan):
+            return [f"{where}: {json.dumps(live)[:120]}, planned {json.dumps(plan)[:120]}"]
+        return [
+            d
+            for i, (planned, got) in enumerate(zip(plan, live, strict=True))
+            for d in drift(planned, got, f"{where}[{i}]")
+        ]
+    same = (
+        str(plan).lower() == str(live).lower() if isinstance(plan, bool) else str(plan) == str(live)
+    )
+    return [] if same and live is not None else [f"{where}: {live!r}, planned {plan!r}"]
+
+
 def judge_deployments(
     host: str,
     live: list[dict[str, Any]],
@@ -220,6 +247,18 @@ def judge_deployments(
                 not problems,
                 "; ".join(problems) or f"{available}/{replicas} available, ready on {path}",
             ),
+        )
+        # The pod template as planned: image, security context, mounts, resources, probes.
+        changed = drift(plan["spec"]["template"], found["spec"]["template"], "spec.template")
+        checks.append(
+            Check(
+                host,
+                f"k3s model deployment as planned: {model}",
+                not changed,
+                "; ".join(changed[:5]) + f"; run appliance install to restore {namespace}/{name}"
+                if changed
+                else "its pod template holds every field of the plan",
+            )
         )
     return checks
 

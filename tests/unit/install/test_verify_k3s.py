@@ -277,3 +277,31 @@ def test_a_gpu_node_without_facts_is_held_to_the_count_it_was_labelled_with() ->
     assert problems["k3s GPUs advertised: gpu-1"].startswith(
         "nvidia.com/gpu allocatable 3, the node's facts report 4 GPUs"
     )
+
+
+def test_a_deployment_changed_behind_the_installer_s_back_is_named_with_the_field() -> None:
+    deployments = cluster.live_deployments()
+    container = deployments[0]["spec"]["template"]["spec"]["containers"][0]
+    container["securityContext"]["readOnlyRootFilesystem"] = False
+    container["volumeMounts"][0]["readOnly"] = False
+    problems = failed(judge(deployments=deployments))
+    assert set(problems) == {"k3s model deployment as planned: alpha"}
+    where = "spec.template.spec.containers[0]"
+    assert problems["k3s model deployment as planned: alpha"] == (
+        f"{where}.securityContext.readOnlyRootFilesystem: False, planned True; "
+        f"{where}.volumeMounts[0].readOnly: False, planned True; "
+        "run appliance install to restore appliance/model-alpha"
+    )
+    # A removed GPU limit, and a container added beside the runtime.
+    deployments = cluster.live_deployments()
+    pod = deployments[0]["spec"]["template"]["spec"]
+    del pod["containers"][0]["resources"]["limits"]
+    assert (
+        'resources.limits: null, planned {"nvidia.com/gpu": 1}'
+        in failed(judge(deployments=deployments))["k3s model deployment as planned: alpha"]
+    )
+    pod["containers"].append({"name": "sidecar", "image": "busybox"})
+    assert (
+        "spec.template.spec.containers: ["
+        in failed(judge(deployments=deployments))["k3s model deployment as planned: alpha"]
+    )

@@ -338,7 +338,11 @@ def runtime_network_policy(gateway_ips: Sequence[str], ports: Sequence[int]) -> 
 
     k3s enforces it with its embedded network policy controller (kube-router's, on unless the
     server's config says ``disable-network-policy``, which server_config never does). The
-    kubelet's probes come from the pod's own node, which kube-router always admits."""
+    kubelet's probes come from the pod's own node, which kube-router always admits. An
+    ``ipBlock`` matches the packet's source as the pod sees it: the gateway host's address when
+    the gateway reaches a NodePort with ``externalTrafficPolicy: Local`` (or over flannel's
+    host-gw backend), but not when a host reaches a pod on another node over the default VXLAN
+    backend, whose source is that host's ``flannel.1`` address."""
     if not gateway_ips:
         raise ValueError("runtime_network_policy needs the gateway's address")
     return {

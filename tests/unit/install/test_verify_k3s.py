@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.bundle.manifest import Component, FileEntry, Manifest
+from appliance.install import verify
 from appliance.install.verify_k3s import K3sExpect, judge_k3s, k3s_expect
 from appliance.install.verify_models import Check
 from tests.fixtures import k3s_cluster as cluster
@@ -305,3 +306,37 @@ def test_a_deployment_changed_behind_the_installer_s_back_is_named_with_the_fiel
         "spec.template.spec.containers: ["
         in failed(judge(deployments=deployments))["k3s model deployment as planned: alpha"]
     )
+
+
+def test_verify_on_k3s_judges_the_server_s_view_once_and_fails_without_one(
+    tmp_path: Path,
+) -> None:
+    manifest = Manifest(
+        name="m",
+        release="1",
+        created="2026-12-01T00:00:00Z",
+        appliance_version="0",
+        spec_sha256="0" * 64,
+        target={"os": "debian-12", "arch": "amd64"},
+        stack={"orchestrator": "k3s"},
+        files=[],
+        components=[
+            Component(name=i["ref"], kind="image", version=i["digest"])
+            for i in cluster.BUNDLE_IMAGES
+        ],
+    )
+    # No host answered for the cluster: one failed check saying where the server belongs.
+    (check,) = verify._judge_cluster(manifest, tmp_path, {"depot-1": {"k3s": None}})
+    assert (check.host, check.name, check.passed) == ("all", "k3s: cluster state read", False)
+    assert "/etc/rancher/k3s/k3s.yaml" in check.evidence
+    # The server's evidence is judged once, as that host; the agents add no cluster checks.
+    gathered: dict[str, dict[str, Any]] = {
+        "depot-1": {"k3s": cluster.evidence()},
+        "gpu-1": {"k3s": None},
+    }
+    checks = verify._judge_cluster(manifest, tmp_path, gathered)
+    assert {c.host for c in checks} == {"depot-1"}
+    # Without the airgap tarball in the bundle, k3s's own pods are not the bundle's.
+    assert {c.name for c in checks if not c.passed} >= {
+        "k3s pod images held by the bundle: kube-system/kube-dns-6c86b4f8b7-x2kqz"
+    }

@@ -17,6 +17,7 @@ from appliance.gpu.checks import judge_gpus, unit_from_show
 from appliance.install import new_run_dir, runner_env
 from appliance.install.inventory import load_inventory, single_box
 from appliance.install.verify_engines import judge_engines
+from appliance.install.verify_k3s import judge_k3s, k3s_expect
 from appliance.install.verify_models import (
     Allowed,
     Check,
@@ -71,6 +72,7 @@ def verify(
     site_models, site_check = site_allowed(options.site_dir)
     allowed = Allowed.of(manifest.models()) | Allowed.of(site_models)
     driver_version = _driver_version(manifest)
+    on_k3s = manifest.stack.get("orchestrator") == "k3s"
     run_dir = new_run_dir(options.root)
     evidence_dir = run_dir / "evidence"
     evidence_dir.mkdir(mode=0o700)
@@ -92,21 +94,24 @@ def verify(
             ),
             "appliance_verify_registry_images": _registry_images(manifest),
             "appliance_root": str(options.root),
+            "appliance_verify_k3s": on_k3s,
         },
         envvars=runner_env(project),
         on_event=on_event,
         skip_tags=options.skip,
     )
     checks: list[Check] = [site_check] if site_check is not None else []
+    gathered: dict[str, dict[str, Any]] = {}
     for host in inventory.hosts:
         path = evidence_dir / f"{host}.json"
         if not path.is_file():
             failure = next((f.message for f in result.failures if f.host == host), "no evidence")
             checks.append(Check(host, "evidence gathered", False, failure))
             continue
-        checks.extend(
-            judge(json.loads(path.read_text()), expect_inference, allowed, driver_version)
-        )
+        gathered[host] = json.loads(path.read_text())
+        checks.extend(judge(gathered[host], expect_inference, allowed, driver_version))
+    if on_k3s:
+        checks.extend(_judge_cluster(manifest, release, gathered))
     if expect_inference and not any(c.name.startswith("gateway ") for c in checks):
         checks.append(
             Check("all", "gateway running", False, "no host has the gateway's configuration")
@@ -114,6 +119,25 @@ def verify(
     report = run_dir / "verify-report.json"
     report.write_text(json.dumps([asdict(c) for c in checks], indent=2) + "\n")
     return checks, report
+
+
+def _judge_cluster(
+    manifest: Manifest, release: Path, gathered: dict[str, dict[str, Any]]
+) -> list[Check]:
+    """The k3s checks, judged once from the server's view of the whole cluster."""
+    servers = [host for host, found in gathered.items() if found.get("k3s")]
+    if not servers:
+        return [
+            Check(
+                "all",
+                "k3s: cluster state read",
+                False,
+                "no host has the k3s server's kubeconfig (/etc/rancher/k3s/k3s.yaml); "
+                "run appliance install (orchestrator: k3s puts the server on the depot)",
+            ),
+        ]
+    expect = k3s_expect(manifest, release, gathered)
+    return [c for host in servers for c in judge_k3s(host, gathered[host]["k3s"], expect)]
 
 
 def _registry_images(manifest: Manifest) -> list[dict[str, str]]:

@@ -135,6 +135,23 @@ def namespace() -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
 
 
+# The RuntimeClass k3s itself deploys (k3s-io/k3s manifests/runtimes.yaml: ``nvidia``, handler
+# ``nvidia``), whose handler k3s adds to its containerd configuration when it finds
+# nvidia-container-runtime on the node. GPU pods name it, so they get the NVIDIA runtime even
+# where ``default-runtime`` is not set.
+NVIDIA_RUNTIME_CLASS = "nvidia"
+# A runtime's only writable places: the pod's own emptyDirs, never the host's directories.
+SCRATCH = "/tmp"  # noqa: S108
+SHARED_MEMORY = "/dev/shm"  # noqa: S108
+# What every container gets: no privilege, no capability, the runtime's default seccomp filter.
+_LOCKED_DOWN: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "privileged": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
 def device_plugin(image: str) -> dict[str, Any]:
     """NVIDIA's device plugin as a DaemonSet on the GPU nodes, by the bundle's digest."""
     split_reference(image)  # refuses a reference that is not pinned by digest
@@ -150,10 +167,13 @@ def device_plugin(image: str) -> dict[str, Any]:
                 "metadata": {"labels": labels},
                 "spec": {
                     "nodeSelector": {f"{LABEL_PREFIX}/gpu": "true"},
+                    "runtimeClassName": NVIDIA_RUNTIME_CLASS,
                     "tolerations": [
                         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
                     ],
                     "priorityClassName": "system-node-critical",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
                     "containers": [
                         {
                             "name": "nvidia-device-plugin",
@@ -161,10 +181,11 @@ def device_plugin(image: str) -> dict[str, Any]:
                             "imagePullPolicy": "IfNotPresent",
                             # A node whose GPUs the plugin cannot see must show, not pass.
                             "env": [{"name": "FAIL_ON_INIT_ERROR", "value": "true"}],
-                            "securityContext": {
-                                "allowPrivilegeEscalation": False,
-                                "capabilities": {"drop": ["ALL"]},
-                            },
+                            "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
+                            # Root (as NVIDIA's own manifest runs it): it creates its socket in
+                            # the kubelet's root-owned device-plugins directory. It writes
+                            # nothing else, so its root filesystem stays read-only.
+                            "securityContext": {**_LOCKED_DOWN, "readOnlyRootFilesystem": True},
                             "volumeMounts": [
                                 {
                                     "name": "device-plugins",
@@ -201,12 +222,45 @@ class ModelWorkload:
     health_path: str
     gpus: int = 0
     env: tuple[tuple[str, str], ...] = ()
+    # Host memory the scheduler reserves (MiB): the runtime, plus the weights when they are
+    # served from host memory (plan.workloads computes it from the model's files).
+    memory_mib: int = 1024
+    cpu: str = "1"
+    # The user the runtime runs as; None: the image's own (root in the upstream images).
+    run_as_user: int | None = 65532
+    # Shared memory for the runtime's worker processes (MiB; vLLM's tensor parallelism), 0: none
+    # beyond the container default.
+    shm_mib: int = 0
 
 
 def _resource_name(model: str) -> str:
     """A DNS-1123 name for a model's objects (model names may hold dots and underscores)."""
     name = re.sub(r"[^a-z0-9-]+", "-", model.lower()).strip("-")
     return f"model-{name}"[:63].rstrip("-")
+
+
+def _pod_security(model: ModelWorkload) -> dict[str, Any]:
+    if model.run_as_user is None:
+        return {"seccompProfile": {"type": "RuntimeDefault"}}
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": model.run_as_user,
+        "runAsGroup": model.run_as_user,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _scratch(model: ModelWorkload) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(mounts, volumes) of what the runtime may write: /tmp (its HOME and caches, plan.py's
+    environment points them there) and shared memory; the rest of its filesystem is read-only."""
+    mounts = [{"name": "tmp", "mountPath": SCRATCH}]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "4Gi"}}]
+    if model.shm_mib:
+        mounts.append({"name": "shm", "mountPath": SHARED_MEMORY})
+        volumes.append(
+            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{model.shm_mib}Mi"}}
+        )
+    return mounts, volumes
 
 
 def model_deployment(model: ModelWorkload) -> dict[str, Any]:
@@ -218,27 +272,52 @@ def model_deployment(model: ModelWorkload) -> dict[str, Any]:
         "app.kubernetes.io/component": "runtime",
         f"{LABEL_PREFIX}/model": label_value(model.name),
     }
-    resources: dict[str, Any] = {}
+    requests: dict[str, Any] = {"cpu": model.cpu, "memory": f"{model.memory_mib}Mi"}
+    resources: dict[str, Any] = {"requests": requests}
     if model.gpus:
-        resources = {"limits": {"nvidia.com/gpu": model.gpus}}
+        # An extended resource: requested and limited alike (Kubernetes requires both equal).
+        requests["nvidia.com/gpu"] = model.gpus
+        resources["limits"] = {"nvidia.com/gpu": model.gpus}
     probe = {"httpGet": {"path": model.health_path, "port": model.port}, "periodSeconds": 5}
+    scratch_mounts, scratch_volumes = _scratch(model)
     container: dict[str, Any] = {
         "name": "runtime",
         "image": model.image,
         "imagePullPolicy": "IfNotPresent",
         "args": list(model.args),
         "env": [{"name": key, "value": value} for key, value in model.env],
-        "ports": [{"containerPort": model.port, "name": "http"}],
+        "ports": [{"containerPort": model.port, "name": "http", "protocol": "TCP"}],
         "readinessProbe": probe,
+        # Loading weights takes minutes: the startup probe holds the others off for 30 min.
         "startupProbe": {**probe, "failureThreshold": 360},
+        "livenessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 6},
         "resources": resources,
         "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": False,
-            "capabilities": {"drop": ["ALL"]},
+            **_LOCKED_DOWN,
+            "readOnlyRootFilesystem": True,
+            **({"runAsNonRoot": True} if model.run_as_user is not None else {}),
         },
-        "volumeMounts": [{"name": "model", "mountPath": "/models", "readOnly": True}],
+        "volumeMounts": [
+            {"name": "model", "mountPath": "/models", "readOnly": True},
+            *scratch_mounts,
+        ],
     }
+    pod: dict[str, Any] = {
+        "nodeSelector": {"kubernetes.io/hostname": model.node},
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": _pod_security(model),
+        "containers": [container],
+        "volumes": [
+            {"name": "model", "hostPath": {"path": model.model_dir, "type": "Directory"}},
+            *scratch_volumes,
+        ],
+    }
+    if model.gpus:
+        pod["runtimeClassName"] = NVIDIA_RUNTIME_CLASS
+        pod["tolerations"] = [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -248,28 +327,22 @@ def model_deployment(model: ModelWorkload) -> dict[str, Any]:
             # The GPUs are the node's: the old pod gives them back before the new one starts.
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "nodeSelector": {"kubernetes.io/hostname": model.node},
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "containers": [container],
-                    "volumes": [
-                        {
-                            "name": "model",
-                            "hostPath": {"path": model.model_dir, "type": "Directory"},
-                        }
-                    ],
-                },
-            },
+            "template": {"metadata": {"labels": labels}, "spec": pod},
         },
     }
 
 
 def runtime_network_policy(gateway_ips: Sequence[str], ports: Sequence[int]) -> dict[str, Any]:
     """Only the gateway's hosts reach the runtimes, on their ports; the runtimes reach nothing
-    (an empty egress list denies all egress, DNS included)."""
+    (an empty egress list denies all egress, DNS included).
+
+    k3s enforces it with its embedded network policy controller (kube-router's, on unless the
+    server's config says ``disable-network-policy``, which server_config never does). The
+    kubelet's probes come from the pod's own node, which kube-router always admits. An
+    ``ipBlock`` matches the packet's source as the pod sees it: the gateway host's address when
+    the gateway reaches a NodePort with ``externalTrafficPolicy: Local`` (or over flannel's
+    host-gw backend), but not when a host reaches a pod on another node over the default VXLAN
+    backend, whose source is that host's ``flannel.1`` address."""
     if not gateway_ips:
         raise ValueError("runtime_network_policy needs the gateway's address")
     return {
@@ -297,6 +370,11 @@ def manifests(
     docs = [namespace()]
     if device_plugin_image:
         docs.append(device_plugin(device_plugin_image))
+    names = [_resource_name(w.name) for w in workloads]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        # One Deployment per model: a second one of the same name would replace the first.
+        raise ValueError(f"more than one workload would be named {', '.join(twice)}")
     docs.extend(model_deployment(w) for w in sorted(workloads, key=lambda w: w.name))
     if workloads:
         docs.append(runtime_network_policy(gateway_ips, [w.port for w in workloads]))

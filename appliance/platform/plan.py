@@ -15,6 +15,7 @@ from typing import Any
 from appliance.install.topology import Topology
 from appliance.platform.harbor import HarborSettings, harbor_yml, project_name
 from appliance.platform.k3s import (
+    SCRATCH,
     LocalRegistry,
     ModelWorkload,
     agent_config,
@@ -49,14 +50,37 @@ def _runtime_args(kind: str, model: str, files: Sequence[str], port: int) -> tup
     raise ValueError(f"no k3s workload for runtime {kind!r}")
 
 
+# The runtimes run as a user of no image's (k3s.ModelWorkload.run_as_user) with a read-only root
+# filesystem: HOME and every cache go to the pod's writable /tmp, as the systemd units give each
+# runtime a state directory of its own.
+_HOME = (("HOME", SCRATCH), ("XDG_CACHE_HOME", f"{SCRATCH}/cache"))
+
+
 def _runtime_env(kind: str, port: int) -> tuple[tuple[str, str], ...]:
     if kind == "vllm":
         # Never reach for the hub or send usage statistics (see upstream-pins, vLLM).
         return (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"),
-                ("VLLM_NO_USAGE_STATS", "1"), ("DO_NOT_TRACK", "1"))  # fmt: skip
+                ("VLLM_NO_USAGE_STATS", "1"), ("DO_NOT_TRACK", "1"), *_HOME,
+                ("VLLM_CACHE_ROOT", f"{SCRATCH}/cache/vllm"),
+                ("HF_HOME", f"{SCRATCH}/cache/huggingface"))  # fmt: skip
     if kind == "ollama":
-        return (("OLLAMA_HOST", f"0.0.0.0:{port}"), ("OLLAMA_MODELS", "/models"))
-    return ()
+        # The models directory is read-only: Ollama must not prune blobs there at start.
+        return (("OLLAMA_HOST", f"0.0.0.0:{port}"), ("OLLAMA_MODELS", "/models"),
+                ("OLLAMA_NOPRUNE", "1"), *_HOME)  # fmt: skip
+    return _HOME
+
+
+# Host memory each runtime needs beyond the weights (MiB), and vLLM's shared memory for its
+# worker processes: requests the scheduler reserves, not limits (a limit would kill a runtime
+# whose page cache of mmapped weights grows during load).
+_MEMORY_MIB = {"llamacpp": 512, "ollama": 1024, "vllm": 4096}
+_SHM_MIB = {"vllm": 2048}
+
+
+def _memory_mib(kind: str, files: Sequence[Mapping[str, Any]], gpus: int) -> int:
+    """The runtime's own memory, plus the weights where they are served from host memory."""
+    weights = 0 if gpus else sum(int(f.get("size") or 0) for f in files) // (1024 * 1024)
+    return _MEMORY_MIB[kind] + weights
 
 
 def workloads(
@@ -76,7 +100,9 @@ def workloads(
             raise ValueError(f"the bundle names no image for runtime {runtime.kind!r}")
         for model in runtime.models:
             port = runtime.ports[model]
-            files = [str(f["name"]) for f in by_name.get(model, {}).get("files", [])]
+            listed = list(by_name.get(model, {}).get("files", []))
+            files = [str(f["name"]) for f in listed]
+            count = (gpus or {}).get(model, 0)
             found.append(
                 ModelWorkload(
                     name=model,
@@ -86,8 +112,10 @@ def workloads(
                     port=port,
                     args=_runtime_args(runtime.kind, model, files, port),
                     health_path=_HEALTH[runtime.kind],
-                    gpus=(gpus or {}).get(model, 0),
+                    gpus=count,
                     env=_runtime_env(runtime.kind, port),
+                    memory_mib=_memory_mib(runtime.kind, listed, count),
+                    shm_mib=_SHM_MIB.get(runtime.kind, 0),
                 )
             )
     return found
@@ -111,6 +139,9 @@ def k3s_plan(
             configs[name] = server_config(host.address, TOKEN_FILE, gpu=gpu)
         else:
             configs[name] = agent_config(topology.depot_address, host.address, TOKEN_FILE, gpu=gpu)
+        # Each node is named after its inventory host, as the Deployments' node selectors and
+        # appliance verify (GPU facts per host) name it; k3s would take the machine's hostname.
+        configs[name]["node-name"] = name
     shared = registries(images, registry)
     # The pull identity's password never leaves the hosts: the role fills it in there.
     shared["configs"][registry.address].pop("auth")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from typing import Any
 
 import kubernetes_validate
@@ -18,6 +19,7 @@ from appliance.platform.k3s import (
     LocalRegistry,
     ModelWorkload,
     agent_config,
+    device_plugin,
     gpu_labels,
     manifests,
     model_deployment,
@@ -149,8 +151,15 @@ def test_a_model_deployment_runs_its_image_by_digest_read_only_on_its_node() -> 
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["image"].endswith(DIGEST)
-    assert container["resources"] == {"limits": {"nvidia.com/gpu": 1}}
-    assert container["volumeMounts"] == [
+    # The GPU limit from the sizing; the requests (GPU equal to it, CPU, memory) come with it.
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": 1}
+    assert container["resources"]["requests"] == {
+        "cpu": "1",
+        "memory": "1024Mi",
+        "nvidia.com/gpu": 1,
+    }
+    # The model read-only; /tmp (scratch, an emptyDir) beside it.
+    assert container["volumeMounts"][:1] == [
         {"name": "model", "mountPath": "/models", "readOnly": True}
     ]
     assert pod["nodeSelector"] == {"kubernetes.io/hostname": "gpu-1"}
@@ -199,3 +208,105 @@ def test_the_plan_for_a_depot_and_gpu_nodes_holds_no_secret() -> None:
         validate(doc)
     with pytest.raises(ValueError, match="no image for runtime 'llamacpp'"):
         workloads(topology, models, {})
+
+
+def test_a_model_runs_locked_down_as_a_non_root_user_with_scratch_space_only() -> None:
+    pod = model_deployment(workload())["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }  # fmt: skip
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False and security["privileged"] is False
+    assert security["readOnlyRootFilesystem"] is True and security["runAsNonRoot"] is True
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    # Writable: /tmp only (HOME and caches), never the model's files.
+    writable = [m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")]
+    assert writable == ["/tmp"]
+    # A GPU pod names k3s's own RuntimeClass; readiness, liveness and startup share the path.
+    assert pod["runtimeClassName"] == "nvidia"
+    assert {container[p]["httpGet"]["path"] for p in ("readinessProbe", "livenessProbe",
+                                                      "startupProbe")} == {"/health"}  # fmt: skip
+    cpu_pod = model_deployment(workload("beta", 0))["spec"]["template"]["spec"]
+    assert "runtimeClassName" not in cpu_pod and "tolerations" not in cpu_pod
+    assert "limits" not in cpu_pod["containers"][0]["resources"]
+    # An image that cannot run as another user keeps its own, still without privileges.
+    root = model_deployment(replace(workload(), run_as_user=None))["spec"]["template"]["spec"]
+    assert root["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
+    assert "runAsNonRoot" not in root["containers"][0]["securityContext"]
+    validate(model_deployment(replace(workload(), run_as_user=None, shm_mib=2048)))
+
+
+def test_the_device_plugin_runs_the_bundle_image_with_the_nvidia_runtime_on_gpu_nodes() -> None:
+    plugin = device_plugin(IMAGES[1])
+    pod = plugin["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == IMAGES[1]
+    assert pod["runtimeClassName"] == "nvidia"
+    assert pod["nodeSelector"] == {"appliance/gpu": "true"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["resources"]["requests"]
+    validate(plugin)
+    with pytest.raises(RegistryError, match="not pinned"):
+        device_plugin("nvcr.io/nvidia/k8s-device-plugin:v0.17.1")
+
+
+def test_two_workloads_of_one_name_are_refused() -> None:
+    with pytest.raises(ValueError, match="more than one workload would be named model-alpha"):
+        manifests(
+            [workload("alpha"), replace(workload("alpha"), node="gpu-2")], ["198.18.10.2"], None
+        )
+
+
+def test_each_runtime_gets_its_health_path_environment_and_memory_from_its_files() -> None:
+    host_vars: dict[str, dict[str, Any]] = {
+        "depot-1": {"ansible_host": "198.18.10.2"},
+        "gpu-1": {"ansible_host": "198.18.10.11", "runtime_vllm_models": ["big"]},
+    }
+    models = [{"name": "big", "format": "safetensors",
+               "files": [{"name": "model.safetensors", "size": 16 * 1024**3}]}]  # fmt: skip
+    topology = plan(
+        hosts=sorted(host_vars), depot="depot-1", gpu_nodes=["gpu-1"], host_vars=host_vars,
+        stack={"runtime": "vllm", "orchestrator": "systemd"}, models=models,
+    )  # fmt: skip
+    (on_gpu,) = workloads(topology, models, {"vllm": IMAGES[3]}, gpus={"big": 2})
+    (on_cpu,) = workloads(topology, models, {"vllm": IMAGES[3]})
+    env = dict(on_gpu.env)
+    assert env["HOME"] == "/tmp" and env["HF_HUB_OFFLINE"] == "1"
+    assert env["VLLM_CACHE_ROOT"].startswith("/tmp/")
+    # Weights on the GPUs need no host memory of their own; on the CPU they do.
+    assert (on_gpu.memory_mib, on_cpu.memory_mib) == (4096, 4096 + 16 * 1024)
+    assert on_gpu.shm_mib == 2048 and on_gpu.health_path == "/health"
+    deployment = model_deployment(on_gpu)
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["shm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "2048Mi"}
+    validate(deployment)
+    result = k3s_plan(
+        topology, images=IMAGES, registry=REGISTRY, workloads=[on_gpu],
+        device_plugin_image=IMAGES[1], gpu_nodes=["gpu-1"],
+    )  # fmt: skip
+    # Nodes carry their inventory names: the node selectors and verify's GPU facts use them.
+    assert {name: c["node-name"] for name, c in result["configs"].items()} == {
+        "depot-1": "depot-1", "gpu-1": "gpu-1",
+    }  # fmt: skip
+    for config in result["configs"].values():
+        assert set(config) <= k3s_flags.SERVER | k3s_flags.AGENT
+        # k3s's network policy controller enforces the runtimes' policy: never disabled.
+        assert "disable-network-policy" not in config
+
+
+@pytest.mark.parametrize(
+    ("api_version", "kind"),
+    [("extensions/v1beta1", "Deployment"), ("apps/v1beta2", "DaemonSet"),
+     ("extensions/v1beta1", "NetworkPolicy")],
+)  # fmt: skip
+def test_an_api_version_kubernetes_1_34_no_longer_serves_is_refused(
+    api_version: str, kind: str
+) -> None:
+    (document,) = [d for d in manifests([workload()], ["198.18.10.2"], IMAGES[1])
+                   if d["kind"] == kind]  # fmt: skip
+    validate(document)
+    with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+        validate({**document, "apiVersion": api_version})

@@ -201,6 +201,11 @@ class ModelWorkload:
     health_path: str
     gpus: int = 0
     env: tuple[tuple[str, str], ...] = ()
+    # Set: the pod runs on its node's network, its runtime listening on this address at
+    # ``port`` as a systemd runtime would, so the gateway on the host reaches it there and the
+    # host firewall (which admits the gateway's address alone) guards it; a NetworkPolicy does
+    # not apply to a host-network pod. Empty: the pod's own network, the NetworkPolicy's.
+    listen_address: str = ""
 
 
 def _resource_name(model: str) -> str:
@@ -221,7 +226,11 @@ def model_deployment(model: ModelWorkload) -> dict[str, Any]:
     resources: dict[str, Any] = {}
     if model.gpus:
         resources = {"limits": {"nvidia.com/gpu": model.gpus}}
-    probe = {"httpGet": {"path": model.health_path, "port": model.port}, "periodSeconds": 5}
+    get: dict[str, Any] = {"path": model.health_path, "port": model.port}
+    if model.listen_address:
+        # The kubelet probes a host-network pod at the node's address unless told where.
+        get["host"] = model.listen_address
+    probe = {"httpGet": get, "periodSeconds": 5}
     container: dict[str, Any] = {
         "name": "runtime",
         "image": model.image,
@@ -252,6 +261,7 @@ def model_deployment(model: ModelWorkload) -> dict[str, Any]:
                 "metadata": {"labels": labels},
                 "spec": {
                     "nodeSelector": {"kubernetes.io/hostname": model.node},
+                    **({"hostNetwork": True} if model.listen_address else {}),
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "containers": [container],

@@ -36,26 +36,28 @@ ANY = "0.0.0.0"  # noqa: S104
 _HEALTH = {"llamacpp": "/health", "vllm": "/health", "ollama": "/api/version"}
 
 
-def _runtime_args(kind: str, model: str, files: Sequence[str], port: int) -> tuple[str, ...]:
+def _runtime_args(
+    kind: str, model: str, files: Sequence[str], port: int, listen: str = ANY
+) -> tuple[str, ...]:
     if kind == "llamacpp":
         gguf = sorted(f for f in files if f.endswith(".gguf"))[:1] or ["model.gguf"]
         return ("--model", f"/models/{gguf[0]}", "--alias", model,
-                "--host", ANY, "--port", str(port))  # fmt: skip
+                "--host", listen, "--port", str(port))  # fmt: skip
     if kind == "vllm":
         return ("--model", "/models", "--served-model-name", model,
-                "--host", ANY, "--port", str(port))  # fmt: skip
+                "--host", listen, "--port", str(port))  # fmt: skip
     if kind == "ollama":
         return ("serve",)
     raise ValueError(f"no k3s workload for runtime {kind!r}")
 
 
-def _runtime_env(kind: str, port: int) -> tuple[tuple[str, str], ...]:
+def _runtime_env(kind: str, port: int, listen: str = ANY) -> tuple[tuple[str, str], ...]:
     if kind == "vllm":
         # Never reach for the hub or send usage statistics (see upstream-pins, vLLM).
         return (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"),
                 ("VLLM_NO_USAGE_STATS", "1"), ("DO_NOT_TRACK", "1"))  # fmt: skip
     if kind == "ollama":
-        return (("OLLAMA_HOST", f"0.0.0.0:{port}"), ("OLLAMA_MODELS", "/models"))
+        return (("OLLAMA_HOST", f"{listen}:{port}"), ("OLLAMA_MODELS", "/models"))
     return ()
 
 
@@ -64,8 +66,10 @@ def workloads(
     models: Sequence[Mapping[str, Any]],
     runtime_images: Mapping[str, str],
     gpus: Mapping[str, int] | None = None,
+    host_network: bool = False,
 ) -> list[ModelWorkload]:
-    """One workload per model the topology places on a node."""
+    """One workload per model the topology places on a node. ``host_network``: each runs on
+    its node's network at the address and port the topology planned (ModelWorkload)."""
     by_name = {str(m["name"]): m for m in models}
     found: list[ModelWorkload] = []
     for host in sorted(topology.hosts.values(), key=lambda h: h.name):
@@ -77,6 +81,7 @@ def workloads(
         for model in runtime.models:
             port = runtime.ports[model]
             files = [str(f["name"]) for f in by_name.get(model, {}).get("files", [])]
+            listen = runtime.listen_address if host_network else ANY
             found.append(
                 ModelWorkload(
                     name=model,
@@ -84,10 +89,11 @@ def workloads(
                     node=host.name,
                     model_dir=f"{MODELS_DIR}/{model}",
                     port=port,
-                    args=_runtime_args(runtime.kind, model, files, port),
+                    args=_runtime_args(runtime.kind, model, files, port, listen),
                     health_path=_HEALTH[runtime.kind],
                     gpus=(gpus or {}).get(model, 0),
-                    env=_runtime_env(runtime.kind, port),
+                    env=_runtime_env(runtime.kind, port, listen),
+                    listen_address=runtime.listen_address if host_network else "",
                 )
             )
     return found
@@ -111,6 +117,8 @@ def k3s_plan(
             configs[name] = server_config(host.address, TOKEN_FILE, gpu=gpu)
         else:
             configs[name] = agent_config(topology.depot_address, host.address, TOKEN_FILE, gpu=gpu)
+        # The inventory's name, which the Deployments' nodeSelector names (not the hostname).
+        configs[name]["node-name"] = name
     shared = registries(images, registry)
     # The pull identity's password never leaves the hosts: the role fills it in there.
     shared["configs"][registry.address].pop("auth")

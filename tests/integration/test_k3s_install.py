@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -168,6 +169,42 @@ def test_the_model_runs_as_a_deployment_of_the_bundles_image_by_digest(
     listing = host.run("sha256sum", "/var/lib/appliance/models/tiny-llama/tiny-llama.gguf")
     (model,) = k3s["manifest"].models()
     assert listing.stdout.split()[0] == model["digest"].removeprefix("sha256:")
+
+
+def test_registries_yaml_resolves_the_workload_image_to_the_bundles_digest(
+    k3s: dict[str, Any],
+) -> None:
+    """What containerd does with registries.yaml, done by hand with skopeo on the host: the
+    mirror of the image's upstream host, its rewrite, the pull identity and the CA file lead to
+    the local registry's copy, whose manifest is the bundle's digest. (The stand-in k3s pulls
+    nothing itself.)"""
+    host, ref = k3s["host"], k3s["ref"]
+    registries = yaml.safe_load(host.run("cat", "/etc/rancher/k3s/registries.yaml").stdout)
+    upstream, _, rest = ref.partition("/")
+    path, _, digest = rest.partition("@")
+    mirror = registries["mirrors"][upstream]
+    ((pattern, replacement),) = mirror["rewrite"].items()
+    rewritten = re.sub(pattern, replacement.replace("$1", r"\1"), path.rsplit(":", 1)[0])
+    endpoint = mirror["endpoint"][0].removeprefix("https://")
+    config = registries["configs"][endpoint]
+    made = host.run("sh", "-c", f"mkdir -p /srv/k3s-ca && cp {config['tls']['ca_file']} "
+                    "/srv/k3s-ca/ca.crt")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    creds = f"{config['auth']['username']}:{config['auth']['password']}"
+    raw = subprocess.run(
+        ["docker", "exec", host.name, "skopeo", "inspect", "--raw", "--cert-dir", "/srv/k3s-ca",
+         "--creds", creds, f"docker://{endpoint}/{rewritten}@{digest}"],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    assert raw.returncode == 0, raw.stderr
+    assert "sha256:" + hashlib.sha256(raw.stdout).hexdigest() == digest
+    # An image the bundle does not hold is simply not there.
+    missing = subprocess.run(
+        ["docker", "exec", host.name, "skopeo", "inspect", "--raw", "--cert-dir", "/srv/k3s-ca",
+         "--creds", creds, f"docker://{endpoint}/{rewritten}@sha256:{'0' * 64}"],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    assert missing.returncode != 0
 
 
 def test_a_completion_through_the_gateway_is_audited(k3s: dict[str, Any]) -> None:

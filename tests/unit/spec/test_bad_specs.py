@@ -409,7 +409,8 @@ CASES: list[tuple[str, str, list[str]]] = [
     (
         "stack-k3s-models-without-the-runtime-image",
         HEAD
-        + "stack:\n  orchestrator: k3s\n  registry: distribution\nfiles:\n" + K3S_FILES
+        + "stack:\n  orchestrator: k3s\n  registry: distribution\nfiles:\n"
+        + K3S_FILES
         + f"images:\n  - ref: 'docker.io/vllm/vllm-openai:v1@sha256:{SHA}'\n"
         + "models:\n  - {name: m, source: models/m.gguf, format: gguf}\n",
         [
@@ -423,7 +424,8 @@ CASES: list[tuple[str, str, list[str]]] = [
         "stack-k3s-with-a-runtime-it-does-not-run",
         HEAD
         + "stack:\n  orchestrator: k3s\n  registry: distribution\n  runtime: ollama\n"
-        + "files:\n" + K3S_FILES
+        + "files:\n"
+        + K3S_FILES
         + f"images:\n  - ref: 'docker.io/ollama/ollama:0.12@sha256:{SHA}'\n"
         + "models:\n  - {name: m, source: models/m.gguf, format: gguf}\n",
         [

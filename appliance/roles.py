@@ -62,6 +62,10 @@ def engines_configured(stack: Mapping[str, Any]) -> bool:
     return bool(registry != "none" and orchestrator != "k3s")
 
 
+def runtime_role(stack: Mapping[str, Any]) -> str:
+    return f"runtime_{stack.get('runtime', 'llamacpp')}"
+
+
 def play_roles(
     stack: Mapping[str, Any], serves_models: bool, gpu: bool = False, toolkit: bool = False
 ) -> tuple[str, ...]:
@@ -85,7 +89,9 @@ def play_roles(
     if stack.get("orchestrator") == "k3s":
         roles += ["k3s"]
     if serves_models:
-        roles += ["artifacts", f"runtime_{stack.get('runtime', 'llamacpp')}"]
+        # Under k3s the runtimes are its workloads (the k3s role lays out their models).
+        runtime = [] if stack.get("orchestrator") == "k3s" else [runtime_role(stack)]
+        roles += ["artifacts", *runtime]
         # The gateway's HTTPS certificate comes from the site CA by default (gateway_tls).
         roles += ["site_ca", "gateway"]
     # Once each, where it first appears (the site CA serves the store, the registry and the

@@ -23,6 +23,7 @@ from appliance.install.checks import check_can_install
 from appliance.install.hosts_record import forget_played, played_digest, remember_played
 from appliance.install.hosts_record import remember as remember_hosts
 from appliance.install.inventory import Inventory, load_inventory, single_box
+from appliance.install.platform_vars import platform_vars
 from appliance.install.release_state import (
     current_release,
     record_failed,
@@ -175,6 +176,9 @@ def _install(
             progress.finish(task)
     extravars = _extravars(options, manifest, depot_release, local_release, topology)
     extravars["appliance_models"] = manifest.models() + site
+    platform = platform_vars(manifest, topology, inventory.gpu_nodes)
+    if platform is not None:
+        extravars["appliance_platform"] = platform
     # Each vLLM model's facts, read from the verified copy, for preflight to judge against the
     # GPUs it finds on each node.
     extravars["appliance_gpu_sizing"] = gpu_sizing(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from appliance.bundle.manifest import Manifest
 from appliance.errors import InstallError
 from appliance.roles import required_packages
+from appliance.spec.k3s import K3S_FILES, K3S_REGISTRIES
 from appliance.spec.models import INSTALLABLE, MINIO_FILE
 
 
@@ -29,6 +30,8 @@ def check_can_install(manifest: Manifest) -> None:
             hint="build the bundle from a spec with the MinIO server under files: (see "
             "examples/production.yaml); nothing was changed",
         )
+    if manifest.stack.get("orchestrator") == "k3s":
+        _check_k3s(manifest, files, where)
     if manifest.stack.get("registry", "none") != "none" and not any(
         c.kind == "image" for c in manifest.components
     ):
@@ -63,3 +66,22 @@ def check_can_install(manifest: Manifest) -> None:
         hint="build the bundle again with this release's build-bundle, which adds every role's "
         "packages to the closure (or list them in packages.install). Nothing was changed",
     )
+
+
+def _check_k3s(manifest: Manifest, files: set[str], where: str) -> None:
+    missing = [name for name in K3S_FILES if name not in files]
+    if missing:
+        raise InstallError(
+            f"{where}: stack.orchestrator is k3s but the bundle carries no file named "
+            + ", ".join(f"'{name}' ({K3S_FILES[name]})" for name in missing),
+            hint="build the bundle from a spec with k3s's files under files: (see the README, "
+            "Container platform); nothing was changed",
+        )
+    registry = manifest.stack.get("registry", "none")
+    if registry not in K3S_REGISTRIES:
+        raise InstallError(
+            f"{where}: stack.orchestrator is k3s but stack.registry is {registry}: nothing "
+            "would serve the workloads' images",
+            hint=f"build the bundle with stack.registry one of {', '.join(K3S_REGISTRIES)}; "
+            "nothing was changed",
+        )

@@ -40,6 +40,7 @@ _RUNTIME_FORMATS: dict[str, frozenset[str]] = {
     "vllm": frozenset({"safetensors", "hf"}),
     "ollama": frozenset({"ollama"}),
 }
+K3S_SERVER_PORT = 6443
 # Runtimes that serve every model on one port (the others: one server per model, consecutive
 # ports from a base).
 _ONE_PORT = frozenset({"ollama"})
@@ -170,6 +171,7 @@ def plan(
         return str(value)
 
     runtime_kind = str(stack.get("runtime", "llamacpp"))
+    k3s = stack.get("orchestrator") == "k3s"
     multi = len(hosts) > 1
     serves = bool(models)
     gateway_host = None
@@ -222,7 +224,11 @@ def plan(
             roles += [*GPU_ROLES, *([TOOLKIT_ROLE] if nvidia.get("container_toolkit") else [])]
         if engines_configured(stack):
             roles += [ENGINES_ROLE]
-        if runtime is not None:
+        if k3s and (host == depot or host in gpu_nodes):
+            # The server on the depot, an agent on each GPU node; the runtimes are its
+            # workloads, on the address and ports planned here (host network).
+            roles += ["k3s"]
+        elif runtime is not None:
             roles += [f"runtime_{runtime.kind}"]
         if host == gateway_host:
             roles += ["gateway"]
@@ -233,6 +239,8 @@ def plan(
             # Every host's container engine pulls from it (TLS, the pull identity).
             + ([registry.port] if registry is not None and host == registry.host and multi else [])
             + ([gateway_port] if host == gateway_host and gateway_port is not None else [])
+            # The agents join the server (k3s's supervisor and API port).
+            + ([K3S_SERVER_PORT] if k3s and host == depot and multi else [])
         )
         private = (
             tuple(sorted(set(runtime.ports.values())))

@@ -84,7 +84,8 @@ def upgrade_scope(
     if whole:
         return Scope(None, tuple(whole))
     planned = {role for host in new_topology.hosts.values() for role in host.roles}
-    runtimes = {role for role in planned if role.startswith("runtime_")}
+    # Under k3s its role runs the models' workloads and publishes them to the gateway.
+    runtimes = {role for role in planned if role.startswith("runtime_") or role == "k3s"}
     roles: set[str] = set()
     why: list[str] = []
     assert current is not None  # _whole_play runs everything for a first install

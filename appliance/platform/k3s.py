@@ -231,6 +231,11 @@ class ModelWorkload:
     # Shared memory for the runtime's worker processes (MiB; vLLM's tensor parallelism), 0: none
     # beyond the container default.
     shm_mib: int = 0
+    # Set: the pod runs on its node's network, its runtime listening on this address at
+    # ``port`` as a systemd runtime would, so the gateway on the host reaches it there and the
+    # host firewall (which admits the gateway's address alone) guards it; a NetworkPolicy does
+    # not apply to a host-network pod. Empty: the pod's own network, the NetworkPolicy's.
+    listen_address: str = ""
 
 
 def _resource_name(model: str) -> str:
@@ -278,7 +283,11 @@ def model_deployment(model: ModelWorkload) -> dict[str, Any]:
         # An extended resource: requested and limited alike (Kubernetes requires both equal).
         requests["nvidia.com/gpu"] = model.gpus
         resources["limits"] = {"nvidia.com/gpu": model.gpus}
-    probe = {"httpGet": {"path": model.health_path, "port": model.port}, "periodSeconds": 5}
+    get: dict[str, Any] = {"path": model.health_path, "port": model.port}
+    if model.listen_address:
+        # The kubelet probes a host-network pod at the node's address unless told where.
+        get["host"] = model.listen_address
+    probe = {"httpGet": get, "periodSeconds": 5}
     scratch_mounts, scratch_volumes = _scratch(model)
     container: dict[str, Any] = {
         "name": "runtime",
@@ -304,6 +313,7 @@ def model_deployment(model: ModelWorkload) -> dict[str, Any]:
     }
     pod: dict[str, Any] = {
         "nodeSelector": {"kubernetes.io/hostname": model.node},
+        **({"hostNetwork": True} if model.listen_address else {}),
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": _pod_security(model),

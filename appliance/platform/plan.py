@@ -37,14 +37,16 @@ ANY = "0.0.0.0"  # noqa: S104
 _HEALTH = {"llamacpp": "/health", "vllm": "/health", "ollama": "/api/version"}
 
 
-def _runtime_args(kind: str, model: str, files: Sequence[str], port: int) -> tuple[str, ...]:
+def _runtime_args(
+    kind: str, model: str, files: Sequence[str], port: int, listen: str = ANY
+) -> tuple[str, ...]:
     if kind == "llamacpp":
         gguf = sorted(f for f in files if f.endswith(".gguf"))[:1] or ["model.gguf"]
         return ("--model", f"/models/{gguf[0]}", "--alias", model,
-                "--host", ANY, "--port", str(port))  # fmt: skip
+                "--host", listen, "--port", str(port))  # fmt: skip
     if kind == "vllm":
         return ("--model", "/models", "--served-model-name", model,
-                "--host", ANY, "--port", str(port))  # fmt: skip
+                "--host", listen, "--port", str(port))  # fmt: skip
     if kind == "ollama":
         return ("serve",)
     raise ValueError(f"no k3s workload for runtime {kind!r}")
@@ -56,7 +58,7 @@ def _runtime_args(kind: str, model: str, files: Sequence[str], port: int) -> tup
 _HOME = (("HOME", SCRATCH), ("XDG_CACHE_HOME", f"{SCRATCH}/cache"))
 
 
-def _runtime_env(kind: str, port: int) -> tuple[tuple[str, str], ...]:
+def _runtime_env(kind: str, port: int, listen: str = ANY) -> tuple[tuple[str, str], ...]:
     if kind == "vllm":
         # Never reach for the hub or send usage statistics (see upstream-pins, vLLM).
         return (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"),
@@ -65,7 +67,7 @@ def _runtime_env(kind: str, port: int) -> tuple[tuple[str, str], ...]:
                 ("HF_HOME", f"{SCRATCH}/cache/huggingface"))  # fmt: skip
     if kind == "ollama":
         # The models directory is read-only: Ollama must not prune blobs there at start.
-        return (("OLLAMA_HOST", f"0.0.0.0:{port}"), ("OLLAMA_MODELS", "/models"),
+        return (("OLLAMA_HOST", f"{listen}:{port}"), ("OLLAMA_MODELS", "/models"),
                 ("OLLAMA_NOPRUNE", "1"), *_HOME)  # fmt: skip
     return _HOME
 
@@ -88,8 +90,10 @@ def workloads(
     models: Sequence[Mapping[str, Any]],
     runtime_images: Mapping[str, str],
     gpus: Mapping[str, int] | None = None,
+    host_network: bool = False,
 ) -> list[ModelWorkload]:
-    """One workload per model the topology places on a node."""
+    """One workload per model the topology places on a node. ``host_network``: each runs on
+    its node's network at the address and port the topology planned (ModelWorkload)."""
     by_name = {str(m["name"]): m for m in models}
     found: list[ModelWorkload] = []
     for host in sorted(topology.hosts.values(), key=lambda h: h.name):
@@ -103,6 +107,7 @@ def workloads(
             listed = list(by_name.get(model, {}).get("files", []))
             files = [str(f["name"]) for f in listed]
             count = (gpus or {}).get(model, 0)
+            listen = runtime.listen_address if host_network else ANY
             found.append(
                 ModelWorkload(
                     name=model,
@@ -110,12 +115,13 @@ def workloads(
                     node=host.name,
                     model_dir=f"{MODELS_DIR}/{model}",
                     port=port,
-                    args=_runtime_args(runtime.kind, model, files, port),
+                    args=_runtime_args(runtime.kind, model, files, port, listen),
                     health_path=_HEALTH[runtime.kind],
                     gpus=count,
-                    env=_runtime_env(runtime.kind, port),
+                    env=_runtime_env(runtime.kind, port, listen),
                     memory_mib=_memory_mib(runtime.kind, listed, count),
                     shm_mib=_SHM_MIB.get(runtime.kind, 0),
+                    listen_address=runtime.listen_address if host_network else "",
                 )
             )
     return found

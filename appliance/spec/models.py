@@ -34,6 +34,7 @@ from appliance.spec.checks import (
 )
 from appliance.spec.common import ModelTask, Name, Sha256, StrictModel
 from appliance.spec.images import check_registry_images
+from appliance.spec.k3s import check_k3s_files, check_k3s_registry, check_k3s_runtime_image
 from appliance.spec.nvidia import Nvidia, NvidiaAptSource, NvidiaDriver, check_nvidia
 
 # Re-exported: the fetchers and tests import the packages models from here.
@@ -63,7 +64,7 @@ MINIO_FILE = "minio"
 INSTALLABLE: dict[str, tuple[str, ...]] = {
     "registry": ("none", "distribution"),
     "object_store": ("filesystem", "minio"),
-    "orchestrator": ("systemd",),
+    "orchestrator": ("systemd", "k3s"),
     "runtime": ("llamacpp", "vllm", "ollama"),
 }
 
@@ -368,6 +369,8 @@ class Spec(StrictModel):
                 "RELEASE.2025-09-07T16-13-09Z; see examples/production.yaml)",
                 name=MINIO_FILE,
             )
+        if stack is not None and stack.orchestrator == "k3s":
+            check_k3s_files({f.name for f in value})
         return value
 
     @field_validator("images")
@@ -377,6 +380,8 @@ class Spec(StrictModel):
         stack = info.data.get("stack")
         if stack is not None and stack.registry == "distribution":
             check_registry_images([image.ref for image in value])
+        if stack is not None and stack.orchestrator == "k3s":
+            check_k3s_registry(stack.registry)
         return value
 
     @field_validator("models")
@@ -385,6 +390,9 @@ class Spec(StrictModel):
         check_unique(value, "name", "model name")
         stack = info.data.get("stack")
         runtime = stack.runtime if stack is not None else None
+        # Only once the images validated (a bad one is reported on its own).
+        if value and stack is not None and stack.orchestrator == "k3s" and "images" in info.data:
+            check_k3s_runtime_image(stack.runtime, [image.ref for image in info.data["images"]])
         for model in value:
             if model.task == "embedding" and runtime not in EMBEDDING_RUNTIMES:
                 raise err(

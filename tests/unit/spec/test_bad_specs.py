@@ -31,6 +31,12 @@ NVIDIA_SOURCE = (
     f"fingerprint: {'A' * 40}}}\n"
 )
 
+# k3s's three files: entries (3 lines).
+K3S_FILES = "".join(
+    f"  - {{name: {name}, url: 'https://example.invalid/{name}', sha256: {SHA}}}\n"
+    for name in ("k3s", "k3s-airgap-images", "k3s-install.sh")
+)
+
 
 @pytest.fixture(autouse=True)
 def mirror(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -344,8 +350,6 @@ CASES: list[tuple[str, str, list[str]]] = [
         "stack-choices-this-release-cannot-install",
         HEAD + "stack:\n  orchestrator: k3s\n  registry: harbor\n",
         [
-            "stack.orchestrator (line 7): 'k3s' cannot be installed by this release of "
-            "appliance; the choices that install are: systemd",
             "stack.registry (line 8): 'harbor' cannot be installed by this release of appliance; "
             "the choices that install are: none, distribution",
         ],
@@ -375,6 +379,59 @@ CASES: list[tuple[str, str, list[str]]] = [
             "'[fd00::1]:5000', which no mirror rule can name: the local registry, containerd's "
             "hosts.toml and k3s's registries.yaml name an upstream by a lowercase hostname or "
             "IPv4 address with an optional port",
+        ],
+    ),
+    (
+        # k3s installs since its role was wired, from the three files its air-gap install needs.
+        "stack-k3s-without-its-files",
+        HEAD
+        + "stack:\n  orchestrator: k3s\n  registry: distribution\nfiles:\n"
+        + f"  - {{name: k3s, url: 'https://example.invalid/k3s', sha256: {SHA}}}\n"
+        + f"images:\n  - ref: 'ghcr.io/ggml-org/llama.cpp:server@sha256:{SHA}'\n",
+        [
+            "files (line 9): stack.orchestrator is k3s: add the airgap images tarball "
+            "(k3s-airgap-images-<arch>.tar.zst); k3s's install script (install.sh at the "
+            "release's commit) as files: entries named 'k3s-airgap-images', 'k3s-install.sh', "
+            "each with its URL and sha256 (the k3s v1.34.3+k3s1 release; see the README, "
+            "Container platform)",
+        ],
+    ),
+    (
+        # k3s's containerd pulls the workloads' images only from the registry in the boundary.
+        "stack-k3s-without-a-registry",
+        HEAD + "stack:\n  orchestrator: k3s\nfiles:\n" + K3S_FILES,
+        [
+            "images (line 1): stack.orchestrator is k3s but stack.registry is none: k3s pulls "
+            "its workloads' images only from the registry inside the boundary; set "
+            "stack.registry to one of distribution, harbor",
+        ],
+    ),
+    (
+        "stack-k3s-models-without-the-runtime-image",
+        HEAD
+        + "stack:\n  orchestrator: k3s\n  registry: distribution\nfiles:\n"
+        + K3S_FILES
+        + f"images:\n  - ref: 'docker.io/vllm/vllm-openai:v1@sha256:{SHA}'\n"
+        + "models:\n  - {name: m, source: models/m.gguf, format: gguf}\n",
+        [
+            "models (line 15): stack.orchestrator is k3s and the spec has models: add the "
+            "llamacpp runtime's image under images:, pinned by digest, from a repository named "
+            "'llama.cpp' (e.g. <registry>/<path>/llama.cpp:<tag>@sha256:<digest>); each model "
+            "runs as a Deployment of it",
+        ],
+    ),
+    (
+        "stack-k3s-with-a-runtime-it-does-not-run",
+        HEAD
+        + "stack:\n  orchestrator: k3s\n  registry: distribution\n  runtime: ollama\n"
+        + "files:\n"
+        + K3S_FILES
+        + f"images:\n  - ref: 'docker.io/ollama/ollama:0.12@sha256:{SHA}'\n"
+        + "models:\n  - {name: m, source: models/m.gguf, format: gguf}\n",
+        [
+            "models (line 16): stack.orchestrator is k3s but stack.runtime is ollama, which this "
+            "release does not run as a k3s workload; set stack.runtime to one of llamacpp, "
+            "vllm, or stack.orchestrator to systemd",
         ],
     ),
     (

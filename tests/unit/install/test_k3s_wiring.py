@@ -1,0 +1,122 @@
+"""orchestrator: k3s wired into install: the roles the play runs, the topology's hosts, the
+checks on a bundle before any host changes, and the plan handed to the k3s role
+(appliance_platform) with each model a host-network Deployment of the bundle's image."""
+
+from __future__ import annotations
+
+import kubernetes_validate
+import pytest
+
+from appliance.bundle.manifest import Component, FileEntry, Manifest
+from appliance.errors import InstallError
+from appliance.install.checks import check_can_install
+from appliance.install.platform_vars import platform_vars
+from appliance.install.topology import K3S_SERVER_PORT, plan
+from appliance.roles import play_roles, required_packages, role_packages
+from tests.fixtures.bundles import new_manifest
+
+K3S = {"runtime": "llamacpp", "orchestrator": "k3s", "registry": "distribution",
+       "object_store": "filesystem"}  # fmt: skip
+DIGEST = "sha256:" + "b" * 64
+RUNTIME_IMAGE = f"ghcr.io/ggml-org/llama.cpp:server@{DIGEST}"
+OTHER_IMAGE = f"ghcr.io/team/app:1@sha256:{'c' * 64}"
+GGUF = [{"name": "alpha", "format": "gguf"}, {"name": "beta", "format": "gguf"}]
+LAB = {
+    "depot-1": {"ansible_host": "198.18.10.2"},
+    "gpu-1": {"ansible_host": "198.18.10.11", "runtime_llamacpp_models": ["alpha"]},
+    "gpu-2": {"ansible_host": "198.18.10.12", "runtime_llamacpp_models": ["beta"]},
+}
+
+
+def _file(name: str) -> FileEntry:
+    return FileEntry(path=f"files/{name}", sha256="a" * 64, size=1, kind="file", component=name)
+
+
+def _manifest(
+    stack: dict[str, str] = K3S,
+    files: tuple[str, ...] = ("k3s", "k3s-airgap-images", "k3s-install.sh"),
+    images: tuple[str, ...] = (RUNTIME_IMAGE, OTHER_IMAGE),
+) -> Manifest:
+    components = [Component(name=ref, kind="image", version=ref.split("@")[1]) for ref in images]
+    components.append(Component(name="alpha", kind="model", version="gguf"))
+    model = FileEntry(path="blobs/sha256/" + "d" * 64, sha256="d" * 64, size=1, kind="model",
+                      component="alpha", name="alpha.gguf")  # fmt: skip
+    return new_manifest([model, *(_file(f) for f in files)], components, stack=stack)
+
+
+def test_under_k3s_the_runtimes_are_workloads_not_runtime_roles() -> None:
+    roles = play_roles(K3S, serves_models=True)
+    assert "runtime_llamacpp" not in roles
+    assert roles.index("registry") < roles.index("k3s") < roles.index("artifacts")
+    assert roles[-1] == "gateway"
+    # llama.cpp's own OS packages are not needed: its image carries them.
+    needed = required_packages(K3S, serves_models=True)
+    runtime_only = set(role_packages("runtime_llamacpp")) - set(role_packages("gateway"))
+    assert runtime_only and not runtime_only & set(needed)
+    systemd = required_packages({**K3S, "orchestrator": "systemd"}, serves_models=True)
+    assert set(role_packages("runtime_llamacpp")) <= set(systemd)
+
+
+def test_the_k3s_server_is_the_depot_and_the_gpu_nodes_its_agents() -> None:
+    topology = plan(hosts=sorted(LAB), depot="depot-1", gpu_nodes=["gpu-1", "gpu-2"],
+                    host_vars=LAB, stack=K3S, models=GGUF)  # fmt: skip
+    assert topology.groups()["appliance_k3s"] == ["depot-1", "gpu-1", "gpu-2"]
+    assert "appliance_runtime_llamacpp" not in topology.groups()
+    # The runtimes keep their planned address and ports, open to the gateway alone.
+    gpu = topology.hosts["gpu-1"]
+    assert gpu.runtime is not None and gpu.runtime.listen_address == "198.18.10.11"
+    assert gpu.firewall.private_ports == (8081,)
+    assert gpu.firewall.private_sources == ("198.18.10.2",)
+    assert K3S_SERVER_PORT in topology.hosts["depot-1"].firewall.service_ports
+    assert K3S_SERVER_PORT not in gpu.firewall.service_ports
+
+
+def test_the_plan_runs_each_model_on_its_node_network_by_the_bundles_digest() -> None:
+    topology = plan(hosts=["localhost"], depot="localhost", gpu_nodes=["localhost"],
+                    host_vars={"localhost": {"ansible_connection": "local"}}, stack=K3S,
+                    models=[GGUF[0]], images=[{"ref": RUNTIME_IMAGE, "blobs": {}}])  # fmt: skip
+    result = platform_vars(_manifest(), topology, ["localhost"])
+    assert result is not None
+    k3s = result["k3s"]
+    assert k3s["server"] == "localhost"
+    assert k3s["configs"]["localhost"]["node-name"] == "localhost"
+    assert k3s["registry_address"] == "127.0.0.1:5000"
+    assert set(k3s["registries"]["mirrors"]) == {"ghcr.io", "*"}
+    (deployment,) = [d for d in k3s["manifests"] if d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == RUNTIME_IMAGE
+    assert pod["hostNetwork"] is True
+    assert container["args"][-4:] == ["--host", "127.0.0.1", "--port", "8081"]
+    assert container["readinessProbe"]["httpGet"] == {
+        "path": "/health", "port": 8081, "host": "127.0.0.1",
+    }  # fmt: skip
+    # No GPU without the bundle's driver and device plugin.
+    assert "limits" not in container["resources"]
+    assert "nvidia.com/gpu" not in container["resources"]["requests"]
+    for doc in k3s["manifests"]:
+        kubernetes_validate.validate(doc, "1.34.0", strict=True)
+    assert platform_vars(_manifest({**K3S, "orchestrator": "systemd"}), topology, []) is None
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        (_manifest(files=("k3s",)), "no file named 'k3s-airgap-images' (the airgap images"),
+        (_manifest({**K3S, "registry": "none"}), "stack.registry is none: nothing would serve"),
+    ],
+)
+def test_a_k3s_bundle_that_cannot_install_is_refused_before_any_change(
+    manifest: Manifest, message: str
+) -> None:
+    with pytest.raises(InstallError, match=message.replace("(", r"\(")) as caught:
+        check_can_install(manifest)
+    assert "nothing was changed" in caught.value.hint
+
+
+def test_a_k3s_bundle_without_its_runtime_image_is_refused() -> None:
+    topology = plan(hosts=["localhost"], depot="localhost", gpu_nodes=["localhost"],
+                    host_vars={"localhost": {}}, stack=K3S, models=[GGUF[0]],
+                    images=[{"ref": OTHER_IMAGE, "blobs": {}}])  # fmt: skip
+    with pytest.raises(InstallError, match="no image of the llamacpp runtime"):
+        platform_vars(_manifest(images=(OTHER_IMAGE,)), topology, ["localhost"])

@@ -55,13 +55,16 @@ class Target(StrictModel):
 # object_store role's object_store_file). MinIO stopped publishing binaries in 2025 and is
 # AGPL-3.0: the bundle carries the last published release, pinned like any other file.
 MINIO_FILE = "minio"
+# The files: entry that carries Harbor's offline installer for registry: harbor (the harbor
+# role's harbor_file): every Harbor image, install.sh and prepare, pinned like any other file.
+HARBOR_FILE = "harbor-offline-installer"
 
 # What this release installs for each role of the stack. The other choices are the ones the
 # design names for later releases (a registry, an object store, k3s): the spec's vocabulary
 # knows them, and validation refuses them until a release can install them, instead of letting
 # an install fail halfway.
 INSTALLABLE: dict[str, tuple[str, ...]] = {
-    "registry": ("none", "distribution"),
+    "registry": ("none", "distribution", "harbor"),
     "object_store": ("filesystem", "minio"),
     "orchestrator": ("systemd",),
     "runtime": ("llamacpp", "vllm", "ollama"),
@@ -368,6 +371,18 @@ class Spec(StrictModel):
                 "RELEASE.2025-09-07T16-13-09Z; see examples/production.yaml)",
                 name=MINIO_FILE,
             )
+        if (
+            stack is not None
+            and stack.registry == "harbor"
+            and HARBOR_FILE not in {f.name for f in value}
+        ):
+            raise err(
+                "harbor_installer_missing",
+                "stack.registry is harbor: add Harbor's offline installer as a files: entry "
+                "named '{name}' with its URL and sha256 (harbor-offline-installer-v2.15.2.tgz; "
+                "the harbor role installs Harbor from it, nothing is fetched on site)",
+                name=HARBOR_FILE,
+            )
         return value
 
     @field_validator("images")
@@ -375,8 +390,8 @@ class Spec(StrictModel):
     def _images(cls, value: list[Image], info: ValidationInfo) -> list[Image]:
         check_unique(value, "ref", "image")
         stack = info.data.get("stack")
-        if stack is not None and stack.registry == "distribution":
-            check_registry_images([image.ref for image in value])
+        if stack is not None and stack.registry in ("distribution", "harbor"):
+            check_registry_images([image.ref for image in value], stack.registry)
         return value
 
     @field_validator("models")

@@ -346,8 +346,20 @@ CASES: list[tuple[str, str, list[str]]] = [
         [
             "stack.orchestrator (line 7): 'k3s' cannot be installed by this release of "
             "appliance; the choices that install are: systemd",
-            "stack.registry (line 8): 'harbor' cannot be installed by this release of appliance; "
-            "the choices that install are: none, distribution",
+        ],
+    ),
+    (
+        # harbor installs since it was wired: from its offline installer, which the spec pins.
+        "stack-registry-harbor-without-its-installer",
+        HEAD
+        + "stack:\n  registry: harbor\nimages:\n  - ref: ghcr.io/acme/app@sha256:"
+        + "a" * 64
+        + "\n",
+        [
+            "files (line 1): stack.registry is harbor: add Harbor's offline installer as a files: "
+            "entry named 'harbor-offline-installer' with its URL and sha256 "
+            "(harbor-offline-installer-v2.15.2.tgz; the harbor role installs Harbor from it, "
+            "nothing is fetched on site)",
         ],
     ),
     (

@@ -37,6 +37,7 @@ from appliance.install.stage import ansible_content, stage
 from appliance.install.topology import Registry as RegistryPlan
 from appliance.install.topology import Topology, plan
 from appliance.mirrors import upstream_registries
+from appliance.platform.plan import harbor_plan
 from appliance.progress import NullProgress, Progress
 from appliance.registry import RegistryError
 from appliance.registry import images as registry_images
@@ -363,6 +364,10 @@ def _extravars(
     }
     if topology.registry is not None:
         variables.update(registry_vars(topology.registry))
+    if topology.registry is not None and topology.registry.kind == "harbor":
+        # harbor.yml and the projects, planned here; the role adds the passwords on the depot.
+        platform = variables.setdefault("appliance_platform", {})
+        platform["harbor"] = harbor_plan(topology, [i["ref"] for i in topology.registry.images])
     if options.internal_cidrs:
         variables["appliance_internal_cidrs"] = list(options.internal_cidrs)
     if options.exact_versions:

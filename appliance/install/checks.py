@@ -6,7 +6,7 @@ from appliance.bundle.manifest import Manifest
 from appliance.errors import InstallError
 from appliance.roles import required_packages
 from appliance.spec.k3s import K3S_FILES, K3S_REGISTRIES
-from appliance.spec.models import INSTALLABLE, MINIO_FILE
+from appliance.spec.models import HARBOR_FILE, INSTALLABLE, MINIO_FILE
 
 
 def check_can_install(manifest: Manifest) -> None:
@@ -29,6 +29,13 @@ def check_can_install(manifest: Manifest) -> None:
             f"'{MINIO_FILE}' (the server binary the object_store role installs)",
             hint="build the bundle from a spec with the MinIO server under files: (see "
             "examples/production.yaml); nothing was changed",
+        )
+    if manifest.stack.get("registry") == "harbor" and HARBOR_FILE not in files:
+        raise InstallError(
+            f"{where}: stack.registry is harbor but the bundle carries no file named "
+            f"'{HARBOR_FILE}' (Harbor's offline installer, which the harbor role runs)",
+            hint="build the bundle from a spec with Harbor's offline installer under files:; "
+            "nothing was changed",
         )
     if manifest.stack.get("orchestrator") == "k3s":
         _check_k3s(manifest, files, where)

@@ -219,7 +219,8 @@ def plan(
         if store is not None and host == store.host:
             roles += ["object_store"]
         if registry is not None and host == registry.host:
-            roles += ["registry"]
+            # registry: harbor runs Harbor there instead, seeded and audited the same way.
+            roles += ["harbor" if registry.kind == "harbor" else "registry"]
         if nvidia is not None and host in gpu_nodes:
             roles += [*GPU_ROLES, *([TOOLKIT_ROLE] if nvidia.get("container_toolkit") else [])]
         if engines_configured(stack):

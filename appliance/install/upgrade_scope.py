@@ -195,7 +195,7 @@ def _shape(topology: Topology) -> tuple[object, ...]:
 _EVIDENCE = {
     "verify_models": ("runtime_llamacpp", "runtime_vllm", "runtime_ollama"),
     "verify_store": ("object_store",),
-    "verify_registry": ("registry",),
+    "verify_registry": ("registry", "harbor"),
     "verify_engines": ("container_engines",),
     "verify_gpu": (
         "gpu_facts",

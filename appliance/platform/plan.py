@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from appliance.install.topology import Topology
@@ -171,19 +172,33 @@ def _san(address: str) -> str:
 
 
 def harbor_plan(topology: Topology, images: Sequence[str], port: int = 443) -> dict[str, Any]:
-    """``appliance_platform.harbor``: Harbor on the depot, a project per upstream registry."""
-    address = topology.depot_address
+    """``appliance_platform.harbor``: Harbor on the depot, a project per upstream registry.
+
+    With the topology's registry (``registry: harbor``), Harbor listens where the registry's
+    plan says every host pulls from (its address and port, loopback on a single box) and keeps
+    its data in the registry's storage directory, which preflight sizes for the images."""
+    registry = topology.registry
+    address = registry.address if registry is not None else topology.depot_address
+    port = registry.port if registry is not None else port
     certs = "/etc/appliance/harbor/certs"
     settings = HarborSettings(
         hostname=address, certificate=f"{certs}/public.crt", private_key=f"{certs}/private.key",
         https_port=port,
     )  # fmt: skip
+    if registry is not None:
+        settings = replace(settings, data_volume=registry.data_dir)
     return {
-        "address": address if port == 443 else f"{address}:{port}",
+        "address": address if port == 443 and registry is None else f"{address}:{port}",
         "data_volume": settings.data_volume,
         "harbor_yml": harbor_yml(settings),
         "projects": [project_name(host) for host in sorted({upstream_host(r) for r in images})],
         "certificate_names": sorted(
-            {_san(address), "IP:127.0.0.1", "DNS:localhost", f"DNS:{topology.depot}"}
+            {
+                _san(address),
+                _san(topology.depot_address),
+                "IP:127.0.0.1",
+                "DNS:localhost",
+                f"DNS:{topology.depot}",
+            }
         ),
     }

@@ -28,17 +28,17 @@ K3S_REGISTRIES = ("distribution", "harbor")
 K3S_RUNTIMES = ("llamacpp", "vllm")
 
 
-def check_k3s_files(names: set[str]) -> None:
+def k3s_files_missing(names: set[str]) -> str:
+    """What a k3s spec lacks among its files: entries, said whole ("" when nothing)."""
     missing = [name for name in K3S_FILES if name not in names]
-    if missing:
-        # Formatted here: err() shortens long values, and the user needs each one whole.
-        raise err(
-            "k3s_files_missing",
-            f"stack.orchestrator is k3s: add {'; '.join(K3S_FILES[name] for name in missing)} "
-            f"as files: entries named {', '.join(repr(name) for name in missing)}, each with "
-            "its URL and sha256 (the k3s v1.34.3+k3s1 release; see the README, Container "
-            "platform)",
-        )
+    if not missing:
+        return ""
+    return (
+        f"stack.orchestrator is k3s: add {'; '.join(K3S_FILES[name] for name in missing)} "
+        f"as files: entries named {', '.join(repr(name) for name in missing)}, each with "
+        "its URL and sha256 (the k3s v1.34.3+k3s1 release; see the README, Container "
+        "platform)"
+    )
 
 
 def check_k3s_registry(registry: str) -> None:

@@ -34,7 +34,7 @@ from appliance.spec.checks import (
 )
 from appliance.spec.common import ModelTask, Name, Sha256, StrictModel
 from appliance.spec.images import check_registry_images
-from appliance.spec.k3s import check_k3s_files, check_k3s_registry, check_k3s_runtime_image
+from appliance.spec.k3s import check_k3s_registry, check_k3s_runtime_image, k3s_files_missing
 from appliance.spec.nvidia import Nvidia, NvidiaAptSource, NvidiaDriver, check_nvidia
 
 # Re-exported: the fetchers and tests import the packages models from here.
@@ -56,13 +56,16 @@ class Target(StrictModel):
 # object_store role's object_store_file). MinIO stopped publishing binaries in 2025 and is
 # AGPL-3.0: the bundle carries the last published release, pinned like any other file.
 MINIO_FILE = "minio"
+# The files: entry that carries Harbor's offline installer for registry: harbor (the harbor
+# role's harbor_file): every Harbor image, install.sh and prepare, pinned like any other file.
+HARBOR_FILE = "harbor-offline-installer"
 
 # What this release installs for each role of the stack. The other choices are the ones the
 # design names for later releases (a registry, an object store, k3s): the spec's vocabulary
 # knows them, and validation refuses them until a release can install them, instead of letting
 # an install fail halfway.
 INSTALLABLE: dict[str, tuple[str, ...]] = {
-    "registry": ("none", "distribution"),
+    "registry": ("none", "distribution", "harbor"),
     "object_store": ("filesystem", "minio"),
     "orchestrator": ("systemd", "k3s"),
     "runtime": ("llamacpp", "vllm", "ollama"),
@@ -360,17 +363,28 @@ class Spec(StrictModel):
     def _files(cls, value: list[FileArtifact], info: ValidationInfo) -> list[FileArtifact]:
         check_unique(value, "name", "file name")
         stack = info.data.get("stack")
-        minio = stack is not None and stack.object_store == "minio"
-        if minio and MINIO_FILE not in {f.name for f in value}:
-            raise err(
-                "minio_binary_missing",
+        names = {f.name for f in value}
+        # Every file the stack needs and the spec lacks, in one problem: each is a separate
+        # download the user has to look up.
+        missing: list[str] = []
+        if stack is not None and stack.object_store == "minio" and MINIO_FILE not in names:
+            missing.append(
                 "stack.object_store is minio: add the MinIO server binary as a files: entry "
-                "named '{name}' with its URL and sha256 (the last published release, "
-                "RELEASE.2025-09-07T16-13-09Z; see examples/production.yaml)",
-                name=MINIO_FILE,
+                f"named '{MINIO_FILE}' with its URL and sha256 (the last published release, "
+                "RELEASE.2025-09-07T16-13-09Z; see examples/production.yaml)"
+            )
+        if stack is not None and stack.registry == "harbor" and HARBOR_FILE not in names:
+            missing.append(
+                "stack.registry is harbor: add Harbor's offline installer as a files: entry "
+                f"named '{HARBOR_FILE}' with its URL and sha256 "
+                "(harbor-offline-installer-v2.15.2.tgz; the harbor role installs Harbor from it, "
+                "nothing is fetched on site)"
             )
         if stack is not None and stack.orchestrator == "k3s":
-            check_k3s_files({f.name for f in value})
+            missing.append(k3s_files_missing(names))
+        if any(missing):
+            # Formatted here: err() shortens long values, and the user needs each one whole.
+            raise err("files_missing", ". ".join(m for m in missing if m))
         return value
 
     @field_validator("images")
@@ -378,8 +392,8 @@ class Spec(StrictModel):
     def _images(cls, value: list[Image], info: ValidationInfo) -> list[Image]:
         check_unique(value, "ref", "image")
         stack = info.data.get("stack")
-        if stack is not None and stack.registry == "distribution":
-            check_registry_images([image.ref for image in value])
+        if stack is not None and stack.registry in ("distribution", "harbor"):
+            check_registry_images([image.ref for image in value], stack.registry)
         if stack is not None and stack.orchestrator == "k3s":
             check_k3s_registry(stack.registry)
         return value

@@ -347,11 +347,35 @@ CASES: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
-        "stack-choices-this-release-cannot-install",
+        "stack-k3s-and-harbor-without-their-files",
         HEAD + "stack:\n  orchestrator: k3s\n  registry: harbor\n",
         [
-            "stack.registry (line 8): 'harbor' cannot be installed by this release of appliance; "
-            "the choices that install are: none, distribution",
+            "files (line 1): stack.registry is harbor: add Harbor's offline installer as a files: "
+            "entry named 'harbor-offline-installer' with its URL and sha256 "
+            "(harbor-offline-installer-v2.15.2.tgz; the harbor role installs Harbor from it, "
+            "nothing is fetched on site). stack.orchestrator is k3s: add the k3s binary (k3s or "
+            "k3s-arm64 of the release); the airgap images tarball "
+            "(k3s-airgap-images-<arch>.tar.zst); k3s's install script (install.sh at the "
+            "release's commit) as files: entries named 'k3s', 'k3s-airgap-images', "
+            "'k3s-install.sh', each with its URL and sha256 (the k3s v1.34.3+k3s1 release; see "
+            "the README, Container platform)",
+            "images (line 1): stack.registry is harbor but the spec lists no images: list the "
+            "container images the registry serves under images: (each pinned by digest), or "
+            "choose registry: none",
+        ],
+    ),
+    (
+        # harbor installs since it was wired: from its offline installer, which the spec pins.
+        "stack-registry-harbor-without-its-installer",
+        HEAD
+        + "stack:\n  registry: harbor\nimages:\n  - ref: ghcr.io/acme/app@sha256:"
+        + "a" * 64
+        + "\n",
+        [
+            "files (line 1): stack.registry is harbor: add Harbor's offline installer as a files: "
+            "entry named 'harbor-offline-installer' with its URL and sha256 "
+            "(harbor-offline-installer-v2.15.2.tgz; the harbor role installs Harbor from it, "
+            "nothing is fetched on site)",
         ],
     ),
     (

@@ -209,6 +209,7 @@ def test_a_503_is_retried_as_retry_after_says(site: Site) -> None:
     assert caught.value.response.headers["retry-after"] == "1"
     records = site.gateway.calls()[before:]
     assert [r["status"] for r in records] == [503, 503, 503]  # the call and two retries
+    assert [r["retry_count"] for r in records] == [0, 1, 2]  # X-Stainless-Retry-Count
     times = [datetime.fromisoformat(r["time"].replace("Z", "+00:00")) for r in records]
     # The SDK's own backoff would wait 0.375-0.5 s before the first retry; Retry-After says 1.
     assert all((b - a).total_seconds() >= 0.95 for a, b in itertools.pairwise(times))

@@ -101,6 +101,7 @@ class Owner:
         self.routes = frozenset(m.name for m in config.models)
         self.links: dict[int, Link] = {}
         self.restarts = 0
+        self.pages = 0  # /metrics pages computed for the workers
         self._tickets = itertools.count(1)
         self._pushes = itertools.count(1)
         self._adopted: dict[int, asyncio.Future[None]] = {}
@@ -196,6 +197,7 @@ class Owner:
         elif op == "keys":
             self._spawn(self._keys(link, message["id"]))
         elif op == "metrics":
+            self.pages += 1
             by_key = message.get("by_key") is True
             link.send({"id": message["id"], "text": self.render(by_key=by_key)})
         elif op == "health":
@@ -314,6 +316,8 @@ class Owner:
             ("workers", "Worker processes serving calls now.", "gauge", len(self.links)),
             ("worker_restarts_total", "Worker processes that exited and were started again.",
              "counter", self.restarts),
+            ("metrics_pages_total", "Pages of /metrics computed for the workers (each serves "
+             "unauthenticated scrapes from one at most a second old).", "counter", self.pages),
         ]  # fmt: skip
         p = "appliance_gateway_worker_records_total"
         lines = [

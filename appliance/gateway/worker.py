@@ -34,6 +34,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +50,7 @@ from appliance.gateway.record import now_iso
 LOG = logging.getLogger("appliance.gateway.worker")
 
 _STATS_EVERY_S = 1.0
+_ANYONE_PAGE_S = 1.0  # how old a /metrics page served to unauthenticated scrapers may be
 _Settable = concurrent.futures.Future[dict[str, Any]] | asyncio.Future[dict[str, Any]]
 _NO_LIMITS = Limits()
 
@@ -254,16 +256,42 @@ class RemoteLimiter:
 
 
 class OwnerView:
-    """The whole gateway's figures, from the owner (status.Shared)."""
+    """The whole gateway's figures, from the owner (status.Shared).
+
+    Each page costs the owner, which also writes every record, a render and a round trip. An
+    unauthenticated scrape is served from the last page asked for anyone, while it is less
+    than ``_ANYONE_PAGE_S`` old, and scrapes that arrive while one is asked wait for it: a
+    flood of anonymous scrapes costs the owner at most a page a second per worker. A scrape
+    with an operator key or the metrics token (already authenticated) gets a fresh page."""
 
     def __init__(self, link: OwnerLink) -> None:
         self.link = link
+        self._page: tuple[float, str] | None = None  # (asked at, text) for anyone
+        self._asking: asyncio.Future[str] | None = None
 
-    async def metrics_text(self, by_key: bool) -> str:
+    async def _ask(self, by_key: bool) -> str:
         answer = await self.link.request("metrics", by_key=by_key)
         if "text" not in answer:
             raise ConnectionError("the audit owner is gone")
         return str(answer["text"])
+
+    async def metrics_text(self, by_key: bool) -> str:
+        if by_key:
+            return await self._ask(True)
+        asked = time.monotonic()
+        if self._page is not None and asked - self._page[0] < _ANYONE_PAGE_S:
+            return self._page[1]
+        if self._asking is None:
+            self._asking = asking = asyncio.ensure_future(self._ask(False))
+
+            def keep(done: asyncio.Future[str]) -> None:
+                self._asking = None
+                if not done.cancelled() and done.exception() is None:
+                    self._page = (asked, done.result())
+
+            asking.add_done_callback(keep)
+        # Shielded: a scraper that leaves does not cancel the page the others wait for.
+        return await asyncio.shield(self._asking)
 
     async def connections(self) -> tuple[int, int]:
         answer = await self.link.request("health")

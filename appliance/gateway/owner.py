@@ -36,6 +36,7 @@ from appliance.gateway.keys import KeysFile, KeyStore, Limits
 from appliance.gateway.limits import Limiter
 from appliance.gateway.metrics import Metrics, _label
 from appliance.gateway.status import audit_gauges, connection_gauges
+from appliance.gateway.tls import TLSMaterial
 
 LOG = logging.getLogger("appliance.gateway.owner")
 
@@ -87,8 +88,11 @@ class Link:
 
 
 class Owner:
-    def __init__(self, config: GatewayConfig, keys: KeyStore, log: AuditLog) -> None:
+    def __init__(
+        self, config: GatewayConfig, keys: KeyStore, log: AuditLog, tls: TLSMaterial | None = None
+    ) -> None:
         self.config = config
+        self.tls = tls  # what every worker serves with, read by the supervisor
         self.writer = AuditWriter(
             log,
             min_free_bytes=config.audit.min_free_bytes,
@@ -148,8 +152,9 @@ class Owner:
         # The keys in use, as recorded: a worker started again while the keys file does not
         # load starts with the last good keys, as the single process keeps them.
         keys = KeysFile(keys=self.watcher.store.records()).model_dump(mode="json")
+        tls = None if self.tls is None else self.tls.to_json()
         link.send({"push": "hello", "index": index, "config": config, "keys": keys,
-                   "audit": self.audit_state()})  # fmt: skip
+                   "audit": self.audit_state(), "tls": tls})  # fmt: skip
         return link
 
     async def serve(self, link: Link, reader: asyncio.StreamReader) -> None:

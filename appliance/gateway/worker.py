@@ -46,6 +46,7 @@ from appliance.gateway.keys import KeyRecord, KeysFile, KeyStore, Limits
 from appliance.gateway.limits import LimitHit, Metered
 from appliance.gateway.proxy import Gateway
 from appliance.gateway.record import now_iso
+from appliance.gateway.tls import TLSMaterial, load_material, server_context
 
 LOG = logging.getLogger("appliance.gateway.worker")
 
@@ -333,6 +334,12 @@ async def run(index: int, channel: socket.socket, listeners: list[socket.socket]
     # good keys in use, and so does a worker started again meanwhile).
     keys = KeyStore(KeysFile.model_validate(hello["keys"]))
     audit = RemoteAudit(link, hello["audit"])
+    # The supervisor's reading of the TLS files, never the files: they may have been replaced
+    # since (this worker started again), and every worker must serve the same certificate.
+    tls = None if hello.get("tls") is None else TLSMaterial.from_json(hello["tls"])
+    context = (
+        None if config.listen.tls is None or tls is None else server_context(config.listen.tls, tls)
+    )
     adopt: list[Callable[[], None]] = []
 
     def pushed(message: dict[str, Any]) -> None:
@@ -340,6 +347,9 @@ async def run(index: int, channel: socket.socket, listeners: list[socket.socket]
             for step in adopt:
                 step()
             link.send("keys_adopted", ack=message["ack"])
+        elif message["push"] == "tls":  # SIGHUP: new connections get the new certificate
+            if context is not None:
+                load_material(context, TLSMaterial.from_json(message["tls"]))
         else:
             audit.take_state(message)
 
@@ -364,7 +374,7 @@ async def run(index: int, channel: socket.socket, listeners: list[socket.socket]
             attach(gateway, link)
             adopt.append(lambda: gateway.watcher.adopt())
 
-        await serve_app(config, keys, audit, stop, ready, socks=listeners, attach=fit)
+        await serve_app(config, keys, audit, stop, ready, context, listeners, fit)
     finally:
         reporter.cancel()
         watch.cancel()

@@ -257,13 +257,10 @@ class RemoteLimiter:
 
 
 class OwnerView:
-    """The whole gateway's figures, from the owner (status.Shared).
-
-    Each page costs the owner, which also writes every record, a render and a round trip. An
-    unauthenticated scrape is served from the last page asked for anyone, while it is less
-    than ``_ANYONE_PAGE_S`` old, and scrapes that arrive while one is asked wait for it: a
-    flood of anonymous scrapes costs the owner at most a page a second per worker. A scrape
-    with an operator key or the metrics token (already authenticated) gets a fresh page."""
+    """The whole gateway's figures, from the owner (status.Shared). A page costs the owner, the
+    audit writer, a render: a scrape without a key gets the last page asked for anyone while it
+    is under ``_ANYONE_PAGE_S`` old (scrapes meanwhile share one), so a flood of them costs the
+    owner a page a second per worker. A key's or the metrics token's scrape is fresh."""
 
     def __init__(self, link: OwnerLink) -> None:
         self.link = link

@@ -3,8 +3,8 @@
     appliance-gateway --config /etc/appliance/gateway/config.json
     appliance-gateway --config /etc/appliance/gateway/config.json --check-config
 
-Logs go to stderr (journald under systemd). SIGHUP reloads the keys file (a bad file is
-reported and the keys in use are kept); SIGTERM stops after the calls in flight.
+Logs go to stderr (journald under systemd). SIGHUP reloads the keys file and the TLS files (a
+bad file is reported and what is in use is kept); SIGTERM stops after the calls in flight.
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ from pathlib import Path
 from aiohttp import web
 
 from appliance import __version__
-from appliance.errors import ApplianceError, AuditError
+from appliance.errors import ApplianceError, AuditError, GatewayConfigError
 from appliance.gateway.audit import AuditLog
 from appliance.gateway.audit_writer import AuditSink, AuditWriter
-from appliance.gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
+from appliance.gateway.config import DEFAULT_CONFIG, GatewayConfig, TLSSettings, load_config
 from appliance.gateway.forward import cursor_name, targets
 from appliance.gateway.keys import KeyStore, load_keys
 from appliance.gateway.proxy import API_PATHS, Gateway
 from appliance.gateway.server import ConnectionGuard, GuardedSite
-from appliance.gateway.tls import check_files, server_context
+from appliance.gateway.tls import check_files, load_material, read_material, server_context
 
 LOG = logging.getLogger("appliance.gateway")
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -44,6 +44,19 @@ def reload_keys(gateway: Gateway) -> None:
     task = asyncio.get_running_loop().create_task(gateway.watcher.tick(force=True))
     _RELOADS.add(task)  # the loop keeps only a weak reference to its tasks
     task.add_done_callback(_RELOADS.discard)
+
+
+def reload_all(gateway: Gateway, context: ssl.SSLContext, settings: TLSSettings) -> None:
+    """SIGHUP in a single process: the keys file, and the TLS files into the context the
+    listener serves with (new connections get the new certificate); files that do not pass
+    the start's checks leave the old ones in use. With workers, supervisor.py does this."""
+    reload_keys(gateway)
+    try:
+        load_material(context, read_material(settings))
+    except GatewayConfigError as error:
+        LOG.error("TLS files not reloaded, the gateway keeps serving the old ones: %s", error)
+        return
+    LOG.info("TLS certificate reloaded from %s", settings.cert)
 
 
 async def expect_continue(request: web.Request) -> None:
@@ -129,7 +142,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{args.config}: valid gateway config, {len(config.models)} model(s), {found} "
                   f"{config.keys_file}")  # fmt: skip
             return
-        context = server_context(config.listen.tls) if config.listen.tls is not None else None
+        tls = config.listen.tls
+        material = read_material(tls) if tls is not None else None
+        context = server_context(tls, material) if tls is not None else None
         keys = KeyStore(load_keys(config.keys_file))
         log = AuditLog(config.audit.dir, config.audit.max_bytes, config.audit.fsync)
         try:
@@ -159,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     if workers > 1:
         from appliance.gateway.supervisor import supervise
 
-        sys.exit(supervise(config, keys, log, workers))
+        sys.exit(supervise(config, keys, log, workers, material))
     asyncio.run(serve(config, keys, log, asyncio.Event(), ssl_context=context))
 
 
@@ -222,6 +237,9 @@ async def serve_app(
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, stop.set)
+            if socks is None and ssl_context is not None and config.listen.tls is not None:
+                tls = config.listen.tls
+                loop.add_signal_handler(signal.SIGHUP, reload_all, gateway, ssl_context, tls)
         if ready is not None:
             ready()
         await stop.wait()

@@ -36,6 +36,7 @@ from appliance.gateway.keys import KeysFile, KeyStore, Limits
 from appliance.gateway.limits import Limiter
 from appliance.gateway.metrics import Metrics, _label
 from appliance.gateway.status import audit_gauges, connection_gauges
+from appliance.gateway.tls import TLSMaterial
 
 LOG = logging.getLogger("appliance.gateway.owner")
 
@@ -87,8 +88,11 @@ class Link:
 
 
 class Owner:
-    def __init__(self, config: GatewayConfig, keys: KeyStore, log: AuditLog) -> None:
+    def __init__(
+        self, config: GatewayConfig, keys: KeyStore, log: AuditLog, tls: TLSMaterial | None = None
+    ) -> None:
         self.config = config
+        self.tls = tls  # what every worker serves with, read by the supervisor
         self.writer = AuditWriter(
             log,
             min_free_bytes=config.audit.min_free_bytes,
@@ -101,6 +105,7 @@ class Owner:
         self.routes = frozenset(m.name for m in config.models)
         self.links: dict[int, Link] = {}
         self.restarts = 0
+        self.pages = 0  # /metrics pages computed for the workers
         self._tickets = itertools.count(1)
         self._pushes = itertools.count(1)
         self._adopted: dict[int, asyncio.Future[None]] = {}
@@ -147,8 +152,9 @@ class Owner:
         # The keys in use, as recorded: a worker started again while the keys file does not
         # load starts with the last good keys, as the single process keeps them.
         keys = KeysFile(keys=self.watcher.store.records()).model_dump(mode="json")
+        tls = None if self.tls is None else self.tls.to_json()
         link.send({"push": "hello", "index": index, "config": config, "keys": keys,
-                   "audit": self.audit_state()})  # fmt: skip
+                   "audit": self.audit_state(), "tls": tls})  # fmt: skip
         return link
 
     async def serve(self, link: Link, reader: asyncio.StreamReader) -> None:
@@ -196,6 +202,7 @@ class Owner:
         elif op == "keys":
             self._spawn(self._keys(link, message["id"]))
         elif op == "metrics":
+            self.pages += 1
             by_key = message.get("by_key") is True
             link.send({"id": message["id"], "text": self.render(by_key=by_key)})
         elif op == "health":
@@ -314,6 +321,8 @@ class Owner:
             ("workers", "Worker processes serving calls now.", "gauge", len(self.links)),
             ("worker_restarts_total", "Worker processes that exited and were started again.",
              "counter", self.restarts),
+            ("metrics_pages_total", "Pages of /metrics computed for the workers (each serves "
+             "unauthenticated scrapes from one at most a second old).", "counter", self.pages),
         ]  # fmt: skip
         p = "appliance_gateway_worker_records_total"
         lines = [

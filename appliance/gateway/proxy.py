@@ -49,7 +49,7 @@ from appliance.gateway.limits import Limiter, LimitGate
 from appliance.gateway.metrics import Metrics
 from appliance.gateway.record import MODEL_LIMIT, Call, clean
 from appliance.gateway.relay import relay
-from appliance.gateway.server import ConnectionGuard
+from appliance.gateway.server import CUT_ON_DISCONNECT, ConnectionGuard
 from appliance.gateway.status import Shared, health_page, live_page, metrics_page
 from appliance.gateway.stream import Renamer, UsageDropper
 
@@ -297,6 +297,12 @@ class Gateway:
                 raise
             failure = _Refusal(500, "internal_error", "the gateway failed on this call")
             return await self._refuse(request, call, failure)
+        except asyncio.CancelledError:
+            # The client of a whole answer left (server.AuditedHandler): the backend call is
+            # cut with it. 499, as nginx says, when no answer had begun.
+            call.status = call.status or 499
+            call.error = call.error or "client disconnected"
+            raise
         finally:
             self.limits.finish(call)  # first: a cancelled record write must not leak its slot
             await self._record(call)
@@ -371,6 +377,8 @@ class Gateway:
         document["model"] = route.upstream_name
         dropper = _ask_for_usage(document) if call.stream and request.path != API_PATHS[2] else None
         body = canonical(document)
+        if not call.stream:
+            request[CUT_ON_DISCONNECT] = True  # server.AuditedHandler: a client that leaves
         try:
             upstream = await self.backends.post(route.backend_base, request.path, body, call.stream)
             async with upstream:

@@ -50,6 +50,14 @@ def token_count(value: Any) -> int | None:
     return value
 
 
+def retry_count(header: str | None) -> int | None:
+    """The openai SDKs' ``X-Stainless-Retry-Count`` (0 on a first try, then 1, 2...): recorded
+    so that an SDK's retries of one call show as such. Anything but a small number: None."""
+    if header is None or not (header.isascii() and header.isdigit()) or len(header) > 3:
+        return None
+    return int(header)
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -76,6 +84,7 @@ class Call:
         "recorded",
         "request_id",
         "response_sha256",
+        "retry_count",
         "started",
         "status",
         "stream",
@@ -95,6 +104,7 @@ class Call:
         # Sent back (X-Client-Request-Id) only as it came, so only when it came printable.
         self.echoed_id = own if own and _ECHOABLE.fullmatch(own) else None
         self.user: str | None = None
+        self.retry_count = retry_count(request.headers.get("X-Stainless-Retry-Count"))
         self.client = clean(request.remote or "", PATH_LIMIT) or None
         # Who the TLS layer let in, when the listener requires client certificates.
         cert = client_certificate(request.transport)
@@ -152,6 +162,8 @@ class Call:
             "latency_ms": round(latency_ms, 3),
             "stream": self.stream,
             "error": None if self.error is None else clean(self.error, ERROR_LIMIT),
+            # Only when the client says (the openai SDKs do, from 0): which calls were retries.
+            **({} if self.retry_count is None else {"retry_count": self.retry_count}),
             **(
                 {}
                 if self.prompt_tokens_estimated is None

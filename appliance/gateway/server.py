@@ -65,6 +65,10 @@ class _AfterRecord(web.Response):
         return await super().prepare(request)
 
 
+# Set on a request (proxy.py) while the whole answer of its call is awaited from the backend.
+CUT_ON_DISCONNECT = web.RequestKey("cut_on_disconnect", bool)
+
+
 class AuditedHandler(RequestHandler):
     """aiohttp's protocol, with the requests its parser refuses (bad request line, header
     bytes HTTP forbids, headers too long) handed to ``on_error`` before the 4xx goes out: the
@@ -75,6 +79,16 @@ class AuditedHandler(RequestHandler):
     def __init__(self, manager: web.Server, on_error: ErrorHook, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self.on_error = on_error
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        # A whole (not streamed) answer the client stopped waiting for: its call is cancelled,
+        # and the backend's request with it (the runtimes stop generating on a closed
+        # connection), so an SDK's retry does not run beside a generation nobody will read.
+        # Streams notice on their own (relay.py) and are charged what they were sent.
+        request, task = self._current_request, self._task_handler
+        super().connection_lost(exc)
+        if request is not None and task is not None and request.get(CUT_ON_DISCONNECT):
+            task.cancel()
 
     def log_exception(self, *args: Any, **kwargs: Any) -> None:
         """A request the parser refused is the client's doing, and recorded in the audit log:

@@ -13,7 +13,9 @@ connections that arrive for a worker while it restarts wait in its queue for the
   1): systemd reports it and starts it again.
 - SIGTERM/SIGINT: every worker is told to stop (each finishes its calls in flight, their records
   written), then the audit log is closed. SIGHUP: the keys file is read again, by the owner and
-  by every worker.
+  by every worker, and the TLS files by the supervisor alone, which hands what it read to every
+  worker (and to any started later): all serve the same certificate, also a worker started
+  again after the files were replaced on disk.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ import sys
 import time
 from typing import Any
 
+from appliance.errors import GatewayConfigError
 from appliance.gateway.audit import AuditLog
 from appliance.gateway.channel import open_channel
 from appliance.gateway.config import GatewayConfig
 from appliance.gateway.keys import KeyStore
 from appliance.gateway.owner import Owner
 from appliance.gateway.server import SHARED_BACKLOG
+from appliance.gateway.tls import TLSMaterial, read_material
 
 LOG = logging.getLogger("appliance.gateway.supervisor")
 
@@ -193,10 +197,29 @@ class Supervisor:
 
     def _reload(self) -> None:
         self.owner._spawn(self.owner.sync_keys(force=True))
+        self._reload_tls()
         for process in self.processes.values():
             if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(signal.SIGHUP)
+
+    def _reload_tls(self) -> None:
+        """The certificate files read again and handed to every worker at once (and to any
+        started later); files that do not pass the start's checks leave the old ones in use."""
+        settings = self.owner.config.listen.tls
+        if settings is None:
+            return
+        try:
+            material = read_material(settings)
+        except GatewayConfigError as error:
+            LOG.error("TLS files not reloaded, the gateway keeps serving the old ones: %s", error)
+            return
+        if material == self.owner.tls:
+            return
+        self.owner.tls = material
+        for link in self.owner.links.values():
+            link.send({"push": "tls", "tls": material.to_json()})
+        LOG.info("TLS certificate reloaded from %s for every worker", settings.cert)
 
 
 def _how(code: int) -> str:
@@ -206,12 +229,19 @@ def _how(code: int) -> str:
     return f"exit code {code}"
 
 
-def supervise(config: GatewayConfig, keys: KeyStore, log: AuditLog, workers: int) -> int:
-    """Run the gateway as a supervisor of ``workers`` processes; the exit code."""
+def supervise(
+    config: GatewayConfig,
+    keys: KeyStore,
+    log: AuditLog,
+    workers: int,
+    tls: TLSMaterial | None = None,
+) -> int:
+    """Run the gateway as a supervisor of ``workers`` processes, which serve with ``tls`` (as
+    read at the start); the exit code."""
     listeners = bind(config.listen.host, config.listen.port, workers)
 
     async def main() -> int:
-        supervisor = Supervisor(Owner(config, keys, log), listeners)
+        supervisor = Supervisor(Owner(config, keys, log, tls), listeners)
         await supervisor.run()
         if supervisor.failed_start is not None:
             LOG.error("%s: the gateway stops", supervisor.failed_start)

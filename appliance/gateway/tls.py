@@ -16,7 +16,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import ssl
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,28 @@ TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1:!MD5"
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
+@dataclass(frozen=True)
+class TLSMaterial:
+    """The certificate chain, key and client CA as read once, so that every process serving
+    the port serves the same ones: with worker processes the supervisor reads them (at start
+    and on SIGHUP) and hands them to each worker, also to one started again after the files
+    changed on disk (supervisor.py)."""
+
+    cert: bytes
+    key: bytes
+    client_ca: bytes | None = None
+
+    def to_json(self) -> dict[str, str | None]:
+        ca = None if self.client_ca is None else self.client_ca.decode("ascii")
+        return {"cert": self.cert.decode("ascii"), "key": self.key.decode("ascii"), "client_ca": ca}
+
+    @classmethod
+    def from_json(cls, data: dict[str, str | None]) -> TLSMaterial:
+        ca = data.get("client_ca")
+        return cls(str(data["cert"]).encode("ascii"), str(data["key"]).encode("ascii"),
+                   None if ca is None else ca.encode("ascii"))  # fmt: skip
+
+
 def _read(path: Path, field: str) -> bytes:
     try:
         return path.read_bytes()
@@ -49,9 +73,10 @@ def _read(path: Path, field: str) -> bytes:
         ) from None
 
 
-def _certificates(path: Path, field: str) -> list[x509.Certificate]:
+def _certificates(data: bytes, path: Path, field: str) -> list[x509.Certificate]:
     try:
-        found = x509.load_pem_x509_certificates(_read(path, field))
+        found = x509.load_pem_x509_certificates(data)
+        data.decode("ascii")  # PEM is ASCII: what the channel to the workers carries
     except ValueError:
         found = []
     if not found:
@@ -62,12 +87,27 @@ def _certificates(path: Path, field: str) -> list[x509.Certificate]:
     return found
 
 
+def read_material(settings: TLSSettings) -> TLSMaterial:
+    """The files' contents, each read once and checked together (see the module text)."""
+    material = TLSMaterial(
+        _read(settings.cert, "cert"),
+        _read(settings.key, "key"),
+        None if settings.client_ca is None else _read(settings.client_ca, "client_ca"),
+    )
+    check_material(settings, material)
+    return material
+
+
 def check_files(settings: TLSSettings) -> x509.Certificate:
     """The server certificate, once every file is checked (see the module text)."""
-    chain = _certificates(settings.cert, "cert")
-    data = _read(settings.key, "key")
+    return check_material(settings, read_material(settings))
+
+
+def check_material(settings: TLSSettings, material: TLSMaterial) -> x509.Certificate:
+    chain = _certificates(material.cert, settings.cert, "cert")
     try:
-        key = serialization.load_pem_private_key(data, password=None)
+        key = serialization.load_pem_private_key(material.key, password=None)
+        material.key.decode("ascii")
     except TypeError:
         raise GatewayConfigError(
             f"listen.tls.key: {settings.key} is encrypted",
@@ -84,30 +124,49 @@ def check_files(settings: TLSSettings) -> x509.Certificate:
             f"listen.tls.key: {settings.key} is not the key of the certificate {settings.cert}",
             hint="the certificate's first entry must be the server certificate made for this key",
         )
-    if settings.client_ca is not None:
-        _certificates(settings.client_ca, "client_ca")
+    if settings.client_ca is not None and material.client_ca is not None:
+        _certificates(material.client_ca, settings.client_ca, "client_ca")
     expires = chain[0].not_valid_after_utc
     if expires < datetime.now(UTC):
         LOG.warning("the gateway's certificate %s expired on %s", settings.cert, expires)
     return chain[0]
 
 
-def server_context(settings: TLSSettings) -> ssl.SSLContext:
-    """The context the gateway's listener serves with."""
-    check_files(settings)
+def server_context(settings: TLSSettings, material: TLSMaterial | None = None) -> ssl.SSLContext:
+    """The context the gateway's listener serves with: from ``material`` when given (a
+    worker's, from the supervisor), else from the files."""
+    if material is None:
+        material = read_material(settings)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = _VERSIONS[settings.min_version]
     context.set_ciphers(TLS12_CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-    try:
-        context.load_cert_chain(settings.cert, settings.key)
-        if settings.client_ca is not None:
-            context.load_verify_locations(cafile=settings.client_ca)
-            context.verify_mode = ssl.CERT_REQUIRED
-    except (ssl.SSLError, OSError) as error:  # checked above; what OpenSSL still refuses
-        raise GatewayConfigError(f"listen.tls: OpenSSL refuses the files: {error}") from None
+    load_material(context, material)
     return context
+
+
+def load_material(context: ssl.SSLContext, material: TLSMaterial) -> None:
+    """Put ``material`` into ``context``: at start, and on a reload into the context the
+    listener already serves with, so that new connections get the new certificate (those
+    open keep theirs). A client CA is added to those trusted; one taken away stays trusted
+    until the gateway restarts."""
+    try:
+        # OpenSSL reads a chain and key only from files: memory-only files, never on disk.
+        cert, key = os.memfd_create("gateway-cert"), os.memfd_create("gateway-key")
+        try:
+            for fd, data in ((cert, material.cert), (key, material.key)):
+                with os.fdopen(os.dup(fd), "wb") as sink:
+                    sink.write(data)
+            context.load_cert_chain(f"/proc/self/fd/{cert}", f"/proc/self/fd/{key}")
+        finally:
+            os.close(cert)
+            os.close(key)
+        if material.client_ca is not None:
+            context.load_verify_locations(cadata=material.client_ca.decode("ascii"))
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (ssl.SSLError, OSError) as error:  # checked before; what OpenSSL still refuses
+        raise GatewayConfigError(f"listen.tls: OpenSSL refuses the files: {error}") from None
 
 
 def client_certificate(transport: Any) -> dict[str, str] | None:

@@ -34,6 +34,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,10 +46,12 @@ from appliance.gateway.keys import KeyRecord, KeysFile, KeyStore, Limits
 from appliance.gateway.limits import LimitHit, Metered
 from appliance.gateway.proxy import Gateway
 from appliance.gateway.record import now_iso
+from appliance.gateway.tls import TLSMaterial, load_material, server_context
 
 LOG = logging.getLogger("appliance.gateway.worker")
 
 _STATS_EVERY_S = 1.0
+_ANYONE_PAGE_S = 1.0  # how old a /metrics page served to unauthenticated scrapers may be
 _Settable = concurrent.futures.Future[dict[str, Any]] | asyncio.Future[dict[str, Any]]
 _NO_LIMITS = Limits()
 
@@ -254,16 +257,39 @@ class RemoteLimiter:
 
 
 class OwnerView:
-    """The whole gateway's figures, from the owner (status.Shared)."""
+    """The whole gateway's figures, from the owner (status.Shared). A page costs the owner, the
+    audit writer, a render: a scrape without a key gets the last page asked for anyone while it
+    is under ``_ANYONE_PAGE_S`` old (scrapes meanwhile share one), so a flood of them costs the
+    owner a page a second per worker. A key's or the metrics token's scrape is fresh."""
 
     def __init__(self, link: OwnerLink) -> None:
         self.link = link
+        self._page: tuple[float, str] | None = None  # (asked at, text) for anyone
+        self._asking: asyncio.Future[str] | None = None
 
-    async def metrics_text(self, by_key: bool) -> str:
+    async def _ask(self, by_key: bool) -> str:
         answer = await self.link.request("metrics", by_key=by_key)
         if "text" not in answer:
             raise ConnectionError("the audit owner is gone")
         return str(answer["text"])
+
+    async def metrics_text(self, by_key: bool) -> str:
+        if by_key:
+            return await self._ask(True)
+        asked = time.monotonic()
+        if self._page is not None and asked - self._page[0] < _ANYONE_PAGE_S:
+            return self._page[1]
+        if self._asking is None:
+            self._asking = asking = asyncio.ensure_future(self._ask(False))
+
+            def keep(done: asyncio.Future[str]) -> None:
+                self._asking = None
+                if not done.cancelled() and done.exception() is None:
+                    self._page = (asked, done.result())
+
+            asking.add_done_callback(keep)
+        # Shielded: a scraper that leaves does not cancel the page the others wait for.
+        return await asyncio.shield(self._asking)
 
     async def connections(self) -> tuple[int, int]:
         answer = await self.link.request("health")
@@ -305,6 +331,12 @@ async def run(index: int, channel: socket.socket, listeners: list[socket.socket]
     # good keys in use, and so does a worker started again meanwhile).
     keys = KeyStore(KeysFile.model_validate(hello["keys"]))
     audit = RemoteAudit(link, hello["audit"])
+    # The supervisor's reading of the TLS files, never the files: they may have been replaced
+    # since (this worker started again), and every worker must serve the same certificate.
+    tls = None if hello.get("tls") is None else TLSMaterial.from_json(hello["tls"])
+    context = (
+        None if config.listen.tls is None or tls is None else server_context(config.listen.tls, tls)
+    )
     adopt: list[Callable[[], None]] = []
 
     def pushed(message: dict[str, Any]) -> None:
@@ -312,6 +344,9 @@ async def run(index: int, channel: socket.socket, listeners: list[socket.socket]
             for step in adopt:
                 step()
             link.send("keys_adopted", ack=message["ack"])
+        elif message["push"] == "tls":  # SIGHUP: new connections get the new certificate
+            if context is not None:
+                load_material(context, TLSMaterial.from_json(message["tls"]))
         else:
             audit.take_state(message)
 
@@ -336,7 +371,7 @@ async def run(index: int, channel: socket.socket, listeners: list[socket.socket]
             attach(gateway, link)
             adopt.append(lambda: gateway.watcher.adopt())
 
-        await serve_app(config, keys, audit, stop, ready, socks=listeners, attach=fit)
+        await serve_app(config, keys, audit, stop, ready, context, listeners, fit)
     finally:
         reporter.cancel()
         watch.cancel()

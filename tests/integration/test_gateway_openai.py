@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -209,9 +210,29 @@ def test_a_503_is_retried_as_retry_after_says(site: Site) -> None:
     assert caught.value.response.headers["retry-after"] == "1"
     records = site.gateway.calls()[before:]
     assert [r["status"] for r in records] == [503, 503, 503]  # the call and two retries
+    assert [r["retry_count"] for r in records] == [0, 1, 2]  # X-Stainless-Retry-Count
     times = [datetime.fromisoformat(r["time"].replace("Z", "+00:00")) for r in records]
     # The SDK's own backoff would wait 0.375-0.5 s before the first retry; Retry-After says 1.
     assert all((b - a).total_seconds() >= 0.95 for a, b in itertools.pairwise(times))
+
+
+def test_a_call_the_client_gave_up_on_is_cut_and_its_retry_recorded(site: Site) -> None:
+    """The SDK's timeout: it closes the connection and tries again. Each try ends when its
+    client leaves (the backend's request cut with it, not left generating beside the retry),
+    and each has its record: 499 (nothing was answered), which try it was."""
+    before = len(site.gateway.calls())
+    client = site.client(max_retries=1, timeout=0.5)
+    with pytest.raises(openai.APITimeoutError):
+        client.chat.completions.create(model="stand-in", messages=HELLO, extra_body={"x_delay": 3})
+    deadline = time.monotonic() + 10
+    while len(site.gateway.calls()) - before < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    records = site.gateway.calls()[before:]
+    assert [(r["status"], r["error"], r["retry_count"]) for r in records] == [
+        (499, "client disconnected", 0),
+        (499, "client disconnected", 1),
+    ]
+    assert all(r["latency_ms"] < 2500 for r in records)  # not the backend's 3 s
 
 
 def test_a_backend_that_does_not_answer_gets_502_with_retry_after(site: Site) -> None:

@@ -43,7 +43,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
 
 
 def metrics(gateway: Running) -> str:
-    reply = gateway.get("/metrics")
+    """The page as it is now: with an operator key (a scrape without one may be served a page up
+    to a second old, see test_a_flood_of_anonymous_scrapes_costs_the_owner_a_page_a_second)."""
+    reply = gateway.get("/metrics", gateway.keys["operator"])
     assert reply.status == 200
     return reply.body.decode()
 
@@ -150,6 +152,22 @@ def test_series_by_key_follow_the_caller_across_workers(gateway: Running) -> Non
     for _ in range(4):  # connections land on either worker: each must pass the right on
         operator = gateway.get("/metrics", gateway.keys["operator"]).body.decode()
         assert series in operator
+
+
+def test_a_flood_of_anonymous_scrapes_costs_the_owner_a_page_a_second(gateway: Running) -> None:
+    """Every worker answers /metrics with the whole gateway's page, which the owner (also the
+    audit writer) renders: unauthenticated scrapes share a page at most a second old per
+    worker, so 200 of them at once cost the owner a few pages, not 200."""
+    before = metric(metrics(gateway), "appliance_gateway_metrics_pages_total")
+    began = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(lambda _: gateway.get("/metrics"), range(200)))
+    took = time.monotonic() - began
+    assert {r.status for r in replies} == {200}
+    assert all(b"appliance_gateway_requests_total" in r.body for r in replies)
+    after = metric(metrics(gateway), "appliance_gateway_metrics_pages_total")
+    # Per worker one page per started second of the flood, and the operator's scrape itself.
+    assert after - before <= 2 * (int(took) + 1) + 1, (after - before, took)
 
 
 def test_a_killed_worker_is_started_again_and_no_record_is_lost(gateway: Running) -> None:

@@ -37,7 +37,7 @@ import pytest
 from tests.fixtures.bundles import signed_bundle_from_upstreams
 from tests.fixtures.hosts import Host, lab_inventory
 from tests.fixtures.install import mounts
-from tests.fixtures.lab import INTERNET_URL, lab_around
+from tests.fixtures.lab import INTERNET_URL, arrivals, count_arrivals, lab_around
 from tests.fixtures.multihost import INVENTORY, multihost_lab, probe
 from tests.fixtures.registry import (
     layer,
@@ -83,19 +83,9 @@ class Lab:
     installed: subprocess.CompletedProcess[str]
 
 
-def _nft(namespace: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ip", "netns", "exec", namespace, "nft", *args], capture_output=True, text=True, check=True
-    )
-
-
 def packets_from_node(lab: Lab) -> int:
     """Packets that reached "the internet" from the node since the lab began."""
-    listed = json.loads(
-        _nft(lab.internet, "--json", "list", "counter", "inet", "lab", "seen").stdout
-    )
-    counter = next(x["counter"] for x in listed["nftables"] if "counter" in x)
-    return int(counter["packets"])
+    return arrivals(lab.internet)
 
 
 def pull(lab: Lab, ref: str) -> subprocess.CompletedProcess[str]:
@@ -166,13 +156,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             )  # fmt: skip
             assert prepared.returncode == 0, prepared.stderr
             with lab_around(node.name) as around:
-                _nft(around.internet, "add", "table", "inet", "lab")
-                _nft(around.internet, "add", "counter", "inet", "lab", "seen")
-                _nft(
-                    around.internet, "add", "chain", "inet", "lab", "in",
-                    "{ type filter hook prerouting priority 0 ; }",
-                )  # fmt: skip
-                _nft(around.internet, "add", "rule", "inet", "lab", "in", "counter", "name", "seen")
+                count_arrivals(around.internet)
                 installed = hosts.install()
                 yield Lab(
                     depot, node, around.internet, app, multi, single, single_amd64, absent,

@@ -9,11 +9,9 @@ and PyPI.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,13 +19,8 @@ sys.path.insert(0, str(ROOT))
 
 from appliance.build import BuildOptions, build_bundle  # noqa: E402
 from appliance.bundle.signing import keygen  # noqa: E402
-from tests.fixtures.hosts import (  # noqa: E402
-    Host,
-    authorize_ssh,
-    harness_image,
-    lab_inventory,
-    start_host,
-)
+from tests.fixtures.hosts import Host, harness_image, lab_inventory, start_host  # noqa: E402
+from tests.fixtures.multihost import multihost_lab  # noqa: E402
 from tests.fixtures.specs import SYSTEMD_LLAMACPP, spec_text  # noqa: E402
 
 
@@ -40,29 +33,14 @@ def install(host: Host, *args: str) -> float:
     return time.perf_counter() - started
 
 
-def fleet(image: str, root: Path, nodes: int) -> float:
-    network = f"appliance-bench-{uuid.uuid4().hex[:6]}"
-    subprocess.run(
-        ["docker", "network", "create", "--internal", "--subnet", "198.18.30.0/24", network],
-        check=True,
-        capture_output=True,
-    )
-    hosts: list[Host] = []
-    try:
-        addresses = {f"gpu-{i}": f"198.18.30.{11 + i}" for i in range(nodes)}
-        (root / "inventories" / "bench.yml").write_text(lab_inventory("198.18.30.10", addresses))
-        depot = start_host(image, _mounts(root), network, "198.18.30.10")
-        hosts.append(depot)
-        started = {start_host(image, None, network, a): a for a in addresses.values()}
-        hosts += list(started)
-        authorize_ssh(depot, started)
+def fleet(root: Path, nodes: int) -> float:
+    addresses = {f"gpu-{i}": f"198.18.30.{11 + i}" for i in range(nodes)}
+    (root / "inventories" / "bench.yml").write_text(lab_inventory("198.18.30.10", addresses))
+    with multihost_lab("198.18.30.0/24", "198.18.30.10", addresses, _mounts(root)) as lab:
         return install(
-            depot, "--inventory", "/srv/inventories/bench.yml", "--internal-cidr", "198.18.30.0/24"
-        )
-    finally:
-        for host in hosts:
-            host.remove()
-        subprocess.run(["docker", "network", "rm", network], capture_output=True, check=False)
+            lab.depot, "--inventory", "/srv/inventories/bench.yml", "--internal-cidr",
+            "198.18.30.0/24",
+        )  # fmt: skip
 
 
 def _mounts(root: Path) -> dict[Path, str]:
@@ -111,8 +89,8 @@ def main() -> None:
         )
 
         print("one depot, GPU nodes over SSH:")
-        one = fleet(image, root, 1)
-        three = fleet(image, root, 3)
+        one = fleet(root, 1)
+        three = fleet(root, 3)
         print(f"  1 node {one:5.1f} s; 3 nodes {three:5.1f} s = {three / one:.2f}x (goal <= 1.5x)")
 
 

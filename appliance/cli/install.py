@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from appliance.cli import options as option
 from appliance.cli.bundle import progress_for
 from appliance.cli.output import Output
 from appliance.install import InstallOptions, install
@@ -45,42 +46,17 @@ def live_view(output: Output) -> Callable[[TaskEvent], None]:
 
 
 @click.command("install")
-@click.option(
-    "--bundle",
-    type=click.Path(path_type=Path, exists=True),
-    required=True,
-    help="Bundle directory or packed .tar.",
-)
-@click.option(
-    "--pubkey",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    required=True,
-    help="The publisher's public key, carried separately.",
-)
-@click.option(
-    "--inventory",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Ansible inventory with groups depot and gpu_nodes. Default: this machine alone.",
-)
-@click.option(
-    "--root",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("/opt/appliance"),
-    show_default=True,
-    help="Where releases, the current link and run records live on the depot.",
-)
+@option.bundle()
+@option.pubkey()
+@option.inventory()
+@option.root()
 @click.option(
     "--work-dir",
     type=click.Path(path_type=Path, file_okay=False),
     help="When the depot is another machine: where this machine keeps its verified copy and "
     "run records (default: --root).",
 )
-@click.option(
-    "--internal-cidr",
-    "internal_cidrs",
-    multiple=True,
-    help="An IPv4 network inside the boundary (repeat); all other egress is dropped.",
-)
+@option.internal_cidr()
 @click.option(
     "--allow-reboot",
     is_flag=True,
@@ -93,11 +69,7 @@ def live_view(output: Output) -> Callable[[TaskEvent], None]:
     help="Replace another NVIDIA driver version found on a GPU node (otherwise refused with the "
     "plan of what would change).",
 )
-@click.option(
-    "--allow-downgrade",
-    is_flag=True,
-    help="Install a release older than the current one (its build sequence is lower).",
-)
+@option.allow_downgrade()
 @click.pass_obj
 def install_command(
     output: Output,
@@ -177,30 +149,10 @@ def install_command(
 
 
 @click.command("verify")
-@click.option(
-    "--egress-target",
-    "egress_targets",
-    multiple=True,
-    required=True,
-    help="A URL outside the boundary that must NOT answer (repeat). Probe only what you own.",
-)
-@click.option(
-    "--internal-target",
-    "internal_targets",
-    multiple=True,
-    help="A URL inside the boundary that must answer (repeat).",
-)
-@click.option(
-    "--inventory",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="The inventory used to install. Default: this machine alone.",
-)
-@click.option(
-    "--root",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("/opt/appliance"),
-    show_default=True,
-)
+@option.egress_target()
+@option.internal_target()
+@option.inventory()
+@option.root()
 @click.pass_obj
 def verify_command(
     output: Output,

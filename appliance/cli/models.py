@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from appliance.cli import options as option
 from appliance.cli.output import Output, human_bytes
 from appliance.errors import SiteModelError
 from appliance.gateway.config import DEFAULT_CONFIG
@@ -15,13 +16,6 @@ from appliance.site.models import DEFAULT_SITE_DIR, DEFAULT_STORE, FORMATS, Site
 from appliance.store import DEFAULT_CONFIG as DEFAULT_STORE_CONFIG
 from appliance.store import PublishReport
 
-_ROOT = click.option(
-    "--root",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("/opt/appliance"),
-    show_default=True,
-    help="The install root (its current release names the bundle's models).",
-)
 _SITE_DIR = click.option(
     "--site-dir",
     type=click.Path(path_type=Path, file_okay=False),
@@ -78,7 +72,7 @@ def models_group() -> None:
     type=click.Choice(FORMATS),
     help="gguf (llama.cpp) or safetensors (vLLM). Default: from the files.",
 )
-@_ROOT
+@option.root()
 @_SITE_DIR
 @_STORE
 @_STORE_CONFIG
@@ -140,7 +134,7 @@ def _store_note(report: PublishReport | None, paths: SitePaths) -> str:
 
 
 @models_group.command("list")
-@_ROOT
+@option.root()
 @_SITE_DIR
 @_STORE
 @click.option(
@@ -182,7 +176,7 @@ def list_command(
 
 @models_group.command("remove")
 @click.argument("name")
-@_ROOT
+@option.root()
 @_SITE_DIR
 @_STORE
 @_STORE_CONFIG

@@ -6,22 +6,15 @@ from pathlib import Path
 
 import click
 
+from appliance.cli import options as option
 from appliance.cli.output import Output, human_bytes
 from appliance.install.prune import prune_depot
 from appliance.install.release_state import list_releases
 from appliance.install.upgrade_state import load_phase, lock_held
 
-_ROOT = click.option(
-    "--root",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("/opt/appliance"),
-    show_default=True,
-    help="The depot's appliance root (install --root).",
-)
-
 
 @click.group("releases", invoke_without_command=True)
-@_ROOT
+@option.root()
 @click.pass_context
 def releases_group(ctx: click.Context, root: Path) -> None:
     """List the releases on this depot, newest first, with their state.
@@ -77,7 +70,7 @@ def releases_group(ctx: click.Context, root: Path) -> None:
 
 
 @releases_group.command("prune")
-@_ROOT
+@option.root()
 @click.option(
     "--keep",
     type=click.IntRange(min=0),

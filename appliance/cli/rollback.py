@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from appliance.cli import options as option
 from appliance.cli.bundle import progress_for
 from appliance.cli.install import live_view
 from appliance.cli.output import Output
@@ -17,42 +18,16 @@ from appliance.install.upgrade import RollbackOptions, UpgradeReport, rollback
 @click.option(
     "--to", "to", metavar="RELEASE", help="The release to go back to (default: previous)."
 )
-@click.option(
-    "--egress-target",
-    "egress_targets",
-    multiple=True,
-    required=True,
-    help="A URL outside the boundary that must NOT answer (repeat), as for appliance verify.",
-)
-@click.option(
-    "--internal-target",
-    "internal_targets",
-    multiple=True,
-    help="A URL inside the boundary that must answer (repeat).",
-)
+@option.egress_target()
+@option.internal_target()
 @click.option(
     "--pubkey",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
     help="The publisher key to check the release with (default: the key it was installed with).",
 )
-@click.option(
-    "--inventory",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="The inventory used to install. Default: the last install's on this depot, else "
-    "this machine alone.",
-)
-@click.option(
-    "--root",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("/opt/appliance"),
-    show_default=True,
-)
-@click.option(
-    "--internal-cidr",
-    "internal_cidrs",
-    multiple=True,
-    help="An IPv4 network inside the boundary (repeat), as given to install.",
-)
+@option.inventory(recalled=True)
+@option.root()
+@option.internal_cidr(recalled=True)
 @click.pass_obj
 def rollback_command(
     output: Output,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from appliance.cli import options as option
 from appliance.cli.bundle import progress_for
 from appliance.cli.install import live_view
 from appliance.cli.output import Output
@@ -19,50 +20,14 @@ from appliance.install.upgrade_plan import UpgradePlan
 
 
 @click.command("upgrade")
-@click.option(
-    "--bundle",
-    type=click.Path(path_type=Path, exists=True),
-    required=True,
-    help="The new release's bundle: directory or packed .tar.",
-)
-@click.option(
-    "--pubkey",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    required=True,
-    help="The publisher's public key, carried separately.",
-)
-@click.option(
-    "--inventory",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="The inventory used to install. Default: the last install's on this depot, else "
-    "this machine alone.",
-)
-@click.option(
-    "--root",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("/opt/appliance"),
-    show_default=True,
-    help="Where releases and the current link live on the depot.",
-)
-@click.option(
-    "--internal-cidr",
-    "internal_cidrs",
-    multiple=True,
-    help="An IPv4 network inside the boundary (repeat), as given to install.",
-)
-@click.option(
-    "--egress-target",
-    "egress_targets",
-    multiple=True,
-    help="Verify after apply: a URL outside that must NOT answer (repeat).",
-)
-@click.option(
-    "--internal-target",
-    "internal_targets",
-    multiple=True,
-    help="Verify after apply: a URL inside that must answer (repeat).",
-)
-@click.option("--allow-downgrade", is_flag=True, help="Go to a release older than the current one.")
+@option.bundle()
+@option.pubkey()
+@option.inventory(recalled=True)
+@option.root()
+@option.internal_cidr(recalled=True)
+@option.egress_target(required=False)
+@option.internal_target()
+@option.allow_downgrade()
 @click.option("--plan-only", is_flag=True, help="Show the plan and stop; nothing changes.")
 @click.option("--yes", is_flag=True, help="Apply without asking (required under --json).")
 @click.pass_obj

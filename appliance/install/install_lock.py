@@ -2,7 +2,7 @@
 
 A plain ``appliance install`` holds the depot's transition lock (upgrade_state.py) for its whole
 run, as upgrade and rollback do, so no upgrade, rollback or prune runs beside it. Before its
-play it settles an upgrade or rollback that a crash interrupted (upgrade.py). A record that says
+play it settles an upgrade or rollback that a crash interrupted (transition.py). A record that says
 a rollback failed is not tried again here: installing a release is one of the ways out of that
 state (``appliance rollback --to RELEASE`` is the other), and its success settles the record.
 """
@@ -17,7 +17,7 @@ from appliance.errors import ApplianceError
 from appliance.install import InstallOptions
 from appliance.install.inventory import load_inventory
 from appliance.install.release_state import current_release
-from appliance.install.upgrade import settle
+from appliance.install.transition import settle
 from appliance.install.upgrade_state import (
     advance,
     load_phase,

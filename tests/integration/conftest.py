@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 from appliance.bundle.signing import keygen
 from tests.fixtures.bundles import signed_bundle
+from tests.fixtures.multihost import internal_network
 from tests.fixtures.specs import SYSTEMD_LLAMACPP, spec_text
 
 
@@ -32,18 +32,5 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def lab_network() -> Iterator[Callable[[str], str]]:
     """Internal docker networks (no way out) in the lab range: call with a subnet."""
-    names: list[str] = []
-
-    def create(subnet: str) -> str:
-        name = f"appliance-lab-{uuid.uuid4().hex[:8]}"
-        subprocess.run(
-            ["docker", "network", "create", "--internal", "--subnet", subnet, name],
-            check=True,
-            capture_output=True,
-        )
-        names.append(name)
-        return name
-
-    yield create
-    for name in names:
-        subprocess.run(["docker", "network", "rm", name], capture_output=True, check=False)
+    with ExitStack() as networks:
+        yield lambda subnet: networks.enter_context(internal_network(subnet))

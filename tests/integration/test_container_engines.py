@@ -29,7 +29,7 @@ from appliance.install.verify import judge
 from appliance.mirrors import local_repository, namespace, upstream_registries
 from appliance.roles import ROLES_DIR
 from tests.fixtures.hosts import Host, start_host
-from tests.fixtures.lab import lab_around
+from tests.fixtures.lab import arrivals, count_arrivals, lab_around
 from tests.fixtures.registry import layer, write_image
 from tests.fixtures.roles import converge
 from tests.fixtures.secure_registry import SecureRegistry, make_ca, secure_registry
@@ -56,19 +56,9 @@ class Lab:
     absent: str  # ghcr.io/acme/absent@sha256:..., not held
 
 
-def _nft(namespace: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ip", "netns", "exec", namespace, "nft", *args], capture_output=True, text=True, check=True
-    )
-
-
 def packets_from_host(lab: Lab) -> int:
     """Packets that reached "the internet" from the host since the lab began."""
-    listed = json.loads(
-        _nft(lab.internet, "--json", "list", "counter", "inet", "lab", "seen").stdout
-    )
-    counter = next(x["counter"] for x in listed["nftables"] if "counter" in x)
-    return int(counter["packets"])
+    return arrivals(lab.internet)
 
 
 def ctr(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
@@ -131,13 +121,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, test_image: str) -> Iterator[L
         installed = host.run("sh", "-c", "dpkg -i /srv/debs/runc_*.deb /srv/debs/containerd_*.deb")
         assert installed.returncode == 0, installed.stdout + installed.stderr
         with lab_around(host.name) as network:
-            _nft(network.internet, "add", "table", "inet", "lab")
-            _nft(network.internet, "add", "counter", "inet", "lab", "seen")
-            _nft(
-                network.internet, "add", "chain", "inet", "lab", "in",
-                "{ type filter hook prerouting priority 0 ; }",
-            )  # fmt: skip
-            _nft(network.internet, "add", "rule", "inet", "lab", "in", "counter", "name", "seen")
+            count_arrivals(network.internet)
             with secure_registry(
                 root / "registry", REGISTRY_HOST, REGISTRY_PORT, USERS, namespace=network.lan
             ) as registry:

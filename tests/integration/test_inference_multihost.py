@@ -14,7 +14,6 @@ import json
 import re
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +22,10 @@ from typing import Any
 import pytest
 
 from tests.fixtures.bundles import signed_bundle
-from tests.fixtures.hosts import Host, authorize_ssh, harness_image, start_host
+from tests.fixtures.hosts import Host, lab_inventory
 from tests.fixtures.inference import CALL, chat
-from tests.fixtures.install import operator_key
+from tests.fixtures.install import mounts, operator_key
+from tests.fixtures.multihost import INVENTORY, multihost_lab, probe
 from tests.fixtures.specs import SYSTEMD_LLAMACPP, spec_text
 
 pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.slow]
@@ -39,7 +39,6 @@ EGRESS_TARGET = "http://198.19.255.10/"  # lab range, off the lab network: leads
 # Each node serves one model on its first runtime port; gpu-2 moves its port base (the firewall
 # must follow it).
 PORTS = {"gpu-1": 8081, "gpu-2": 8091}
-INVENTORY = "/srv/inventories/lab.yml"
 
 # The nodes need nginx-light only on the depot (its repository server); libgomp1 on the nodes.
 SPEC = spec_text(
@@ -54,44 +53,20 @@ SPEC = spec_text(
     wheels={"llamacpp": ["xllamacpp==2026.10.11549"]},
 )
 
-# Probes one TCP port from inside a host: "open", "refused" or "dropped" (no answer).
-PORT_PROBE = r"""
-import socket, sys
-try:
-    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()
-    print("open")
-except ConnectionRefusedError:
-    print("refused")
-except OSError as error:
-    print("dropped", error)
-"""
-
 
 def inventory() -> str:
-    lines = [
-        "all:",
-        "  vars:",
-        "    ansible_user: root",
-        "    ansible_python_interpreter: /usr/bin/python3",
-        "    runtime_llamacpp_ctx_size: 512",
-        "    runtime_llamacpp_threads: 1",
-        "  children:",
-        "    depot:",
-        "      hosts:",
-        "        depot-1:",
-        "          ansible_connection: local",
-        f"          ansible_host: {DEPOT}",
-        "    gpu_nodes:",
-        "      hosts:",
-    ]
-    for name, address in NODES.items():
-        lines += [
-            f"        {name}:",
-            f"          ansible_host: {address}",
-            f"          runtime_llamacpp_models: [{SERVES[name]}]",
-            f"          runtime_llamacpp_port_base: {PORTS[name]}",
-        ]
-    return "\n".join(lines) + "\n"
+    return lab_inventory(
+        DEPOT,
+        NODES,
+        group_vars={"runtime_llamacpp_ctx_size": "512", "runtime_llamacpp_threads": "1"},
+        host_vars={
+            name: {
+                "runtime_llamacpp_models": f"[{SERVES[name]}]",
+                "runtime_llamacpp_port_base": str(PORTS[name]),
+            }
+            for name in NODES
+        },
+    )
 
 
 @dataclass
@@ -115,27 +90,9 @@ class Lab:
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
-    def probe(self, source: Host, address: str, port: int) -> str:
-        return source.run("python3", "-c", PORT_PROBE, address, str(port)).stdout.strip()
-
-
-def _install(depot: Host) -> subprocess.CompletedProcess[str]:
-    return depot.run(
-        "/srv/bundle/install.sh",
-        "--pubkey",
-        "/srv/key.pub",
-        "--inventory",
-        INVENTORY,
-        "--internal-cidr",
-        SUBNET,
-    )
-
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    image = harness_image()
-    if image is None:
-        pytest.fail("no harness image: run tests/harness/setup.sh")
     root = tmp_path_factory.mktemp("inference-multihost")
     for name in ("tiny-llama", "tiny-llama-b"):
         subprocess.run(
@@ -147,35 +104,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     signed_bundle(root, SPEC, "inference multihost test")
     (root / "inventories").mkdir()
     (root / "inventories" / "lab.yml").write_text(inventory())
-    network = f"appliance-lab-{uuid.uuid4().hex[:8]}"
-    subprocess.run(
-        ["docker", "network", "create", "--internal", "--subnet", SUBNET, network],
-        check=True,
-        capture_output=True,
-    )
-    hosts: list[Host] = []
-    try:
-        mounts = {
-            root / "bundle": "/srv/bundle",
-            root / "key.pub": "/srv/key.pub",
-            root / "inventories": "/srv/inventories",
-        }
-        depot = start_host(image, mounts, network=network, address=DEPOT)
-        hosts.append(depot)
-        nodes = {}
-        for name, address in NODES.items():
-            nodes[name] = start_host(image, network=network, address=address)
-            hosts.append(nodes[name])
-        authorize_ssh(depot, {nodes[n]: a for n, a in NODES.items()})
-        first = _install(depot)
+    (root / "other.pub").write_text("")
+    with multihost_lab(SUBNET, DEPOT, NODES, mounts(root)) as hosts:
+        first = hosts.install()
         assert first.returncode == 0, first.stdout[-5000:] + first.stderr[-3000:]
         key = operator_key(first.stdout)
-        again = _install(depot)
-        yield Lab(depot, nodes, key, first, again)
-    finally:
-        for host in hosts:
-            host.remove()
-        subprocess.run(["docker", "network", "rm", network], capture_output=True, check=False)
+        again = hosts.install()
+        yield Lab(hosts.depot, hosts.nodes, key, first, again)
 
 
 def test_install_reaches_three_hosts_and_a_rerun_changes_nothing(lab: Lab) -> None:
@@ -241,14 +176,14 @@ def test_the_gateway_routes_each_model_to_its_node(lab: Lab, model: str) -> None
 def test_a_runtime_answers_the_gateway_host_and_nobody_else(lab: Lab) -> None:
     one, two = lab.nodes["gpu-1"], lab.nodes["gpu-2"]
     for node in NODES:
-        assert lab.probe(lab.depot, NODES[node], PORTS[node]) == "open", node
+        assert probe(lab.depot, NODES[node], PORTS[node]) == "open", node
     # The other node is inside the boundary too, but it is not the gateway: no way around it.
     for source, target in ((two, "gpu-1"), (one, "gpu-2")):
-        seen = lab.probe(source, NODES[target], PORTS[target])
+        seen = probe(source, NODES[target], PORTS[target])
         assert seen.split()[0] in {"refused", "dropped"}, seen
     # The same node can reach the other's SSH (the internal network works): only the runtime
     # port is closed to it.
-    assert lab.probe(two, NODES["gpu-1"], 22) == "open"
+    assert probe(two, NODES["gpu-1"], 22) == "open"
 
 
 def test_verify_passes_on_every_host(lab: Lab) -> None:

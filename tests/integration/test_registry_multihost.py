@@ -35,9 +35,10 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.bundles import signed_bundle_from_upstreams
-from tests.fixtures.hosts import Host, authorize_ssh, harness_image, lab_inventory, start_host
+from tests.fixtures.hosts import Host, lab_inventory
 from tests.fixtures.install import mounts
-from tests.fixtures.lab import INTERNET_URL, lab_around
+from tests.fixtures.lab import INTERNET_URL, arrivals, count_arrivals, lab_around
+from tests.fixtures.multihost import INVENTORY, multihost_lab, probe
 from tests.fixtures.registry import (
     layer,
     push_image,
@@ -62,24 +63,11 @@ SUBNET = "198.18.48.0/24"
 DEPOT, NODE = "198.18.48.10", "198.18.48.11"
 REGISTRY = f"{DEPOT}:5000"
 INTERNET = "198.19.255.10"
-INVENTORY = "/srv/inventories/lab.yml"
 CA = "/etc/appliance/pki/ca.crt"
 PULL_AUTH = "/etc/appliance/registry/pull-auth.json"
 HOSTS_DIR = "/etc/containerd/certs.d"
 MARKER = b"registry multihost test\n"
 MULTI_MARKER = b"amd64 of a two-platform index\n"
-
-# Probes one TCP port from inside a host: "open", "refused" or "dropped" (no answer).
-PORT_PROBE = r"""
-import socket, sys
-try:
-    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()
-    print("open")
-except ConnectionRefusedError:
-    print("refused")
-except OSError as error:
-    print("dropped", error)
-"""
 
 
 @dataclass(frozen=True)
@@ -95,19 +83,9 @@ class Lab:
     installed: subprocess.CompletedProcess[str]
 
 
-def _nft(namespace: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ip", "netns", "exec", namespace, "nft", *args], capture_output=True, text=True, check=True
-    )
-
-
 def packets_from_node(lab: Lab) -> int:
     """Packets that reached "the internet" from the node since the lab began."""
-    listed = json.loads(
-        _nft(lab.internet, "--json", "list", "counter", "inet", "lab", "seen").stdout
-    )
-    counter = next(x["counter"] for x in listed["nftables"] if "counter" in x)
-    return int(counter["packets"])
+    return arrivals(lab.internet)
 
 
 def pull(lab: Lab, ref: str) -> subprocess.CompletedProcess[str]:
@@ -132,9 +110,6 @@ def _busybox(root: Path) -> bytes:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    image = harness_image()
-    if image is None:
-        pytest.fail("no harness image: run tests/harness/setup.sh")
     root = tmp_path_factory.mktemp("registry-multihost")
     busybox = layer({"bin/busybox": _busybox(root)}, executable=frozenset({"bin/busybox"}))
     marker = layer({"etc/appliance-image": MARKER})
@@ -169,49 +144,27 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     (root / "inventories").mkdir()
     (root / "inventories" / "lab.yml").write_text(lab_inventory(DEPOT, {"gpu-1": NODE}))
     (root / "other.pub").write_text("")
-    network = f"appliance-lab-{uuid.uuid4().hex[:8]}"
-    subprocess.run(
-        ["docker", "network", "create", "--internal", "--subnet", SUBNET, network],
-        check=True,
-        capture_output=True,
-    )
-    hosts: list[Host] = []
-    try:
-        depot = start_host(image, mounts(root), network=network, address=DEPOT)
-        hosts.append(depot)
-        node = start_host(image, network=network, address=NODE)
-        hosts.append(node)
-        # The harness's root file system is overlayfs, which containerd's overlayfs snapshotter
-        # cannot use as its upper layer: containerd's state goes on a tmpfs.
-        prepared = node.run(
-            "sh", "-c",
-            "mkdir -p /var/lib/containerd && mount -t tmpfs tmpfs /var/lib/containerd"
-            f" && printf '{INTERNET} ghcr.io\\n{INTERNET} quay.io\\n' >> /etc/hosts",
-        )  # fmt: skip
-        assert prepared.returncode == 0, prepared.stderr
-        authorize_ssh(depot, {node: NODE})
-        with lab_around(node.name) as around:
-            _nft(around.internet, "add", "table", "inet", "lab")
-            _nft(around.internet, "add", "counter", "inet", "lab", "seen")
-            _nft(
-                around.internet, "add", "chain", "inet", "lab", "in",
-                "{ type filter hook prerouting priority 0 ; }",
+    with multihost_lab(SUBNET, DEPOT, {"gpu-1": NODE}, mounts(root)) as hosts:
+        depot, node = hosts.depot, hosts.nodes["gpu-1"]
+        try:
+            # The harness's root file system is overlayfs, which containerd's overlayfs
+            # snapshotter cannot use as its upper layer: containerd's state goes on a tmpfs.
+            prepared = node.run(
+                "sh", "-c",
+                "mkdir -p /var/lib/containerd && mount -t tmpfs tmpfs /var/lib/containerd"
+                f" && printf '{INTERNET} ghcr.io\\n{INTERNET} quay.io\\n' >> /etc/hosts",
             )  # fmt: skip
-            _nft(around.internet, "add", "rule", "inet", "lab", "in", "counter", "name", "seen")
-            installed = depot.run(
-                "/srv/bundle/install.sh", "--pubkey", "/srv/key.pub", "--inventory", INVENTORY,
-                "--internal-cidr", SUBNET,
-            )  # fmt: skip
-            yield Lab(
-                depot, node, around.internet, app, multi, single, single_amd64, absent, installed
-            )
-    finally:
-        if len(hosts) > 1:
+            assert prepared.returncode == 0, prepared.stderr
+            with lab_around(node.name) as around:
+                count_arrivals(around.internet)
+                installed = hosts.install()
+                yield Lab(
+                    depot, node, around.internet, app, multi, single, single_amd64, absent,
+                    installed,
+                )  # fmt: skip
+        finally:
             # The cgroups `ctr run` made under the machine's tree (the host shares it).
-            hosts[1].run("sh", "-c", f"rmdir /sys/fs/cgroup/*/{hosts[1].name} 2>/dev/null")
-        for host in hosts:
-            host.remove()
-        subprocess.run(["docker", "network", "rm", network], capture_output=True, check=False)
+            node.run("sh", "-c", f"rmdir /sys/fs/cgroup/*/{node.name} 2>/dev/null")
 
 
 def test_one_install_runs_the_registry_on_the_depot_and_points_the_node_at_it(lab: Lab) -> None:
@@ -323,13 +276,13 @@ def test_an_image_the_bundle_does_not_hold_fails_and_no_packet_leaves(
 
 
 def test_the_node_reaches_the_registry_port_and_no_way_out(lab: Lab) -> None:
-    assert lab.node.run("python3", "-c", PORT_PROBE, DEPOT, "5000").stdout.strip() == "open"
+    assert probe(lab.node, DEPOT, 5000) == "open"
     # docker-registry itself listens on the depot's loopback alone, behind the TLS front.
-    behind = lab.node.run("python3", "-c", PORT_PROBE, DEPOT, "5001").stdout.split()
+    behind = probe(lab.node, DEPOT, 5001).split()
     assert behind[0] in {"refused", "dropped"}, behind
     # The upstream's own address: the node's firewall drops it before it leaves.
     before = packets_from_node(lab)
-    out = lab.node.run("python3", "-c", PORT_PROBE, "ghcr.io", "443").stdout.split()
+    out = probe(lab.node, "ghcr.io", 443).split()
     assert out[0] == "dropped", out
     assert packets_from_node(lab) == before
 
@@ -361,7 +314,7 @@ def test_the_counter_sees_what_the_firewall_lets_out(lab: Lab) -> None:
     assert handle, added.stdout
     try:
         before = packets_from_node(lab)
-        seen = lab.node.run("python3", "-c", PORT_PROBE, "ghcr.io", "443").stdout.split()
+        seen = probe(lab.node, "ghcr.io", 443).split()
         # The lab's internet serves nothing on 443; what matters is that the packets arrived.
         assert seen[0] in {"refused", "dropped"}, seen
         assert packets_from_node(lab) > before

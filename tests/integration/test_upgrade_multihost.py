@@ -18,16 +18,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from tests.fixtures.hosts import Host, authorize_ssh, harness_image, lab_inventory, start_host
+from tests.fixtures.hosts import Host, lab_inventory
 from tests.fixtures.inference import CALL, chat
 from tests.fixtures.install import operator_key
+from tests.fixtures.multihost import MultiHost, multihost_lab
 from tests.fixtures.probe_repo import PACKAGE, VERSIONS
 from tests.fixtures.upgrade_bundles import BROKEN, build_releases
 
@@ -47,7 +47,6 @@ SUBNET = "198.18.53.0/24"
 DEPOT = "198.18.53.10"
 NODE, NODE_ADDRESS = "gpu-1", "198.18.53.11"
 EGRESS_TARGET = "http://198.19.255.10/"  # lab range, off the lab network: leads nowhere
-INVENTORY = "/srv/inventories/lab.yml"
 APPLIANCE = "/opt/appliance/venv/bin/appliance"
 AUDIT_DIR = "/var/log/appliance/audit"
 # Each release: its probe version and its models (all served on the node).
@@ -61,16 +60,14 @@ EXIT_ROLLED_BACK = 38
 
 @dataclass
 class Lab:
+    hosts: MultiHost
     depot: Host
     node: Host
     key: str  # the operator's, from v1's install
     before: str  # the request id of a completion made under v1
 
     def upgrade(self, label: str, *extra: str) -> subprocess.CompletedProcess[str]:
-        return self.depot.run(
-            f"/srv/{label}/install.sh", "upgrade", "--pubkey", "/srv/key.pub",
-            "--inventory", INVENTORY, "--internal-cidr", SUBNET, *extra,
-        )  # fmt: skip
+        return self.hosts.upgrade(f"/srv/{label}/install.sh", *extra)
 
     def call(self, model: str) -> tuple[int, str]:
         done = self.depot.run("python3", "-c", CALL, "POST",
@@ -98,44 +95,25 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    image = harness_image()
-    if image is None:
-        pytest.fail("no harness image: run tests/harness/setup.sh")
     root = build_releases(tmp_path_factory.mktemp("upgrade-multihost"), RELEASES, "multihost")
     (root / "inventories").mkdir()
     (root / "inventories" / "lab.yml").write_text(
-        lab_inventory(DEPOT, {NODE: NODE_ADDRESS}).replace(
-            "  children:",
-            "    runtime_llamacpp_ctx_size: 512\n    runtime_llamacpp_threads: 1\n  children:",
+        lab_inventory(
+            DEPOT,
+            {NODE: NODE_ADDRESS},
+            group_vars={"runtime_llamacpp_ctx_size": "512", "runtime_llamacpp_threads": "1"},
         )
     )
-    network = f"appliance-lab-{uuid.uuid4().hex[:8]}"
-    subprocess.run(
-        ["docker", "network", "create", "--internal", "--subnet", SUBNET, network],
-        check=True,
-        capture_output=True,
-    )
-    hosts: list[Host] = []
-    try:
-        mounts = {root / label / "bundle": f"/srv/{label}" for label in RELEASES}
-        mounts[root / "key.pub"] = "/srv/key.pub"
-        mounts[root / "inventories"] = "/srv/inventories"
-        depot = start_host(image, mounts, network=network, address=DEPOT)
-        hosts.append(depot)
-        node = start_host(image, network=network, address=NODE_ADDRESS)
-        hosts.append(node)
-        authorize_ssh(depot, {node: NODE_ADDRESS})
-        first = depot.run("/srv/v1/install.sh", "--pubkey", "/srv/key.pub",
-                          "--inventory", INVENTORY, "--internal-cidr", SUBNET)  # fmt: skip
+    mounts = {root / label / "bundle": f"/srv/{label}" for label in RELEASES}
+    mounts[root / "key.pub"] = "/srv/key.pub"
+    mounts[root / "inventories"] = "/srv/inventories"
+    with multihost_lab(SUBNET, DEPOT, {NODE: NODE_ADDRESS}, mounts) as hosts:
+        first = hosts.install("/srv/v1/install.sh")
         assert first.returncode == 0, first.stdout[-5000:] + first.stderr[-3000:]
-        lab = Lab(depot, node, operator_key(first.stdout), "")
+        lab = Lab(hosts, hosts.depot, hosts.nodes[NODE], operator_key(first.stdout), "")
         status, lab.before = lab.call("tiny-b")
         assert status == 200
         yield lab
-    finally:
-        for host in hosts:
-            host.remove()
-        subprocess.run(["docker", "network", "rm", network], capture_output=True, check=False)
 
 
 def _probe(old: str, new: str) -> list[dict[str, str]]:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from appliance.bundle import layout
-from appliance.bundle.verify import only_ours, open_bundle, verify_dir
+from appliance.bundle.filecheck import only_ours
+from appliance.bundle.verify import open_bundle, verify_dir
 from appliance.errors import BundleCorruptError
 from tests.fixtures.bundles import make_bundle, make_delta, path_of, read_entries
 

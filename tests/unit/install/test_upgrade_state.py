@@ -165,16 +165,16 @@ def test_a_lock_probed_for_an_instant_does_not_refuse_a_run(tmp_path: Path) -> N
 
 def test_the_operators_key_wins_over_the_recorded_one(tmp_path: Path) -> None:
     """A publisher key rotated after a compromise: rollback --pubkey NEW checks with NEW."""
-    from appliance.install.upgrade import _release_key
+    from appliance.install.transition import release_key
 
     given = tmp_path / "new.pub"
     given.write_text("new key\n")
     record_staged(tmp_path, "v1", 1, "0" * 64, pubkey="ssh-ed25519 AAAA-the-old-one")
-    with _release_key(tmp_path, "v1", given) as key:
+    with release_key(tmp_path, "v1", given) as key:
         assert key == given
-    with _release_key(tmp_path, "v1", None) as key:  # no key given: the recorded one
+    with release_key(tmp_path, "v1", None) as key:  # no key given: the recorded one
         assert key.read_text() == "ssh-ed25519 AAAA-the-old-one\n"
     record_installed(tmp_path, "v2", None)
     refused = pytest.raises(InstallError, match="keeps no publisher key for release v2")
-    with refused, _release_key(tmp_path, "v2", None):
+    with refused, release_key(tmp_path, "v2", None):
         pass

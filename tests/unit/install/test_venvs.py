@@ -14,7 +14,7 @@ from appliance.bundle.manifest import parse_manifest
 from appliance.errors import InstallError
 from appliance.install.prune import prune_depot
 from appliance.install.release_state import StateRecord, current_release, list_releases
-from appliance.install.upgrade import _commit
+from appliance.install.transition import commit
 from appliance.install.upgrade_state import transition_lock
 from appliance.install.venvs import installer_id, point_venv, venvs_dir
 from tests.fixtures.releases import install, release, stage
@@ -71,7 +71,7 @@ def test_a_rollback_points_the_link_at_the_installer_of_the_release_that_runs(
     link.symlink_to(Path("venvs") / venv_of(root, "r2").name)  # install.sh's, after r2
     notes: list[str] = []
 
-    _commit(root, "r1", "r2", notes.append)  # appliance rollback's commit: r1 runs again
+    commit(root, "r1", "r2", notes.append)  # appliance rollback's commit: r1 runs again
     assert current_release(root) == "r1"
     assert StateRecord.load(root).previous == "r2"
     assert link.readlink() == Path("venvs") / venv_of(root, "r1").name
@@ -80,7 +80,7 @@ def test_a_rollback_points_the_link_at_the_installer_of_the_release_that_runs(
     # An automatic rollback: current never moved, the link had (the upgrade's install.sh).
     link.unlink()
     link.symlink_to(Path("venvs") / venv_of(root, "r2").name)
-    _commit(root, "r1", "r1", notes.append)
+    commit(root, "r1", "r1", notes.append)
     assert link.readlink() == Path("venvs") / venv_of(root, "r1").name and notes == []
 
 

@@ -107,7 +107,7 @@ def install(
     and settles itself, passes False.
     """
     if settle:
-        # Imported here: upgrade.py drives install() itself, holding the lock already.
+        # Imported here: transition.py drives install() itself, holding the lock already.
         from appliance.install.install_lock import install_lock
 
         with install_lock(options, on_event, progress, on_note):

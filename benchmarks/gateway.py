@@ -231,6 +231,9 @@ def main() -> None:
     parser.add_argument(
         "--gateway-source", type=Path, help="run another checkout's gateway (before/after figures)"
     )
+    parser.add_argument(
+        "--profile", type=Path, help="the gateway under cProfile: a .prof per thread here"
+    )
     args = parser.parse_args()
     available = cpus()
     plan: Plan | None = None
@@ -285,7 +288,7 @@ def main() -> None:
                 client_tls = ssl.create_default_context(cafile=str(root / "pki" / "ca.crt"))
             with (root / "gateway.log").open("wb") as sink:
                 processes.append(subprocess.Popen(
-                    [*gateway_command(args.gateway_source), "--config", str(config)],
+                    [*gateway_command(args.gateway_source, args.profile), "--config", str(config)],
                     stdout=sink, stderr=subprocess.STDOUT,
                     preexec_fn=pinned(plan["gateway"] if plan else None),
                 ))  # fmt: skip
@@ -339,7 +342,10 @@ def main() -> None:
                 process.wait(timeout=30)
 
 
-def gateway_command(source: Path | None) -> list[str]:
+def gateway_command(source: Path | None, profile: Path | None = None) -> list[str]:
+    if profile is not None:
+        tail = [] if source is None else [str(source)]
+        return [sys.executable, str(ROOT / "benchmarks" / "profiled.py"), str(profile), *tail, "--"]
     if source is None:
         return [str(BIN / "appliance-gateway")]
     # The venv's editable install would import this checkout's package: out of the way.

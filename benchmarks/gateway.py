@@ -147,7 +147,11 @@ async def measure(
     """Figures per gateway (``pids``: target name to process) against ``direct``."""
     data = json.dumps(body).encode()
     load_before = load()
-    connector = aiohttp.TCPConnector(limit=max(64, 2 * c), ssl=client_tls or False)
+    # A connection idle while the other targets take their turn is let go before the gateway
+    # closes it (header_timeout_s, 10 s): reusing one it is closing fails the call.
+    connector = aiohttp.TCPConnector(
+        limit=max(64, 2 * c), ssl=client_tls or False, keepalive_timeout=4
+    )
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await latency(session, targets, data, 10)  # warm up connections and caches

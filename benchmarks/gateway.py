@@ -100,11 +100,13 @@ async def one(session: aiohttp.ClientSession, target: Target, body: bytes) -> fl
 async def latency(
     session: aiohttp.ClientSession, targets: dict[str, Target], body: bytes, n: int
 ) -> dict[str, list[float]]:
-    """Sequential calls, alternating targets so drift hits both alike."""
+    """Sequential calls, alternating targets (the gateways in reverse every other call) so
+    drift hits all alike."""
     times: dict[str, list[float]] = {name: [] for name in targets}
-    for _ in range(n):
-        for name, target in targets.items():
-            times[name].append(await one(session, target, body))
+    first, *others = targets
+    for number in range(n):
+        for name in [first, *(reversed(others) if number % 2 else others)]:
+            times[name].append(await one(session, targets[name], body))
     return times
 
 
@@ -162,8 +164,13 @@ async def measure(
         spent = dict.fromkeys(targets, 0.0)
         loaded: dict[str, list[float]] = {name: [] for name in targets}
         cpu = dict.fromkeys(pids, 0.0)
-        for _ in range(ROUNDS):
-            for name, target in targets.items():
+        first, *others = targets
+        for round_number in range(ROUNDS):
+            # direct first, then the gateways, in reverse every other round: the one right
+            # after the runtime's turn (llama.cpp's threads spin on for a while) takes turns.
+            turn = [first, *(reversed(others) if round_number % 2 else others)]
+            for name in turn:
+                target = targets[name]
                 before = cpu_seconds(pids[name]) if name in pids else 0.0
                 started = time.perf_counter()
                 _, times_taken = await throughput(session, target, data, n // ROUNDS, c)

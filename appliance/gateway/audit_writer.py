@@ -1,13 +1,4 @@
-"""The audit log's writer: serialises appends, and heals.
-
-Without ``audit.fsync`` a batch is a write into the page cache and a head rewritten in place
-(tens of microseconds), less than handing the record to a thread and waking the event loop
-again when it is written: the event loop writes its own records, the ones that arrived in one
-turn of the loop as one batch, before any of their answers goes out (measured: the hand-off
-cost the gateway about a tenth of its CPU, benchmarks/gateway.py --profile). With ``fsync``
-each batch waits for the disk, which the event loop must not: the writer thread writes them,
-as it writes those submitted from other threads (``submit``) and everything while the log is
-failed.
+"""The audit log's writer thread: serialises appends off the event loop, and heals.
 
 A failed batch (full disk, too many open files, the directory gone) fails only the calls in
 it; the writer is then ``failed`` and the gateway answers 503 without calling any backend.
@@ -31,7 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 from appliance.errors import AuditError
 from appliance.gateway.audit import AuditLog
@@ -40,20 +31,19 @@ from appliance.gateway.record import clean, now_iso
 
 LOG = logging.getLogger("appliance.gateway.audit")
 
-_Waiter = Union["concurrent.futures.Future[dict[str, Any]]", "asyncio.Future[dict[str, Any]]"]
-_Item = tuple[dict[str, Any], _Waiter]
+_Item = tuple[dict[str, Any], "concurrent.futures.Future[dict[str, Any]]"]
 _DISK_CHECK_S = 2.0
 
 
 def _settle(
-    future: _Waiter,
+    future: concurrent.futures.Future[dict[str, Any]],
     record: dict[str, Any] | None = None,
     error: BaseException | None = None,
 ) -> None:
     """Complete a caller's future; one the caller gave up on (cancelled) is left alone."""
     if future.done():
         return
-    with contextlib.suppress(concurrent.futures.InvalidStateError, asyncio.InvalidStateError):
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
         if error is not None:
             future.set_exception(error)
         else:
@@ -107,10 +97,6 @@ class AuditWriter:
         self._lock = threading.Lock()
         self._disk_checked = 0.0
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self.inline = not log.fsync
-        self._commit_lock = threading.Lock()  # the loop's batches and the thread's
-        self._loop: asyncio.AbstractEventLoop | None = None  # the one that writes inline
-        self._waiting: list[_Item] = []  # the loop's records of this turn
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
@@ -120,20 +106,7 @@ class AuditWriter:
         return future
 
     async def write(self, fields: dict[str, Any]) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        if self._loop is None:
-            self._loop = loop
-        if not self.inline or self.failed is not None or loop is not self._loop:
-            return await asyncio.wrap_future(self.submit(fields))
-        future: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self._waiting.append((fields, future))
-        if len(self._waiting) == 1:
-            loop.call_soon(self._write_waiting)
-        return await future
-
-    def _write_waiting(self) -> None:
-        batch, self._waiting = self._waiting, []
-        self._commit(batch)
+        return await asyncio.wrap_future(self.submit(fields))
 
     def unrecorded(self) -> None:
         """The gateway answered a call (503) without a record of its own: counted into the
@@ -161,20 +134,16 @@ class AuditWriter:
                     stop = True
                     break
                 batch.append(more)
-            self._commit(batch)
-            if stop:
-                return
-
-    def _commit(self, batch: list[_Item]) -> None:
-        try:
-            with self._commit_lock:
+            try:
                 self._write(batch)
                 self._prune()
                 self._check_disk()
-        except Exception:  # the writer must live on: every call waits for it
-            LOG.exception("audit writer: unexpected failure; the batch is failed")
-            for _, future in batch:
-                _settle(future, error=AuditError("the audit writer failed on this batch"))
+            except Exception:  # the thread must live on: every call waits for it
+                LOG.exception("audit writer: unexpected failure; the batch is failed")
+                for _, future in batch:
+                    _settle(future, error=AuditError("the audit writer failed on this batch"))
+            if stop:
+                return
 
     def _write(self, batch: list[_Item]) -> None:
         fields = [f for f, _ in batch]

@@ -233,7 +233,7 @@ class Owner:
                 fields.get("completion_tokens"),
                 fields.get("key_id"),
             )
-        written = asyncio.ensure_future(self.writer.write(fields))
+        written = asyncio.wrap_future(self.writer.submit(fields))
 
         def done(future: asyncio.Future[dict[str, Any]]) -> None:
             self.push_state()  # a failure's state reaches the workers before its answer

@@ -20,7 +20,7 @@ clumsy edits; ship the head hash off the box for more.
 Resuming after a restart the gateway continues ``seq``/``prev`` from the last record and
 refuses to start (AuditError) when that tail is visibly broken: its hash wrong, or the head
 naming a record the log no longer holds. Records after the head (the gateway stopped between
-writing records and replacing the head) are accepted and the head is brought forward. A last
+writing records and rewriting the head) are accepted and the head is brought forward. A last
 line cut off mid-record (a crash during a write) is moved to ``torn-<digest>.bin`` and sealed by
 an ``audit_repair`` record that says so; the chain continues, never restarts at seq 0.
 

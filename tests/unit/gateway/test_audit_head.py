@@ -68,10 +68,10 @@ _WRITER = textwrap.dedent(
 
 
 def test_a_crash_between_writes_still_verifies(tmp_path: Path) -> None:
-    """Killed (SIGKILL) at arbitrary points while writing batches, five times over: each time
+    """Killed (SIGKILL) at arbitrary points while writing batches, three times over: each time
     the log verifies and the next gateway continues the one chain."""
     total = 0
-    for delay in (0.02, 0.05, 0.11, 0.17, 0.23):
+    for delay in (0.02, 0.11, 0.23):
         writer = subprocess.Popen(
             [sys.executable, "-c", _WRITER, str(tmp_path)],
             cwd=ROOT,

@@ -29,6 +29,11 @@ measurement, and the gateway's CPU time per call (its process and any worker pro
 
 With ``--workers`` above 1 the gateway's CPU is that of the supervisor (the audit owner) and
 its workers together.
+
+On a machine others share, the load moves the figures more than a change does: ``--compare
+DIR`` runs a second gateway from another checkout (e.g. main) beside this one, its calls
+alternating with this one's in the sequential run, so both see the same load (before/after).
+``--profile DIR`` runs the gateway under cProfile (benchmarks/profiled.py).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from appliance.gateway.audit import log_files  # noqa: E402
 from appliance.gateway.keys import add_key  # noqa: E402
+from benchmarks.gateway_start import gateway_command, gateway_config, wait_for_gateway  # noqa: E402
 from benchmarks.machine import (  # noqa: E402
     Plan,
     cpu_seconds,
@@ -63,11 +69,10 @@ from benchmarks.machine import (  # noqa: E402
     pinned,
     plan_cpus,
 )
-from tests.fixtures.pki import CA  # noqa: E402
 from tests.fixtures.servers import LAUNCHER, free_port, wait_for  # noqa: E402
 
-BIN = Path(sys.executable).parent
 Target = tuple[str, dict[str, str]]
+ROUNDS = 4  # throughput runs per target, taken in turn
 
 
 def start(
@@ -95,11 +100,13 @@ async def one(session: aiohttp.ClientSession, target: Target, body: bytes) -> fl
 async def latency(
     session: aiohttp.ClientSession, targets: dict[str, Target], body: bytes, n: int
 ) -> dict[str, list[float]]:
-    """Sequential calls, alternating targets so drift hits both alike."""
+    """Sequential calls, alternating targets (the gateways in reverse every other call) so
+    drift hits all alike."""
     times: dict[str, list[float]] = {name: [] for name in targets}
-    for _ in range(n):
-        for name, target in targets.items():
-            times[name].append(await one(session, target, body))
+    first, *others = targets
+    for number in range(n):
+        for name in [first, *(reversed(others) if number % 2 else others)]:
+            times[name].append(await one(session, targets[name], body))
     return times
 
 
@@ -137,77 +144,87 @@ async def measure(
     sequential: int,
     n: int,
     c: int,
-    gateway_pid: int,
-) -> dict[str, float]:
+    pids: dict[str, int],
+) -> dict[str, dict[str, float]]:
+    """Figures per gateway (``pids``: target name to process) against ``direct``."""
     data = json.dumps(body).encode()
     load_before = load()
-    connector = aiohttp.TCPConnector(limit=max(64, 2 * c), ssl=client_tls or False)
+    # A connection idle while the other targets take their turn is let go before the gateway
+    # closes it (header_timeout_s, 10 s): reusing one it is closing fails the call.
+    connector = aiohttp.TCPConnector(
+        limit=max(64, 2 * c), ssl=client_tls or False, keepalive_timeout=4
+    )
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await latency(session, targets, data, 10)  # warm up connections and caches
         times = await latency(session, targets, data, sequential)
-        rates, loaded = {}, {}
-        for name, target in targets.items():
+        for target in targets.values():
             await throughput(session, target, data, min(n, 4 * c), c)  # warm up c connections
-            cpu = cpu_seconds(gateway_pid)
-            rates[name], loaded[name] = await throughput(session, target, data, n, c)
-        cpu = cpu_seconds(gateway_pid) - cpu  # the gateway's run comes last
-    direct, via = times["direct"], times["gateway"]
-    added50 = statistics.median(via) - statistics.median(direct)
-    added99 = pct(via, 0.99) - pct(direct, 0.99)
-    loaded50 = statistics.median(loaded["gateway"]) - statistics.median(loaded["direct"])
-    ratio = rates["gateway"] / rates["direct"]
-    cpu_ms = cpu / n * 1000
+        # In rounds, each target in turn, so that the machine's other load hits all alike.
+        spent = dict.fromkeys(targets, 0.0)
+        loaded: dict[str, list[float]] = {name: [] for name in targets}
+        cpu = dict.fromkeys(pids, 0.0)
+        first, *others = targets
+        for round_number in range(ROUNDS):
+            # direct first, then the gateways, in reverse every other round: the one right
+            # after the runtime's turn (llama.cpp's threads spin on for a while) takes turns.
+            turn = [first, *(reversed(others) if round_number % 2 else others)]
+            for name in turn:
+                target = targets[name]
+                before = cpu_seconds(pids[name]) if name in pids else 0.0
+                started = time.perf_counter()
+                _, times_taken = await throughput(session, target, data, n // ROUNDS, c)
+                spent[name] += time.perf_counter() - started
+                loaded[name].extend(times_taken)
+                if name in pids:
+                    cpu[name] += cpu_seconds(pids[name]) - before
+        rates = {name: len(loaded[name]) / spent[name] for name in targets}
+    direct = times["direct"]
     print(label)
-    print(f"  latency  direct p50 {ms(statistics.median(direct))}  p99 {ms(pct(direct, 0.99))}"
-          f" | gateway p50 {ms(statistics.median(via))}  p99 {ms(pct(via, 0.99))}")  # fmt: skip
-    print(f"  added    p50 {added50 * 1000:+.2f} ms (goal <= 2)  p99 {added99 * 1000:+.2f} ms"
-          f"  [{sequential} sequential calls each]")  # fmt: skip
-    print(f"  loaded   direct p50 {ms(statistics.median(loaded['direct']))} | gateway p50 "
-          f"{ms(statistics.median(loaded['gateway']))}  added {loaded50 * 1000:+.2f} ms"
-          f"  [{c} at a time]")  # fmt: skip
-    print(f"  rate     direct {rates['direct']:7.1f}/s  gateway {rates['gateway']:7.1f}/s  "
-          f"ratio {ratio:.1%} (goal >= 95%)  [{n} calls, {c} at a time]")  # fmt: skip
-    # What sizes the gateway on another machine: one process serves about 1000/this calls a
-    # second on one core of this kind.
-    print(f"  cpu      gateway {cpu_ms:.2f} ms of CPU per call (TLS, proxy, audit)")
+    figures = {}
+    for name in pids:
+        via = times[name]
+        added50 = statistics.median(via) - statistics.median(direct)
+        added99 = pct(via, 0.99) - pct(direct, 0.99)
+        loaded50 = statistics.median(loaded[name]) - statistics.median(loaded["direct"])
+        ratio = rates[name] / rates["direct"]
+        cpu_ms = cpu[name] / len(loaded[name]) * 1000
+        tag = "" if name == "gateway" else f" [{name}]"
+        print(f"  latency{tag}  direct p50 {ms(statistics.median(direct))}  p99 "
+              f"{ms(pct(direct, 0.99))} | gateway p50 {ms(statistics.median(via))}  p99 "
+              f"{ms(pct(via, 0.99))}")  # fmt: skip
+        print(f"  added{tag}    p50 {added50 * 1000:+.2f} ms (goal <= 2)  p99 "
+              f"{added99 * 1000:+.2f} ms  [{sequential} sequential calls each]")  # fmt: skip
+        print(f"  loaded{tag}   direct p50 {ms(statistics.median(loaded['direct']))} | gateway "
+              f"p50 {ms(statistics.median(loaded[name]))}  added {loaded50 * 1000:+.2f} ms"
+              f"  [{c} at a time]")  # fmt: skip
+        print(f"  rate{tag}     direct {rates['direct']:7.1f}/s  gateway {rates[name]:7.1f}/s  "
+              f"ratio {ratio:.1%} (goal >= 95%)  [{n} calls, {ROUNDS} rounds, {c} at a "
+              "time]")  # fmt: skip
+        # What sizes the gateway on another machine: one process serves about 1000/this
+        # calls a second on one core of this kind.
+        print(f"  cpu{tag}      gateway {cpu_ms:.2f} ms of CPU per call (TLS, proxy, audit)")
+        figures[name] = {
+            "added_p50_ms": added50 * 1000,
+            "loaded_p50_ms": loaded50 * 1000,
+            "ratio": ratio,
+            "cpu_ms": cpu_ms,
+        }
     print(f"  load     average {load_before} before, {load()} after (1, 5, 15 min)")
-    return {
-        "added_p50_ms": added50 * 1000,
-        "loaded_p50_ms": loaded50 * 1000,
-        "ratio": ratio,
-        "cpu_ms": cpu_ms,
-    }
+    return figures
 
 
-def summary(results: list[tuple[str, dict[str, float]]]) -> None:
-    """One line per measurement, against the goals (added p50 <= 2 ms, ratio >= 95%)."""
+def summary(results: list[tuple[str, dict[str, dict[str, float]]]]) -> None:
+    """One line per measurement and gateway, against the goals (added p50 <= 2 ms, ratio >=
+    95%)."""
     print("\nsummary                                  added p50   ratio    cpu/call  goals")
-    for label, figures in results:
-        met = figures["added_p50_ms"] <= 2 and figures["ratio"] >= 0.95
-        print(f"  {label:38} {figures['added_p50_ms']:+7.2f} ms  {figures['ratio']:6.1%}  "
-              f"{figures['cpu_ms']:5.2f} ms  {'met' if met else 'NOT met'}")  # fmt: skip
-
-
-def gateway_config(
-    root: Path, port: int, models: list[dict[str, Any]], plain: bool, workers: int | None
-) -> Path:
-    listen: dict[str, Any] = {"host": "127.0.0.1", "port": port}
-    if plain:
-        listen["plain_http"] = True
-    else:
-        issued = CA(root / "pki", "benchmark CA").issue("gateway")
-        listen["tls"] = {"cert": str(issued.cert), "key": str(issued.key)}
-    config: dict[str, Any] = {
-        "listen": listen,
-        "keys_file": str(root / "keys.json"),
-        "audit": {"dir": str(root / "audit")},
-        "models": models,
-    }
-    if workers is not None:  # the gateway's own option; passed through as given
-        config["workers"] = workers
-    (root / "config.json").write_text(json.dumps(config))
-    return root / "config.json"
+    for label, per_gateway in results:
+        for name, figures in per_gateway.items():
+            met = figures["added_p50_ms"] <= 2 and figures["ratio"] >= 0.95
+            tag = "" if name == "gateway" else " (compared)"
+            print(f"  {label + tag:38} {figures['added_p50_ms']:+7.2f} ms  "
+                  f"{figures['ratio']:6.1%}  {figures['cpu_ms']:5.2f} ms  "
+                  f"{'met' if met else 'NOT met'}")  # fmt: skip
 
 
 def main() -> None:
@@ -230,6 +247,15 @@ def main() -> None:
     parser.add_argument("--only", choices=("whole", "stream"), help="one kind of answer only")
     parser.add_argument(
         "--gateway-source", type=Path, help="run another checkout's gateway (before/after figures)"
+    )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        help="a second gateway from another checkout, measured in the same run, call for call "
+        "alternating with this one (before/after figures on a busy machine)",
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="the gateway under cProfile: a .prof per thread here"
     )
     args = parser.parse_args()
     available = cpus()
@@ -254,6 +280,7 @@ def main() -> None:
             check=True,
         )
         llama_port, stand_in_port, gateway_port = free_port(), free_port(), free_port()
+        compare_port = free_port()
         llama, stand_in = f"http://127.0.0.1:{llama_port}", f"http://127.0.0.1:{stand_in_port}"
         try:
             if not args.skip_tiny:
@@ -285,18 +312,34 @@ def main() -> None:
                 client_tls = ssl.create_default_context(cafile=str(root / "pki" / "ca.crt"))
             with (root / "gateway.log").open("wb") as sink:
                 processes.append(subprocess.Popen(
-                    [*gateway_command(args.gateway_source), "--config", str(config)],
+                    [*gateway_command(args.gateway_source, args.profile), "--config", str(config)],
                     stdout=sink, stderr=subprocess.STDOUT,
                     preexec_fn=pinned(plan["gateway"] if plan else None),
                 ))  # fmt: skip
             if plan is not None:
                 os.sched_setaffinity(0, plan["load generator"])
             wait_for_gateway(gateway, client_tls, processes[-1])
+            pids = {"gateway": processes[-1].pid}
+            other = None
+            if args.compare is not None:
+                other = f"{scheme}://127.0.0.1:{compare_port}"
+                config_data = json.loads(config.read_text())
+                config_data["listen"]["port"] = compare_port
+                config_data["audit"]["dir"] = str(root / "audit-compared")
+                (root / "compared.json").write_text(json.dumps(config_data))
+                with (root / "compared.log").open("wb") as sink:
+                    processes.append(subprocess.Popen(
+                        [*gateway_command(args.compare), "--config", str(root / "compared.json")],
+                        stdout=sink, stderr=subprocess.STDOUT,
+                        preexec_fn=pinned(plan["gateway"] if plan else None),
+                    ))  # fmt: skip
+                wait_for_gateway(other, client_tls, processes[-1])
+                pids[f"compared: {args.compare}"] = processes[-1].pid
             print(f"gateway: {scheme}, {'TLS 1.3' if client_tls else 'no TLS'}, "
                   f"{args.workers or 1} worker(s); runtimes direct over plain HTTP")  # fmt: skip
             tokens = args.max_tokens
             runs: list[tuple[str, str, int, int, dict[str, Any]]] = []
-            results: list[tuple[str, dict[str, float]]] = []
+            results: list[tuple[str, dict[str, dict[str, float]]]] = []
             if not args.skip_tiny:
                 runs.append(("tiny-llama", llama, args.requests, args.concurrency, {}))
             gpu = {"x_delay": args.gpu_prefill_ms / 1000, "x_token_delay": args.gpu_token_ms / 1000}
@@ -320,11 +363,16 @@ def main() -> None:
                         "gateway": (f"{gateway}/v1/completions",
                                     {**plain, "Authorization": f"Bearer {key}"}),
                     }  # fmt: skip
+                    if other is not None:
+                        targets[f"compared: {args.compare}"] = (
+                            f"{other}/v1/completions",
+                            targets["gateway"][1],
+                        )
                     kind = "streaming" if stream else "non-streaming"
                     label = f"{name}, {kind}, {tokens} tokens"
                     sequential = min(n, 200 if name == "gpu-like" else n)
                     figures = asyncio.run(measure(label, targets, client_tls, body, sequential,
-                                                  n, c, processes[-1].pid))  # fmt: skip
+                                                  n, c, pids))  # fmt: skip
                     results.append((f"{name}, {kind}", figures))
             summary(results)
             records = sum(sum(1 for _ in path.open()) for path in log_files(root / "audit"))
@@ -337,43 +385,6 @@ def main() -> None:
             for process in processes:
                 process.terminate()
                 process.wait(timeout=30)
-
-
-def gateway_command(source: Path | None) -> list[str]:
-    if source is None:
-        return [str(BIN / "appliance-gateway")]
-    # The venv's editable install would import this checkout's package: out of the way.
-    code = (
-        "import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)];"
-        f"sys.path.insert(0, {str(source.resolve())!r});"
-        "from appliance.gateway.app import main; main()"
-    )
-    return [sys.executable, "-c", code]
-
-
-def wait_for_gateway(
-    url: str, context: ssl.SSLContext | None, process: subprocess.Popen[bytes]
-) -> None:
-    """The gateway's /health over its own scheme (wait_for speaks plain HTTP only)."""
-
-    async def ask() -> int:
-        connector = aiohttp.TCPConnector(ssl=context or False)
-        async with (
-            aiohttp.ClientSession(connector=connector) as session,
-            session.get(url + "/health") as answer,
-        ):
-            return answer.status
-
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if asyncio.run(ask()) in (200, 503):
-                return
-        except aiohttp.ClientError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the gateway did not answer at {url}/health")
-        time.sleep(0.2)
 
 
 if __name__ == "__main__":

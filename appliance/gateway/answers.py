@@ -15,6 +15,7 @@ from typing import Any
 
 from appliance.gateway.config import ModelRoute
 
+API_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 AUDIT_DOWN = "the audit log cannot be written right now; calls are refused until it can"
 
 # 4xx a retry can fix: the body came too slowly (408), a conflict (409), a rate limit (429).

@@ -25,12 +25,13 @@ from aiohttp import web
 
 from appliance import __version__
 from appliance.errors import ApplianceError, AuditError, GatewayConfigError
+from appliance.gateway.answers import API_PATHS
 from appliance.gateway.audit import AuditLog
 from appliance.gateway.audit_writer import AuditSink, AuditWriter
 from appliance.gateway.config import DEFAULT_CONFIG, GatewayConfig, TLSSettings, load_config
 from appliance.gateway.forward import cursor_name, targets
 from appliance.gateway.keys import KeyStore, load_keys
-from appliance.gateway.proxy import API_PATHS, Gateway
+from appliance.gateway.proxy import Gateway
 from appliance.gateway.server import ConnectionGuard, GuardedSite
 from appliance.gateway.tls import check_files, load_material, read_material, server_context
 

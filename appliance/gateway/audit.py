@@ -6,8 +6,9 @@ Layout in the audit directory:
 - ``audit.jsonl``: the current file, one JSON record per line, each line written whole.
 - ``audit-<first seq, 12 digits>.jsonl``: earlier files, renamed at rotation; removed only once
   shipped, and only with ``keep_rotated_bytes`` set (see audit_retention).
-- ``audit.head``: ``{"seq", "hash", "file"}`` of the newest record, replaced atomically after
-  every batch, so a cut-off tail (records removed from the end) shows.
+- ``audit.head``: ``{"seq", "hash", "file"}`` of the newest record, rewritten after every
+  batch (in place, one whole block: audit_head), so a cut-off tail (records removed from the
+  end) shows.
 
 Each record has ``seq`` (0, 1, ... across all files), ``prev`` (the previous record's ``hash``,
 64 zeros for seq 0) and ``hash``: sha256 of the record's canonical JSON (sorted keys, compact
@@ -19,7 +20,7 @@ clumsy edits; ship the head hash off the box for more.
 Resuming after a restart the gateway continues ``seq``/``prev`` from the last record and
 refuses to start (AuditError) when that tail is visibly broken: its hash wrong, or the head
 naming a record the log no longer holds. Records after the head (the gateway stopped between
-writing records and replacing the head) are accepted and the head is brought forward. A last
+writing records and rewriting the head) are accepted and the head is brought forward. A last
 line cut off mid-record (a crash during a write) is moved to ``torn-<digest>.bin`` and sealed by
 an ``audit_repair`` record that says so; the chain continues, never restarts at seq 0.
 
@@ -41,12 +42,14 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import AuditError
+from appliance.gateway.audit_head import HEAD, HeadFile, read_head
 from appliance.gateway.record import clean, now_iso
+
+__all__ = ["CURRENT", "HEAD", "ZERO_HASH", "AuditLog", "log_files", "read_head", "record_hash"]
 
 LOG = logging.getLogger("appliance.gateway.audit")
 
 CURRENT = "audit.jsonl"
-HEAD = "audit.head"
 ZERO_HASH = "0" * 64
 _TAIL_READ = 1 << 16
 
@@ -76,21 +79,6 @@ def log_files(directory: Path) -> list[Path]:
     if (directory / CURRENT).exists():
         files.append(directory / CURRENT)
     return files
-
-
-def read_head(directory: Path) -> dict[str, Any] | None:
-    try:
-        head = json.loads((directory / HEAD).read_bytes())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as error:
-        raise AuditError(
-            f"{directory / HEAD} cannot be read as JSON: {error}",
-            hint="the head file was damaged; run appliance audit verify",
-        ) from error
-    if not isinstance(head, dict) or not isinstance(head.get("seq"), int):
-        raise AuditError(f"{directory / HEAD} does not hold a seq")
-    return head
 
 
 def _last_line(path: Path) -> tuple[bytes | None, bool]:
@@ -127,6 +115,7 @@ class AuditLog:
         self._first_seq = 0
         self._head_file = CURRENT
         self._pending: list[dict[str, Any]] = []  # event records to write before the next batch
+        self._head = HeadFile(directory, fsync)
         self.rotations = 0
 
     def open(self) -> None:
@@ -318,25 +307,10 @@ class AuditLog:
             self._write_head()
 
     def _write_head(self) -> None:
-        data = json.dumps({"seq": self.seq - 1, "hash": self.prev, "file": self._head_file})
-        temp = self.directory / f".{HEAD}.tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        try:
-            if os.write(fd, data.encode() + b"\n") != len(data) + 1:
-                raise OSError(errno.ENOSPC, f"short write to {temp}")
-            if self.fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        temp.replace(self.directory / HEAD)
-        if self.fsync:
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        self._head.write(self.seq - 1, self.prev, self._head_file)
 
     def close(self) -> None:
+        self._head.close()
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -1,6 +1,6 @@
 """Reading the committed audit chain from a seq on, across rotations, while the gateway writes.
 
-A record is committed once ``audit.head`` names it (or a later record): the writer replaces
+A record is committed once ``audit.head`` names it (or a later record): the writer rewrites
 the head after each batch, so a reader that stops at the head never sees half a batch. The
 reader keeps its file open between calls; at the end of a file that a rotation renamed it
 finds the file that holds the next seq (by the first seq in each name) and goes on there.

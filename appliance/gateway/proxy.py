@@ -22,7 +22,6 @@ do not turn one refused call into three calls and three records.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -36,26 +35,30 @@ import aiohttp
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
-from appliance.gateway.answers import AUDIT_DOWN, error_body, model_card, retry_headers
+from appliance.gateway.answers import (
+    API_PATHS,
+    AUDIT_DOWN,
+    error_body,
+    model_card,
+    retry_headers,
+)
 from appliance.gateway.answers import Refusal as _Refusal
 from appliance.gateway.audit_writer import AuditSink
 from appliance.gateway.backends import Backends
-from appliance.gateway.body import BodyError, canonical, parse
-from appliance.gateway.config import GatewayConfig, ModelRoute
+from appliance.gateway.body import BodyError, parse
+from appliance.gateway.config import GatewayConfig
 from appliance.gateway.cors import CorsPolicy
 from appliance.gateway.key_events import KeyWatcher
 from appliance.gateway.keys import KeyRecord, KeyStore, claimed_id
 from appliance.gateway.limits import Limiter, LimitGate
 from appliance.gateway.metrics import Metrics
 from appliance.gateway.record import MODEL_LIMIT, Call, clean
-from appliance.gateway.relay import relay
-from appliance.gateway.server import CUT_ON_DISCONNECT, ConnectionGuard
+from appliance.gateway.server import ConnectionGuard
 from appliance.gateway.status import Shared, health_page, live_page, metrics_page
-from appliance.gateway.stream import Renamer, UsageDropper
+from appliance.gateway.upstream import check_stream_fields, forward
 
 LOG = logging.getLogger("appliance.gateway")
 
-API_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 _NO_MODEL = "-"  # metrics label for calls that name no configured model
 _AUDIT_DOWN = AUDIT_DOWN
 _MODEL_PATH = "/v1/models/"
@@ -347,7 +350,7 @@ class Gateway:
             raise invalid
         if call.model is None:
             raise _Refusal(400, "missing_model", "the request must name a model")
-        _check_stream_fields(document)
+        check_stream_fields(document)
         if route is None:
             raise _Refusal(
                 404,
@@ -365,53 +368,7 @@ class Gateway:
         if hit := await self.limits.acquire(key, call):
             call.error = hit.audit_error
             raise _Refusal(429, "rate_limit_exceeded", hit.message, hit.headers())
-        return await self._forward(request, call, route, document)
-
-    async def _forward(
-        self,
-        request: web.Request,
-        call: Call,
-        route: ModelRoute,
-        document: dict[str, Any],
-    ) -> web.StreamResponse:
-        document["model"] = route.upstream_name
-        dropper = _ask_for_usage(document) if call.stream and request.path != API_PATHS[2] else None
-        body = canonical(document)
-        if not call.stream:
-            request[CUT_ON_DISCONNECT] = True  # server.AuditedHandler: a client that leaves
-        try:
-            upstream = await self.backends.post(route.backend_base, request.path, body, call.stream)
-            async with upstream:
-                content_type = upstream.headers.get("Content-Type", "application/json")
-                if upstream.status >= 500:
-                    self.metrics.backend_errors[route.name] += 1
-                    call.error = f"backend answered {upstream.status}"
-                if content_type.startswith("text/event-stream"):
-                    renamer = Renamer(route) if route.upstream_name != route.name else None
-                    headers = {
-                        "Content-Type": content_type,
-                        "Cache-Control": "no-cache",
-                        **self._headers(call, upstream.status, upstream.headers),
-                    }
-                    return await relay(self, request, call, upstream, headers, renamer, dropper)
-                answer = await upstream.read()
-        except (aiohttp.ClientError, TimeoutError, OSError) as error:
-            self.metrics.backend_errors[route.name] += 1
-            LOG.warning("backend %s for %s failed: %r", route.backend_base, route.name, error)
-            raise _Refusal(
-                502, "backend_unavailable", f"the backend for {route.name!r} is not answering"
-            ) from None
-        if upstream.status == 200:
-            with contextlib.suppress(ValueError, AttributeError):
-                parsed = json.loads(answer)
-                call.take_usage(parsed.get("usage"))
-                if route.upstream_name != route.name and parsed.get("model") == route.upstream_name:
-                    # Clients see the names /v1/models lists, whatever the runtime calls it.
-                    parsed["model"] = route.name
-                    answer = json.dumps(parsed).encode()
-        return await self._send(
-            request, call, upstream.status, answer, content_type, upstream.headers
-        )
+        return await forward(self, request, call, route, document)
 
     async def health(self, request: web.Request) -> web.Response:
         return await health_page(self, request)
@@ -421,28 +378,3 @@ class Gateway:
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         return await metrics_page(self, request)
-
-
-def _check_stream_fields(document: dict[str, Any]) -> None:
-    """``stream`` a boolean, ``stream_options`` an object (or absent): a runtime that reads
-    ``"stream": 1`` as true would stream a call the gateway records, counts and charges as a
-    whole answer, without its usage."""
-    stream = document.get("stream")
-    if stream is not None and not isinstance(stream, bool):  # 1 == True in Python
-        raise _Refusal(400, "invalid_stream", "'stream' must be true or false")
-    options = document.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise _Refusal(400, "invalid_stream_options", "'stream_options' must be an object")
-
-
-def _ask_for_usage(document: dict[str, Any]) -> UsageDropper | None:
-    """Make the runtime report a stream's usage; a dropper for the usage-only event when the
-    client did not ask for it (``stream_options`` is an object: _check_stream_fields)."""
-    options = document.get("stream_options")
-    if options is None:
-        options = {}
-    if not isinstance(options, dict):
-        return None
-    asked = options.get("include_usage") is True
-    document["stream_options"] = {**options, "include_usage": True}
-    return None if asked else UsageDropper()

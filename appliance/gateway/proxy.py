@@ -45,7 +45,7 @@ from appliance.gateway.config import GatewayConfig, ModelRoute
 from appliance.gateway.cors import CorsPolicy
 from appliance.gateway.key_events import KeyWatcher
 from appliance.gateway.keys import KeyRecord, KeyStore, claimed_id
-from appliance.gateway.limits import Limiter, LimitGate
+from appliance.gateway.limits import Limiter, LimitGate, estimate_prompt_tokens
 from appliance.gateway.metrics import Metrics
 from appliance.gateway.record import MODEL_LIMIT, Call, clean
 from appliance.gateway.relay import relay
@@ -300,6 +300,10 @@ class Gateway:
         except asyncio.CancelledError:
             # The client of a whole answer left (server.AuditedHandler): the backend call is
             # cut with it. 499, as nginx says, when no answer had begun.
+            if not call.status and call.prompt_bytes and call.prompt_tokens is None:
+                # The prompt reached the backend: charged by its size, as a stream cut off
+                # before its usage (relay.py), or leaving early would make calls free.
+                call.prompt_tokens_estimated = estimate_prompt_tokens(call.prompt_bytes)
             call.status = call.status or 499
             call.error = call.error or "client disconnected"
             raise

@@ -108,3 +108,25 @@ def test_the_scanner_counts_generated_events_and_parses_only_usage_objects() -> 
         scanner.feed(stream[at : at + 7])
     assert scanner.generated == 3
     assert scanner.usage == {"prompt_tokens": 3, "completion_tokens": 3}
+
+
+def test_a_client_that_leaves_a_whole_answer_is_charged_its_prompt(tmp_path: Path) -> None:
+    """The client of a whole (not streamed) answer leaves while the backend generates: the
+    call is cut (499) and, as a stream cut off, charged its prompt by size: else a key under a
+    tokens-per-minute limit keeps the backend busy for free by leaving before each answer."""
+    with gateway_in_thread(tmp_path) as gateway:
+        key, _ = add_key(tmp_path / "keys.json", "metered", ["*"], limits=Limits(tpm=1))
+        time.sleep(0.6)  # the keys file is followed every 0.25 s (key_events.py)
+        request = stream_request(gateway, key, {"stream": False, "x_delay": 3})
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=15) as client:
+            client.sendall(request)
+            time.sleep(0.3)  # the call is at the backend, which answers in 3 s
+        deadline = time.monotonic() + 10
+        while not gateway.calls() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [record] = gateway.calls()
+        assert (record["status"], record["error"]) == (499, "client disconnected")
+        size = len(request.split(b"\r\n\r\n", 1)[1])
+        assert record["prompt_tokens_estimated"] == -(-size // 4)
+        refused = gateway.post("/v1/completions", b'{"model": "stand-in", "prompt": "x"}', key=key)
+        assert refused is not None and refused.status == 429, refused

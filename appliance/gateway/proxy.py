@@ -331,6 +331,9 @@ class Gateway:
             raise _Refusal(
                 408, "request_timeout", f"the body took over {self.config.body_timeout_s} s"
             ) from None
+        except OSError:  # the client left mid-body (aiohttp fails the read with the reason)
+            call.status, call.error = 499, "client disconnected"
+            return web.Response(status=499)  # to no one: recorded, not the gateway's failure
         call.prompt_sha256 = hashlib.sha256(body).hexdigest()
         call.prompt_bytes = len(body)
         document: dict[str, Any] | None = None

@@ -135,10 +135,17 @@ class Gateway:
         if status == 408:
             response.force_close()  # the rest of that body is never read
         try:
-            await response.prepare(request)
-            await response.write_eof()
+            # A client that takes none of the answer for as long as a body may take is cut
+            # off: it held the connection and its key's concurrency slot for ever.
+            async with asyncio.timeout(self.config.body_timeout_s):
+                await response.prepare(request)
+                await response.write_eof()
         except (ConnectionError, aiohttp.ClientConnectionResetError):
             LOG.info("call %s: the client left before the answer was sent", call.request_id)
+        except TimeoutError:
+            LOG.info("call %s: the client took none of the answer: cut off", call.request_id)
+            if request.transport is not None:
+                request.transport.abort()  # close() would wait for it to take the rest
         if status == 408 and request.transport is not None:
             request.transport.close()
         return response

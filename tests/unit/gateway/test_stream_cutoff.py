@@ -130,3 +130,44 @@ def test_a_client_that_leaves_a_whole_answer_is_charged_its_prompt(tmp_path: Pat
         assert record["prompt_tokens_estimated"] == -(-size // 4)
         refused = gateway.post("/v1/completions", b'{"model": "stand-in", "prompt": "x"}', key=key)
         assert refused is not None and refused.status == 429, refused
+
+
+def test_a_client_that_stops_reading_a_stream_is_cut_off(tmp_path: Path) -> None:
+    """A client that keeps its connection but reads nothing (its TCP window shut) held the
+    stream, and the runtime's generation behind it, with no deadline and no record: cut off
+    once it took nothing for ``body_timeout_s``, recorded, charged what it was sent."""
+    with gateway_in_thread(tmp_path, body_timeout_s=1.0) as gateway:
+        request = stream_request(gateway, gateway.key, {"max_tokens": 400_000})
+        with socket.socket() as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.connect(("127.0.0.1", gateway.port))
+            client.sendall(request)
+            [record] = stream_records(gateway, 1)  # within 15 s, while still connected
+        assert record["status"] == 200
+        assert record["error"] == "client too slow: took none of the answer for 1.0 s"
+        assert 0 < record["completion_tokens"] < 400_000
+
+
+def test_a_client_that_stops_reading_a_whole_answer_is_cut_off(tmp_path: Path) -> None:
+    """The same for a whole answer: its record is written before it goes out, but a client
+    that takes none of it kept the connection (and its key's concurrency slot) for ever."""
+    with gateway_in_thread(tmp_path, body_timeout_s=1.0) as gateway:
+        request = stream_request(gateway, gateway.key, {"stream": False, "max_tokens": 2_000_000})
+        request = request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+        with socket.socket() as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.connect(("127.0.0.1", gateway.port))
+            client.sendall(request)
+            deadline = time.monotonic() + 20
+            while not gateway.calls() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(3)  # past the deadline, reading nothing
+            client.settimeout(10)
+            received = 0
+            try:
+                while chunk := client.recv(1 << 20):
+                    received += len(chunk)
+            except ConnectionResetError:
+                pass
+        assert received < 16_000_000  # the whole answer (8 bytes a token) never came
+        assert gateway.calls()[0]["status"] == 200  # recorded as answered, as before

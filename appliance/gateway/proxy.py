@@ -135,15 +135,15 @@ class Gateway:
         if status == 408:
             response.force_close()  # the rest of that body is never read
         try:
-            # A client that takes none of the answer for as long as a body may take is cut
-            # off: it held the connection and its key's concurrency slot for ever.
+            # A whole answer not taken within as long as a body may take to come: a client
+            # that stopped reading held the connection and its key's concurrency slot for ever.
             async with asyncio.timeout(self.config.body_timeout_s):
                 await response.prepare(request)
                 await response.write_eof()
         except (ConnectionError, aiohttp.ClientConnectionResetError):
             LOG.info("call %s: the client left before the answer was sent", call.request_id)
         except TimeoutError:
-            LOG.info("call %s: the client took none of the answer: cut off", call.request_id)
+            LOG.info("call %s: the answer was not taken in time: cut off", call.request_id)
             if request.transport is not None:
                 request.transport.abort()  # close() would wait for it to take the rest
         if status == 408 and request.transport is not None:

@@ -50,7 +50,7 @@ from appliance.gateway.config import GatewayConfig
 from appliance.gateway.cors import CorsPolicy
 from appliance.gateway.key_events import KeyWatcher
 from appliance.gateway.keys import KeyRecord, KeyStore, claimed_id
-from appliance.gateway.limits import Limiter, LimitGate
+from appliance.gateway.limits import Limiter, LimitGate, estimate_prompt_tokens
 from appliance.gateway.metrics import Metrics
 from appliance.gateway.record import MODEL_LIMIT, Call, clean
 from appliance.gateway.server import ConnectionGuard
@@ -138,10 +138,17 @@ class Gateway:
         if status == 408:
             response.force_close()  # the rest of that body is never read
         try:
-            await response.prepare(request)
-            await response.write_eof()
+            # A whole answer not taken within as long as a body may take to come: a client
+            # that stopped reading held the connection and its key's concurrency slot for ever.
+            async with asyncio.timeout(self.config.body_timeout_s):
+                await response.prepare(request)
+                await response.write_eof()
         except (ConnectionError, aiohttp.ClientConnectionResetError):
             LOG.info("call %s: the client left before the answer was sent", call.request_id)
+        except TimeoutError:
+            LOG.info("call %s: the answer was not taken in time: cut off", call.request_id)
+            if request.transport is not None:
+                request.transport.abort()  # close() would wait for it to take the rest
         if status == 408 and request.transport is not None:
             request.transport.close()
         return response
@@ -303,6 +310,10 @@ class Gateway:
         except asyncio.CancelledError:
             # The client of a whole answer left (server.AuditedHandler): the backend call is
             # cut with it. 499, as nginx says, when no answer had begun.
+            if not call.status and call.prompt_bytes and call.prompt_tokens is None:
+                # The prompt reached the backend: charged by its size, as a stream cut off
+                # before its usage (relay.py), or leaving early would make calls free.
+                call.prompt_tokens_estimated = estimate_prompt_tokens(call.prompt_bytes)
             call.status = call.status or 499
             call.error = call.error or "client disconnected"
             raise
@@ -330,6 +341,9 @@ class Gateway:
             raise _Refusal(
                 408, "request_timeout", f"the body took over {self.config.body_timeout_s} s"
             ) from None
+        except OSError:  # the client left mid-body (aiohttp fails the read with the reason)
+            call.status, call.error = 499, "client disconnected"
+            return web.Response(status=499)  # to no one: recorded, not the gateway's failure
         call.prompt_sha256 = hashlib.sha256(body).hexdigest()
         call.prompt_bytes = len(body)
         document: dict[str, Any] | None = None

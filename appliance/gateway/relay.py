@@ -3,6 +3,7 @@ record written before the stream's end goes out."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from typing import TYPE_CHECKING
@@ -51,6 +52,21 @@ class _Pipe:
         return self.holder.feed(chunk)
 
 
+class _SlowClient(Exception):
+    """The client took no part of the answer for the deadline (see ``_write``)."""
+
+
+async def _write(response: web.StreamResponse, chunk: bytes, deadline_s: float) -> None:
+    """One chunk to the client, which must take it within ``deadline_s``: a client that stops
+    reading (its window shut, TCP keeps the connection) held the stream, and the runtime's
+    generation behind it, for ever, with no record until it left."""
+    try:
+        async with asyncio.timeout(deadline_s):  # a timer, not a task per chunk as wait_for
+            await response.write(chunk)
+    except TimeoutError:
+        raise _SlowClient from None
+
+
 async def relay(
     gateway: Gateway,
     request: web.Request,
@@ -63,6 +79,7 @@ async def relay(
     call.status = upstream.status
     response = web.StreamResponse(status=upstream.status, headers=headers)
     pipe = _Pipe(renamer, dropper)
+    deadline_s = gateway.config.body_timeout_s  # as for the request's body, so for the answer
     relayed = 0  # events with generated text the client was sent
     try:
         # In the try: a client gone before the headers is a disconnect like any other, and
@@ -70,11 +87,13 @@ async def relay(
         await response.prepare(request)
         async for received in upstream.content.iter_any():
             if ready := pipe.feed(received):
-                await response.write(ready)
+                await _write(response, ready, deadline_s)
                 relayed = pipe.scanner.generated
         if ready := pipe.flush():
-            await response.write(ready)
+            await _write(response, ready, deadline_s)
         relayed = pipe.scanner.generated
+    except _SlowClient:
+        call.error = f"client too slow: took none of the answer for {deadline_s} s"
     except (ConnectionError, aiohttp.ClientConnectionResetError):
         call.error = "client disconnected"
     except (aiohttp.ClientError, TimeoutError) as error:
@@ -106,5 +125,8 @@ async def relay(
     except (ConnectionError, aiohttp.ClientConnectionResetError):
         LOG.info("call %s: the client left before the stream ended", call.request_id)
     if request.transport is not None:
-        request.transport.close()  # no clean end: the client must not take it as whole
+        # No clean end: the client must not take it as whole. A client too slow gets no more:
+        # close() would wait for it to take what is buffered, holding the connection.
+        slow = call.error is not None and call.error.startswith("client too slow")
+        (request.transport.abort if slow else request.transport.close)()
     return response

@@ -95,6 +95,10 @@ def read_material(settings: TLSSettings) -> TLSMaterial:
         None if settings.client_ca is None else _read(settings.client_ca, "client_ca"),
     )
     check_material(settings, material)
+    # What only OpenSSL refuses (a chain certificate's key too small for its security level)
+    # is found in a context of its own: loaded into the context a listener serves with, it
+    # would leave that context with the new certificate and no key, every new handshake failing.
+    server_context(settings, material)
     return material
 
 

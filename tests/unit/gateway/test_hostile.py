@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,3 +144,24 @@ def test_headers_aiohttp_would_act_on_reach_the_gateway_and_its_log(
     reply = gateway.post("/v1/completions", plain, key=gateway.key, headers=[(b"Expect", b"x")])
     assert reply is not None and reply.status == 200
     assert gateway.record_of(reply)["status"] == 200
+
+
+def test_a_client_that_leaves_mid_body_is_a_499_not_a_failure_of_ours(
+    gateway: RunningGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp fails the body's read when the client goes: recorded as the client's doing, with
+    no traceback in the journal (each such request logged one, and counted as a gateway 500)."""
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {gateway.key}"
+        "\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=15) as client:
+        client.sendall(head.encode() + b'{"model"')
+        time.sleep(0.3)  # the handler is reading the body
+    deadline = time.monotonic() + 10
+    while not gateway.calls() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [record] = gateway.calls()
+    assert (record["status"], record["error"]) == (499, "client disconnected")
+    assert not [r for r in caplog.records if r.exc_info]
+    still_serves(gateway)

@@ -108,3 +108,66 @@ def test_the_scanner_counts_generated_events_and_parses_only_usage_objects() -> 
         scanner.feed(stream[at : at + 7])
     assert scanner.generated == 3
     assert scanner.usage == {"prompt_tokens": 3, "completion_tokens": 3}
+
+
+def test_a_client_that_leaves_a_whole_answer_is_charged_its_prompt(tmp_path: Path) -> None:
+    """The client of a whole (not streamed) answer leaves while the backend generates: the
+    call is cut (499) and, as a stream cut off, charged its prompt by size: else a key under a
+    tokens-per-minute limit keeps the backend busy for free by leaving before each answer."""
+    with gateway_in_thread(tmp_path) as gateway:
+        key, _ = add_key(tmp_path / "keys.json", "metered", ["*"], limits=Limits(tpm=1))
+        time.sleep(0.6)  # the keys file is followed every 0.25 s (key_events.py)
+        request = stream_request(gateway, key, {"stream": False, "x_delay": 3})
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=15) as client:
+            client.sendall(request)
+            time.sleep(0.3)  # the call is at the backend, which answers in 3 s
+        deadline = time.monotonic() + 10
+        while not gateway.calls() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [record] = gateway.calls()
+        assert (record["status"], record["error"]) == (499, "client disconnected")
+        size = len(request.split(b"\r\n\r\n", 1)[1])
+        assert record["prompt_tokens_estimated"] == -(-size // 4)
+        refused = gateway.post("/v1/completions", b'{"model": "stand-in", "prompt": "x"}', key=key)
+        assert refused is not None and refused.status == 429, refused
+
+
+def test_a_client_that_stops_reading_a_stream_is_cut_off(tmp_path: Path) -> None:
+    """A client that keeps its connection but reads nothing (its TCP window shut) held the
+    stream, and the runtime's generation behind it, with no deadline and no record: cut off
+    once it took nothing for ``body_timeout_s``, recorded, charged what it was sent."""
+    with gateway_in_thread(tmp_path, body_timeout_s=1.0) as gateway:
+        request = stream_request(gateway, gateway.key, {"max_tokens": 400_000})
+        with socket.socket() as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.connect(("127.0.0.1", gateway.port))
+            client.sendall(request)
+            [record] = stream_records(gateway, 1)  # within 15 s, while still connected
+        assert record["status"] == 200
+        assert record["error"] == "client too slow: took none of the answer for 1.0 s"
+        assert 0 < record["completion_tokens"] < 400_000
+
+
+def test_a_client_that_stops_reading_a_whole_answer_is_cut_off(tmp_path: Path) -> None:
+    """The same for a whole answer: its record is written before it goes out, but a client
+    that takes none of it kept the connection (and its key's concurrency slot) for ever."""
+    with gateway_in_thread(tmp_path, body_timeout_s=1.0) as gateway:
+        request = stream_request(gateway, gateway.key, {"stream": False, "max_tokens": 2_000_000})
+        request = request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+        with socket.socket() as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.connect(("127.0.0.1", gateway.port))
+            client.sendall(request)
+            deadline = time.monotonic() + 20
+            while not gateway.calls() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(3)  # past the deadline, reading nothing
+            client.settimeout(10)
+            received = 0
+            try:
+                while chunk := client.recv(1 << 20):
+                    received += len(chunk)
+            except ConnectionResetError:
+                pass
+        assert received < 16_000_000  # the whole answer (8 bytes a token) never came
+        assert gateway.calls()[0]["status"] == 200  # recorded as answered, as before

@@ -6,6 +6,7 @@ CA (tests/fixtures/pki.py); clients are Python's ssl module, set up as each case
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import socket
@@ -261,3 +262,57 @@ def test_check_config_refuses_a_bad_key_before_serving(
             done.stderr
         )
     assert not (tmp_path / "audit").exists()  # refused before the audit log was opened
+
+
+def test_a_chain_openssl_refuses_is_refused_before_it_reaches_the_served_context(
+    pki: tuple[CA, Issued], tmp_path: Path
+) -> None:
+    """A chain the gateway's own checks pass but OpenSSL refuses (a CA's RSA-1024 key, under
+    its security level) is refused by the reading: loaded into the context a listener serves
+    with, OpenSSL had taken the new certificate before refusing the chain, leaving the context
+    without a key and every later handshake failing while the log said the old one served on."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    from appliance.gateway.tls import load_material, read_material
+
+    _, issued = pki
+    served = server_context(_settings(issued))
+    weak = rsa.generate_private_key(65537, 1024)  # noqa: S505 - too small is the point
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "weak CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    weak_ca = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(weak.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(weak, hashes.SHA256())
+    )  # fmt: skip
+    chain = tmp_path / "chain.pem"
+    ca, _ = pki
+    renewed = ca.issue("renewed")  # a new key, as a renewal brings
+    chain.write_bytes(renewed.cert.read_bytes() + weak_ca.public_bytes(serialization.Encoding.PEM))
+    with pytest.raises(GatewayConfigError, match="OpenSSL refuses"):
+        load_material(served, read_material(_settings(renewed, cert=chain)))
+    # Still serving the certificate it had: a handshake succeeds.
+    client = ssl.create_default_context(cafile=str(ca.cert))
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def accept() -> None:
+        conn, _ = listener.accept()
+        with contextlib.suppress(OSError), served.wrap_socket(conn, server_side=True) as tls:
+            tls.recv(1)
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    try:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with client.wrap_socket(raw, server_hostname="localhost") as tls:
+            assert tls.version() is not None
+    finally:
+        thread.join(10)
+        listener.close()

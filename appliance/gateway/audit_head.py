@@ -19,6 +19,7 @@ earlier versions wrote, padded with spaces.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -77,6 +78,7 @@ class HeadFile:
         self.fsync = fsync
         self._fd: int | None = None
         self._identity: tuple[int, int] | None = None
+        self._block: bytes | None = None  # the head last written whole
 
     def write(self, seq: int, digest: str, file: str) -> None:
         block = head_block(seq, digest, file)
@@ -86,10 +88,16 @@ class HeadFile:
                     raise OSError(errno.ENOSPC, f"short write to {self.path}")
                 if self.fsync:
                     os.fdatasync(self._fd)
-                return
             except OSError:
+                # The caller takes the batch's records back off the log: a head readers may
+                # already see must not go on naming them (truncated, then seqs used again).
+                if self._block is not None:
+                    with contextlib.suppress(OSError):
+                        os.pwrite(self._fd, self._block, 0)
                 self.close()  # created afresh by the next write
                 raise
+            self._block = block
+            return
         stale = self._fd
         self._create(block)  # first: a failed creation leaves things as they were
         if stale is not None:
@@ -122,9 +130,9 @@ class HeadFile:
             os.close(fd)
             raise
         stat = os.fstat(fd)
-        self._fd, self._identity = fd, (stat.st_dev, stat.st_ino)
+        self._fd, self._identity, self._block = fd, (stat.st_dev, stat.st_ino), block
 
     def close(self) -> None:
         if self._fd is not None:
-            fd, self._fd, self._identity = self._fd, None, None
+            fd, self._fd, self._identity, self._block = self._fd, None, None, None
             os.close(fd)

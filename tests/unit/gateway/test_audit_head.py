@@ -3,6 +3,7 @@ and readers of the live directory."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -140,3 +141,31 @@ def test_readers_never_take_a_head_being_rewritten(tmp_path: Path) -> None:
         os.kill(writer.pid, signal.SIGKILL)
         writer.wait()
     assert json.loads((tmp_path / HEAD).read_bytes())["file"] == CURRENT
+
+
+def test_a_failed_flush_of_the_head_puts_the_committed_head_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch's records are taken back off the log when its head cannot be flushed: the
+    rewritten block, already what readers see, is put back. Left naming them, the head named a
+    record the log no longer held: verification said truncated and the gateway would not start."""
+    log = AuditLog(tmp_path, fsync=True)
+    log.open()
+    log.append(fields(0))
+    log.append(fields(1))
+    committed = read_head(tmp_path)
+
+    def failing(_fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    with pytest.raises(OSError):
+        log.append(fields(2))
+    monkeypatch.undo()
+    assert read_head(tmp_path) == committed
+    log.append(fields(3))  # the chain goes on from the committed record
+    log.close()
+    assert verify_log(tmp_path).records == 3
+    again = AuditLog(tmp_path, fsync=True)
+    again.open()
+    again.close()

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from appliance.errors import InventoryError
+from appliance.platform.k3s import CLUSTER_CIDRS, FLANNEL_VXLAN_PORT, KUBELET_PORT
 from appliance.registry import RegistryError, storage_bytes, upstreams
 from appliance.roles import (
     BASE_ROLES,
@@ -90,6 +91,11 @@ class Firewall:
     # Open to private_sources alone.
     private_ports: tuple[int, ...] = ()
     private_sources: tuple[str, ...] = ()
+    # UDP ports open to the internal networks (k3s's VXLAN between nodes).
+    udp_ports: tuple[int, ...] = ()
+    # Container networks of this host that count as inside the boundary (a k3s node's pods and
+    # Services): reached from the host and routed to and from, never beyond the boundary.
+    cluster_cidrs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -225,7 +231,8 @@ def plan(
             roles += [*GPU_ROLES, *([TOOLKIT_ROLE] if nvidia.get("container_toolkit") else [])]
         if engines_configured(stack):
             roles += [ENGINES_ROLE]
-        if k3s and (host == depot or host in gpu_nodes):
+        on_k3s = k3s and (host == depot or host in gpu_nodes)
+        if on_k3s:
             # The server on the depot, an agent on each GPU node; the runtimes are its
             # workloads, on the address and ports planned here (host network).
             roles += ["k3s"]
@@ -242,6 +249,7 @@ def plan(
             + ([gateway_port] if host == gateway_host and gateway_port is not None else [])
             # The agents join the server (k3s's supervisor and API port).
             + ([K3S_SERVER_PORT] if k3s and host == depot and multi else [])
+            + ([KUBELET_PORT] if on_k3s and multi else [])
         )
         private = (
             tuple(sorted(set(runtime.ports.values())))
@@ -255,7 +263,13 @@ def plan(
             address=address(host),
             depot=host == depot,
             roles=tuple(roles),
-            firewall=Firewall(tuple(service), private, sources if private else ()),
+            firewall=Firewall(
+                tuple(service),
+                private,
+                sources if private else (),
+                udp_ports=(FLANNEL_VXLAN_PORT,) if on_k3s and multi else (),
+                cluster_cidrs=CLUSTER_CIDRS if on_k3s else (),
+            ),
             runtime=runtime,
         )
     return Topology(

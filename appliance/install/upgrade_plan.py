@@ -335,7 +335,13 @@ def _units(host: HostPlan | None, topology: Topology | None) -> dict[str, _Built
         listen = (store.listen_address, store.port)
         units[STORE_UNIT] = ("object_store", listen, none, none, frozenset({store_file}))
     firewall = host.firewall
-    openings = (firewall.service_ports, firewall.private_ports, firewall.private_sources)
+    openings = (
+        firewall.service_ports,
+        firewall.private_ports,
+        firewall.private_sources,
+        firewall.udp_ports,
+        firewall.cluster_cidrs,
+    )
     units[FIREWALL_UNIT] = ("firewall", openings, none, none, none)
     return units
 

@@ -24,6 +24,17 @@ from appliance.registry import namespace as registry_namespace
 from appliance.registry import split_reference, upstream_host
 
 REGISTRIES_FILE = "/etc/rancher/k3s/registries.yaml"
+# The cluster's own networks (k3s's defaults, written into the server's config so that the host
+# firewall, which plans them too, and k3s cannot disagree): the pods' (flannel) and the
+# Services'. The firewall treats them as inside the boundary on a k3s node (output, forward),
+# and drops whatever a pod sends anywhere else.
+CLUSTER_CIDR = "10.42.0.0/16"
+SERVICE_CIDR = "10.43.0.0/16"
+CLUSTER_CIDRS = (CLUSTER_CIDR, SERVICE_CIDR)
+# Between a multi-host cluster's nodes, open to the internal networks: flannel's VXLAN (UDP) and
+# the kubelet's API (TCP; the server reaches each agent's for logs, exec and metrics).
+FLANNEL_VXLAN_PORT = 8472
+KUBELET_PORT = 10250
 NAMESPACE = "appliance"
 LABEL_PREFIX = "appliance"
 # Kubernetes label values: at most 63 characters of [A-Za-z0-9._-], alphanumeric at both ends.
@@ -118,6 +129,8 @@ def server_config(
         "write-kubeconfig-mode": "0600",
         "tls-san": [node_ip],
         "secrets-encryption": True,
+        "cluster-cidr": CLUSTER_CIDR,
+        "service-cidr": SERVICE_CIDR,
         # The gateway runs on the host and no Service is exposed: k3s's ingress and load
         # balancer would only add images and open ports.
         "disable": ["traefik", "servicelb"],

@@ -12,6 +12,7 @@ from appliance.errors import InstallError
 from appliance.install.checks import check_can_install
 from appliance.install.platform_vars import platform_vars
 from appliance.install.topology import K3S_SERVER_PORT, plan
+from appliance.platform.k3s import CLUSTER_CIDRS, FLANNEL_VXLAN_PORT, KUBELET_PORT, server_config
 from appliance.roles import play_roles, required_packages, role_packages
 from tests.fixtures.bundles import new_manifest
 
@@ -69,6 +70,27 @@ def test_the_k3s_server_is_the_depot_and_the_gpu_nodes_its_agents() -> None:
     assert gpu.firewall.private_sources == ("198.18.10.2",)
     assert K3S_SERVER_PORT in topology.hosts["depot-1"].firewall.service_ports
     assert K3S_SERVER_PORT not in gpu.firewall.service_ports
+
+
+def test_every_k3s_node_opens_the_cluster_s_ports_and_knows_its_networks() -> None:
+    topology = plan(hosts=sorted(LAB), depot="depot-1", gpu_nodes=["gpu-1", "gpu-2"],
+                    host_vars=LAB, stack=K3S, models=GGUF)  # fmt: skip
+    for name in ("depot-1", "gpu-1", "gpu-2"):
+        firewall = topology.hosts[name].firewall
+        # flannel's VXLAN between the nodes, the kubelet for the server.
+        assert firewall.udp_ports == (FLANNEL_VXLAN_PORT,), name
+        assert KUBELET_PORT in firewall.service_ports, name
+        # The pods' and Services' networks, which the server's config sets to the same.
+        assert firewall.cluster_cidrs == CLUSTER_CIDRS, name
+    server = server_config("198.18.10.2", "/etc/appliance/k3s/token")
+    assert (server["cluster-cidr"], server["service-cidr"]) == CLUSTER_CIDRS
+    # Without k3s no host routes for a cluster or opens its ports.
+    stack = {**K3S, "orchestrator": "systemd"}
+    systemd = plan(hosts=sorted(LAB), depot="depot-1", gpu_nodes=["gpu-1", "gpu-2"],
+                   host_vars=LAB, stack=stack, models=GGUF)  # fmt: skip
+    for host in systemd.hosts.values():
+        assert (host.firewall.udp_ports, host.firewall.cluster_cidrs) == ((), ())
+        assert KUBELET_PORT not in host.firewall.service_ports
 
 
 def test_the_plan_runs_each_model_on_its_node_network_by_the_bundles_digest() -> None:

@@ -116,6 +116,8 @@ _CONTAINER_KEYS = ("initContainers", "containers", "ephemeralContainers")
 # What lets a pod reach past its container into the node: none of it is in any plan except
 # hostNetwork and the hostPath volumes a planned template names.
 _HOST_FLAGS = ("hostPID", "hostIPC", "hostNetwork", "shareProcessNamespace")
+# k3s's own coredns adds NET_BIND_SERVICE (its packaged manifests/coredns.yaml) to listen on 53.
+_HARMLESS_CAPABILITIES = frozenset({"NET_BIND_SERVICE"})
 
 
 def _planned_template(
@@ -138,8 +140,12 @@ def confinement_problems(spec: Mapping[str, Any], plan: Mapping[str, Any]) -> li
             context = container.get("securityContext") or {}
             if context.get("privileged"):
                 problems.append(f"{container.get('name')}: privileged")
-            if (context.get("capabilities") or {}).get("add"):
-                problems.append(f"{container.get('name')}: adds capabilities")
+            added = sorted(
+                {str(c).upper() for c in (context.get("capabilities") or {}).get("add") or []}
+                - _HARMLESS_CAPABILITIES
+            )
+            if added:
+                problems.append(f"{container.get('name')}: adds {', '.join(added)}")
     planned_paths = {
         (v.get("hostPath") or {}).get("path") for v in plan.get("volumes") or [] if "hostPath" in v
     }

@@ -356,7 +356,11 @@ def _busybox_pod(namespace: str, name: str, owner: tuple[str, str] | None) -> di
         owner,
     )
     found["spec"] |= {"hostPID": True, "hostNetwork": True}
-    found["spec"]["containers"][0]["securityContext"] = {"privileged": True}
+    found["spec"]["containers"][0]["securityContext"] = {
+        "privileged": True,
+        # coredns's own NET_BIND_SERVICE passes; SYS_ADMIN does not.
+        "capabilities": {"add": ["NET_BIND_SERVICE", "SYS_ADMIN"]},
+    }
     found["spec"]["volumes"] = [{"name": "root", "hostPath": {"path": "/"}}]
     return found
 
@@ -366,7 +370,8 @@ def test_a_privileged_host_root_pod_of_an_airgap_image_in_kube_system_fails() ->
     problems = failed(judge(pods=cluster.k3s_pods() + cluster.appliance_pods() + [escape]))
     assert set(problems) == {"k3s pod confined: kube-system/kube-dns-6c86b4f8b7-zzzzz"}
     assert problems["k3s pod confined: kube-system/kube-dns-6c86b4f8b7-zzzzz"].startswith(
-        "hostPID: true; hostNetwork: true; main: privileged; volume root: hostPath / (on depot-1)"
+        "hostPID: true; hostNetwork: true; main: privileged; main: adds SYS_ADMIN; "
+        "volume root: hostPath / (on depot-1)"
     )
 
 

@@ -9,10 +9,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
+import ssl
 import stat
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from appliance.gpu.facts import parse_nvidia_smi_xml
@@ -165,3 +172,75 @@ def test_k3s_installs_the_bundles_files_checked_by_sha256(tmp_path: Path) -> Non
     assert (tmp_path / "bin" / "k3s").read_bytes() == b"binary"
     assert mode(tmp_path / "bin" / "k3s") == 0o755
     assert (tmp_path / "images" / "k3s-airgap-images.tar.zst").read_bytes() == b"tar"
+
+
+@contextmanager
+def healthy_harbor(certs: Path, port: int) -> Iterator[None]:
+    """Harbor's health endpoint alone, healthy, over TLS with the certificate the role issued."""
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"status": "healthy", "components": []}).encode()
+            self.send_response(200 if self.path == "/api/v2.0/health" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Health)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certs / "public.crt", certs / "private.key")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_harbor_runs_its_installer_again_until_harbor_came_up_healthy(tmp_path: Path) -> None:
+    """A first run whose install.sh failed has already written harbor.yml: the next run must
+    still run the installer (it ran only when harbor.yml changed); once Harbor answered healthy
+    from this installer and harbor.yml, a run leaves it alone."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    files = [{"name": "harbor-offline-installer", "path": "files/h.tgz", "sha256": "0" * 64}]
+    home = tmp_path / "home" / "harbor"
+    home.mkdir(parents=True)
+    (tmp_path / "config").mkdir(mode=0o700)
+    runs = tmp_path / "install-runs"
+    install = home / "install.sh"
+    install.write_text(f"#!/bin/sh\necho run >> {runs}\nexit 1\n")
+    install.chmod(0o755)
+    extravars = {
+        "appliance_files": files,
+        "appliance_platform": {"harbor": harbor_plan(topology(), IMAGES, port=port)},
+        "harbor_home": str(tmp_path / "home"),
+        "harbor_config_dir": str(tmp_path / "config"),
+        "site_ca_dir": str(tmp_path / "pki"),
+        "harbor_health_retries": 1,
+        "harbor_health_delay": 0,
+    }
+    tasks = [{"ansible.builtin.include_role": {"name": "harbor", "tasks_from": step}}
+             for step in ("preflight", "configure", "service")]  # fmt: skip
+    with pytest.raises(AssertionError, match="Run Harbor's installer"):
+        play_locally(tmp_path, tasks, extravars)
+    assert runs.read_text() == "run\n"
+
+    # The installer works now; harbor.yml is as the failed run left it.
+    install.write_text(f"#!/bin/sh\necho run >> {runs}\n")
+    with healthy_harbor(tmp_path / "config" / "certs", port):
+        # Healthy, then the accounts step finds no API here: the run fails after the marker.
+        with pytest.raises(AssertionError, match="Make the projects and robot accounts"):
+            play_locally(tmp_path, tasks, extravars)
+        assert runs.read_text() == "run\nrun\n"
+        assert mode(tmp_path / "config" / "installed") == 0o600
+        with pytest.raises(AssertionError, match="Make the projects and robot accounts"):
+            play_locally(tmp_path, tasks, extravars)
+    assert runs.read_text() == "run\nrun\n"  # came up healthy from these: not run again

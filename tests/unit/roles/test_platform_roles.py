@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import socket
 import ssl
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +30,7 @@ from appliance.install.topology import plan
 from appliance.platform.k3s import LocalRegistry
 from appliance.platform.plan import harbor_plan, k3s_plan
 from appliance.registry import auth_file
+from appliance.roles import ROLES_DIR
 from tests.fixtures.gpu_hosts import h200_xml
 from tests.fixtures.harbor_template import TEMPLATE_KEYS
 from tests.fixtures.roles import play_locally
@@ -244,3 +248,72 @@ def test_harbor_runs_its_installer_again_until_harbor_came_up_healthy(tmp_path: 
         with pytest.raises(AssertionError, match="Make the projects and robot accounts"):
             play_locally(tmp_path, tasks, extravars)
     assert runs.read_text() == "run\nrun\n"  # came up healthy from these: not run again
+
+
+def test_a_k3s_agent_gets_the_registry_s_ca_and_pull_identity_from_the_server(
+    tmp_path: Path,
+) -> None:
+    """Under k3s the container_engines role, which hands the registry's CA and pull identity to
+    the hosts beside the depot, does not run: the k3s role gives them to its agents itself. Two
+    hosts on this machine, each with paths of its own (on real hosts the paths are the same)."""
+    hosts = {"depot": "198.18.10.2", "gpu-1": "198.18.10.11"}
+    topology_ = plan(
+        hosts=list(hosts), depot="depot", gpu_nodes=["gpu-1"],
+        host_vars={h: {"ansible_connection": "local", "ansible_host": a} for h, a in hosts.items()},
+        stack={"runtime": "llamacpp", "orchestrator": "systemd"}, models=[],
+    )  # fmt: skip
+    files = [{"name": n, "path": f"files/{n}", "sha256": "0" * 64}
+             for n in ("k3s", "k3s-airgap-images", "k3s-install.sh")]  # fmt: skip
+    registry = LocalRegistry("198.18.10.2:5000", "/etc/appliance/pki/ca.crt", "", "")
+    platform = k3s_plan(topology_, images=IMAGES, registry=registry, workloads=[],
+                        device_plugin_image=IMAGES[1], gpu_nodes=["gpu-1"])  # fmt: skip
+    inventory: dict[str, Any] = {"all": {"hosts": {}}}
+    for host in hosts:
+        root = tmp_path / host
+        inventory["all"]["hosts"][host] = {
+            "ansible_connection": "local",
+            "ansible_python_interpreter": sys.executable,
+            "k3s_rancher_dir": str(root / "rancher"),
+            "appliance_registry_ca_cert": str(root / "pki" / "ca.crt"),
+            "appliance_registry_pull_auth": str(root / "registry" / "pull-auth.json"),
+        }
+        (root / "rancher").mkdir(parents=True)
+    # What the registry role left on the depot, and nowhere else.
+    (tmp_path / "depot" / "pki").mkdir()
+    (tmp_path / "depot" / "pki" / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\nsite\n")
+    (tmp_path / "depot" / "registry").mkdir(mode=0o700)
+    pull = tmp_path / "depot" / "registry" / "pull-auth.json"
+    pull.write_text(auth_file("198.18.10.2:5000", "pull", "pull-secret-from-registry"))
+    pull.chmod(0o600)
+    # The token file is one path on both (the role reads the server's at the agent's path).
+    (tmp_path / "k3s").mkdir(mode=0o700)
+    (tmp_path / "inventory.json").write_text(json.dumps(inventory))
+    (tmp_path / "vars.json").write_text(json.dumps({
+        "appliance_files": files, "appliance_platform": {"k3s": platform},
+        "k3s_config_dir": str(tmp_path / "k3s"),
+    }))  # fmt: skip
+    tasks = [{"ansible.builtin.include_role": {"name": "k3s", "tasks_from": step}}
+             for step in ("preflight", "configure")]  # fmt: skip
+    (tmp_path / "play.yml").write_text(
+        json.dumps([{"hosts": "all", "gather_facts": False, "tasks": tasks}])
+    )
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"),
+         "-i", str(tmp_path / "inventory.json"), "-e", f"@{tmp_path / 'vars.json'}",
+         str(tmp_path / "play.yml")],
+        capture_output=True, text=True, check=False, timeout=300,
+        env={**os.environ, "ANSIBLE_ROLES_PATH": str(ROLES_DIR), "ANSIBLE_NOCOLOR": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "pull-secret-from-registry" not in done.stdout + done.stderr
+    agent = tmp_path / "gpu-1"
+    assert (agent / "pki" / "ca.crt").read_text() == "-----BEGIN CERTIFICATE-----\nsite\n"
+    assert mode(agent / "registry" / "pull-auth.json") == 0o600
+    assert mode(agent / "registry") == 0o700
+    registries = yaml.safe_load((agent / "rancher" / "registries.yaml").read_text())
+    assert registries["configs"]["198.18.10.2:5000"]["auth"] == {
+        "username": "pull",
+        "password": "pull-secret-from-registry",
+    }
+    config = yaml.safe_load((agent / "rancher" / "config.yaml").read_text())
+    assert config["server"] == "https://198.18.10.2:6443"

@@ -317,3 +317,52 @@ def test_a_k3s_agent_gets_the_registry_s_ca_and_pull_identity_from_the_server(
     }
     config = yaml.safe_load((agent / "rancher" / "config.yaml").read_text())
     assert config["server"] == "https://198.18.10.2:6443"
+
+
+def test_k3s_writes_the_digest_list_verify_checks_for_each_model_it_serves(
+    tmp_path: Path,
+) -> None:
+    """The runtime roles leave a <model>.sha256 per model, which appliance verify checks the
+    files against; under k3s they do not run, so the k3s role writes them (and removes those of
+    models no longer served)."""
+    weights = tmp_path / "store" / "alpha.gguf"
+    weights.parent.mkdir()
+    weights.write_bytes(b"GGUF weights")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    files = [{"name": n, "path": f"files/{n}", "sha256": "0" * 64}
+             for n in ("k3s", "k3s-airgap-images", "k3s-install.sh")]  # fmt: skip
+    registry = LocalRegistry("127.0.0.1:5000", "/etc/appliance/pki/ca.crt", "", "")
+    platform = k3s_plan(topology(), images=IMAGES, registry=registry, workloads=[],
+                        device_plugin_image=None, gpu_nodes=[])  # fmt: skip
+    model = {"name": "alpha", "digest": "sha256:" + digest, "format": "gguf",
+             "files": [{"name": "alpha.gguf", "sha256": digest, "src": str(weights)}]}  # fmt: skip
+    (tmp_path / "k3s").mkdir(mode=0o700)
+    extravars: dict[str, Any] = {
+        "appliance_files": files,
+        "appliance_platform": {"k3s": platform},
+        "appliance_topology": {"hosts": {"localhost": {"runtime": {"models": ["alpha"]}}}},
+        "appliance_models": [model],
+        "artifacts_models_dir": str(tmp_path / "models"),
+        "k3s_config_dir": str(tmp_path / "k3s"),
+    }
+    tasks = [{"ansible.builtin.include_role": {"name": "k3s", "tasks_from": step}}
+             for step in ("preflight", "models")]  # fmt: skip
+    play_locally(tmp_path, tasks, extravars)
+    listing = tmp_path / "k3s" / "alpha.sha256"
+    assert listing.read_text() == f"{digest}  {tmp_path}/models/alpha/alpha.gguf\n"
+    assert subprocess.run(["sha256sum", "--check", "--strict", str(listing)],
+                          capture_output=True, check=False).returncode == 0  # fmt: skip
+    assert changed(play_locally(tmp_path, tasks, extravars)) == 0
+
+    # The model moves to another node: its list goes, or verify would judge files not served.
+    extravars["appliance_topology"]["hosts"]["localhost"]["runtime"]["models"] = []
+    play_locally(tmp_path, tasks, extravars)
+    assert not listing.exists()
+    assert (tmp_path / "k3s").is_dir()
+
+
+def test_an_upgrade_that_ran_the_k3s_role_checks_the_models_digest_lists_again() -> None:
+    from appliance.install.upgrade_scope import verify_skips
+
+    assert "verify_models" not in verify_skips(frozenset({"k3s", "gateway"}))
+    assert "verify_models" in verify_skips(frozenset({"gateway"}))

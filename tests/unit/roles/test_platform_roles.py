@@ -366,3 +366,64 @@ def test_an_upgrade_that_ran_the_k3s_role_checks_the_models_digest_lists_again()
 
     assert "verify_models" not in verify_skips(frozenset({"k3s", "gateway"}))
     assert "verify_models" in verify_skips(frozenset({"gateway"}))
+
+
+def test_harbor_gives_a_robot_whose_secret_was_never_kept_a_new_one(tmp_path: Path) -> None:
+    """Harbor shows a robot's secret once. A run cut short after Harbor made the robots and
+    before their secrets were kept left every later run without them (the module only returns a
+    secret it made or rotated): the role now rotates a robot it holds no secret for."""
+    from appliance.ansible.roles.harbor.module_utils.appliance_harbor_api import (
+        PULL,
+        PUSH,
+        HarborAPI,
+    )
+    from tests.fixtures.harbor_installer.server import HarborState, serve
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    files = [{"name": "harbor-offline-installer", "path": "files/h.tgz", "sha256": "0" * 64}]
+    home = tmp_path / "home" / "harbor"
+    home.mkdir(parents=True)
+    (tmp_path / "config").mkdir(mode=0o700)
+    (home / "install.sh").write_text("#!/bin/sh\n")
+    (home / "install.sh").chmod(0o755)
+    extravars = {
+        "appliance_files": files,
+        "appliance_platform": {"harbor": harbor_plan(topology(), IMAGES, port=port)},
+        "harbor_home": str(tmp_path / "home"),
+        "harbor_config_dir": str(tmp_path / "config"),
+        "site_ca_dir": str(tmp_path / "pki"),
+    }
+    steps = ("preflight", "configure")
+    play_locally(tmp_path, [{"ansible.builtin.include_role": {"name": "harbor", "tasks_from": s}}
+                            for s in steps], extravars)  # fmt: skip
+    admin = json.loads((tmp_path / "config" / "passwords.json").read_text())["admin"]
+    certs = tmp_path / "config" / "certs"
+    state = HarborState(admin_password=admin)
+    server = serve(
+        state, ("127.0.0.1", port), str(certs / "public.crt"), str(certs / "private.key")
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        # The robots exist (an earlier run made them) and their secrets went with that run.
+        api = HarborAPI(f"https://127.0.0.1:{port}", "admin", admin, str(tmp_path / "pki/ca.crt"))
+        projects = [str(p) for p in extravars["appliance_platform"]["harbor"]["projects"]]
+        for project in projects:
+            api.ensure_project(project)
+        assert api.ensure_robot("appliance-push", projects, PUSH) is not None
+        assert api.ensure_robot("appliance-pull", projects, PULL) is not None
+        tasks = [{"ansible.builtin.include_role": {"name": "harbor", "tasks_from": s}}
+                 for s in (*steps, "service")]  # fmt: skip
+        output = play_locally(tmp_path, tasks, extravars)
+    finally:
+        server.shutdown()
+        server.server_close()
+    kept = json.loads((tmp_path / "config" / "robots.json").read_text())
+    assert mode(tmp_path / "config" / "robots.json") == 0o600
+    live = {r["name"]: r["secret"] for r in state.robots.values()}
+    assert {kept[k]["name"] for k in ("push", "pull")} == set(live)
+    for robot in ("push", "pull"):
+        assert kept[robot]["secret"] == live[kept[robot]["name"]]
+        assert kept[robot]["secret"] not in output

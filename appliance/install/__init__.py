@@ -177,7 +177,7 @@ def _install(
             progress.finish(task)
     extravars = _extravars(options, manifest, depot_release, local_release, topology)
     extravars["appliance_models"] = manifest.models() + site
-    platform = platform_vars(manifest, topology, inventory.gpu_nodes)
+    platform = platform_vars(manifest, topology, inventory.gpu_nodes, site)
     if platform is not None:
         extravars["appliance_platform"] = platform
     # Each vLLM model's facts, read from the verified copy, for preflight to judge against the

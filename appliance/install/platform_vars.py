@@ -9,7 +9,7 @@ and the host firewall that admits the gateway's address alone guards it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from appliance.bundle.manifest import Manifest
@@ -22,9 +22,13 @@ from appliance.roles import role_defaults
 
 
 def platform_vars(
-    manifest: Manifest, topology: Topology, gpu_nodes: Sequence[str]
+    manifest: Manifest,
+    topology: Topology,
+    gpu_nodes: Sequence[str],
+    site_models: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any] | None:
-    """``appliance_platform`` (None: the stack runs no container platform)."""
+    """``appliance_platform`` (None: the stack runs no container platform). ``site_models``:
+    the site's models the topology also placed (their files name what each workload serves)."""
     if manifest.stack.get("orchestrator") != "k3s":
         return None
     where = f"bundle {manifest.name} {manifest.release}"
@@ -34,7 +38,7 @@ def platform_vars(
     refs = [c.name for c in manifest.components if c.kind == "image"]
     runtime = str(manifest.stack.get("runtime", "llamacpp"))
     image = runtime_image(refs, runtime)
-    models = manifest.models()
+    models = [*manifest.models(), *site_models]
     if image is None and any(h.runtime and h.runtime.models for h in topology.hosts.values()):
         raise InstallError(
             f"{where}: stack.orchestrator is k3s but the bundle carries no image of the "

@@ -193,7 +193,7 @@ def _shape(topology: Topology) -> tuple[object, ...]:
 
 # The verify role's evidence (by tag) that reads what only these roles change.
 _EVIDENCE = {
-    "verify_models": ("runtime_llamacpp", "runtime_vllm", "runtime_ollama"),
+    "verify_models": ("runtime_llamacpp", "runtime_vllm", "runtime_ollama", "k3s"),
     "verify_store": ("object_store",),
     "verify_registry": ("registry", "harbor"),
     "verify_engines": ("container_engines",),

@@ -19,7 +19,13 @@ from typing import Any
 import yaml
 
 from appliance.bundle.manifest import Manifest
-from appliance.install.verify_k3s_pods import KUBECTL, K3sExpect, judge_pods, pod_health
+from appliance.install.verify_k3s_pods import (
+    KUBECTL,
+    K3sExpect,
+    confinement_problems,
+    judge_pods,
+    pod_health,
+)
 from appliance.install.verify_models import Check
 from appliance.platform.airgap import AIRGAP_FILE, read_airgap_images
 from appliance.platform.k3s import LABEL_PREFIX, NAMESPACE
@@ -192,6 +198,30 @@ def drift(plan: Any, live: Any, where: str) -> list[str]:
     return [] if same and live is not None else [f"{where}: {live!r}, planned {plan!r}"]
 
 
+def unplanned(plan: Mapping[str, Any], live: Mapping[str, Any]) -> list[str]:
+    """What a live Deployment's spec adds to the plan that drift() cannot see (it reads only
+    the fields the plan sets): a replica count of its own, a command in place of the image's,
+    init containers, and host namespaces, privilege or host paths no plan gives."""
+    found = []
+    if str(live.get("replicas", 1)) != str(plan.get("replicas", 1)):
+        found.append(
+            f"spec.replicas: {live.get('replicas')!r}, planned {plan.get('replicas', 1)!r}"
+        )
+    plan_pod = (plan.get("template") or {}).get("spec") or {}
+    live_pod = (live.get("template") or {}).get("spec") or {}
+    where = "spec.template.spec"
+    found += [f"{where}: {problem}" for problem in confinement_problems(live_pod, plan_pod)]
+    if live_pod.get("initContainers") and not plan_pod.get("initContainers"):
+        found.append(f"{where}.initContainers: not planned")
+    planned_containers = {c.get("name"): c for c in plan_pod.get("containers") or []}
+    for i, container in enumerate(live_pod.get("containers") or []):
+        if "command" in container and "command" not in planned_containers.get(
+            container.get("name"), {}
+        ):
+            found.append(f"{where}.containers[{i}].command: {container['command']!r}, not planned")
+    return found
+
+
 def judge_deployments(
     host: str,
     live: list[dict[str, Any]],
@@ -250,6 +280,7 @@ def judge_deployments(
         )
         # The pod template as planned: image, security context, mounts, resources, probes.
         changed = drift(plan["spec"]["template"], found["spec"]["template"], "spec.template")
+        changed += unplanned(plan["spec"], found["spec"])
         checks.append(
             Check(
                 host,

@@ -76,11 +76,23 @@ def _owner(pod: Mapping[str, Any], planned: list[dict[str, Any]]) -> str | None:
     """The planned workload a pod belongs to (by its namespace and name label), if any."""
     meta = pod["metadata"]
     label = (meta.get("labels") or {}).get("app.kubernetes.io/name")
-    for namespace, name in _planned_names(planned, "Deployment") | _planned_names(
-        planned, "DaemonSet"
-    ):
-        if meta.get("namespace") == namespace and label == name:
-            return name
+    # The label alone is anyone's to set: the pod must also be its controller's (a Deployment's
+    # ReplicaSet, named after it, or the DaemonSet itself), not a bare pod dressed as one.
+    owners = {
+        (str(o.get("kind")), str(o.get("name")))
+        for o in meta.get("ownerReferences") or []
+        if o.get("controller")
+    }
+    for kind in ("Deployment", "DaemonSet"):
+        for namespace, name in _planned_names(planned, kind):
+            if meta.get("namespace") != namespace or label != name:
+                continue
+            if kind == "DaemonSet" and ("DaemonSet", name) in owners:
+                return name
+            if kind == "Deployment" and any(
+                k == "ReplicaSet" and n.startswith(f"{name}-") for k, n in owners
+            ):
+                return name
     return None
 
 
@@ -89,14 +101,59 @@ def _containers(pod: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     spec, status = pod.get("spec") or {}, pod.get("status") or {}
     ids = {
         s["name"]: str(s.get("imageID") or "")
-        for key in ("initContainerStatuses", "containerStatuses")
+        for key in ("initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses")
         for s in status.get(key) or []
     }
+    # Ephemeral containers too: `kubectl debug` adds one, of any image, to a running pod.
     return [
         (str(c["name"]), str(c.get("image", "")), ids.get(c["name"], ""))
-        for key in ("initContainers", "containers")
+        for key in _CONTAINER_KEYS
         for c in spec.get(key) or []
     ]
+
+
+_CONTAINER_KEYS = ("initContainers", "containers", "ephemeralContainers")
+# What lets a pod reach past its container into the node: none of it is in any plan except
+# hostNetwork and the hostPath volumes a planned template names.
+_HOST_FLAGS = ("hostPID", "hostIPC", "hostNetwork", "shareProcessNamespace")
+# k3s's own coredns adds NET_BIND_SERVICE (its packaged manifests/coredns.yaml) to listen on 53.
+_HARMLESS_CAPABILITIES = frozenset({"NET_BIND_SERVICE"})
+
+
+def _planned_template(
+    pod: Mapping[str, Any], owner: str | None, planned: list[dict[str, Any]]
+) -> Mapping[str, Any]:
+    namespace = pod["metadata"].get("namespace")
+    for doc in planned:
+        meta = doc.get("metadata") or {}
+        if meta.get("name") == owner and meta.get("namespace", "default") == namespace:
+            return ((doc.get("spec") or {}).get("template") or {}).get("spec") or {}
+    return {}
+
+
+def confinement_problems(spec: Mapping[str, Any], plan: Mapping[str, Any]) -> list[str]:
+    """What in a pod's (or a pod template's) ``spec`` reaches into its node beyond ``plan``
+    (the planned template's pod spec; empty for a pod nobody planned)."""
+    problems = [f"{key}: true" for key in _HOST_FLAGS if spec.get(key) and not plan.get(key)]
+    for key in _CONTAINER_KEYS:
+        for container in spec.get(key) or []:
+            context = container.get("securityContext") or {}
+            if context.get("privileged"):
+                problems.append(f"{container.get('name')}: privileged")
+            added = sorted(
+                {str(c).upper() for c in (context.get("capabilities") or {}).get("add") or []}
+                - _HARMLESS_CAPABILITIES
+            )
+            if added:
+                problems.append(f"{container.get('name')}: adds {', '.join(added)}")
+    planned_paths = {
+        (v.get("hostPath") or {}).get("path") for v in plan.get("volumes") or [] if "hostPath" in v
+    }
+    for volume in spec.get("volumes") or []:
+        path = (volume.get("hostPath") or {}).get("path")
+        if path is not None and path not in planned_paths:
+            problems.append(f"volume {volume.get('name')}: hostPath {path}")
+    return problems
 
 
 def _image_problems(containers: list[tuple[str, str, str]], expect: K3sExpect) -> list[str]:
@@ -165,10 +222,11 @@ def judge_pods(
         containers = _containers(pod)
         owner = _owner(pod, planned)
         # k3s's own pods run only airgap images; anything else nobody planned.
-        k3s_own = (
+        k3s_own = bool(
             meta.get("namespace") == "kube-system"
             and containers
             and all(normalise(image) in expect.airgap_refs() for _n, image, _i in containers)
+            and any(o.get("controller") for o in meta.get("ownerReferences") or [])
         )
         if owner is None and not k3s_own:
             checks.append(
@@ -181,6 +239,20 @@ def judge_pods(
                     "then delete what created it",
                 ),
             )
+        # k3s's own images (busybox among them) are as able as any to mount the node's root.
+        reach = confinement_problems(pod.get("spec") or {}, _planned_template(pod, owner, planned))
+        checks.append(
+            Check(
+                host,
+                f"k3s pod confined: {where}",
+                not reach,
+                "; ".join(reach) + f" (on {node}), which no plan gives it; "
+                f"{KUBECTL} -n {meta.get('namespace')} get pod {meta['name']} -o yaml, then "
+                "delete what created it"
+                if reach
+                else "no host namespace, privilege or host path beyond its plan",
+            ),
+        )
         problems = _image_problems(containers, expect)
         checks.append(
             Check(

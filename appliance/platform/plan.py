@@ -104,6 +104,10 @@ def workloads(
         if runtime.kind not in runtime_images:
             raise ValueError(f"the bundle names no image for runtime {runtime.kind!r}")
         for model in runtime.models:
+            if model not in by_name:
+                # Its files name what the runtime serves: without them the workload would
+                # serve a file the node does not have.
+                raise ValueError(f"model {model!r} on {host.name} is not among the models given")
             port = runtime.ports[model]
             listed = list(by_name.get(model, {}).get("files", []))
             files = [str(f["name"]) for f in listed]

@@ -142,3 +142,26 @@ def test_a_k3s_bundle_without_its_runtime_image_is_refused() -> None:
                     images=[{"ref": OTHER_IMAGE, "blobs": {}}])  # fmt: skip
     with pytest.raises(InstallError, match="no image of the llamacpp runtime"):
         platform_vars(_manifest(images=(OTHER_IMAGE,)), topology, ["localhost"])
+
+
+def test_a_site_model_s_workload_serves_its_own_file() -> None:
+    """Site models (appliance models add) are in the topology beside the bundle's: their
+    Deployment must name their file, not a guessed /models/model.gguf."""
+    site = {"name": "tuned", "format": "gguf", "task": "chat",
+            "files": [{"name": "tuned-q4.gguf", "sha256": "e" * 64, "size": 1}]}  # fmt: skip
+    topology = plan(hosts=["localhost"], depot="localhost", gpu_nodes=["localhost"],
+                    host_vars={"localhost": {"ansible_connection": "local"}}, stack=K3S,
+                    models=[GGUF[0], site],
+                    images=[{"ref": RUNTIME_IMAGE, "blobs": {}}])  # fmt: skip
+    result = platform_vars(_manifest(), topology, ["localhost"], [site])
+    assert result is not None
+    args = {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]["args"]
+        for d in result["k3s"]["manifests"]
+        if d["kind"] == "Deployment"
+    }
+    assert args["model-tuned"][:2] == ["--model", "/models/tuned-q4.gguf"]
+    assert args["model-alpha"][:2] == ["--model", "/models/alpha.gguf"]
+    # Without the site's models their files are unknown: refused, not guessed.
+    with pytest.raises(ValueError, match="model 'tuned' on localhost is not among"):
+        platform_vars(_manifest(), topology, ["localhost"])

@@ -340,3 +340,75 @@ def test_verify_on_k3s_judges_the_server_s_view_once_and_fails_without_one(
     assert {c.name for c in checks if not c.passed} >= {
         "k3s pod images held by the bundle: kube-system/kube-dns-6c86b4f8b7-x2kqz"
     }
+
+
+def _busybox_pod(namespace: str, name: str, owner: tuple[str, str] | None) -> dict[str, Any]:
+    """A pod of one of k3s's own airgap images that mounts the node's root, privileged."""
+    image = cluster.AIRGAP[0]  # any airgap image will do: busybox ships in the real tarball
+    (digest,) = image.digests
+    found = cluster.pod(
+        namespace,
+        name,
+        "depot-1",
+        image.ref.removeprefix("docker.io/"),
+        f"{image.ref.rpartition(':')[0]}@{digest}",
+        {"k8s-app": "kube-dns"},
+        owner,
+    )
+    found["spec"] |= {"hostPID": True, "hostNetwork": True}
+    found["spec"]["containers"][0]["securityContext"] = {
+        "privileged": True,
+        # coredns's own NET_BIND_SERVICE passes; SYS_ADMIN does not.
+        "capabilities": {"add": ["NET_BIND_SERVICE", "SYS_ADMIN"]},
+    }
+    found["spec"]["volumes"] = [{"name": "root", "hostPath": {"path": "/"}}]
+    return found
+
+
+def test_a_privileged_host_root_pod_of_an_airgap_image_in_kube_system_fails() -> None:
+    escape = _busybox_pod("kube-system", "kube-dns-6c86b4f8b7-zzzzz", ("ReplicaSet", "kube-dns"))
+    problems = failed(judge(pods=cluster.k3s_pods() + cluster.appliance_pods() + [escape]))
+    assert set(problems) == {"k3s pod confined: kube-system/kube-dns-6c86b4f8b7-zzzzz"}
+    assert problems["k3s pod confined: kube-system/kube-dns-6c86b4f8b7-zzzzz"].startswith(
+        "hostPID: true; hostNetwork: true; main: privileged; main: adds SYS_ADMIN; "
+        "volume root: hostPath / (on depot-1)"
+    )
+
+
+def test_a_bare_pod_wearing_a_planned_workload_s_label_is_nobody_s() -> None:
+    (runtime, plugin) = cluster.appliance_pods()
+    bare = copy.deepcopy(runtime)
+    bare["metadata"]["name"] = "model-alpha-impostor"
+    del bare["metadata"]["ownerReferences"]
+    problems = failed(judge(pods=[*cluster.k3s_pods(), runtime, plugin, bare]))
+    assert set(problems) == {"k3s pod planned: appliance/model-alpha-impostor"}
+
+
+def test_an_ephemeral_debug_container_of_a_foreign_image_fails() -> None:
+    (runtime, plugin) = cluster.appliance_pods()
+    runtime["spec"]["ephemeralContainers"] = [{"name": "debugger", "image": "busybox:1.36"}]
+    runtime["status"]["ephemeralContainerStatuses"] = [
+        {"name": "debugger", "imageID": "docker.io/library/busybox@sha256:" + "d" * 64}
+    ]
+    where = "appliance/model-alpha-7d9f8c6b5-q8z4m"
+    problems = failed(judge(pods=[*cluster.k3s_pods(), runtime, plugin]))
+    assert set(problems) == {
+        f"k3s pod images held by the bundle: {where}",
+        f"k3s pod images from the local registry: {where}",
+    }
+
+
+def test_a_deployment_given_a_command_host_pid_or_no_replicas_is_not_as_planned() -> None:
+    deployments = cluster.live_deployments()
+    spec = deployments[0]["spec"]
+    spec["replicas"] = 0
+    spec["template"]["spec"]["hostPID"] = True
+    spec["template"]["spec"]["containers"][0]["command"] = ["sh", "-c", "nc -l 4444"]
+    spec["template"]["spec"]["initContainers"] = [{"name": "x", "image": cluster.RUNTIME_IMAGE}]
+    problem = failed(judge(deployments=deployments))["k3s model deployment as planned: alpha"]
+    assert problem == (
+        "spec.replicas: 0, planned 1; spec.template.spec: hostPID: true; "
+        "spec.template.spec.initContainers: not planned; "
+        "spec.template.spec.containers[0].command: ['sh', '-c', 'nc -l 4444'], not planned; "
+        "run appliance install to restore appliance/model-alpha"
+    )

@@ -86,7 +86,7 @@ def test_the_k3s_server_reads_the_cluster_read_only_and_the_judge_reads_that(
     expect = K3sExpect.of(cluster.BUNDLE_IMAGES, cluster.AIRGAP, gpus={"gpu-1": 1})
     checks = judge_k3s("server", found, expect)
     assert [c for c in checks if not c.passed] == []
-    assert len(checks) == 21  # 2 nodes, 1 GPU node, 5 pods x 3, 1 model x 2, 1 policy
+    assert len(checks) == 26  # 2 nodes, 1 GPU node, 5 pods x 4, 1 model x 2, 1 policy
 
 
 def test_a_stack_not_on_k3s_reads_no_cluster(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from appliance.bundle.manifest import Manifest
 from appliance.errors import InstallError
 from appliance.roles import required_packages
-from appliance.spec.k3s import K3S_FILES, K3S_REGISTRIES
+from appliance.spec.k3s import K3S_FILES, K3S_REGISTRIES, k3s_gpu_problem
 from appliance.spec.models import HARBOR_FILE, INSTALLABLE, MINIO_FILE
 
 
@@ -83,6 +83,13 @@ def _check_k3s(manifest: Manifest, files: set[str], where: str) -> None:
             + ", ".join(f"'{name}' ({K3S_FILES[name]})" for name in missing),
             hint="build the bundle from a spec with k3s's files under files: (see the README, "
             "Container platform); nothing was changed",
+        )
+    refs = [c.name for c in manifest.components if c.kind == "image"]
+    toolkit = manifest.nvidia is not None and bool(manifest.nvidia.container_toolkit)
+    if manifest.nvidia is not None and (problem := k3s_gpu_problem(toolkit, refs)):
+        raise InstallError(
+            f"{where}: {problem}",
+            hint="build the bundle again from a spec that does so; nothing was changed",
         )
     registry = manifest.stack.get("registry", "none")
     if registry not in K3S_REGISTRIES:

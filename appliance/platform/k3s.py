@@ -402,3 +402,13 @@ def manifests(
     if workloads:
         docs.append(runtime_network_policy(gateway_ips, [w.port for w in workloads]))
     return docs
+
+
+def ready_nodes(node_list: Mapping[str, Any]) -> list[str]:
+    """The names of the Ready nodes in ``kubectl get nodes -o json``'s List, sorted."""
+    names = []
+    for node in node_list.get("items") or []:
+        conditions = (node.get("status") or {}).get("conditions") or []
+        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+            names.append(str((node.get("metadata") or {}).get("name", "")))
+    return sorted(names)

@@ -12,7 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from appliance.platform.images import RUNTIME_IMAGE_NAMES, runtime_image
+from appliance.platform.images import (
+    DEVICE_PLUGIN_IMAGE_NAME,
+    RUNTIME_IMAGE_NAMES,
+    find_image,
+    runtime_image,
+)
 from appliance.spec.checks import err
 
 # The k3s role's k3s_file_binary, k3s_file_images and k3s_file_install_script defaults, with the
@@ -73,3 +78,17 @@ def check_k3s_runtime_image(runtime: str, refs: Sequence[str]) -> None:
             runtime=runtime,
             name=RUNTIME_IMAGE_NAMES[runtime],
         )
+
+
+def k3s_gpu_problem(toolkit: bool, refs: Sequence[str]) -> str:
+    """What a k3s bundle with NVIDIA's driver lacks for GPU pods ("" when nothing): with the
+    device plugin among its images, the GPU nodes' k3s runs every pod with NVIDIA's runtime
+    (``default-runtime: nvidia``), which only the NVIDIA Container Toolkit provides; without it
+    every pod on those nodes fails to start."""
+    if toolkit or find_image(refs, DEVICE_PLUGIN_IMAGE_NAME) is None:
+        return ""
+    return (
+        "stack.orchestrator is k3s and the images hold the NVIDIA device plugin, so the GPU "
+        "nodes run their pods with NVIDIA's runtime, which the bundle lacks: set "
+        "nvidia.container_toolkit: true (or leave the device plugin out to run without GPUs)"
+    )

@@ -34,7 +34,12 @@ from appliance.spec.checks import (
 )
 from appliance.spec.common import ModelTask, Name, Sha256, StrictModel
 from appliance.spec.images import check_registry_images
-from appliance.spec.k3s import check_k3s_registry, check_k3s_runtime_image, k3s_files_missing
+from appliance.spec.k3s import (
+    check_k3s_registry,
+    check_k3s_runtime_image,
+    k3s_files_missing,
+    k3s_gpu_problem,
+)
 from appliance.spec.nvidia import Nvidia, NvidiaAptSource, NvidiaDriver, check_nvidia
 
 # Re-exported: the fetchers and tests import the packages models from here.
@@ -426,6 +431,11 @@ class Spec(StrictModel):
         # A packages or targets section that failed validation has its own report.
         if value is not None and "packages" in info.data and "targets" in info.data:
             check_nvidia(value, info.data["packages"], info.data["targets"])
+        stack, images = info.data.get("stack"), info.data.get("images") or []
+        if value is not None and stack is not None and stack.orchestrator == "k3s":
+            problem = k3s_gpu_problem(value.container_toolkit, [i.ref for i in images])
+            if problem:
+                raise err("k3s_needs_toolkit", problem)
         return value
 
     @field_validator("wheels")

@@ -7,7 +7,14 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 
-from appliance.bundle.manifest import Component, FileEntry, Manifest
+from appliance.bundle.manifest import (
+    Component,
+    FileEntry,
+    KernelAbi,
+    Manifest,
+    NvidiaDriver,
+    NvidiaInfo,
+)
 from appliance.errors import InstallError
 from appliance.install.checks import check_can_install
 from appliance.install.platform_vars import platform_vars
@@ -165,3 +172,29 @@ def test_a_site_model_s_workload_serves_its_own_file() -> None:
     # Without the site's models their files are unknown: refused, not guessed.
     with pytest.raises(ValueError, match="model 'tuned' on localhost is not among"):
         platform_vars(_manifest(), topology, ["localhost"])
+
+
+def test_k3s_with_the_device_plugin_and_no_container_toolkit_is_refused() -> None:
+    plugin = "ghcr.io/nvidia/k8s-device-plugin@sha256:" + "e" * 64
+    nvidia = NvidiaInfo(
+        driver=NvidiaDriver(source="debian", version="535.247.01", branch="535",
+                            modules="proprietary", dkms_package="nvidia-kernel-dkms",
+                            packages={"nvidia-driver": "535.247.01-1~deb12u1"}),
+        kernel_abis=[KernelAbi(abi="6.1.0-57-amd64", headers="linux-headers-6.1.0-57-amd64",
+                               version="6.1.158-1")],
+        install=["nvidia-driver"],
+    )  # fmt: skip
+    manifest = _manifest(images=(RUNTIME_IMAGE, plugin))
+    refused = manifest.model_copy(update={"nvidia": nvidia})
+    with pytest.raises(InstallError, match=r"nvidia\.container_toolkit: true"):
+        check_can_install(refused)
+    # With the toolkit, or without the device plugin (no GPU pods), the check passes and the
+    # next one speaks (this test's bundles carry no OS packages).
+    toolkit = nvidia.model_copy(update={"container_toolkit": {"nvidia-container-toolkit": "1"}})
+    for fine in (
+        manifest.model_copy(update={"nvidia": toolkit}),
+        _manifest().model_copy(update={"nvidia": nvidia}),
+    ):
+        with pytest.raises(InstallError) as caught:
+            check_can_install(fine)
+        assert "carries no OS packages" in str(caught.value)

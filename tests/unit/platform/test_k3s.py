@@ -23,6 +23,7 @@ from appliance.platform.k3s import (
     gpu_labels,
     manifests,
     model_deployment,
+    ready_nodes,
     registries,
     runtime_network_policy,
     server_config,
@@ -310,3 +311,24 @@ def test_an_api_version_kubernetes_1_34_no_longer_serves_is_refused(
     validate(document)
     with pytest.raises(kubernetes_validate.SchemaNotFoundError):
         validate({**document, "apiVersion": api_version})
+
+
+def test_ready_nodes_names_only_the_nodes_whose_ready_condition_is_true() -> None:
+    def node(name: str, *conditions: tuple[str, str]) -> dict[str, object]:
+        listed = [{"type": kind, "status": status} for kind, status in conditions]
+        return {"metadata": {"name": name}, "status": {"conditions": listed}}
+
+    listed = {
+        "kind": "List",
+        "items": [
+            node("gpu-2", ("MemoryPressure", "False"), ("Ready", "True")),
+            node("gpu-1", ("Ready", "False")),
+            node("depot-1", ("Ready", "Unknown")),
+            node("extra", ("Ready", "True")),
+            {"metadata": {"name": "no-status"}},
+        ],
+    }
+    assert ready_nodes(listed) == ["extra", "gpu-2"]
+    # The role's wait: planned names less the Ready ones; an extra Ready node hides nothing.
+    assert sorted({"gpu-1", "gpu-2"} - set(ready_nodes(listed))) == ["gpu-1"]
+    assert ready_nodes({"kind": "List", "items": []}) == []

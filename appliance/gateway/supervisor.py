@@ -37,7 +37,7 @@ from appliance.gateway.config import GatewayConfig
 from appliance.gateway.keys import KeyStore
 from appliance.gateway.owner import Owner
 from appliance.gateway.server import SHARED_BACKLOG
-from appliance.gateway.tls import TLSMaterial, read_material
+from appliance.gateway.tls import TLSMaterial, check_reload, read_material
 
 LOG = logging.getLogger("appliance.gateway.supervisor")
 
@@ -211,6 +211,7 @@ class Supervisor:
             return
         try:
             material = read_material(settings)
+            check_reload(self.owner.tls, material)
         except GatewayConfigError as error:
             LOG.error("TLS files not reloaded, the gateway keeps serving the old ones: %s", error)
             return

@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import ssl
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,8 @@ from appliance.errors import GatewayConfigError
 from appliance.gateway.config import TLSSettings
 
 LOG = logging.getLogger("appliance.gateway")
+# What each served context was last given (load_material), for check_reload.
+_LOADED: weakref.WeakKeyDictionary[ssl.SSLContext, TLSMaterial] = weakref.WeakKeyDictionary()
 
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1:!MD5"
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -150,11 +153,37 @@ def server_context(settings: TLSSettings, material: TLSMaterial | None = None) -
     return context
 
 
+def _client_cas(pem: bytes | None) -> set[bytes]:
+    if pem is None:
+        return set()
+    return {
+        certificate.public_bytes(serialization.Encoding.DER)
+        for certificate in x509.load_pem_x509_certificates(pem)
+    }
+
+
+def check_reload(served: TLSMaterial | None, material: TLSMaterial) -> None:
+    """Refuse a reload that takes a client CA away (or client certificates off): OpenSSL only
+    adds to a served context's trust store, so the running gateway would go on trusting it
+    while the journal said the files were reloaded. A restart applies such a change."""
+    if served is None or served.client_ca is None:
+        return
+    gone = _client_cas(served.client_ca) - _client_cas(material.client_ca)
+    if gone:
+        raise GatewayConfigError(
+            f"listen.tls.client_ca: the new files stop trusting {len(gone)} client CA(s) the "
+            "running gateway trusts, which a reload cannot take back",
+            hint="restart the gateway (systemctl restart appliance-gateway) to apply them; until "
+            "then it serves with the files it has",
+        )
+
+
 def load_material(context: ssl.SSLContext, material: TLSMaterial) -> None:
     """Put ``material`` into ``context``: at start, and on a reload into the context the
     listener already serves with, so that new connections get the new certificate (those
-    open keep theirs). A client CA is added to those trusted; one taken away stays trusted
-    until the gateway restarts."""
+    open keep theirs). A client CA is added to those trusted; a reload that would take one
+    away is refused (check_reload)."""
+    check_reload(_LOADED.get(context), material)
     try:
         # OpenSSL reads a chain and key only from files: memory-only files, never on disk.
         cert, key = os.memfd_create("gateway-cert"), os.memfd_create("gateway-key")
@@ -171,6 +200,7 @@ def load_material(context: ssl.SSLContext, material: TLSMaterial) -> None:
             context.verify_mode = ssl.CERT_REQUIRED
     except (ssl.SSLError, OSError) as error:  # checked before; what OpenSSL still refuses
         raise GatewayConfigError(f"listen.tls: OpenSSL refuses the files: {error}") from None
+    _LOADED[context] = material
 
 
 def client_certificate(transport: Any) -> dict[str, str] | None:

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from appliance.errors import AuditError
+from appliance.errors import AuditError, GatewayConfigError
 from appliance.gateway.channel import ChannelClosed, Outbox, open_channel, read_message
 from appliance.gateway.config import GatewayConfig
 from appliance.gateway.key_events import KeyWatcher
@@ -346,7 +346,10 @@ async def run(index: int, channel: socket.socket, listeners: list[socket.socket]
             link.send("keys_adopted", ack=message["ack"])
         elif message["push"] == "tls":  # SIGHUP: new connections get the new certificate
             if context is not None:
-                load_material(context, TLSMaterial.from_json(message["tls"]))
+                try:
+                    load_material(context, TLSMaterial.from_json(message["tls"]))
+                except GatewayConfigError as error:  # the link must live on: keep the old
+                    LOG.error("TLS files not taken, this worker serves the old ones: %s", error)
         else:
             audit.take_state(message)
 

@@ -316,3 +316,36 @@ def test_a_chain_openssl_refuses_is_refused_before_it_reaches_the_served_context
     finally:
         thread.join(10)
         listener.close()
+
+
+def test_a_reload_that_stops_trusting_a_client_ca_is_refused(
+    pki: tuple[CA, Issued], tmp_path: Path
+) -> None:
+    """OpenSSL only adds to a served context's trust store: a reload that dropped a client CA
+    would leave it trusted while the journal said the files were reloaded."""
+    from appliance.gateway.tls import check_reload, load_material, read_material
+
+    _, issued = pki
+    users = CA(tmp_path / "users", "site users CA")
+    partners = CA(tmp_path / "partners", "partners CA")
+    both = tmp_path / "both.pem"
+    both.write_bytes(users.cert.read_bytes() + partners.cert.read_bytes())
+    served = server_context(_settings(issued, client_ca=both))
+    started = read_material(_settings(issued, client_ca=both))
+    for narrower, gone in ((_settings(issued, client_ca=users.cert), 1), (_settings(issued), 2)):
+        material = read_material(narrower)
+        with pytest.raises(GatewayConfigError, match=rf"stop trusting {gone} client CA"):
+            load_material(served, material)
+        with pytest.raises(GatewayConfigError, match=rf"stop trusting {gone} client CA"):
+            check_reload(started, material)  # the supervisor's check, before any push
+    # Client certificates are still required by the served context.
+    assert served.verify_mode == ssl.CERT_REQUIRED
+    # A CA added, or the same files again, reloads.
+    more = CA(tmp_path / "more", "more CA")
+    wider = tmp_path / "wider.pem"
+    wider.write_bytes(both.read_bytes() + more.cert.read_bytes())
+    load_material(served, read_material(_settings(issued, client_ca=wider)))
+    load_material(served, read_material(_settings(issued, client_ca=wider)))
+    # Without client certificates at the start, any change reloads.
+    plain = server_context(_settings(issued))
+    load_material(plain, read_material(_settings(issued, client_ca=users.cert)))

@@ -97,6 +97,16 @@ def decide(
             f"release {new.release} is already current: this is its own bundle again, so nothing "
             "is staged and no release changes; the play runs once more as an idempotent check",
         )
+    before, after = (m.stack.get("orchestrator", "systemd") for m in (old, new))
+    if before != after:
+        # Nothing takes the old platform down: k3s's host-network workloads would keep the
+        # runtime ports a systemd runtime needs, and systemd's runtimes those of k3s's pods.
+        raise ReleaseOrderError(
+            f"release {_label(new)} runs on stack.orchestrator {after}, the installed release "
+            f"{_label(old)} on {before}: an upgrade cannot move an appliance between the two",
+            hint=f"build the new release with orchestrator: {before}, or install it on hosts "
+            "without the old release; nothing was staged or changed",
+        )
     older = _is_older(new, old)
     if older is not None:
         if not allow_downgrade:

@@ -115,3 +115,18 @@ def test_old_manifests_without_order_still_parse() -> None:
     assert b"sequence" not in data
     parsed = parse_manifest(data, "old.json")
     assert parsed.sequence is None and parsed.upgrades_from == []
+
+
+def test_an_upgrade_between_orchestrators_is_refused_naming_both() -> None:
+    def on(label: str, sequence: int, orchestrator: str) -> Manifest:
+        return release(label, sequence).model_copy(update={"stack": {"orchestrator": orchestrator}})
+
+    for new, current in (
+        (on("2", 2, "k3s"), release("1", 1)),
+        (on("3", 3, "systemd"), on("2", 2, "k3s")),
+    ):
+        with pytest.raises(ReleaseOrderError, match=r"cannot move an appliance") as caught:
+            decide(new, "x", installed(current))
+        assert current.release in str(caught.value) and new.release in str(caught.value)
+    # The same orchestrator on both sides upgrades, an absent one being systemd.
+    assert decide(on("2", 2, "systemd"), "x", installed(release("1", 1))).kind == "upgrade"

@@ -15,15 +15,22 @@ Flows the firewall allows, by construction:
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from appliance.errors import InventoryError
+from appliance.install.topology_services import (
+    ObjectStore,
+    Registry,
+    checked_port,
+    container_network,
+    is_ipv4,
+    plan_object_store,
+    plan_registry,
+)
 from appliance.platform.k3s import CLUSTER_CIDRS, FLANNEL_VXLAN_PORT, KUBELET_PORT
-from appliance.registry import RegistryError, storage_bytes, upstreams
 from appliance.roles import (
     BASE_ROLES,
     ENGINES_ROLE,
@@ -32,6 +39,18 @@ from appliance.roles import (
     engines_configured,
     role_defaults,
 )
+
+# ObjectStore and Registry live in topology_services; their users import them from here.
+__all__ = [
+    "K3S_SERVER_PORT",
+    "Firewall",
+    "HostPlan",
+    "ObjectStore",
+    "Registry",
+    "Runtime",
+    "Topology",
+    "plan",
+]
 
 # The model formats each runtime serves, as Manifest.models() reports them. vLLM serves a
 # Hugging Face checkpoint directory: any model that is neither a GGUF file nor an Ollama layout
@@ -53,35 +72,6 @@ class Runtime:
     models: tuple[str, ...]
     ports: dict[str, int]  # model name -> port
     listen_address: str
-
-
-@dataclass(frozen=True)
-class ObjectStore:
-    """The S3 store on the depot (``object_store: minio``): where it listens, the URL every
-    host reaches it at (TLS from the site CA), and who fetches from it."""
-
-    kind: str
-    host: str
-    listen_address: str
-    port: int
-    url: str
-
-
-@dataclass(frozen=True)
-class Registry:
-    """The container registry on the depot (``registry: distribution``): the address every
-    host pulls from (``appliance_registry_host``:``appliance_registry_port``, TLS from the site
-    CA), its storage and what it needs, one mirror rule per upstream registry, and the images
-    it is seeded with (appliance.registry.images)."""
-
-    kind: str
-    host: str
-    address: str
-    port: int
-    data_dir: str
-    storage_bytes: int
-    upstreams: tuple[dict[str, str], ...]
-    images: tuple[dict[str, Any], ...]
 
 
 @dataclass(frozen=True)
@@ -188,7 +178,7 @@ def plan(
                 f"appliance_gateway_host names {gateway_host}, which is not in the inventory",
                 hint=f"name one of: {', '.join(hosts)}",
             )
-    repo_port = _port(
+    repo_port = checked_port(
         var(depot, "local_repo_http_port", "local_repo"), depot, "local_repo_http_port"
     )
     runtimes = (
@@ -197,18 +187,18 @@ def plan(
         else {}
     )
     gateway_port = (
-        _port(var(gateway_host, "gateway_port", "gateway"), gateway_host, "gateway_port")
+        checked_port(var(gateway_host, "gateway_port", "gateway"), gateway_host, "gateway_port")
         if gateway_host is not None
         else None
     )
-    store = _object_store(stack, depot, multi, var, address)
-    registry = _registry(stack, depot, multi, var, address, images)
+    store = plan_object_store(stack, depot, multi, var, address)
+    registry = plan_registry(stack, depot, multi, var, address, images)
     remote_runtimes = [h for h, r in runtimes.items() if h != gateway_host and r.ports]
     sources: tuple[str, ...] = ()
     if remote_runtimes:
         assert gateway_host is not None
         gateway_address = address(gateway_host)
-        if not _is_ipv4(gateway_address):
+        if not is_ipv4(gateway_address):
             raise InventoryError(
                 f"host {gateway_host} runs the gateway, and {', '.join(remote_runtimes)} open "
                 f"their runtime ports to it alone, but its address {gateway_address!r} is not "
@@ -251,6 +241,12 @@ def plan(
             + ([K3S_SERVER_PORT] if k3s and host == depot and multi else [])
             + ([KUBELET_PORT] if on_k3s and multi else [])
         )
+        # Harbor runs in Docker: its containers' networks are inside, as a k3s node's pods are.
+        docker_networks = (
+            (container_network(host, "harbor_docker_address_pool", var),)
+            if registry is not None and registry.kind == "harbor" and host == registry.host
+            else ()
+        )
         private = (
             tuple(sorted(set(runtime.ports.values())))
             if runtime is not None and host != gateway_host
@@ -268,7 +264,7 @@ def plan(
                 private,
                 sources if private else (),
                 udp_ports=(FLANNEL_VXLAN_PORT,) if on_k3s and multi else (),
-                cluster_cidrs=CLUSTER_CIDRS if on_k3s else (),
+                cluster_cidrs=(CLUSTER_CIDRS if on_k3s else ()) + docker_networks,
             ),
             runtime=runtime,
         )
@@ -287,67 +283,6 @@ def plan(
         hosts=plans,
         object_store=store,
         registry=registry,
-    )
-
-
-def _object_store(
-    stack: Mapping[str, Any], depot: str, multi: bool, var: Any, address: Any
-) -> ObjectStore | None:
-    kind = str(stack.get("object_store", "filesystem"))
-    if kind == "filesystem":
-        return None
-    port = _port(var(depot, "object_store_port", "object_store"), depot, "object_store_port")
-    # A single box keeps the store on loopback; with other hosts it listens on the depot's
-    # internal address, which the nodes' certificates check (the site CA names it).
-    listen = address(depot) if multi else "127.0.0.1"
-    if multi and not _is_ipv4(listen):
-        raise InventoryError(
-            f"host {depot} runs the object store for the other hosts, but its address "
-            f"{listen!r} is not an IPv4 address",
-            hint=f"set ansible_host of {depot} to its IPv4 address on the internal network",
-        )
-    return ObjectStore(kind, depot, listen, port, f"https://{listen}:{port}")
-
-
-def _registry(
-    stack: Mapping[str, Any],
-    depot: str,
-    multi: bool,
-    var: Any,
-    address: Any,
-    images: Sequence[Mapping[str, Any]],
-) -> Registry | None:
-    kind = str(stack.get("registry", "none"))
-    if kind == "none":
-        return None
-    port = _port(var(depot, "registry_port", "registry"), depot, "registry_port")
-    # As the object store: loopback on a single box, the depot's IPv4 address for other hosts
-    # (the certificate names it).
-    listen = address(depot) if multi else "127.0.0.1"
-    if multi and not _is_ipv4(listen):
-        raise InventoryError(
-            f"host {depot} runs the registry for the other hosts, but its address {listen!r} "
-            "is not an IPv4 address",
-            hint=f"set ansible_host of {depot} to its IPv4 address on the internal network",
-        )
-    found = [dict(image) for image in images]
-    try:
-        rules = upstreams([image["ref"] for image in found])
-    except RegistryError as error:
-        raise InventoryError(
-            f"registry on {depot}: {error}",
-            hint="rebuild the bundle from a spec whose images name their registry by DNS name "
-            "or IPv4 address; nothing was changed",
-        ) from None
-    return Registry(
-        kind=kind,
-        host=depot,
-        address=listen,
-        port=port,
-        data_dir=str(var(depot, "registry_data_dir", "registry")),
-        storage_bytes=storage_bytes(found),
-        upstreams=tuple(rules),
-        images=tuple(found),
     )
 
 
@@ -378,10 +313,10 @@ def _runtimes(
             )
         served = tuple(name for name in servable if not wanted or name in wanted)
         if kind in _ONE_PORT:
-            port = _port(var(node, f"{role}_port", role), node, f"{role}_port")
+            port = checked_port(var(node, f"{role}_port", role), node, f"{role}_port")
             ports = dict.fromkeys(served, port)
         else:
-            base = _port(var(node, f"{role}_port_base", role), node, f"{role}_port_base")
+            base = checked_port(var(node, f"{role}_port_base", role), node, f"{role}_port_base")
             if base + len(served) > 65535:
                 raise InventoryError(
                     f"host {node}: {role}_port_base {base} leaves no port for each of its "
@@ -423,24 +358,3 @@ def _served_twice(plans: Mapping[str, Runtime]) -> tuple[str, list[str]] | None:
 def _gateway_scheme(tls: Any) -> str:
     # The gateway serves HTTPS unless the operator turned TLS off (the role's gateway_tls).
     return "http" if tls == "off" else "https"
-
-
-def _port(value: Any, host: str, name: str) -> int:
-    try:
-        port = int(value)
-    except (TypeError, ValueError):
-        port = 0
-    if not 0 < port < 65536:
-        raise InventoryError(
-            f"host {host}: {name} is {value!r}, not a TCP port",
-            hint=f"set {name} to a number between 1 and 65535",
-        )
-    return port
-
-
-def _is_ipv4(value: str) -> bool:
-    try:
-        ipaddress.IPv4Address(value)
-    except ValueError:
-        return False
-    return True

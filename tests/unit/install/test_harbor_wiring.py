@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from appliance.bundle.manifest import Component, FileEntry, RepoInfo
-from appliance.errors import InstallError
+from appliance.errors import InstallError, InventoryError
 from appliance.install.checks import check_can_install
 from appliance.install.topology import plan
 from appliance.platform.plan import harbor_plan
@@ -128,3 +128,27 @@ def test_a_single_box_harbor_listens_where_the_engines_pull() -> None:
             if isinstance(value, dict):
                 pending.append((prefix + key + ".", value))
     assert keys <= TEMPLATE_KEYS, keys - TEMPLATE_KEYS
+
+
+def test_the_harbor_host_counts_docker_s_pool_inside_and_no_other_host_does() -> None:
+    hosts = {"depot-1": {"ansible_host": "198.18.10.2"}, "gpu-1": {"ansible_host": "198.18.10.11"}}
+    planned = plan(hosts=sorted(hosts), depot="depot-1", gpu_nodes=[], host_vars=hosts,
+                   stack=STACK, models=[], images=IMAGES)  # fmt: skip
+    # The role's default pool, which it writes into Docker's daemon.json.
+    assert planned.hosts["depot-1"].firewall.cluster_cidrs == ("172.30.0.0/16",)
+    assert planned.hosts["gpu-1"].firewall.cluster_cidrs == ()
+    # A site's own pool is taken as given, and one that is no network is refused by name.
+    mine = {**hosts, "depot-1": {**hosts["depot-1"], "harbor_docker_address_pool": "10.99.0.0/16"}}
+    planned = plan(hosts=sorted(mine), depot="depot-1", gpu_nodes=[], host_vars=mine,
+                   stack=STACK, models=[], images=IMAGES)  # fmt: skip
+    assert planned.hosts["depot-1"].firewall.cluster_cidrs == ("10.99.0.0/16",)
+    for pool, why in (
+        ("10.0.0.0/8 }", "not an IPv4 network"),
+        ("0.0.0.0/0", "must be private"),
+        ("10.0.0.0/8", "no wider than a /12"),
+        ("8.8.0.0/16", "must be private"),
+    ):
+        bad = {**hosts, "depot-1": {**hosts["depot-1"], "harbor_docker_address_pool": pool}}
+        with pytest.raises(InventoryError, match=rf"depot-1: harbor_docker_address_pool .*{why}"):
+            plan(hosts=sorted(bad), depot="depot-1", gpu_nodes=[], host_vars=bad, stack=STACK,
+                 models=[], images=IMAGES)  # fmt: skip

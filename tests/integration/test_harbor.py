@@ -238,6 +238,17 @@ def test_the_pull_robot_cannot_push(installed: dict[str, Any]) -> None:
     assert host.run("test", "-e", f"{STORAGE}ghcr.io/pull").returncode == 1
 
 
+def test_docker_s_networks_are_the_pool_the_firewall_counts_inside(
+    installed: dict[str, Any],
+) -> None:
+    host = installed["host"]
+    daemon = json.loads(host.run("cat", "/etc/docker/daemon.json").stdout)
+    assert daemon["bip"] == "172.30.0.1/24"
+    assert daemon["default-address-pools"] == [{"base": "172.30.0.0/16", "size": 24}]
+    cluster = host.run("nft", "list", "set", "inet", "appliance", "cluster_v4").stdout
+    assert "172.30.0.0/16" in cluster, cluster
+
+
 def test_a_second_install_pushes_nothing_and_changes_nothing(installed: dict[str, Any]) -> None:
     second = installed["second"]
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-2000:]

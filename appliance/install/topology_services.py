@@ -62,6 +62,19 @@ def container_network(host: str, name: str, var: Any) -> str:
     return str(network)
 
 
+def _listen(depot: str, multi: bool, address: Any, service: str) -> str:
+    """Where a depot service listens: loopback on a single box; with other hosts the depot's
+    internal IPv4 address, which their certificate checks name (the site CA's)."""
+    listen = str(address(depot)) if multi else "127.0.0.1"
+    if multi and not is_ipv4(listen):
+        raise InventoryError(
+            f"host {depot} runs {service} for the other hosts, but its address {listen!r} is "
+            "not an IPv4 address",
+            hint=f"set ansible_host of {depot} to its IPv4 address on the internal network",
+        )
+    return listen
+
+
 def plan_object_store(
     stack: Mapping[str, Any], depot: str, multi: bool, var: Any, address: Any
 ) -> ObjectStore | None:
@@ -69,15 +82,7 @@ def plan_object_store(
     if kind == "filesystem":
         return None
     port = checked_port(var(depot, "object_store_port", "object_store"), depot, "object_store_port")
-    # A single box keeps the store on loopback; with other hosts it listens on the depot's
-    # internal address, which the nodes' certificates check (the site CA names it).
-    listen = address(depot) if multi else "127.0.0.1"
-    if multi and not is_ipv4(listen):
-        raise InventoryError(
-            f"host {depot} runs the object store for the other hosts, but its address "
-            f"{listen!r} is not an IPv4 address",
-            hint=f"set ansible_host of {depot} to its IPv4 address on the internal network",
-        )
+    listen = _listen(depot, multi, address, "the object store")
     return ObjectStore(kind, depot, listen, port, f"https://{listen}:{port}")
 
 
@@ -93,15 +98,7 @@ def plan_registry(
     if kind == "none":
         return None
     port = checked_port(var(depot, "registry_port", "registry"), depot, "registry_port")
-    # As the object store: loopback on a single box, the depot's IPv4 address for other hosts
-    # (the certificate names it).
-    listen = address(depot) if multi else "127.0.0.1"
-    if multi and not is_ipv4(listen):
-        raise InventoryError(
-            f"host {depot} runs the registry for the other hosts, but its address {listen!r} "
-            "is not an IPv4 address",
-            hint=f"set ansible_host of {depot} to its IPv4 address on the internal network",
-        )
+    listen = _listen(depot, multi, address, "the registry")
     found = [dict(image) for image in images]
     try:
         rules = upstreams([image["ref"] for image in found])

@@ -18,12 +18,13 @@ from typing import Any
 
 from appliance.bundle.manifest import Manifest
 from appliance.bundle.verify import VerifiedBundle, open_bundle
-from appliance.errors import InstallError, InventoryError, PlaybookFailedError
+from appliance.errors import InstallError, PlaybookFailedError
 from appliance.install.checks import check_can_install
 from appliance.install.hosts_record import forget_played, played_digest, remember_played
 from appliance.install.hosts_record import remember as remember_hosts
 from appliance.install.inventory import Inventory, load_inventory, single_box
 from appliance.install.platform_vars import platform_vars
+from appliance.install.play_vars import plan_topology, play_extravars
 from appliance.install.release_state import (
     current_release,
     record_failed,
@@ -34,14 +35,7 @@ from appliance.install.releases import check_order, manifest_sha256
 from appliance.install.remote import depot_from_inventory, point_current_remote, stage_remote
 from appliance.install.sizing import gpu_sizing
 from appliance.install.stage import ansible_content, stage
-from appliance.install.topology import Registry as RegistryPlan
-from appliance.install.topology import Topology, plan
-from appliance.mirrors import upstream_registries
-from appliance.platform.plan import harbor_plan
 from appliance.progress import NullProgress, Progress
-from appliance.registry import RegistryError
-from appliance.registry import images as registry_images
-from appliance.roles import role_defaults
 from appliance.runner import RunResult, TaskEvent, run_playbook
 from appliance.site.models import SitePaths
 from appliance.site.models import for_install as site_models_for_install
@@ -175,7 +169,7 @@ def _install(
             )
         finally:
             progress.finish(task)
-    extravars = _extravars(options, manifest, depot_release, local_release, topology)
+    extravars = play_extravars(options, manifest, depot_release, local_release, topology)
     extravars["appliance_models"] = manifest.models() + site
     platform = platform_vars(manifest, topology, inventory.gpu_nodes, site)
     if platform is not None:
@@ -238,39 +232,6 @@ def _pubkey_line(pubkey: Path) -> str | None:
         return None
 
 
-def plan_topology(
-    inventory: Inventory, manifest: Manifest, site_models: list[dict[str, Any]] | None = None
-) -> Topology:
-    """The topology of ``inventory`` for ``manifest``'s stack and models, and the site's."""
-    topology = plan(
-        hosts=inventory.hosts,
-        depot=inventory.depot,
-        gpu_nodes=inventory.gpu_nodes,
-        host_vars=inventory.host_vars,
-        stack=manifest.stack,
-        models=manifest.models() + (site_models or []),
-        nvidia=_nvidia(manifest),
-        images=_registry_images(manifest),
-    )
-    # An S3 store (object_store: minio) serves every node by digest; the filesystem store that
-    # holds site models is the depot's own directory.
-    site_names = {m["name"] for m in site_models or []} if topology.object_store is None else set()
-    for host, host_plan in topology.hosts.items():
-        runtime = host_plan.runtime
-        if runtime is None or host_plan.depot:
-            continue
-        away = sorted(site_names & set(runtime.models))
-        if away:
-            raise InventoryError(
-                f"host {host} would serve the site model(s) {', '.join(away)}, but the "
-                "filesystem store that holds site models is on the depot alone",
-                hint=f"list only the bundle's models in runtime_{runtime.kind}_models of {host}, "
-                "and serve site models on the depot (a member of gpu_nodes), or use the S3 store "
-                "(object_store: minio), which every node fetches from; nothing was changed",
-            )
-    return topology
-
-
 def _site_models(
     options: InstallOptions,
     manifest: Manifest,
@@ -298,26 +259,6 @@ def _site_models(
     return site
 
 
-def _registry_images(manifest: Manifest) -> list[dict[str, Any]]:
-    """The images a registry in the stack is seeded with (none without a registry)."""
-    if manifest.stack.get("registry", "none") == "none":
-        return []
-    try:
-        return registry_images(manifest)
-    except RegistryError as error:
-        raise InstallError(
-            f"release {manifest.release}: {error}",
-            hint="rebuild the bundle from a spec whose images name their registry by DNS name "
-            "or IPv4 address; nothing was changed",
-        ) from None
-
-
-def _nvidia(manifest: Manifest) -> dict[str, Any] | None:
-    """The manifest's NVIDIA section as plain data (None: the bundle carries no driver)."""
-    section = manifest.nvidia
-    return None if section is None else dict(section.model_dump(mode="json"))
-
-
 def _take_new_key(root: Path, name: str) -> str | None:
     """A key the gateway role just created on this machine: read it once and forget it.
 
@@ -331,74 +272,6 @@ def _take_new_key(root: Path, name: str) -> str | None:
         return None
     path.unlink()
     return key or None
-
-
-def _extravars(
-    options: InstallOptions,
-    manifest: Manifest,
-    release_dir: Path,
-    local_release: Path,
-    topology: Topology,
-) -> dict[str, Any]:
-    variables: dict[str, Any] = {
-        "appliance_root": str(options.root),
-        "appliance_release": manifest.release,
-        "appliance_name": manifest.name,
-        "appliance_bundle_dir": str(release_dir),
-        "appliance_bundle_bytes": manifest.total_size(),
-        # Copied from this machine to every host; the depot's own copy may be remote.
-        "appliance_repo_key": str(local_release / manifest.repo.key) if manifest.repo else "",
-        "appliance_packages": manifest.packages,
-        "appliance_stack": manifest.stack,
-        # Who does what, where: computed once here (topology.py); the roles read it.
-        "appliance_topology": topology.as_vars(),
-        # What the runtime and gateway roles lay out from the bundle, each file by digest.
-        "appliance_models": manifest.models(),
-        "appliance_wheel_sets": manifest.wheel_sets(),
-        "appliance_files": manifest.plain_files(),
-        # The upstream registries of the signed manifest's images: one mirror rule each
-        # (container_engines role, k3s's registries.yaml), and no other.
-        "appliance_image_registries": upstream_registries(
-            c.name for c in manifest.components if c.kind == "image"
-        ),
-    }
-    if topology.registry is not None:
-        variables.update(registry_vars(topology.registry))
-    if topology.registry is not None and topology.registry.kind == "harbor":
-        # harbor.yml and the projects, planned here; the role adds the passwords on the depot.
-        platform = variables.setdefault("appliance_platform", {})
-        platform["harbor"] = harbor_plan(topology, [i["ref"] for i in topology.registry.images])
-    if options.internal_cidrs:
-        variables["appliance_internal_cidrs"] = list(options.internal_cidrs)
-    if options.exact_versions:
-        # Each package of the bundle's repository at its exact version: what an upgrade or a
-        # rollback moves installed packages to, up or down (local_repo role).
-        variables["appliance_exact_versions"] = True
-        variables["appliance_package_versions"] = {
-            c.name: c.version for c in manifest.components if c.kind == "deb" and c.version
-        }
-    if options.run_roles is not None:
-        variables["appliance_run_roles"] = sorted(options.run_roles)
-    nvidia = _nvidia(manifest)
-    if nvidia is not None:
-        variables["appliance_nvidia"] = nvidia
-        variables["appliance_allow_reboot"] = options.allow_reboot
-        variables["nvidia_driver_replace"] = options.replace_driver
-    return variables
-
-
-def registry_vars(registry: RegistryPlan) -> dict[str, Any]:
-    """What every role on every host needs to pull from the registry (the container engines'
-    mirrors): its address, and where each host keeps the CA certificate and the pull identity's
-    root-only auth file (the registry role's defaults name both paths)."""
-    defaults = role_defaults("registry")
-    return {
-        "appliance_registry_host": registry.address,
-        "appliance_registry_port": registry.port,
-        "appliance_registry_ca_cert": defaults["registry_ca_cert"],
-        "appliance_registry_pull_auth": defaults["registry_pull_auth"],
-        "appliance_registry_upstreams": list(registry.upstreams),
-    }
 
 
 def runner_env(project: Path) -> dict[str, str]:

@@ -18,10 +18,11 @@ from typing import Any
 from appliance.bundle.manifest import Manifest
 from appliance.bundle.verify import open_bundle
 from appliance.errors import ApplianceError
-from appliance.install import InstallOptions, plan_topology
+from appliance.install import InstallOptions
 from appliance.install.checks import check_can_install
 from appliance.install.hosts_record import played, played_digest
 from appliance.install.inventory import Inventory, load_inventory, single_box
+from appliance.install.play_vars import plan_topology
 from appliance.install.releases import Decision, current_on_depot, decide, manifest_sha256
 from appliance.install.topology import Topology
 from appliance.install.upgrade_plan import UpgradePlan, plan_upgrade

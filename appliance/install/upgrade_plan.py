@@ -162,7 +162,7 @@ def plan_upgrade(
     site_models: Iterable[str] = (),
 ) -> UpgradePlan:
     """What replacing ``current`` (None: nothing installed) by ``new`` changes. The topologies are
-    the inventory's for each manifest (``install.plan_topology``); ``old_topology`` None means
+    the inventory's for each manifest (``play_vars.plan_topology``); ``old_topology`` None means
     nothing runs yet, so every service of the new one starts."""
     old_debs = _debs(current)
     new_debs = _debs(new)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from appliance.errors import InventoryError
-from appliance.install import registry_vars
+from appliance.install.play_vars import registry_vars
 from appliance.install.topology import Topology, plan
 from appliance.registry import STORAGE_METADATA_BYTES
 

@@ -10,8 +10,8 @@ import pytest
 
 from appliance.bundle.manifest import Component, FileEntry
 from appliance.errors import InventoryError
-from appliance.install import plan_topology
 from appliance.install.inventory import Inventory
+from appliance.install.play_vars import plan_topology
 from tests.fixtures.bundles import new_manifest
 
 SITE = [{"name": "support-v3", "format": "gguf", "origin": "site", "files": []}]

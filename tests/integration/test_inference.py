@@ -225,6 +225,12 @@ def test_a_model_off_the_keys_allow_list_is_refused(appliance: Appliance) -> Non
     assert made.returncode == 0, made.stderr
     limited = json.loads(made.stdout)
     assert appliance.host.run("systemctl", "reload", "appliance-gateway").returncode == 0
+    # `systemctl reload` returns once the signal is sent; the gateway takes the new key within
+    # a second (its watcher polls the file, the signal only hastens it): wait until it has.
+    for _ in range(50):
+        if appliance.call("GET", "/v1/models", limited["key"]).status != 401:
+            break
+        time.sleep(0.1)
 
     refused = appliance.call("POST", "/v1/chat/completions", limited["key"], chat("tiny-llama"))
     assert refused.status == 403, refused.lines

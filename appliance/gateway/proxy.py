@@ -162,10 +162,9 @@ class Gateway:
         )
 
     async def _record(self, call: Call) -> bool:
-        """Write the call's audit record (once) and count it; False when the write failed. A
-        record not written is counted wherever the call ends (``audit_failures``, and as an
-        unrecorded answer in the outage record): also when the client leaves during the write
-        and the handler is cancelled (server.AuditedHandler) while the write goes on."""
+        """Write the call's audit record (once) and count it; False when the write failed. One
+        not written is counted (_written) also when the client left meanwhile: the handler is
+        cancelled (server.AuditedHandler), the write goes on."""
         if call.recorded:
             return True
         call.recorded = True
@@ -176,13 +175,11 @@ class Gateway:
         )
         write = asyncio.ensure_future(self.audit.write(call.fields(seconds * 1000, self.routes)))
         try:
-            await asyncio.shield(write)
+            await asyncio.wait((write,))  # the write is not cancelled with the handler
         except asyncio.CancelledError:
-            # Counted when the write ends: cancelled here, its failure was never looked at.
+            # Counted when the write ends: else its failure was never looked at.
             write.add_done_callback(lambda done: self._written(call, done))
             raise
-        except Exception:  # noqa: S110 - counted and logged by _written
-            pass
         return self._written(call, write)
 
     def _written(self, call: Call, write: asyncio.Future[dict[str, Any]]) -> bool:

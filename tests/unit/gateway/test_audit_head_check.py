@@ -14,7 +14,9 @@ from appliance.errors import AuditError
 from appliance.gateway.audit import CURRENT, AuditLog
 from appliance.gateway.audit_head import HEAD, HEAD_BYTES, read_head, read_head_checked
 from appliance.gateway.audit_retention import ship
+from appliance.gateway.audit_shipped import verify_shipped
 from appliance.gateway.audit_verify import verify_log
+from appliance.gateway.forward import FileSink, Forwarder
 
 
 def fields(number: int) -> dict[str, object]:
@@ -141,3 +143,20 @@ def test_a_shipped_directory_gets_a_checked_head(tmp_path: Path) -> None:
 
 def test_an_empty_log_has_no_head_to_check(tmp_path: Path) -> None:
     assert verify_log(tmp_path).head_checked is None
+
+
+def test_the_forwarder_waits_out_a_torn_head_and_its_copy_verifies(tmp_path: Path) -> None:
+    """The forwarder carries the head in each message: from a torn one it sends nothing (and
+    tries again, forward.Forwarder.run); with the head whole again it sends the records, and
+    the shipped copy verifies against the head it carries."""
+    old, new = two_heads(tmp_path / "audit")
+    copy = tmp_path / "remote.log"
+    forwarder = Forwarder(tmp_path / "audit", "file", FileSink(copy), "gw1")
+    (tmp_path / "audit" / HEAD).write_bytes(new[:100] + old[100:])
+    with pytest.raises(AuditError, match="is torn"):
+        forwarder.step()
+    assert not copy.exists() or copy.read_bytes() == b""
+    (tmp_path / "audit" / HEAD).write_bytes(new)
+    assert forwarder.step() == 10
+    report = verify_shipped(copy)
+    assert (report.records, report.last_seq, report.head_seq) == (10, 9, 9)

@@ -12,7 +12,13 @@ import pytest
 
 from appliance.errors import AuditError
 from appliance.gateway.audit import CURRENT, AuditLog
-from appliance.gateway.audit_head import HEAD, HEAD_BYTES, read_head, read_head_checked
+from appliance.gateway.audit_head import (
+    HEAD,
+    HEAD_BYTES,
+    head_block,
+    read_head,
+    read_head_checked,
+)
 from appliance.gateway.audit_retention import ship
 from appliance.gateway.audit_shipped import verify_shipped
 from appliance.gateway.audit_verify import verify_log
@@ -160,3 +166,11 @@ def test_the_forwarder_waits_out_a_torn_head_and_its_copy_verifies(tmp_path: Pat
     assert forwarder.step() == 10
     report = verify_shipped(copy)
     assert (report.records, report.last_seq, report.head_seq) == (10, 9, 9)
+
+
+def test_the_longest_head_still_fits_its_block() -> None:
+    """The check adds 77 bytes: the head of a 12-digit seq in a rotated file still fits the
+    256-byte block that one pwrite rewrites."""
+    block = head_block(10**12 - 1, "f" * 64, f"audit-{10**12 - 1:012d}.jsonl")
+    assert len(block) == HEAD_BYTES
+    assert len(block.rstrip()) < HEAD_BYTES - 40  # room left, not a near miss

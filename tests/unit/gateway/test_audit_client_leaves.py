@@ -75,7 +75,7 @@ def leave_while_the_backend_answers(gateway: RunningGateway, disk: Disk) -> None
     """The client leaves before the answer (499); the 499's record meets the full disk."""
     disk.left.set()
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=15) as client:
-        client.sendall(request(gateway, 2))
+        client.sendall(request(gateway, 1))
         time.sleep(0.3)  # the call is at the backend
     assert disk.writing.wait(10)
 

@@ -6,9 +6,9 @@ parse, the key the one the certificate certifies, the client CA a certificate. E
 a GatewayConfigError naming the file and the field, never OpenSSL's bare reason code.
 
 Only a file's PEM blocks are kept: text around them (a site's comment, the "Bag Attributes" that
-``openssl pkcs12`` writes with a friendlyName in any encoding) is ignored, as OpenSSL ignores it,
-whatever its encoding. The blocks themselves are base64 text: a byte that is not ASCII inside one
-is refused with its line. What is kept is ASCII, as the channel to the workers carries it.
+``openssl pkcs12`` writes with a friendlyName in any encoding) is ignored, as OpenSSL ignores it.
+The blocks themselves are base64 text: a byte that is not ASCII inside one is refused with its
+line. What is kept is ASCII, as the channel to the workers carries it.
 
 TLS 1.2 is the least version offered (1.3 when the config says so); TLS 1.2 only with
 forward-secret AEAD suites (ECDHE with AES-GCM or ChaCha20-Poly1305), as Mozilla's

@@ -115,6 +115,12 @@ def verify_command(
         f"file(s), seq 0..{report.last_seq}"
         + (f", {report.first_time} .. {report.last_time}" if report.records else "")
         + (
+            "\naudit.head has no check (an earlier release wrote it): accepted unchecked; the "
+            "gateway writes it with one when it starts"
+            if report.head_checked is False
+            else ""
+        )
+        + (
             f"\nrecords through seq {report.pruned_through} were shipped and removed here"
             if report.pruned_through is not None
             else ""

@@ -6,9 +6,9 @@ Layout in the audit directory:
 - ``audit.jsonl``: the current file, one JSON record per line, each line written whole.
 - ``audit-<first seq, 12 digits>.jsonl``: earlier files, renamed at rotation; removed only once
   shipped, and only with ``keep_rotated_bytes`` set (see audit_retention).
-- ``audit.head``: ``{"seq", "hash", "file"}`` of the newest record, rewritten after every
-  batch (in place, one whole block: audit_head), so a cut-off tail (records removed from the
-  end) shows.
+- ``audit.head``: ``{"seq", "hash", "file"}`` of the newest record and ``check`` (its own
+  digest, so a copy torn mid-write shows), rewritten after every batch (in place, one whole
+  block: audit_head), so a cut-off tail (records removed from the end) shows.
 
 Each record has ``seq`` (0, 1, ... across all files), ``prev`` (the previous record's ``hash``,
 64 zeros for seq 0) and ``hash``: sha256 of the record's canonical JSON (sorted keys, compact
@@ -18,9 +18,10 @@ head: sha256 is keyless, so against someone with write access and intent it only
 clumsy edits; ship the head hash off the box for more.
 
 Resuming after a restart the gateway continues ``seq``/``prev`` from the last record and
-refuses to start (AuditError) when that tail is visibly broken: its hash wrong, or the head
-naming a record the log no longer holds. Records after the head (the gateway stopped between
-writing records and rewriting the head) are accepted and the head is brought forward. A last
+refuses to start (AuditError) when that tail is visibly broken: its hash wrong, the head
+naming a record the log no longer holds, or a head torn (not matching its own check). Records
+after the head (the gateway stopped between writing records and rewriting the head) are
+accepted and the head is brought forward. A last
 line cut off mid-record (a crash during a write) is moved to ``torn-<digest>.bin`` and sealed by
 an ``audit_repair`` record that says so; the chain continues, never restarts at seq 0.
 
@@ -121,7 +122,16 @@ class AuditLog:
     def open(self) -> None:
         """Resume the chain from what is on disk (see the module text for what is refused)."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
-        head = read_head(self.directory)
+        try:
+            head = read_head(self.directory)
+        except AuditError as error:
+            raise AuditError(
+                f"audit log {self.directory} cannot be continued: {error.message}",
+                hint=f"a crash cannot leave {HEAD} so (one block, one write): it was restored "
+                "from a copy taken while the gateway wrote it, or edited. Restored: copy "
+                f"{HEAD} again from the source. Else keep it as evidence, then move {HEAD} "
+                "aside: the gateway rebuilds it from the log's last record",
+            ) from error
         torn = seal_torn_tail(self.directory)
         last, where = self._last_record()
         if last is None:

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import AuditError
-from appliance.gateway.audit import CURRENT, HEAD, log_files, read_head
+from appliance.gateway.audit import CURRENT, log_files, read_head
+from appliance.gateway.audit_head import write_head
 
 LOG = logging.getLogger("appliance.gateway.audit")
 
@@ -93,7 +94,7 @@ def ship(directory: Path, target: Path) -> dict[str, Any]:
         temp.replace(copy)
         copied += 1
     last = last_record(files[-1])
-    write_mark(target / HEAD, last["seq"], last["hash"])
+    write_head(target, last["seq"], last["hash"], files[-1].name)
     report = verify_log(target)  # the copy is a whole chain up to its head, or nothing is marked
     write_mark(directory / SHIPPED, last["seq"], last["hash"])
     LOG.info("shipped %d file(s) to %s, through seq %d", copied, target, last["seq"])

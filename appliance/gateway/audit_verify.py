@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import AuditError, Problem
-from appliance.gateway.audit import CURRENT, HEAD, ZERO_HASH, log_files, read_head, record_hash
+from appliance.gateway.audit import CURRENT, HEAD, ZERO_HASH, log_files, record_hash
+from appliance.gateway.audit_head import read_head_checked
 from appliance.gateway.audit_retention import PRUNED, read_mark
 from appliance.gateway.record import CLIENT_ID_LIMIT, clean
 
@@ -42,6 +43,9 @@ class VerifyReport:
     pruned_through: int | None = None  # records up to this seq were shipped and removed here
     # appliance-audit-forward's cursors: target -> the last seq it delivered.
     forwarded: dict[str, int] = field(default_factory=dict)
+    # Whether audit.head carried its own check (False: an earlier release wrote it, accepted
+    # unchecked; None: no head, an empty log).
+    head_checked: bool | None = True
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +61,7 @@ class VerifyReport:
             "gaps": list(self.gaps),
             "pruned_through": self.pruned_through,
             "forwarded": self.forwarded,
+            "head_checked": self.head_checked,
         }
 
 
@@ -295,7 +300,14 @@ def verify_log(directory: Path, anchors: tuple[tuple[int, str], ...] = ()) -> Ve
             f"audit directory {directory} does not exist",
             hint="pass --dir with the gateway's audit.dir",
         )
-    head = read_head(directory)  # before the log: a live gateway only ever moves it forward
+    try:  # before the log: a live gateway only ever moves it forward
+        head, head_checked = read_head_checked(directory)
+    except AuditError as error:  # torn: said as such, not as records cut off (the log's own)
+        raise AuditError(
+            f"audit log {directory} fails verification: torn head",
+            hint=error.hint,
+            problems=[Problem(path=HEAD, message=error.message)],
+        ) from error
     pruned = read_mark(directory / PRUNED)
     files = log_files(directory)
     chain = _walk(
@@ -321,6 +333,7 @@ def verify_log(directory: Path, anchors: tuple[tuple[int, str], ...] = ()) -> Ve
         gaps=tuple(chain.gaps),
         pruned_through=None if pruned is None else pruned["seq"],
         forwarded=_forwarded(directory),
+        head_checked=head_checked,
     )
 
 

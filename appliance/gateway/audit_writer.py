@@ -109,8 +109,9 @@ class AuditWriter:
         return await asyncio.wrap_future(self.submit(fields))
 
     def unrecorded(self) -> None:
-        """The gateway answered a call (503) without a record of its own: counted into the
-        outage record written once the log can be written again."""
+        """A call ended without its record (answered 503, or its client gone while the
+        record failed): counted into the outage record written once the log can be written
+        again."""
         with self._lock:
             self._unrecorded += 1
 

@@ -122,7 +122,6 @@ class Gateway:
         call.status = status
         call.response_sha256 = hashlib.sha256(body).hexdigest()
         if not await self._record(call):
-            self.audit.unrecorded()
             status, content_type, upstream = 503, "application/json", None
             body = error_body("server_error", "audit_unavailable", _AUDIT_DOWN)
         response = web.Response(
@@ -163,7 +162,9 @@ class Gateway:
         )
 
     async def _record(self, call: Call) -> bool:
-        """Write the call's audit record (once) and count it; False when the write failed."""
+        """Write the call's audit record (once) and count it; False when the write failed. One
+        not written is counted (_written) also when the client left meanwhile: the handler is
+        cancelled (server.AuditedHandler), the write goes on."""
         if call.recorded:
             return True
         call.recorded = True
@@ -172,14 +173,25 @@ class Gateway:
         self.metrics.observe(
             label, call.status, seconds, call.prompt_tokens, call.completion_tokens, call.key_id
         )
+        write = asyncio.ensure_future(self.audit.write(call.fields(seconds * 1000, self.routes)))
         try:
-            await asyncio.shield(self.audit.write(call.fields(seconds * 1000, self.routes)))
-        except Exception as error:  # logged by the writer; calls are refused while it lasts
-            self.metrics.audit_failures += 1
-            LOG.error("call %s not audited: %s", call.request_id, error)
-            return False
-        self.metrics.audit_records += 1
-        return True
+            await asyncio.wait((write,))  # the write is not cancelled with the handler
+        except asyncio.CancelledError:
+            # Counted when the write ends: else its failure was never looked at.
+            write.add_done_callback(lambda done: self._written(call, done))
+            raise
+        return self._written(call, write)
+
+    def _written(self, call: Call, write: asyncio.Future[dict[str, Any]]) -> bool:
+        error = asyncio.CancelledError() if write.cancelled() else write.exception()
+        if error is None:
+            self.metrics.audit_records += 1
+            return True
+        # Logged by the writer; calls are refused while it lasts.
+        self.metrics.audit_failures += 1
+        self.audit.unrecorded()
+        LOG.error("call %s not audited: %r", call.request_id, error)
+        return False
 
     def record_malformed(
         self, request: BaseRequest, status: int, reason: str
@@ -286,7 +298,6 @@ class Gateway:
         call.response_sha256 = hashlib.sha256(b"").hexdigest()
         headers = {"X-Request-Id": call.request_id, **self.cors.preflight_headers(request)}
         if not await self._record(call):
-            self.audit.unrecorded()
             failure = _Refusal(503, "audit_unavailable", _AUDIT_DOWN)
             return await self._refuse(request, call, failure)
         response = web.Response(status=204, headers=headers)

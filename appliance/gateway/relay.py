@@ -110,9 +110,7 @@ async def relay(
         call.prompt_tokens_estimated = estimate_prompt_tokens(call.prompt_bytes)
     # Recorded before the stream's end ([DONE] included) is sent: a client that saw the
     # whole answer can find its record.
-    recorded = await gateway._record(call)
-    if not recorded:
-        gateway.audit.unrecorded()
+    recorded = await gateway._record(call)  # one not written is counted there
     try:
         if call.error is None and recorded:
             await response.write_eof(pipe.holder.held)  # one write: the end and the EOF

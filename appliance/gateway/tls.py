@@ -5,6 +5,11 @@ runs before it replaces the config): each file readable, the certificate and key
 parse, the key the one the certificate certifies, the client CA a certificate. Each problem is
 a GatewayConfigError naming the file and the field, never OpenSSL's bare reason code.
 
+Only a file's PEM blocks are kept: text around them (a site's comment, the "Bag Attributes" that
+``openssl pkcs12`` writes with a friendlyName in any encoding) is ignored, as OpenSSL ignores it.
+The blocks themselves are base64 text: a byte that is not ASCII inside one is refused with its
+line. What is kept is ASCII, as the channel to the workers carries it.
+
 TLS 1.2 is the least version offered (1.3 when the config says so); TLS 1.2 only with
 forward-secret AEAD suites (ECDHE with AES-GCM or ChaCha20-Poly1305), as Mozilla's
 "intermediate" profile; no compression, no renegotiation. TLS 1.3's suites are OpenSSL's
@@ -17,6 +22,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import ssl
 import weakref
 from dataclasses import dataclass
@@ -37,6 +43,8 @@ _LOADED: weakref.WeakKeyDictionary[ssl.SSLContext, TLSMaterial] = weakref.WeakKe
 
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1:!MD5"
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+# A PEM block: BEGIN and END lines with the same label (CERTIFICATE, EC PRIVATE KEY ...).
+_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9][A-Z0-9 ]*)-----.*?-----END \1-----", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,7 @@ class TLSMaterial:
 
 def _read(path: Path, field: str) -> bytes:
     try:
-        return path.read_bytes()
+        return _pem_blocks(path.read_bytes(), path, field)
     except FileNotFoundError:
         raise GatewayConfigError(
             f"listen.tls.{field}: {path} does not exist",
@@ -74,6 +82,25 @@ def _read(path: Path, field: str) -> bytes:
             f"listen.tls.{field}: cannot read {path}: {error.strerror}",
             hint="the gateway's user must be able to read it (the key: 0600, owned by that user)",
         ) from None
+
+
+def _pem_blocks(data: bytes, path: Path, field: str) -> bytes:
+    """The file's PEM blocks alone (see the module text); a file without any as it is, to be
+    refused for what it holds."""
+    blocks = list(_BLOCK.finditer(data))
+    if not blocks:
+        return data
+    for block in blocks:
+        if not block.group(0).isascii():
+            at = block.start() + next(i for i, byte in enumerate(block.group(0)) if byte > 0x7F)
+            line = data.count(b"\n", 0, at) + 1
+            raise GatewayConfigError(
+                f"listen.tls.{field}: {path} line {line} holds a byte "
+                "that is not ASCII inside its PEM block (base64 text): the file was changed or "
+                "converted",
+                hint="issue it again, or copy it again as the PKI issued it",
+            )
+    return b"".join(block.group(0) + b"\n" for block in blocks)
 
 
 def _certificates(data: bytes, path: Path, field: str) -> list[x509.Certificate]:

@@ -125,3 +125,32 @@ def test_show_finds_a_call_by_the_gateways_id_or_by_the_clients_own(
         "Hint: give the X-Request-Id header of the gateway's answer, or the id the client sent "
         "as its own\n"
     )
+
+
+def test_verify_says_when_the_head_has_no_check_and_when_it_is_torn(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    fill(tmp_path, 0, 3)
+    head = (tmp_path / "audit.head").read_bytes()
+    written = json.loads(head)
+    del written["check"]  # as the release before the check wrote it
+    (tmp_path / "audit.head").write_bytes(json.dumps(written).encode().ljust(255) + b"\n")
+    code, out, err = run_cli(capsys, "audit", "verify", "--dir", str(tmp_path))
+    assert (code, err) == (0, "")
+    assert out.splitlines()[1] == (
+        "audit.head has no check (an earlier release wrote it): accepted unchecked; the gateway "
+        "writes it with one when it starts"
+    )
+    code, out, _ = run_cli(capsys, "--json", "audit", "verify", "--dir", str(tmp_path))
+    assert (code, json.loads(out)["head_checked"]) == (0, False)
+    # A byte of the hash from another head, as a copy taken mid-write can hold.
+    other = b"0" if head[20:21] != b"0" else b"1"
+    (tmp_path / "audit.head").write_bytes(head[:20] + other + head[21:])
+    code, out, err = run_cli(capsys, "audit", "verify", "--dir", str(tmp_path))
+    assert (code, out) == (34, "")
+    lines = err.splitlines()
+    assert lines[0] == f"Error: audit log {tmp_path} fails verification: torn head"
+    assert lines[1].startswith(
+        f"  audit.head: {tmp_path / 'audit.head'} is torn: its content does not match its check"
+    )
+    assert lines[-1].startswith("Hint: copy audit.head again from the gateway's audit directory")

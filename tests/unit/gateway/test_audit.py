@@ -11,6 +11,7 @@ import pytest
 
 from appliance.errors import AuditError
 from appliance.gateway.audit import HEAD, ZERO_HASH, AuditLog, record_hash
+from appliance.gateway.audit_head import head_block, head_check
 from appliance.gateway.audit_verify import find_record, last_records, verify_log
 from appliance.gateway.audit_writer import AuditWriter
 
@@ -57,7 +58,9 @@ def test_records_chain_from_zero_and_verify(tmp_path: Path) -> None:
     assert (report.records, report.files, report.last_seq) == (5, 1, 4)
     assert (report.first_time, report.last_time) == (fields(0)["time"], fields(4)["time"])
     head = json.loads((tmp_path / HEAD).read_text())
+    check = head.pop("check")  # the head's own digest (test_audit_head_check.py)
     assert head == {"seq": 4, "hash": records[-1]["hash"], "file": "audit.jsonl"}
+    assert check == head_check(head)
 
 
 def test_modified_record_is_found_at_its_line(tmp_path: Path) -> None:
@@ -238,9 +241,9 @@ def rewrite_from(directory: Path, seq: int, change: dict[str, object]) -> None:
 
 def test_a_head_naming_an_earlier_record_is_checked_too(tmp_path: Path) -> None:
     write(tmp_path, 5)
-    head = json.loads((tmp_path / HEAD).read_text())
-    head.update(seq=2, hash="f" * 64)  # a head behind the log, with a hash that is not seq 2's
-    (tmp_path / HEAD).write_text(json.dumps(head))
+    # A head behind the log, with a hash that is not seq 2's, its check recomputed (the check
+    # shows a torn copy, not an edit: anyone can recompute it).
+    (tmp_path / HEAD).write_bytes(head_block(2, "f" * 64, "audit.jsonl"))
     assert failure(tmp_path)[0] == "modified"
     assert failure(tmp_path)[3] == "the head's hash for seq 2 is not that record's hash"
 

@@ -70,7 +70,10 @@ class AuditSink(Protocol):
 
     def submit(self, fields: dict[str, Any]) -> concurrent.futures.Future[dict[str, Any]]: ...
 
-    async def write(self, fields: dict[str, Any]) -> dict[str, Any]: ...
+    def write(self, fields: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+        """The record, from the event loop's thread: a future (done already when it was
+        written at once), so that awaiting it shielded costs no task."""
+        ...
 
     def unrecorded(self) -> None: ...
 
@@ -114,7 +117,7 @@ class AuditWriter:
         self._queue.put((fields, future))
         return future
 
-    async def write(self, fields: dict[str, Any]) -> dict[str, Any]:
+    def write(self, fields: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
         if (
             not self.log.fsync
             and not self._closing
@@ -122,15 +125,20 @@ class AuditWriter:
             and self._queue.empty()
             and self._busy.acquire(blocking=False)
         ):
-            future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+            written: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
             try:
-                self._commit([(fields, future)])
+                self._commit([(fields, written)])
             finally:
                 self._busy.release()
             if self.failed is not None:  # the thread retries from now on, as after its own
                 self._queue.put(({}, None))
-            return future.result(timeout=0)  # settled by _commit, whatever happened
-        return await asyncio.wrap_future(self.submit(fields))
+            future = asyncio.get_running_loop().create_future()
+            if (error := written.exception(timeout=0)) is not None:  # settled by _commit
+                future.set_exception(error)
+            else:
+                future.set_result(written.result())
+            return future
+        return asyncio.wrap_future(self.submit(fields))
 
     def unrecorded(self) -> None:
         """The gateway answered a call (503) without a record of its own: counted into the

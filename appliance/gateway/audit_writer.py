@@ -7,6 +7,13 @@ Every ``retry_s`` (and with each new batch) the writer tries again, first writin
 gateway gave meanwhile without a record of their own (503s only): the log accounts for every
 answer. The first write that succeeds clears ``failed``, so the gateway serves again by itself.
 
+A call's record (``write``) is written in the calling thread instead when nothing else is
+being written or waiting and the log is not fsynced: two thread switches and a wake-up of the
+event loop fewer per call (about 0.1 ms of a call's added latency on the benchmark machine), for
+a write of tens of microseconds. The lock that serialises writes is the same either way; what
+queues up meanwhile goes out together as before, and a record that must reach the disk first
+(``fsync``) or one during a fault takes the thread's way.
+
 The writer also watches the audit filesystem's free space (``min_free_bytes``): below it, a
 warning in the journal, ``/health`` and ``/metrics`` say so before the disk fills.
 """
@@ -63,7 +70,10 @@ class AuditSink(Protocol):
 
     def submit(self, fields: dict[str, Any]) -> concurrent.futures.Future[dict[str, Any]]: ...
 
-    async def write(self, fields: dict[str, Any]) -> dict[str, Any]: ...
+    def write(self, fields: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+        """The record, from the event loop's thread: a future (done already when it was
+        written at once), so that awaiting it shielded costs no task."""
+        ...
 
     def unrecorded(self) -> None: ...
 
@@ -95,6 +105,8 @@ class AuditWriter:
         self.disk_low = False
         self._unrecorded = 0
         self._lock = threading.Lock()
+        self._busy = threading.Lock()  # held while the log is written, by whichever thread
+        self._closing = False
         self._disk_checked = 0.0
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
@@ -105,8 +117,28 @@ class AuditWriter:
         self._queue.put((fields, future))
         return future
 
-    async def write(self, fields: dict[str, Any]) -> dict[str, Any]:
-        return await asyncio.wrap_future(self.submit(fields))
+    def write(self, fields: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+        if (
+            not self.log.fsync
+            and not self._closing
+            and self.failed is None
+            and self._queue.empty()
+            and self._busy.acquire(blocking=False)
+        ):
+            written: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+            try:
+                self._commit([(fields, written)])
+            finally:
+                self._busy.release()
+            if self.failed is not None:  # the thread retries from now on, as after its own
+                self._queue.put(({}, None))
+            future = asyncio.get_running_loop().create_future()
+            if (error := written.exception(timeout=0)) is not None:  # settled by _commit
+                future.set_exception(error)
+            else:
+                future.set_result(written.result())
+            return future
+        return asyncio.wrap_future(self.submit(fields))
 
     def unrecorded(self) -> None:
         """A call ended without its record (answered 503, or its client gone while the
@@ -135,16 +167,22 @@ class AuditWriter:
                     stop = True
                     break
                 batch.append(more)
-            try:
-                self._write(batch)
-                self._prune()
-                self._check_disk()
-            except Exception:  # the thread must live on: every call waits for it
-                LOG.exception("audit writer: unexpected failure; the batch is failed")
-                for _, future in batch:
-                    _settle(future, error=AuditError("the audit writer failed on this batch"))
+            if batch or self.failed is not None:  # a nudge (below) once healed is nothing
+                with self._busy:
+                    self._commit(batch)
             if stop:
                 return
+
+    def _commit(self, batch: list[_Item]) -> None:
+        """Write a batch and settle its futures; then the housekeeping. Under ``_busy``."""
+        try:
+            self._write(batch)
+            self._prune()
+            self._check_disk()
+        except Exception:  # the thread must live on: every call waits for it
+            LOG.exception("audit writer: unexpected failure; the batch is failed")
+            for _, future in batch:
+                _settle(future, error=AuditError("the audit writer failed on this batch"))
 
     def _write(self, batch: list[_Item]) -> None:
         fields = [f for f, _ in batch]
@@ -214,6 +252,7 @@ class AuditWriter:
         self.disk_low = low
 
     def close(self) -> None:
+        self._closing = True
         self._queue.put(None)
         self._thread.join()
         self.log.close()

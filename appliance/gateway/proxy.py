@@ -344,7 +344,8 @@ class Gateway:
         if request.content_length is not None and request.content_length > limit:
             raise unauthenticated if key is None else too_large
         try:
-            body = await asyncio.wait_for(request.read(), self.config.body_timeout_s)
+            async with asyncio.timeout(self.config.body_timeout_s):  # a timer, not a task
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise (unauthenticated if key is None else too_large) from None
         except TimeoutError:

@@ -193,12 +193,12 @@ class RemoteAudit:
         self._send(fields, future)
         return future
 
-    async def write(self, fields: dict[str, Any]) -> dict[str, Any]:
+    def write(self, fields: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
         # The answer arrives in this loop's thread: an asyncio future, with no wake-up through
         # the loop's self-pipe as a wrapped concurrent one would cost.
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._send(fields, future)
-        return await future
+        return future
 
     def unrecorded(self) -> None:
         self.link.send("unrecorded")

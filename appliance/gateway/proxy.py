@@ -173,13 +173,14 @@ class Gateway:
         self.metrics.observe(
             label, call.status, seconds, call.prompt_tokens, call.completion_tokens, call.key_id
         )
-        write = asyncio.ensure_future(self.audit.write(call.fields(seconds * 1000, self.routes)))
-        try:
-            await asyncio.wait((write,))  # the write is not cancelled with the handler
-        except asyncio.CancelledError:
-            # Counted when the write ends: else its failure was never looked at.
-            write.add_done_callback(lambda done: self._written(call, done))
-            raise
+        write = self.audit.write(call.fields(seconds * 1000, self.routes))
+        if not write.done():  # written at once, it costs no wait (audit_writer)
+            try:
+                await asyncio.wait((write,))  # the write is not cancelled with the handler
+            except asyncio.CancelledError:
+                # Counted when the write ends: else its failure was never looked at.
+                write.add_done_callback(lambda done: self._written(call, done))
+                raise
         return self._written(call, write)
 
     def _written(self, call: Call, write: asyncio.Future[dict[str, Any]]) -> bool:

@@ -25,10 +25,17 @@ measurement, and the gateway's CPU time per call (its process and any worker pro
 ``--workers N`` is passed through to the gateway's config as ``workers``.
 
     .venv/bin/python benchmarks/gateway.py [--requests 300] [--concurrency 4] [--gpu-requests 2000]
-        [--pin] [--gateway-cpus 1] [--workers N]
+        [--pin] [--gateway-cpus 1] [--workers N] [--awake] [--runs N]
 
 With ``--workers`` above 1 the gateway's CPU is that of the supervisor (the audit owner) and
 its workers together.
+
+Every run first prints what an idle CPU costs here (benchmarks/idle.py: a round trip to a
+process on a CPU idle for 50 ms). ``--awake`` keeps idle CPUs from halting for the whole run
+(a ``SCHED_IDLE`` spinner per CPU, which takes no time from anything else), as a host tuned for
+latency does; the figures with and without it, side by side, show how much of the added
+latency is this machine waking its CPUs rather than the gateway's work. ``--runs N`` measures
+each case N times and the summary judges the median.
 
 On a machine others share, the load moves the figures more than a change does: ``--compare
 DIR`` runs a second gateway from another checkout (e.g. main) beside this one, its calls
@@ -40,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -59,7 +67,9 @@ sys.path.insert(0, str(ROOT))
 
 from appliance.gateway.audit import log_files  # noqa: E402
 from appliance.gateway.keys import add_key  # noqa: E402
+from benchmarks.gateway_report import summary  # noqa: E402
 from benchmarks.gateway_start import gateway_command, gateway_config, wait_for_gateway  # noqa: E402
+from benchmarks.idle import KeptAwake, describe_wake, wake_costs  # noqa: E402
 from benchmarks.machine import (  # noqa: E402
     Plan,
     cpu_seconds,
@@ -214,19 +224,6 @@ async def measure(
     return figures
 
 
-def summary(results: list[tuple[str, dict[str, dict[str, float]]]]) -> None:
-    """One line per measurement and gateway, against the goals (added p50 <= 2 ms, ratio >=
-    95%)."""
-    print("\nsummary                                  added p50   ratio    cpu/call  goals")
-    for label, per_gateway in results:
-        for name, figures in per_gateway.items():
-            met = figures["added_p50_ms"] <= 2 and figures["ratio"] >= 0.95
-            tag = "" if name == "gateway" else " (compared)"
-            print(f"  {label + tag:38} {figures['added_p50_ms']:+7.2f} ms  "
-                  f"{figures['ratio']:6.1%}  {figures['cpu_ms']:5.2f} ms  "
-                  f"{'met' if met else 'NOT met'}")  # fmt: skip
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=300, help="tiny model: calls per run")
@@ -245,6 +242,12 @@ def main() -> None:
     parser.add_argument("--gateway-cpus", type=int, default=1, help="with --pin")
     parser.add_argument("--workers", type=int, help="the gateway config's workers")
     parser.add_argument("--only", choices=("whole", "stream"), help="one kind of answer only")
+    parser.add_argument("--runs", type=int, default=1, help="measure each case N times")
+    parser.add_argument(
+        "--awake",
+        action="store_true",
+        help="keep idle CPUs from halting (a SCHED_IDLE spinner per CPU): a latency-tuned host",
+    )
     parser.add_argument(
         "--gateway-source", type=Path, help="run another checkout's gateway (before/after figures)"
     )
@@ -270,9 +273,14 @@ def main() -> None:
             print(f"--pin: {len(available)} CPU(s) is too few to give the gateway its own")
     print(f"machine: {os.cpu_count()} CPUs, this run may use {len(available)}; "
           f"{describe(plan)}; load average {load()}")  # fmt: skip
+    print(f"idle CPUs: {describe_wake(wake_costs(available))}")
+    awake = contextlib.ExitStack()
+    if args.awake:
+        awake.enter_context(KeptAwake(available))
+        print(f"idle CPUs kept awake (--awake): {describe_wake(wake_costs(available))}")
     runtime_cpus = plan["runtime"] if plan else None
     processes: list[subprocess.Popen[bytes]] = []
-    with tempfile.TemporaryDirectory() as scratch:
+    with awake, tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         model = root / "tiny.gguf"
         subprocess.run(
@@ -344,7 +352,7 @@ def main() -> None:
                 runs.append(("tiny-llama", llama, args.requests, args.concurrency, {}))
             gpu = {"x_delay": args.gpu_prefill_ms / 1000, "x_token_delay": args.gpu_token_ms / 1000}
             runs.append(("gpu-like", stand_in, args.gpu_requests, args.gpu_concurrency, gpu))
-            for name, backend_url, n, c, extra in runs:
+            for name, backend_url, n, c, extra in runs * args.runs:
                 for stream in {None: (False, True), "whole": (False,), "stream": (True,)}[
                     args.only
                 ]:

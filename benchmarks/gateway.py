@@ -31,10 +31,12 @@ With ``--workers`` above 1 the gateway's CPU is that of the supervisor (the audi
 its workers together.
 
 Every run first prints what an idle CPU costs here (benchmarks/idle.py: a round trip to a
-process on a CPU idle for 50 ms). ``--awake`` keeps idle CPUs from halting for the whole run
-(a ``SCHED_IDLE`` spinner per CPU, which takes no time from anything else), as a host tuned for
-latency does; the figures with and without it, side by side, show how much of the added
-latency is this machine waking its CPUs rather than the gateway's work. ``--runs N`` measures
+process on a CPU idle for 50 ms). ``--awake`` keeps idle CPUs from halting during the
+sequential calls (a ``SCHED_IDLE`` spinner per CPU, which takes no time from anything else),
+as a host tuned for latency does; the figures with and without it, side by side, show how much
+of the added latency is this machine waking its CPUs rather than the gateway's work. The
+throughput rounds run without it: a spinning virtual CPU may slow its hyperthread sibling on
+the host, and the runtime's throughput with it. ``--runs N`` measures
 each case N times and the summary judges the median.
 
 On a machine others share, the load moves the figures more than a change does: ``--compare
@@ -47,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
@@ -155,8 +156,10 @@ async def measure(
     n: int,
     c: int,
     pids: dict[str, int],
+    awake: list[int] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Figures per gateway (``pids``: target name to process) against ``direct``."""
+    """Figures per gateway (``pids``: target name to process) against ``direct``; the
+    sequential calls with the CPUs ``awake`` kept from halting."""
     data = json.dumps(body).encode()
     load_before = load()
     # A connection idle while the other targets take their turn is let go before the gateway
@@ -167,7 +170,8 @@ async def measure(
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await latency(session, targets, data, 10)  # warm up connections and caches
-        times = await latency(session, targets, data, sequential)
+        with KeptAwake(awake or []):
+            times = await latency(session, targets, data, sequential)
         for target in targets.values():
             await throughput(session, target, data, min(n, 4 * c), c)  # warm up c connections
         # In rounds, each target in turn, so that the machine's other load hits all alike.
@@ -274,13 +278,13 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPUs, this run may use {len(available)}; "
           f"{describe(plan)}; load average {load()}")  # fmt: skip
     print(f"idle CPUs: {describe_wake(wake_costs(available))}")
-    awake = contextlib.ExitStack()
     if args.awake:
-        awake.enter_context(KeptAwake(available))
-        print(f"idle CPUs kept awake (--awake): {describe_wake(wake_costs(available))}")
+        with KeptAwake(available):
+            print(f"idle CPUs kept awake (--awake, for the sequential calls): "
+                  f"{describe_wake(wake_costs(available))}")  # fmt: skip
     runtime_cpus = plan["runtime"] if plan else None
     processes: list[subprocess.Popen[bytes]] = []
-    with awake, tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         model = root / "tiny.gguf"
         subprocess.run(
@@ -379,8 +383,9 @@ def main() -> None:
                     kind = "streaming" if stream else "non-streaming"
                     label = f"{name}, {kind}, {tokens} tokens"
                     sequential = min(n, 200 if name == "gpu-like" else n)
+                    awake = available if args.awake else None
                     figures = asyncio.run(measure(label, targets, client_tls, body, sequential,
-                                                  n, c, pids))  # fmt: skip
+                                                  n, c, pids, awake))  # fmt: skip
                     results.append((f"{name}, {kind}", figures))
             summary(results)
             records = sum(sum(1 for _ in path.open()) for path in log_files(root / "audit"))

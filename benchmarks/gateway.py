@@ -21,7 +21,9 @@ the concurrent load (what a user sees when the gateway is busy).
 (``--gateway-cpus``, default 1), the runtimes and the load generator share the others out, so
 neither can take the gateway's core nor the gateway theirs (with 2 CPUs: the gateway on one, the
 rest on the other). Every run prints the CPUs, the load average before and after each
-measurement, and the gateway's CPU time per call (its process and any worker processes).
+measurement, and the gateway's CPU time per call (its process and any worker processes), and
+the load generator's own (through the gateway it also does TLS: with 2 CPUs that runs on the
+runtime's CPU and counts against the gateway's ratio, where a real client's TLS runs elsewhere).
 ``--workers N`` is passed through to the gateway's config as ``workers``.
 
     .venv/bin/python benchmarks/gateway.py [--requests 300] [--concurrency 4] [--gpu-requests 2000]
@@ -68,6 +70,7 @@ sys.path.insert(0, str(ROOT))
 
 from appliance.gateway.audit import log_files  # noqa: E402
 from appliance.gateway.keys import add_key  # noqa: E402
+from benchmarks.gateway_load import Target, latency, ms, pct, throughput  # noqa: E402
 from benchmarks.gateway_report import summary  # noqa: E402
 from benchmarks.gateway_start import gateway_command, gateway_config, wait_for_gateway  # noqa: E402
 from benchmarks.idle import KeptAwake, describe_wake, wake_costs  # noqa: E402
@@ -82,7 +85,6 @@ from benchmarks.machine import (  # noqa: E402
 )
 from tests.fixtures.servers import LAUNCHER, free_port, wait_for  # noqa: E402
 
-Target = tuple[str, dict[str, str]]
 ROUNDS = 4  # throughput runs per target, taken in turn
 
 
@@ -95,56 +97,6 @@ def start(
         )
     wait_for(health, process, accept, log)
     return process
-
-
-async def one(session: aiohttp.ClientSession, target: Target, body: bytes) -> float:
-    url, headers = target
-    started = time.perf_counter()
-    async with session.post(url, data=body, headers=headers) as answer:
-        async for _ in answer.content.iter_any():
-            pass
-        if answer.status != 200:
-            raise RuntimeError(f"{url}: {answer.status}")
-    return time.perf_counter() - started
-
-
-async def latency(
-    session: aiohttp.ClientSession, targets: dict[str, Target], body: bytes, n: int
-) -> dict[str, list[float]]:
-    """Sequential calls, alternating targets (the gateways in reverse every other call) so
-    drift hits all alike."""
-    times: dict[str, list[float]] = {name: [] for name in targets}
-    first, *others = targets
-    for number in range(n):
-        for name in [first, *(reversed(others) if number % 2 else others)]:
-            times[name].append(await one(session, targets[name], body))
-    return times
-
-
-async def throughput(
-    session: aiohttp.ClientSession, target: Target, body: bytes, n: int, c: int
-) -> tuple[float, list[float]]:
-    """Calls per second with ``c`` at a time, and each call's time."""
-    queue = list(range(n))
-    times: list[float] = []
-
-    async def worker() -> None:
-        while queue:
-            queue.pop()
-            times.append(await one(session, target, body))
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(c)))
-    return n / (time.perf_counter() - started), times
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:7.2f} ms"
 
 
 async def measure(
@@ -178,6 +130,7 @@ async def measure(
         spent = dict.fromkeys(targets, 0.0)
         loaded: dict[str, list[float]] = {name: [] for name in targets}
         cpu = dict.fromkeys(pids, 0.0)
+        client = dict.fromkeys(targets, 0.0)  # the load generator's own CPU (TLS included)
         first, *others = targets
         for round_number in range(ROUNDS):
             # direct first, then the gateways, in reverse every other round: the one right
@@ -186,9 +139,11 @@ async def measure(
             for name in turn:
                 target = targets[name]
                 before = cpu_seconds(pids[name]) if name in pids else 0.0
+                ours = time.process_time()
                 started = time.perf_counter()
                 _, times_taken = await throughput(session, target, data, n // ROUNDS, c)
                 spent[name] += time.perf_counter() - started
+                client[name] += time.process_time() - ours
                 loaded[name].extend(times_taken)
                 if name in pids:
                     cpu[name] += cpu_seconds(pids[name]) - before
@@ -217,7 +172,9 @@ async def measure(
               "time]")  # fmt: skip
         # What sizes the gateway on another machine: one process serves about 1000/this
         # calls a second on one core of this kind.
-        print(f"  cpu{tag}      gateway {cpu_ms:.2f} ms of CPU per call (TLS, proxy, audit)")
+        print(f"  cpu{tag}      gateway {cpu_ms:.2f} ms of CPU per call (TLS, proxy, audit); "
+              f"load generator {client[name] / len(loaded[name]) * 1000:.2f} ms per call "
+              f"(direct {client['direct'] / len(loaded['direct']) * 1000:.2f} ms)")  # fmt: skip
         figures[name] = {
             "added_p50_ms": added50 * 1000,
             "loaded_p50_ms": loaded50 * 1000,

@@ -71,8 +71,8 @@ class AuditSink(Protocol):
     def submit(self, fields: dict[str, Any]) -> concurrent.futures.Future[dict[str, Any]]: ...
 
     def write(self, fields: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
-        """The record, from the event loop's thread: a future (done already when it was
-        written at once), so that awaiting it shielded costs no task."""
+        """The record, from the event loop's thread: a future, done already when it was
+        written at once (the caller then need not wait for it: proxy._record)."""
         ...
 
     def unrecorded(self) -> None: ...

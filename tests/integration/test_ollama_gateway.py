@@ -27,6 +27,7 @@ from tests.fixtures.hosts import ROOT, Host, harness_image, start_host
 from tests.fixtures.inference import CALL, chat
 from tests.fixtures.install import operator_key
 from tests.fixtures.ollama import Pushed, push_ollama_model
+from tests.fixtures.opt_in import opt_in
 from tests.fixtures.registry import registry
 from tests.fixtures.specs import spec_text
 
@@ -36,10 +37,7 @@ pytestmark = [
     pytest.mark.slow,
     # A registry, a bundle and the whole site.yml with a stand-in binary: 2-3 minutes on 2
     # cores, kept out of CI's 45 minutes; run before a change to the Ollama runtime lands.
-    pytest.mark.skipif(
-        os.environ.get("APPLIANCE_TEST_OLLAMA") != "1",
-        reason="opt-in (minutes on 2 cores): APPLIANCE_TEST_OLLAMA=1",
-    ),
+    opt_in("APPLIANCE_TEST_OLLAMA"),
 ]
 
 EGRESS_TARGET = "http://198.19.255.10/"  # lab range: leads nowhere, must be dropped

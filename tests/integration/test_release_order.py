@@ -5,7 +5,6 @@ release's own bundle again stages nothing; upgrades_from is enforced; releases l
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from collections.abc import Callable
@@ -17,6 +16,7 @@ import yaml
 
 from appliance.build import BuildOptions, build_bundle
 from appliance.bundle.signing import keygen
+from tests.fixtures.opt_in import opt_in
 from tests.fixtures.specs import SYSTEMD_LLAMACPP, spec_text
 
 pytestmark = [
@@ -25,10 +25,7 @@ pytestmark = [
     pytest.mark.slow,
     # Three releases built and installed in turn on one host: 1.5-2 minutes on 2 cores, kept out
     # of CI's 45 minutes with the other upgrade modules; run before a change to releases.py lands.
-    pytest.mark.skipif(
-        os.environ.get("APPLIANCE_TEST_UPGRADE") != "1",
-        reason="opt-in (minutes on 2 cores): APPLIANCE_TEST_UPGRADE=1",
-    ),
+    opt_in("APPLIANCE_TEST_UPGRADE"),
 ]
 
 Run = Callable[..., subprocess.CompletedProcess[str]]

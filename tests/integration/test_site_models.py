@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from tests.fixtures.bundles import signed_bundle
 from tests.fixtures.hosts import Host, harness_image, start_host
 from tests.fixtures.inference import CALL, chat
 from tests.fixtures.install import operator_key
+from tests.fixtures.opt_in import opt_in
 from tests.fixtures.specs import SYSTEMD_LLAMACPP, spec_text
 
 pytestmark = [
@@ -35,10 +35,7 @@ pytestmark = [
     pytest.mark.slow,
     # Two real releases built and installed, a model added and served: 3-4.5 minutes on 2 cores,
     # kept out of CI's 45 minutes; run before a change to `appliance models` or the runtime lands.
-    pytest.mark.skipif(
-        os.environ.get("APPLIANCE_TEST_SITE_MODELS") != "1",
-        reason="opt-in (minutes on 2 cores): APPLIANCE_TEST_SITE_MODELS=1",
-    ),
+    opt_in("APPLIANCE_TEST_SITE_MODELS"),
 ]
 
 ROOT = Path(__file__).resolve().parents[2]

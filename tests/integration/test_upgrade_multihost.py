@@ -16,7 +16,6 @@ again, and the error names the node and the model. Same releases as the single-b
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from tests.fixtures.hosts import Host, lab_inventory
 from tests.fixtures.inference import CALL, chat
 from tests.fixtures.install import operator_key
 from tests.fixtures.multihost import MultiHost, multihost_lab
+from tests.fixtures.opt_in import opt_in
 from tests.fixtures.probe_repo import PACKAGE, VERSIONS
 from tests.fixtures.upgrade_bundles import BROKEN, build_releases
 
@@ -37,10 +37,7 @@ pytestmark = [
     pytest.mark.slow,
     # Two hosts, three bundles, an install, an upgrade and a failed one with its rollback, each
     # with verify: 10 to 30 minutes on 2 shared cores.
-    pytest.mark.skipif(
-        os.environ.get("APPLIANCE_TEST_UPGRADE") != "1",
-        reason="opt-in (10-30 minutes on 2 cores): APPLIANCE_TEST_UPGRADE=1",
-    ),
+    opt_in("APPLIANCE_TEST_UPGRADE", "10-30 minutes"),
 ]
 
 SUBNET = "198.18.53.0/24"

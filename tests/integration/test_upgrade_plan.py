@@ -13,7 +13,6 @@ node test moves between the same releases).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import pytest
 from tests.fixtures.hosts import harness_image, start_host
 from tests.fixtures.inference import CALL, chat
 from tests.fixtures.install import operator_key
+from tests.fixtures.opt_in import opt_in
 from tests.fixtures.probe_repo import PACKAGE, VERSIONS
 from tests.fixtures.upgrade_bundles import build_releases
 
@@ -31,10 +31,7 @@ pytestmark = [
     pytest.mark.slow,
     # Two bundles, an install and an upgrade with verify: several minutes on 2 cores, past CI's
     # budget for one file; run with the rollback module before a release.
-    pytest.mark.skipif(
-        os.environ.get("APPLIANCE_TEST_UPGRADE") != "1",
-        reason="opt-in (5-15 minutes on 2 cores): APPLIANCE_TEST_UPGRADE=1",
-    ),
+    opt_in("APPLIANCE_TEST_UPGRADE", "5-15 minutes"),
 ]
 
 APPLIANCE = "/opt/appliance/venv/bin/appliance"

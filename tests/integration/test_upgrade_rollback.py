@@ -10,7 +10,6 @@ throughout: a completion made before the first upgrade is still in one chain tha
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from appliance.bundle.signing import keygen
 from tests.fixtures.hosts import Host, harness_image, start_host
 from tests.fixtures.inference import CALL, chat
 from tests.fixtures.install import operator_key
+from tests.fixtures.opt_in import opt_in
 from tests.fixtures.specs import SYSTEMD_LLAMACPP, spec_text
 
 pytestmark = [
@@ -34,10 +34,7 @@ pytestmark = [
     pytest.mark.slow,
     # Five plays and four verify runs with a real runtime: 10 to 30 minutes on 2 shared cores,
     # far past CI's budget for one file.
-    pytest.mark.skipif(
-        os.environ.get("APPLIANCE_TEST_UPGRADE") != "1",
-        reason="opt-in (10-30 minutes on 2 cores): APPLIANCE_TEST_UPGRADE=1",
-    ),
+    opt_in("APPLIANCE_TEST_UPGRADE", "10-30 minutes"),
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
